@@ -1,0 +1,5 @@
+"""ABN models: `models.cifar` (32x32 inputs) and `models.imagenet` (ImageNet-sized inputs).
+Importing the package fills the two registries."""
+from . import cifar  # noqa: F401  (registers the CIFAR families)
+from .abn import AttentionBranchNetwork, count_parameters  # noqa: F401
+from .registry import CIFAR_MODELS, IMAGENET_MODELS  # noqa: F401

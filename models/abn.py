@@ -1,0 +1,117 @@
+"""The part of an Attention Branch Network that every backbone family shares.
+
+A family (ResNet, DenseNet, WRN, ResNeXt, ...) subclasses `AttentionBranchNetwork` and
+provides three pieces:
+
+- `extract_features(x)`: every stage of the backbone but the last;
+- `attention_stage`: a copy of the last stage built with stride 1, so the attention map keeps
+  the feature extractor's resolution (None for the plain baseline);
+- `perceive(features)`: the real last stage, pooling and classifier.
+
+The attention head itself (layer names as in the authors' code, so their checkpoints load)
+and the gating of the features by the map live here, once, for all families.
+"""
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+GATES = ('residual', 'multiply')
+
+
+class AttentionBranchNetwork(nn.Module):
+    """Base class. `forward(x)` returns `(attention_logits, perception_logits, attention_map)`.
+
+    gate: 'residual' feeds g(x) * (1 + M(x)) to the perception branch (the authors' code and
+    published numbers); 'multiply' feeds g(x) * M(x) (the paper's ablation).
+    A model built with `attention=False` is the plain backbone: it has no attention branch and
+    returns `(None, perception_logits, None)`.
+    """
+
+    def __init__(self, num_classes, attention=True, gate='residual'):
+        super().__init__()
+        if gate not in GATES:
+            raise ValueError(f"unknown attention gate '{gate}': choose one of {', '.join(GATES)}")
+        self.num_classes = num_classes
+        self.has_attention = attention
+        self.gate = gate
+        # The CIFAR ResNeXt defines bn_att but never applies it; kept for its checkpoints.
+        self.uses_bn_att = True
+
+    # -- pieces a family provides ------------------------------------------------------
+    def extract_features(self, x):
+        raise NotImplementedError
+
+    @property
+    def attention_stage(self):
+        raise NotImplementedError
+
+    def perceive(self, features):
+        raise NotImplementedError
+
+    # -- the shared attention head -----------------------------------------------------
+    def _make_attention_head(self, in_channels, uses_bn_att=True):
+        """Adds the head's layers under the authors' names (bn_att, att_conv, ...)."""
+        k = self.num_classes
+        self.bn_att = nn.BatchNorm2d(in_channels)
+        self.att_conv = nn.Conv2d(in_channels, k, kernel_size=1, bias=False)
+        self.bn_att2 = nn.BatchNorm2d(k)
+        self.att_conv3 = nn.Conv2d(k, 1, kernel_size=3, padding=1, bias=False)
+        self.bn_att3 = nn.BatchNorm2d(1)
+        self.att_conv2 = nn.Conv2d(k, k, kernel_size=1, bias=False)
+        self.uses_bn_att = uses_bn_att
+        if not uses_bn_att:
+            # Never in the graph: freezing it keeps DDP from waiting for its gradients.
+            self.bn_att.requires_grad_(False)
+
+    def attention_branch(self, features):
+        """Returns (attention_logits, attention_map) for the feature extractor's output."""
+        a = self.attention_stage(features)
+        if self.uses_bn_att:
+            a = self.bn_att(a)
+        a = F.relu(self.bn_att2(self.att_conv(a)))
+        attention_map = torch.sigmoid(self.bn_att3(self.att_conv3(a)))
+        attention_logits = F.adaptive_avg_pool2d(self.att_conv2(a), 1).flatten(1)
+        return attention_logits, attention_map
+
+    def apply_attention(self, features, attention_map):
+        if self.gate == 'residual':
+            return features * (1 + attention_map)
+        return features * attention_map
+
+    def forward(self, x, attention=None):
+        """attention: an (N, 1, h, w) map to use instead of the model's own (attention
+        editing); it is resized to the feature resolution if needed and returned as the map."""
+        features = self.extract_features(x)
+        if not self.has_attention:
+            if attention is not None:
+                raise ValueError('this model has no attention branch to edit')
+            return None, self.perceive(features), None
+        attention_logits, attention_map = self.attention_branch(features)
+        if attention is not None:
+            attention_map = _fit_map(attention.to(features.dtype), features.shape[-2:])
+        perception_logits = self.perceive(self.apply_attention(features, attention_map))
+        return attention_logits, perception_logits, attention_map
+
+
+def _fit_map(attention_map, size):
+    if attention_map.dim() == 3:
+        attention_map = attention_map.unsqueeze(1)
+    if tuple(attention_map.shape[-2:]) != tuple(size):
+        attention_map = F.interpolate(attention_map, size=tuple(size), mode='bilinear',
+                                      align_corners=False)
+    return attention_map
+
+
+def init_conv_bn(model):
+    """The authors' initialisation: conv weights normal(0, sqrt(2 / (k*k*out_channels))),
+    which is kaiming_normal fan_out, and BatchNorm weight 1, bias 0."""
+    for m in model.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+def count_parameters(model):
+    return sum(p.numel() for p in model.parameters())
