@@ -1,0 +1,64 @@
+"""Train and evaluate Attention Branch Networks on CIFAR-10/100, SVHN, the offline `shapes`
+set, or a folder of small images.
+
+    python cifar.py -a resnet --dataset cifar100 --depth 110 --epochs 300 --schedule 150 225 \\
+        --gamma 0.1 --wd 1e-4 --checkpoint checkpoints/cifar100/resnet-110 --gpu-id 0
+    python cifar.py ... --evaluate --resume checkpoints/cifar100/resnet-110/model_best.pth.tar
+"""
+import sys
+
+from models import CIFAR_MODELS
+from utils.cli import ArgumentParser, add_training_arguments, run
+from utils.data import AUTHORS_NORMALIZATION, SMALL_IMAGE_DATASETS, build_small_image_data
+from utils.engine import Task, main as engine_main
+
+DEFAULTS = dict(epochs=300, train_batch=128, test_batch=100, schedule=[150, 225],
+                weight_decay=5e-4, arch='resnet', arch_names=sorted(CIFAR_MODELS))
+
+
+def get_args_parser():
+    parser = ArgumentParser(description='Attention Branch Network: CIFAR-10/100, SVHN, shapes '
+                                        'and small-image folders')
+    parser.add_argument('-d', '--dataset', default='cifar10', choices=SMALL_IMAGE_DATASETS,
+                        help='data set (default: %(default)s); shapes is generated offline')
+    parser.add_argument('--data', default='./data', metavar='DIR',
+                        help='where CIFAR/SVHN are (downloaded if missing), or for imagefolder '
+                             'the folder with train/ and val/ (or test/) (default: %(default)s)')
+    parser.add_argument('--image-size', default=32, type=int, metavar='PX',
+                        help='imagefolder only: images are resized to PX x PX (default: 32)')
+    add_training_arguments(parser, DEFAULTS)
+    arch = parser.add_argument_group('architecture options')
+    arch.add_argument('--depth', type=int, default=None,
+                      help='model depth (default: resnet 110, densenet 100, wrn 28, resnext 29)')
+    arch.add_argument('--cardinality', type=int, default=8, help='ResNeXt cardinality (group)')
+    arch.add_argument('--widen-factor', type=int, default=4,
+                      help='WRN/ResNeXt widen factor. 4 -> 64, 8 -> 128, ...')
+    arch.add_argument('--growthRate', type=int, default=12, help='growth rate for DenseNet')
+    arch.add_argument('--compressionRate', type=int, default=2,
+                      help='compression rate (theta) for DenseNet')
+    return parser
+
+
+def model_options(args):
+    return dict(depth=args.depth, cardinality=args.cardinality, widen_factor=args.widen_factor,
+                growthRate=args.growthRate, compressionRate=args.compressionRate,
+                dropRate=args.drop)
+
+
+def build_data(args, evaluate_only, normalization):
+    return build_small_image_data(args.dataset, args.data, args.train_size, args.test_size,
+                                  evaluate_only, args.image_size, args.skip_bad_images,
+                                  normalization)
+
+
+TASK = Task(name='cifar', registry=CIFAR_MODELS, build_data=build_data,
+            model_options=model_options, legacy_normalization=AUTHORS_NORMALIZATION)
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    return engine_main(args, TASK)
+
+
+if __name__ == '__main__':
+    sys.exit(run(main))

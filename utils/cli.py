@@ -1,0 +1,149 @@
+"""Command-line plumbing shared by cifar.py, imagenet.py and explain.py: the authors' flags,
+one-line errors instead of tracebacks, and exit codes."""
+import argparse
+import os
+import sys
+
+
+class AbnError(Exception):
+    """A problem with the user's input or environment, shown as one line without traceback."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse with a one-line error: the authors' option lists are long, and a wall of
+    usage text hides the line that matters."""
+
+    def error(self, message):
+        self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
+
+
+def parse_int_list(text):
+    return [int(part) for part in text.replace(',', ' ').split()]
+
+
+def add_training_arguments(parser, defaults):
+    """The authors' flags (same names, same meanings) plus this project's. `defaults` holds
+    the per-script values (epochs, batch sizes, schedule, weight decay, arch)."""
+    data = parser.add_argument_group('data')
+    data.add_argument('-j', '--workers', default=None, type=int, metavar='N',
+                      help='data loading worker processes (default: 4, at most the CPU count)')
+    data.add_argument('--train-size', default=None, type=int, metavar='N',
+                      help='use only the first N training images (quick experiments)')
+    data.add_argument('--test-size', default=None, type=int, metavar='N',
+                      help='use only the first N test images (quick experiments)')
+    data.add_argument('--skip-bad-images', action='store_true',
+                      help='skip (and count) unreadable images in image folders instead of '
+                           'stopping with an error naming the file')
+
+    optim = parser.add_argument_group('optimization')
+    optim.add_argument('--epochs', default=defaults['epochs'], type=int, metavar='N',
+                       help='number of total epochs to run (default: %(default)s)')
+    optim.add_argument('--start-epoch', default=0, type=int, metavar='N',
+                       help='manual epoch number (useful on restarts)')
+    optim.add_argument('--train-batch', default=defaults['train_batch'], type=int, metavar='N',
+                       help='train batch size (default: %(default)s)')
+    optim.add_argument('--test-batch', default=defaults['test_batch'], type=int, metavar='N',
+                       help='test batch size (default: %(default)s)')
+    optim.add_argument('--lr', '--learning-rate', default=0.1, type=float, metavar='LR',
+                       help='initial learning rate (default: %(default)s)')
+    optim.add_argument('--drop', '--dropout', default=0, type=float, metavar='Dropout',
+                       help='dropout ratio (WRN, DenseNet)')
+    optim.add_argument('--schedule', type=int, nargs='+', default=defaults['schedule'],
+                       help='decrease learning rate at these epochs (default: %(default)s)')
+    optim.add_argument('--gamma', type=float, default=0.1,
+                       help='LR is multiplied by gamma on schedule (default: %(default)s)')
+    optim.add_argument('--momentum', default=0.9, type=float, metavar='M', help='momentum')
+    optim.add_argument('--weight-decay', '--wd', default=defaults['weight_decay'], type=float,
+                       metavar='W', help='weight decay (default: %(default)s)')
+
+    ckpt = parser.add_argument_group('checkpoints')
+    ckpt.add_argument('-c', '--checkpoint', default=None, type=str, metavar='PATH',
+                      help='directory for checkpoints, log and images (default: checkpoint, '
+                           'or the folder of --resume)')
+    ckpt.add_argument('--resume', default='', type=str, metavar='PATH',
+                      help='checkpoint to continue training from, or to evaluate with -e')
+    ckpt.add_argument('--overwrite', action='store_true',
+                      help='start a new run in a checkpoint directory that already holds one')
+    ckpt.add_argument('--save-every-steps', default=0, type=int, metavar='N',
+                      help='also save a recovery checkpoint every N training steps '
+                           '(mid-epoch; default: only at the end of each epoch)')
+    ckpt.add_argument('--save-attention', default='16', metavar='N',
+                      help="attention images of N test images ('all' for every one; "
+                           "default: %(default)s)")
+
+    arch = parser.add_argument_group('architecture')
+    arch.add_argument('--arch', '-a', metavar='ARCH', default=defaults['arch'],
+                      choices=defaults['arch_names'], help=f"model architecture: {' | '.join(defaults['arch_names'])} "
+                           f"(default: {defaults['arch']})")
+    arch.add_argument('--baseline', action='store_true',
+                      help='build the plain backbone without the attention branch')
+    arch.add_argument('--gate', default='residual', choices=('residual', 'multiply'),
+                      help='how the map gates the features: residual g*(1+M) (the authors\'), '
+                           'or multiply g*M (the paper\'s ablation)')
+
+    misc = parser.add_argument_group('miscellaneous')
+    misc.add_argument('--manualSeed', type=int, help='manual seed: makes a run repeatable')
+    misc.add_argument('--deterministic', action='store_true',
+                      help='deterministic algorithms only (bitwise repeatable on CPU; slower)')
+    misc.add_argument('-e', '--evaluate', dest='evaluate', action='store_true',
+                      help='evaluate model on validation set')
+    misc.add_argument('--print-freq', default=10, type=int, metavar='N',
+                      help='refresh the shown losses every N steps (default: %(default)s)')
+
+    device = parser.add_argument_group('device and speed')
+    device.add_argument('--gpu-id', default='0', type=str,
+                        help="CUDA device id(s), comma-separated; several use DataParallel; "
+                             "'cpu' forces the CPU (default: %(default)s)")
+    device.add_argument('--amp', action='store_true',
+                        help='mixed precision: bf16 autocast where supported, else fp16 '
+                             'with a gradient scaler')
+    device.add_argument('--channels-last', action='store_true',
+                        help='channels-last memory format (faster convolutions)')
+    device.add_argument('--compile', action='store_true', help='torch.compile the model')
+    device.add_argument('--sync-bn', action='store_true',
+                        help='SyncBatchNorm across processes (torchrun runs only)')
+    return parser
+
+
+def check_training_arguments(args):
+    """Checks that need no data, model or files; raises AbnError."""
+    if any(b <= a for a, b in zip(args.schedule, args.schedule[1:])):
+        raise AbnError(f'--schedule must be increasing epochs, got {" ".join(map(str, args.schedule))}')
+    if any(e < 0 for e in args.schedule):
+        raise AbnError('--schedule epochs must not be negative')
+    for name in ('epochs', 'train_batch', 'test_batch'):
+        if getattr(args, name) < 1:
+            raise AbnError(f'--{name.replace("_", "-")} must be at least 1')
+    for name in ('train_size', 'test_size', 'workers'):
+        value = getattr(args, name)
+        if value is not None and value < (0 if name == 'workers' else 1):
+            raise AbnError(f'--{name.replace("_", "-")} must be positive')
+    if args.lr <= 0:
+        raise AbnError('--lr must be positive')
+    if not 0 <= args.drop < 1:
+        raise AbnError('--drop must be in [0, 1)')
+    if args.save_every_steps < 0:
+        raise AbnError('--save-every-steps must not be negative')
+    if args.evaluate and not args.resume:
+        raise AbnError('-e/--evaluate needs --resume PATH, the checkpoint to evaluate')
+    text = str(args.save_attention).strip().lower()
+    if text != 'all' and not (text.isdigit()):
+        raise AbnError(f"--save-attention takes a number or 'all', got '{args.save_attention}'")
+    args.save_attention = -1 if text == 'all' else int(text)
+    if args.workers is None:
+        args.workers = min(4, len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity')
+                           else (os.cpu_count() or 1))
+
+
+def run(main, argv=None):
+    """Runs `main(argv)` and turns the expected failures into one line on stderr and a
+    non-zero exit status."""
+    prog = os.path.basename(sys.argv[0]) if sys.argv and sys.argv[0] else 'abn'
+    try:
+        return main(argv)
+    except AbnError as error:
+        print(f'{prog}: error: {error}', file=sys.stderr)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        print(f'{prog}: interrupted', file=sys.stderr)
+        sys.exit(130)

@@ -1,0 +1,685 @@
+"""The engine shared by cifar.py and imagenet.py: model set-up, the training and evaluation
+loops, checkpoints, logs and attention images. A script supplies a `Task` (its model registry
+and how it builds its data) and calls `main(args, task)`.
+
+Training follows the authors: loss = CE(attention logits) + CE(perception logits), SGD with
+momentum and weight decay, the learning rate multiplied by gamma at each epoch of
+--schedule, the perception branch's top-1 as the model's accuracy, and `model_best` the
+epoch with the best test accuracy.
+"""
+import bisect
+import json
+import os
+import random
+import re
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import numpy as np
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import checkpoint as ckpt
+from .cli import AbnError, check_training_arguments
+from .data import CorruptImageError, make_eval_loader, make_train_loader
+from .distributed import Runtime, broadcast_object, gather_objects, setup_runtime, shutdown
+from .logger import Logger, epoch_row
+from .meters import EpochMeter
+from .progress import Progress
+from .visualize import save_attention_images
+
+LAST = 'checkpoint.pth.tar'
+BEST = 'model_best.pth.tar'
+
+
+@dataclass
+class Task:
+    """What a script contributes to the engine."""
+    name: str  # shown in titles: 'cifar', 'imagenet'
+    registry: object  # models.registry.ModelRegistry
+    # (args, evaluate_only, normalization or None) -> DataBundle
+    build_data: Callable
+    # args -> dict of architecture options passed to the registry
+    model_options: Callable
+    # normalisation of the authors' checkpoints, which do not record it
+    legacy_normalization: tuple
+    # (model, args, runtime) -> None: starts a fresh model from pretrained weights
+    init_pretrained: Optional[Callable] = None
+    # (args, bundle, runtime) -> loader or None: the fast path's device-resident loader
+    fast_train_loader: Optional[Callable] = None
+
+
+class NonFiniteLoss(AbnError):
+    pass
+
+
+class StopRequested(Exception):
+    """SIGTERM or Ctrl-C: stop at the next step boundary and save."""
+
+
+# -- small pieces ---------------------------------------------------------------------------
+
+def step_schedule_lr(args, epoch):
+    """The authors' schedule in closed form: lr * gamma^(milestones reached by `epoch`)."""
+    return args.lr * args.gamma ** bisect.bisect_right(args.schedule, epoch)
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+
+
+def rng_state():
+    state = np.random.get_state()
+    return {
+        'python': random.getstate(),
+        'numpy': [state[0], torch.from_numpy(state[1].astype(np.int64)), state[2], state[3],
+                  state[4]],
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+
+
+def set_rng_state(state):
+    random.setstate(_tuples(state['python']))
+    numpy = state['numpy']
+    np.random.set_state((numpy[0], numpy[1].numpy().astype(np.uint32), int(numpy[2]),
+                         int(numpy[3]), float(numpy[4])))
+    torch.set_rng_state(state['torch'])
+    if state.get('cuda') and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def resume_command(path):
+    """This process's command line with --resume pointing at `path`."""
+    argv, out, skip = sys.argv[1:], [], False
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == '--resume':
+            skip = True
+            continue
+        if arg.startswith('--resume='):
+            continue
+        out.append(arg)
+    launcher = 'torchrun ... ' if 'LOCAL_RANK' in os.environ else 'python '
+    return ' '.join([launcher + os.path.basename(sys.argv[0] or 'cifar.py')] + out
+                    + ['--resume', path])
+
+
+def corrupt_image_message(error):
+    """The one line of a CorruptImageError, also when re-raised from a loader worker (whose
+    message carries the worker's traceback)."""
+    last = str(error).strip().splitlines()[-1]
+    last = re.sub(r'^[\w.]*CorruptImageError: ', '', last)
+    return f'{last}: remove it, or pass --skip-bad-images to skip unreadable images'
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def seed_everything(seed):
+    random.seed(seed)
+    np.random.seed(seed % 2 ** 32)
+    torch.manual_seed(seed)
+
+
+def plain_args(args):
+    """args as JSON-safe primitives (stored in checkpoints and args.json)."""
+    out = {}
+    for key, value in vars(args).items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[key] = value
+        elif isinstance(value, (list, tuple)):
+            out[key] = list(value)
+        else:
+            out[key] = str(value)
+    return out
+
+
+def describe(arch, options, attention):
+    """e.g. 'resnet (depth 110, 100 classes, ABN)'."""
+    details = [f'{k} {v}' for k, v in options.items()
+               if k not in ('num_classes', 'attention', 'gate')]
+    details.append(f"{options.get('num_classes')} classes")
+    if not attention:
+        details.append('baseline, no attention branch')
+    else:
+        details.append('ABN' if options.get('gate', 'residual') == 'residual'
+                       else f"ABN, gate {options['gate']}")
+    return f"{arch} ({', '.join(details)})"
+
+
+def branch_text(summary, attention):
+    text = f"loss {summary['loss']:.4f}"
+    if attention:
+        text += f" (att {summary['att_loss']:.3f} + per {summary['per_loss']:.3f})"
+    text += f" | top-1 {summary['per_top1']:.2f} top-5 {summary['per_top5']:.2f}"
+    if attention:
+        text += f" | att top-1 {summary['att_top1']:.2f}"
+    return text
+
+
+class StopSignals:
+    """Turns the first SIGTERM/SIGINT into a request to stop at the next step boundary; a
+    second Ctrl-C interrupts at once."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.signum = None
+        self.previous = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.signum = signum
+        name = 'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'
+        self.runtime.print(f'\n{name}: stopping after this step to save a checkpoint '
+                           f'(Ctrl-C again to quit at once)')
+
+    def requested(self, synchronise=False):
+        flag = self.signum is not None
+        if synchronise and self.runtime.distributed:
+            import torch.distributed as dist
+            box = torch.tensor([int(flag)], device=self.runtime.device)
+            dist.all_reduce(box, op=dist.ReduceOp.MAX)
+            flag = bool(box.item())
+        return flag
+
+
+# -- the run --------------------------------------------------------------------------------
+
+class Run:
+    """One invocation: everything `main` sets up, and the loops that use it."""
+
+    def __init__(self, args, task, runtime):
+        self.args, self.task, self.runtime = args, task, runtime
+        self.print = runtime.print
+
+    # ---- set-up, in an order that touches no file before every input is checked ----
+    def setup(self):
+        args, runtime = self.args, self.runtime
+        self.resumed = ckpt.load_checkpoint(args.resume) if args.resume else None
+        self.legacy = self.resumed is not None and ckpt.is_legacy(self.resumed)
+        saved_args = (self.resumed or {}).get('args') or {}
+        if not args.evaluate and saved_args.get('manualSeed') is not None:
+            args.manualSeed = saved_args['manualSeed']  # the resumed run's data order
+        if args.manualSeed is None:
+            args.manualSeed = broadcast_object(random.randint(1, 10000), runtime)
+        seed_everything(args.manualSeed + runtime.rank)
+        if args.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.deterministic = True
+            torch.backends.cudnn.benchmark = False
+        elif runtime.device.type == 'cuda':
+            torch.backends.cudnn.benchmark = True
+
+        self.check_architecture()
+        normalization = None
+        if self.resumed is not None:
+            if self.legacy:
+                normalization = self.task.legacy_normalization
+            elif 'normalization' in self.resumed:
+                n = self.resumed['normalization']
+                normalization = (tuple(n['mean']), tuple(n['std']))
+        self.print(f'==> Preparing data: {getattr(args, "dataset", None) or args.data}')
+        self.data = self.task.build_data(args, args.evaluate, normalization)
+        data = self.data
+        if self.legacy and normalization is not None:
+            self.print(f'    authors\' checkpoint: inputs normalised as in their scripts '
+                       f'(mean {list(normalization[0])}, std {list(normalization[1])})')
+        sizes = f'test {len(data.test)}' if data.train is None else \
+            f'train {len(data.train)}, test {len(data.test)}'
+        self.print(f'    {sizes} images, {len(data.classes)} classes')
+
+        self.model_options = dict(self.task.model_options(args), num_classes=len(data.classes))
+        self.model_args = self.task.registry.model_args(args.arch, **self.model_options,
+                                                        attention=not args.baseline,
+                                                        gate=args.gate)
+        self.description = describe(args.arch, self.model_args, not args.baseline)
+        try:
+            model = self.task.registry.create(args.arch, **self.model_args)
+        except ValueError as error:
+            raise AbnError(str(error)) from None
+        self.print(f"==> Model: {self.description}")
+        self.print(f'    Total params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M')
+        if self.resumed is not None:
+            self.check_resumed_architecture()
+            ckpt.load_model_state(model, self.resumed, args.resume, self.description)
+        elif self.task.init_pretrained is not None:
+            self.task.init_pretrained(model, args, runtime)
+        self.model = model
+        self.attention = model.has_attention
+        self.checkpoint_dir = self.resolve_checkpoint_dir()
+
+    def check_architecture(self):
+        """Builds the model on the meta device (no memory, no time) to refuse impossible
+        options before any data is read or downloaded."""
+        args = self.args
+        options = dict(self.task.model_options(args), num_classes=2,
+                       attention=not args.baseline, gate=args.gate)
+        try:
+            with torch.device('meta'):
+                self.task.registry.create(args.arch, **options)
+        except ValueError as error:
+            raise AbnError(str(error)) from None
+
+    def check_resumed_architecture(self):
+        saved = self.resumed
+        if self.legacy or 'arch' not in saved:
+            return
+        mine = dict(self.model_args)
+        theirs = dict(saved.get('model_args') or {})
+        if saved['arch'] != self.args.arch or theirs != mine:
+            if saved.get('num_classes') not in (None, mine['num_classes']):
+                raise AbnError(f"{self.args.resume} was trained for {saved['num_classes']} "
+                               f"classes, but this data set has {mine['num_classes']}: check "
+                               f"--dataset/--data")
+            raise AbnError(f"{self.args.resume} holds {describe(saved['arch'], theirs, theirs.get('attention', True))}, "
+                           f"not {self.description}: pass the same -a/--depth/... options "
+                           f"as its run")
+
+    def resolve_checkpoint_dir(self):
+        args = self.args
+        directory = args.checkpoint or (os.path.dirname(os.path.abspath(args.resume))
+                                        if args.resume else 'checkpoint')
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise AbnError(f'checkpoint directory {directory} is a file: choose another -c')
+        if not args.evaluate and not args.resume and not args.overwrite and os.path.isdir(directory):
+            held = [n for n in (LAST, BEST, 'log.txt') if os.path.exists(os.path.join(directory, n))]
+            if held:
+                raise AbnError(f'{directory} already holds a run ({", ".join(held)}): pass '
+                               f'--resume {os.path.join(directory, LAST)} to continue it, '
+                               f'--overwrite to replace it, or another -c')
+        return directory
+
+    def prepare_checkpoint_dir(self):
+        """Creates the directory and proves it writable before any training."""
+        if not self.runtime.is_main:
+            return
+        directory = self.checkpoint_dir
+        try:
+            os.makedirs(directory, exist_ok=True)
+            probe = os.path.join(directory, f'.write-test-{os.getpid()}')
+            with open(probe, 'wb') as f:
+                f.write(b'0' * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+            os.unlink(probe)
+        except OSError as error:
+            raise AbnError(f'cannot write to checkpoint directory {directory}: '
+                           f'{error.strerror or error}') from None
+        ckpt.remove_stale_temporaries(directory)
+        if self.args.overwrite and not self.args.resume:
+            for name in (LAST, BEST, 'log.txt', 'log.png'):
+                path = os.path.join(directory, name)
+                if os.path.exists(path):
+                    os.unlink(path)
+
+    def place_model(self):
+        """Device, memory format, SyncBN, the parallel wrapper and torch.compile."""
+        args, runtime = self.args, self.runtime
+        model = self.model.to(runtime.device)
+        if args.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        if args.sync_bn and runtime.distributed:
+            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+        self.net = model  # the unwrapped model: its state_dict is what checkpoints hold
+        if runtime.distributed:
+            ids = [runtime.device.index] if runtime.device.type == 'cuda' else None
+            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+        elif runtime.device_ids:
+            model = nn.DataParallel(model, device_ids=runtime.device_ids)
+        if args.compile:
+            model = torch.compile(model)
+        self.wrapped = model
+
+    def autocast(self):
+        if not self.args.amp:
+            return nullcontext()
+        return torch.autocast(self.runtime.device.type, dtype=self.amp_dtype)
+
+    def setup_amp(self):
+        device = self.runtime.device
+        self.amp_dtype = torch.bfloat16
+        if self.args.amp and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
+            self.amp_dtype = torch.float16
+        enabled = self.args.amp and self.amp_dtype == torch.float16
+        self.scaler = torch.amp.GradScaler(device.type, enabled=enabled)
+
+    def to_device(self, inputs, targets):
+        device = self.runtime.device
+        inputs = inputs.to(device, non_blocking=True)
+        if self.args.channels_last:
+            inputs = inputs.contiguous(memory_format=torch.channels_last)
+        return inputs, targets.to(device, non_blocking=True)
+
+    # ---- checkpoints ----
+    def state(self, epoch, step, acc, best_acc, meter=None):
+        data = self.data
+        return {
+            'epoch': epoch, 'state_dict': self.net.state_dict(), 'acc': acc,
+            'best_acc': best_acc, 'optimizer': self.optimizer.state_dict(),
+            'step': step, 'scaler': self.scaler.state_dict(),
+            'epoch_meter': meter.state_dict() if meter is not None else None,
+            'rng': gather_objects(rng_state(), self.runtime),
+            'arch': self.args.arch, 'model_args': self.model_args,
+            'num_classes': len(data.classes), 'class_names': list(data.classes),
+            'dataset': data.name, 'image_size': data.image_size,
+            'normalization': {'mean': list(data.mean), 'std': list(data.std)},
+            'args': plain_args(self.args), 'format': ckpt.FORMAT,
+        }
+
+    def save(self, state, is_best=False):
+        """model_best first, then checkpoint: a kill between the two leaves a consistent pair
+        (the resumed epoch recomputes the same weights and rewrites the same best)."""
+        if not self.runtime.is_main:
+            return
+        last = os.path.join(self.checkpoint_dir, LAST)
+        if is_best:
+            best = os.path.join(self.checkpoint_dir, BEST)
+            ckpt.save_checkpoint(state, best)
+            ckpt.copy_checkpoint(best, last)
+        else:
+            ckpt.save_checkpoint(state, last)
+
+    def restore(self, saved):
+        """Optimizer, scaler, epoch, step, best accuracy and random state of a resumed run."""
+        args = self.args
+        if 'optimizer' in saved and saved['optimizer'] and not args.evaluate:
+            try:
+                self.optimizer.load_state_dict(saved['optimizer'])
+            except (ValueError, KeyError, RuntimeError) as error:
+                raise AbnError(f'the optimizer state in {args.resume} does not fit this model '
+                               f'({error})') from None
+            for group in self.optimizer.param_groups:  # flags follow this run's options
+                group['momentum'], group['weight_decay'] = args.momentum, args.weight_decay
+        if saved.get('scaler'):
+            self.scaler.load_state_dict(saved['scaler'])
+        self.start_epoch = int(saved.get('epoch', 0))
+        self.start_step = int(saved.get('step', 0) or 0)
+        best = saved.get('best_acc')
+        self.best_acc = float(best) if best is not None else None
+        self.resumed_meter = saved.get('epoch_meter') if self.start_step else None
+        states = saved.get('rng') or []
+        if len(states) == self.runtime.world_size:
+            set_rng_state(states[self.runtime.rank])
+        elif states:
+            self.print('note: the checkpoint was saved by a different number of processes; '
+                       'the random state starts afresh')
+
+    # ---- loops ----
+    def forward_losses(self, inputs, targets):
+        with self.autocast():
+            attention_logits, perception_logits, _ = self.wrapped(inputs)
+            per_loss = F.cross_entropy(perception_logits.float(), targets)
+            att_loss = None
+            if attention_logits is not None:
+                att_loss = F.cross_entropy(attention_logits.float(), targets)
+        return attention_logits, perception_logits, att_loss, per_loss
+
+    def check_finite(self, meter, epoch):
+        meter_step = meter.first_nonfinite_step()
+        if meter_step is not None:
+            last = os.path.join(self.checkpoint_dir, LAST)
+            kept = (f'the last good checkpoint, {last}, is kept' if os.path.exists(last)
+                    else 'no checkpoint was written')
+            raise NonFiniteLoss(f'the loss became NaN or infinite at epoch {epoch + 1}, step '
+                                f'{meter_step + 1} (lr {self.optimizer.param_groups[0]["lr"]:g}); '
+                                f'training stopped and {kept}. Try a lower --lr')
+
+    def train_one_epoch(self, epoch, stop):
+        args, runtime = self.args, self.runtime
+        self.wrapped.train()
+        loader = self.train_loader
+        loader.set_epoch(epoch, self.start_step)
+        total = self.start_step + len(loader)
+        meter = EpochMeter(runtime.device)
+        if self.resumed_meter is not None:
+            meter.load_state_dict(self.resumed_meter)
+            self.resumed_meter = None
+        progress = Progress(f'Train {epoch + 1}', total, enabled=runtime.is_main)
+        step = self.start_step
+        self.start_step = 0
+        for inputs, targets in loader:
+            inputs, targets = self.to_device(inputs, targets)
+            att_logits, per_logits, att_loss, per_loss = self.forward_losses(inputs, targets)
+            loss = per_loss if att_loss is None else att_loss + per_loss
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            meter.update(step, targets, per_logits, per_loss, att_logits, att_loss)
+            step += 1
+            shown = step % args.print_freq == 0 or step == total
+            if shown:
+                self.check_finite(meter, epoch)
+                progress.update(step, branch_text(meter.summary(), self.attention))
+            else:
+                progress.update(step)
+            if stop.requested(synchronise=runtime.distributed and shown) and step < total:
+                raise StopRequested(step, meter)
+            if args.save_every_steps and step % args.save_every_steps == 0 and step < total:
+                self.check_finite(meter, epoch)
+                self.save(self.state(epoch, step, self.last_acc, self.best_acc, meter))
+        meter.all_reduce()
+        self.check_finite(meter, epoch)
+        summary = meter.summary()
+        progress.finish(branch_text(summary, self.attention))
+        return meter, summary
+
+    @torch.no_grad()
+    def evaluate(self, stop=None, title='Test'):
+        runtime = self.runtime
+        self.wrapped.eval()
+        meter = EpochMeter(runtime.device)
+        progress = Progress(title, len(self.test_loader), enabled=runtime.is_main)
+        for step, (inputs, targets) in enumerate(self.test_loader):
+            inputs, targets = self.to_device(inputs, targets)
+            att_logits, per_logits, att_loss, per_loss = self.forward_losses(inputs, targets)
+            meter.update(step, targets, per_logits, per_loss, att_logits, att_loss)
+            progress.update(step + 1)
+            if stop is not None and stop.requested() and not runtime.distributed:
+                return None
+        meter.all_reduce()
+        summary = meter.summary()
+        progress.finish(branch_text(summary, self.attention))
+        return summary
+
+    # ---- attention images ----
+    @torch.no_grad()
+    def write_attention_images(self, state_dict=None, title=''):
+        count = self.args.save_attention
+        if not self.runtime.is_main or not self.attention or count == 0:
+            return None
+        dataset = self.data.test
+        count = len(dataset) if count < 0 else min(count, len(dataset))
+        net = self.net
+        if state_dict is not None:
+            net.load_state_dict(state_dict)
+        net.eval()
+        out_dir = os.path.join(self.checkpoint_dir, 'attention')
+        os.makedirs(out_dir, exist_ok=True)
+        for name in os.listdir(out_dir):
+            if name.endswith('.png') and (name[:4].isdigit() or name.startswith('grid')):
+                os.unlink(os.path.join(out_dir, name))
+        batch = 64
+        progress = Progress('Attention images', (count + batch - 1) // batch,
+                            enabled=count > batch)
+        for b, start in enumerate(range(0, count, batch)):
+            items = [dataset[i] for i in range(start, min(start + batch, count))]
+            inputs = torch.stack([x for x, _ in items])
+            targets = torch.tensor([y for _, y in items])
+            device_inputs = inputs.to(self.runtime.device)
+            if self.args.channels_last:
+                device_inputs = device_inputs.contiguous(memory_format=torch.channels_last)
+            with self.autocast():
+                _, logits, maps = net(device_inputs)
+            probabilities = logits.float().softmax(1)
+            confidence, predictions = probabilities.max(1)
+            save_attention_images(out_dir, inputs, maps.float().cpu(), targets, predictions.cpu(),
+                                  self.data.classes, self.data.mean, self.data.std,
+                                  probabilities=confidence.cpu(), start_index=start,
+                                  grid_name='grid.png' if start == 0 else f'grid_{b:03d}.png',
+                                  title=title)
+            progress.update(b + 1)
+        return out_dir
+
+    # ---- the whole run ----
+    def run(self):
+        args, runtime = self.args, self.runtime
+        self.setup()
+        self.place_model()
+        self.setup_amp()
+        self.optimizer = torch.optim.SGD(self.net.parameters(), lr=args.lr,
+                                         momentum=args.momentum, weight_decay=args.weight_decay)
+        self.start_epoch, self.start_step = args.start_epoch, 0
+        self.best_acc, self.resumed_meter, self.last_acc = None, None, None
+        if self.resumed is not None:
+            self.restore(self.resumed)
+            self.last_acc = self.resumed.get('acc')
+            self.last_acc = float(self.last_acc) if self.last_acc is not None else None
+
+        workers = args.workers
+        self.test_loader = make_eval_loader(self.data.test, args.test_batch, runtime, workers)
+        if args.evaluate:
+            return self.run_evaluation()
+
+        self.prepare_checkpoint_dir()
+        if self.start_epoch >= args.epochs:
+            raise AbnError(f'{args.resume or "the run"} has already trained {self.start_epoch} '
+                           f'epochs of --epochs {args.epochs}: raise --epochs to train more')
+        self.train_loader = None
+        if self.task.fast_train_loader is not None:
+            self.train_loader = self.task.fast_train_loader(args, self.data, runtime)
+        if self.train_loader is None:
+            self.train_loader = make_train_loader(self.data.train, args.train_batch, runtime,
+                                                  args.manualSeed, workers)
+        logger = None
+        if runtime.is_main:
+            with open(os.path.join(self.checkpoint_dir, 'args.json'), 'w') as f:
+                json.dump(plain_args(args), f, indent=2, sort_keys=True)
+            logger = Logger(os.path.join(self.checkpoint_dir, 'log.txt'),
+                            resume_epochs=self.start_epoch if self.resumed is not None else None)
+        self.print(f'==> Training on {self.describe_device()}, seed {args.manualSeed}, '
+                   f'checkpoints in {self.checkpoint_dir}')
+        if self.start_epoch or self.start_step:
+            self.print(f'    resuming at epoch {self.start_epoch + 1}'
+                       + (f', step {self.start_step + 1}' if self.start_step else ''))
+
+        title = f'{self.task.name} {self.data.name}: {self.description}'
+        with StopSignals(runtime) as stop:
+            for epoch in range(self.start_epoch, args.epochs):
+                lr = step_schedule_lr(args, epoch)
+                set_lr(self.optimizer, lr)
+                self.print(f'\nEpoch: [{epoch + 1} | {args.epochs}] LR: {lr:f}')
+                started = time.time()
+                try:
+                    train_meter, train = self.train_one_epoch(epoch, stop)
+                    valid = self.evaluate(stop)
+                    if valid is None:
+                        raise StopRequested(len(self.train_loader), train_meter)
+                except StopRequested as request:
+                    step, meter = request.args
+                    return self.stop_and_save(stop, epoch, step, meter)
+                except CorruptImageError as error:
+                    raise AbnError(corrupt_image_message(error)) from None
+                seconds = time.time() - started
+                acc = valid['per_top1']
+                is_best = self.best_acc is None or acc > self.best_acc
+                self.best_acc = acc if is_best else self.best_acc
+                self.last_acc = acc
+                self.print(f"    valid {branch_text(valid, self.attention)} | best "
+                           f"{self.best_acc:.2f} | {seconds:.0f}s")
+                if logger is not None:
+                    logger.append(epoch_row(lr, train, valid, seconds))
+                    logger.plot(os.path.join(self.checkpoint_dir, 'log.png'), title)
+                self.save(self.state(epoch + 1, 0, acc, self.best_acc), is_best)
+                if getattr(self.train_loader, 'dropped', 0):
+                    self.print(f'    {self.train_loader.dropped} unreadable images skipped so far')
+        return self.finish(title)
+
+    def describe_device(self):
+        runtime = self.runtime
+        if runtime.distributed:
+            return f'{runtime.world_size} processes ({runtime.device.type})'
+        if runtime.device.type == 'cpu':
+            return f'cpu ({torch.get_num_threads()} threads)'
+        if runtime.device_ids:
+            return f"cuda {','.join(map(str, runtime.device_ids))} (DataParallel)"
+        return f'{runtime.device} ({torch.cuda.get_device_name(runtime.device)})'
+
+    def stop_and_save(self, stop, epoch, step, meter):
+        self.save(self.state(epoch, step, self.last_acc, self.best_acc, meter))
+        path = os.path.join(self.checkpoint_dir, LAST)
+        self.print(f'Saved {path} at epoch {epoch + 1}, step {step}. To continue:\n'
+                   f'  {resume_command(path)}')
+        return 143 if stop.signum == signal.SIGTERM else 130
+
+    def finish(self, title):
+        self.print(f'\nBest acc: {self.best_acc:.2f}')
+        best_path = os.path.join(self.checkpoint_dir, BEST)
+        if self.runtime.is_main and os.path.exists(best_path):
+            best = ckpt.load_checkpoint(best_path)
+            out = self.write_attention_images(best['state_dict'],
+                                              title=f'{title}, best epoch {best["epoch"]}')
+            if out:
+                self.print(f'Attention images of the best model: {out}')
+        self.print(f'Log: {os.path.join(self.checkpoint_dir, "log.txt")}, plot: '
+                   f'{os.path.join(self.checkpoint_dir, "log.png")}')
+        return 0
+
+    def run_evaluation(self):
+        self.print('\nEvaluation only')
+        try:
+            summary = self.evaluate()
+        except CorruptImageError as error:
+            raise AbnError(corrupt_image_message(error)) from None
+        self.print(f" Test Loss:  {summary['loss']:.8f}, Test Acc:  {summary['per_top1']:.2f}, "
+                   f"Top-5: {summary['per_top5']:.2f}")
+        if self.attention:
+            self.print(f" Attention branch: loss {summary['att_loss']:.8f}, top-1 "
+                       f"{summary['att_top1']:.2f}, top-5 {summary['att_top5']:.2f}")
+        if self.runtime.is_main:
+            try:
+                os.makedirs(self.checkpoint_dir, exist_ok=True)
+            except OSError as error:
+                raise AbnError(f'cannot create {self.checkpoint_dir}: {error.strerror}') from None
+            out = self.write_attention_images(
+                title=f'{self.task.name} {self.data.name}: {self.description}')
+            if out:
+                self.print(f'Attention images: {out}')
+        self.summary = summary
+        return 0
+
+
+def main(args, task):
+    """Runs training or evaluation; returns the process exit status."""
+    check_training_arguments(args)
+    runtime = setup_runtime(args.gpu_id)
+    try:
+        return Run(args, task, runtime).run()
+    finally:
+        shutdown(runtime)
+
+
+__all__ = ['Task', 'main', 'Run', 'Runtime', 'step_schedule_lr']

@@ -1,0 +1,83 @@
+"""Running sums of an epoch's losses and accuracies, kept on the device (no host sync per
+step) and summed across processes exactly (counts, not averages of averages)."""
+import torch
+import torch.distributed as dist
+
+
+def accuracy(output, target, topk=(1,)):
+    """Precision@k in percent for each k, as the authors' `accuracy` (k is capped at the
+    number of classes, so top-5 of a 3-class problem is top-3)."""
+    correct = topk_correct(output, target, topk)
+    return [c.float() * (100.0 / target.size(0)) for c in correct]
+
+
+def topk_correct(output, target, topk):
+    maxk = min(max(topk), output.size(1))
+    pred = output.topk(maxk, 1, True, True).indices
+    hits = pred.eq(target.view(-1, 1))
+    return [hits[:, :min(k, maxk)].any(1).sum() for k in topk]
+
+
+class EpochMeter:
+    """Sums over an epoch: samples, each branch's loss and top-1/top-5 hits.
+    Values are fetched (one host sync) only when `summary()` is called."""
+    FIELDS = ('count', 'loss', 'att_loss', 'per_loss', 'att_top1', 'att_top5', 'per_top1',
+              'per_top5')
+
+    def __init__(self, device):
+        self.device = device
+        self.sums = torch.zeros(len(self.FIELDS), dtype=torch.float64, device=device)
+        self.nonfinite_step = torch.full((), -1, dtype=torch.long, device=device)
+
+    def update(self, step, targets, perception_logits, per_loss, attention_logits=None,
+               att_loss=None):
+        n = targets.size(0)
+        per1, per5 = topk_correct(perception_logits.detach(), targets, (1, 5))
+        zero = per_loss.new_zeros(())
+        if attention_logits is not None:
+            att1, att5 = topk_correct(attention_logits.detach(), targets, (1, 5))
+            att_loss = att_loss.detach()
+        else:
+            att1 = att5 = att_loss = zero
+        per_loss = per_loss.detach()
+        loss = att_loss + per_loss
+        # new_full launches a fill on the device; torch.tensor(..., device) would sync.
+        values = torch.stack([
+            loss.new_full((), n, dtype=torch.float64), loss.double() * n, att_loss.double() * n,
+            per_loss.double() * n, att1.double(), att5.double(), per1.double(), per5.double()])
+        self.sums += values
+        # Remember the first step with a non-finite loss without waiting for the device.
+        bad = ~torch.isfinite(loss)
+        self.nonfinite_step = torch.where(bad & (self.nonfinite_step < 0),
+                                          self.nonfinite_step.new_full((), step),
+                                          self.nonfinite_step)
+
+    def all_reduce(self):
+        if dist.is_available() and dist.is_initialized():
+            sums = self.sums.to(torch.float64)
+            dist.all_reduce(sums)
+            self.sums = sums
+            step = self.nonfinite_step.clone()
+            step[step < 0] = torch.iinfo(torch.long).max
+            dist.all_reduce(step, op=dist.ReduceOp.MIN)
+            step[step == torch.iinfo(torch.long).max] = -1
+            self.nonfinite_step = step
+
+    def first_nonfinite_step(self):
+        step = int(self.nonfinite_step.item())
+        return None if step < 0 else step
+
+    def summary(self):
+        """Averages: losses per sample, accuracies in percent."""
+        values = self.sums.tolist()
+        count = max(values[0], 1.0)
+        out = {'count': int(values[0])}
+        for name, total in zip(self.FIELDS[1:], values[1:]):
+            out[name] = total / count * (100.0 if 'top' in name else 1.0)
+        return out
+
+    def state_dict(self):
+        return {'sums': self.sums.cpu()}
+
+    def load_state_dict(self, state):
+        self.sums = state['sums'].to(device=self.device, dtype=torch.float64)

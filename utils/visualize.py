@@ -1,0 +1,120 @@
+"""Pictures of attention maps: for each image the input, the map and their blend, with the
+true and predicted class; and one grid of many images.
+
+Inputs are un-normalised with the data set's own mean and std, the map (values in [0, 1],
+at the feature resolution) is upsampled bilinearly to the image and blended with alpha, not
+added with saturation, and every folder is created before writing."""
+import math
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+
+ALPHA = 0.5
+COLORMAP = 'jet'
+
+
+def denormalize(images, mean, std):
+    """(N, 3, H, W) normalised tensors -> (N, H, W, 3) float arrays in [0, 1]."""
+    mean = torch.as_tensor(mean, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=images.dtype, device=images.device).view(1, -1, 1, 1)
+    return (images * std + mean).clamp(0, 1).permute(0, 2, 3, 1).cpu().float().numpy()
+
+
+def upsample_maps(maps, size):
+    """(N, 1, h, w) maps -> (N, H, W) float arrays, bilinear."""
+    maps = maps.detach().float()
+    if tuple(maps.shape[-2:]) != tuple(size):
+        maps = F.interpolate(maps, size=tuple(size), mode='bilinear', align_corners=False)
+    return maps[:, 0].clamp(0, 1).cpu().numpy()
+
+
+def blend(image, attention_map, alpha=ALPHA, cmap=COLORMAP):
+    """(H, W, 3) image and (H, W) map in [0, 1] -> (H, W, 3) overlay."""
+    heat = plt.get_cmap(cmap)(attention_map)[..., :3]
+    return (1 - alpha) * image + alpha * heat
+
+
+def _label(names, index):
+    return names[index] if names is not None and 0 <= index < len(names) else str(index)
+
+
+def save_attention_images(out_dir, images, maps, targets, predictions, class_names, mean, std,
+                          probabilities=None, start_index=0, grid_name='grid.png', title=''):
+    """Writes one PNG per image (input | map | overlay) into out_dir and, for the batch, the
+    grid `grid_name`. Returns the paths written."""
+    os.makedirs(out_dir, exist_ok=True)
+    pictures = denormalize(images, mean, std)
+    heat = upsample_maps(maps, images.shape[-2:])
+    paths = []
+    for i, (picture, attention_map) in enumerate(zip(pictures, heat)):
+        true_name = _label(class_names, int(targets[i])) if targets is not None else None
+        pred_name = _label(class_names, int(predictions[i]))
+        confidence = f' ({float(probabilities[i]):.0%})' if probabilities is not None else ''
+        fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.8))
+        axes[0].imshow(picture, interpolation='nearest')
+        axes[0].set_title(f'input, true: {true_name}' if true_name else 'input', fontsize=9)
+        shown = axes[1].imshow(attention_map, cmap=COLORMAP, vmin=0, vmax=1)
+        axes[1].set_title(f'attention map ({maps.shape[-2]}x{maps.shape[-1]})', fontsize=9)
+        fig.colorbar(shown, ax=axes[1], fraction=0.046, pad=0.04)
+        axes[2].imshow(blend(picture, attention_map))
+        correct = true_name is None or true_name == pred_name
+        axes[2].set_title(f'pred: {pred_name}{confidence}', fontsize=9,
+                          color='black' if correct else 'red')
+        for ax in axes:
+            ax.axis('off')
+        fig.tight_layout()
+        name = f'{start_index + i:04d}'
+        if true_name is not None:
+            name += f'_true-{_safe(true_name)}'
+        name += f'_pred-{_safe(pred_name)}.png'
+        path = os.path.join(out_dir, name)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    if grid_name:
+        paths.append(save_grid(os.path.join(out_dir, grid_name), pictures, heat, targets,
+                               predictions, class_names, title))
+    return paths
+
+
+def save_grid(path, pictures, heat, targets, predictions, class_names, title='', columns=8):
+    """Inputs over their overlays, `columns` images a row; wrong predictions in red."""
+    n = len(pictures)
+    columns = min(columns, n)
+    rows = math.ceil(n / columns)
+    fig, axes = plt.subplots(2 * rows, columns, figsize=(1.6 * columns, 3.3 * rows),
+                             squeeze=False)
+    for ax in axes.flat:
+        ax.axis('off')
+    for i in range(n):
+        r, c = divmod(i, columns)
+        axes[2 * r, c].imshow(pictures[i], interpolation='nearest')
+        axes[2 * r + 1, c].imshow(blend(pictures[i], heat[i]))
+        pred_name = _label(class_names, int(predictions[i]))
+        if targets is not None:
+            true_name = _label(class_names, int(targets[i]))
+            axes[2 * r, c].set_title(true_name, fontsize=8)
+            axes[2 * r + 1, c].set_title(pred_name, fontsize=8,
+                                         color='black' if pred_name == true_name else 'red')
+        else:
+            axes[2 * r + 1, c].set_title(pred_name, fontsize=8)
+    if title:
+        fig.suptitle(title, fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def _safe(name):
+    return ''.join(ch if ch.isalnum() or ch in '-_' else '-' for ch in str(name))[:40]
+
+
+def as_uint8(image):
+    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
