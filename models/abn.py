@@ -6,7 +6,9 @@ provides three pieces:
 - `extract_features(x)`: every stage of the backbone but the last;
 - `attention_stage`: a copy of the last stage built with stride 1, so the attention map keeps
   the feature extractor's resolution (None for the plain baseline);
-- `perceive(features)`: the real last stage, pooling and classifier.
+- `perception_features(features)`: the real last stage (with its final BN/ReLU, if any):
+  the maps that are pooled and classified, and that CAM and Grad-CAM explain;
+- `final_linear`: the classifier after global average pooling (or override `classify`).
 
 The attention head itself (layer names as in the authors' code, so their checkpoints load)
 and the gating of the features by the map live here, once, for all families.
@@ -45,8 +47,20 @@ class AttentionBranchNetwork(nn.Module):
     def attention_stage(self):
         raise NotImplementedError
 
-    def perceive(self, features):
+    def perception_features(self, features):
         raise NotImplementedError
+
+    @property
+    def final_linear(self):
+        raise NotImplementedError
+
+    def classify(self, maps):
+        """Global average pooling and the final linear layer."""
+        return self.final_linear(F.adaptive_avg_pool2d(maps, 1).flatten(1))
+
+    def perceive(self, features):
+        """The perception branch: last stage, pooling, classifier."""
+        return self.classify(self.perception_features(features))
 
     # -- the shared attention head -----------------------------------------------------
     def _make_attention_head(self, in_channels, uses_bn_att=True):

@@ -43,9 +43,12 @@ class CifarResNet(AttentionBranchNetwork):
     def attention_stage(self):
         return self.att_layer3
 
-    def perceive(self, features):
-        x = F.adaptive_avg_pool2d(self.layer3(features), 1).flatten(1)
-        return self.fc(x)
+    def perception_features(self, features):
+        return self.layer3(features)
+
+    @property
+    def final_linear(self):
+        return self.fc
 
 
 @CIFAR_MODELS.register

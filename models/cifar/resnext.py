@@ -79,9 +79,12 @@ class CifarResNeXt(AttentionBranchNetwork):
     def attention_stage(self):
         return self.stage_att
 
-    def perceive(self, features):
-        x = F.adaptive_avg_pool2d(self.stage_3(features), 1).flatten(1)
-        return self.classifier(x)
+    def perception_features(self, features):
+        return self.stage_3(features)
+
+    @property
+    def final_linear(self):
+        return self.classifier
 
 
 @CIFAR_MODELS.register

@@ -76,9 +76,12 @@ class WideResNet(AttentionBranchNetwork):
     def attention_stage(self):
         return self.att_block3
 
-    def perceive(self, features):
-        x = F.relu(self.bn1(self.block3(features)))
-        return self.fc(F.adaptive_avg_pool2d(x, 1).flatten(1))
+    def perception_features(self, features):
+        return F.relu(self.bn1(self.block3(features)))
+
+    @property
+    def final_linear(self):
+        return self.fc
 
 
 @CIFAR_MODELS.register
