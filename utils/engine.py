@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import shutil
 import signal
 import sys
 import time
@@ -196,14 +197,24 @@ class StopSignals:
         self.runtime.print(f'\n{name}: stopping after this step to save a checkpoint '
                            f'(Ctrl-C again to quit at once)')
 
-    def requested(self, synchronise=False):
-        flag = self.signum is not None
-        if synchronise and self.runtime.distributed:
-            import torch.distributed as dist
-            box = torch.tensor([int(flag)], device=self.runtime.device)
-            dist.all_reduce(box, op=dist.ReduceOp.MAX)
-            flag = bool(box.item())
-        return flag
+    def requested(self):
+        return self.signum is not None
+
+
+def agree(runtime, stop, meter):
+    """(stop requested, first non-finite step) as all processes see them, in one collective
+    (a rank that stopped or raised alone would leave the others waiting forever)."""
+    stop_flag = stop.requested()
+    if not runtime.distributed:
+        return stop_flag, meter.first_nonfinite_step()
+    import torch.distributed as dist
+    never = torch.iinfo(torch.long).max
+    bad = meter.nonfinite_step.clone()
+    bad[bad < 0] = never
+    box = torch.stack([bad.new_full((), 0 if stop_flag else 1), bad])
+    dist.all_reduce(box, op=dist.ReduceOp.MIN)
+    stop_flag, step = box.tolist()
+    return stop_flag == 0, (None if step == never else step)
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -297,6 +308,11 @@ class Run:
             raise AbnError(f"{self.args.resume} holds {describe(saved['arch'], theirs, theirs.get('attention', True))}, "
                            f"not {self.description}: pass the same -a/--depth/... options "
                            f"as its run")
+        names = saved.get('class_names')
+        if names is not None and list(names) != list(self.data.classes):
+            differ = sorted(set(names) ^ set(self.data.classes))
+            raise AbnError(f"{self.args.resume} was trained on other classes than this data "
+                           f"set's ({', '.join(differ[:5])}): check --dataset/--data")
 
     def resolve_checkpoint_dir(self):
         args = self.args
@@ -329,11 +345,22 @@ class Run:
             raise AbnError(f'cannot write to checkpoint directory {directory}: '
                            f'{error.strerror or error}') from None
         ckpt.remove_stale_temporaries(directory)
+        self.check_free_space(directory)
         if self.args.overwrite and not self.args.resume:
             for name in (LAST, BEST, 'log.txt', 'log.png'):
                 path = os.path.join(directory, name)
                 if os.path.exists(path):
                     os.unlink(path)
+
+    def check_free_space(self, directory):
+        """A checkpoint holds the weights and about as much optimizer state; writing one
+        needs room for a second copy until the rename."""
+        weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
+        needed = 3 * weights + (1 << 20)
+        free = shutil.disk_usage(directory).free
+        if free < needed:
+            raise AbnError(f'not enough free space in {directory}: saving checkpoints needs '
+                           f'about {needed / 2**20:.0f} MB, {free / 2**20:.0f} MB are free')
 
     def place_model(self):
         """Device, memory format, SyncBN, the parallel wrapper and torch.compile."""
@@ -380,7 +407,9 @@ class Run:
             'epoch': epoch, 'state_dict': self.net.state_dict(), 'acc': acc,
             'best_acc': best_acc, 'optimizer': self.optimizer.state_dict(),
             'step': step, 'scaler': self.scaler.state_dict(),
-            'epoch_meter': meter.state_dict() if meter is not None else None,
+            # per process, like the random state: each resumes its own partial sums
+            'epoch_meter': gather_objects(meter.state_dict(), self.runtime)
+            if meter is not None else None,
             'rng': gather_objects(rng_state(), self.runtime),
             'arch': self.args.arch, 'model_args': self.model_args,
             'num_classes': len(data.classes), 'class_names': list(data.classes),
@@ -419,7 +448,9 @@ class Run:
         self.start_step = int(saved.get('step', 0) or 0)
         best = saved.get('best_acc')
         self.best_acc = float(best) if best is not None else None
-        self.resumed_meter = saved.get('epoch_meter') if self.start_step else None
+        meters = saved.get('epoch_meter') if self.start_step else None
+        self.resumed_meter = (meters[self.runtime.rank] if meters and
+                              len(meters) == self.runtime.world_size else None)
         states = saved.get('rng') or []
         if len(states) == self.runtime.world_size:
             set_rng_state(states[self.runtime.rank])
@@ -437,15 +468,15 @@ class Run:
                 att_loss = F.cross_entropy(attention_logits.float(), targets)
         return attention_logits, perception_logits, att_loss, per_loss
 
-    def check_finite(self, meter, epoch):
-        meter_step = meter.first_nonfinite_step()
-        if meter_step is not None:
-            last = os.path.join(self.checkpoint_dir, LAST)
-            kept = (f'the last good checkpoint, {last}, is kept' if os.path.exists(last)
-                    else 'no checkpoint was written')
-            raise NonFiniteLoss(f'the loss became NaN or infinite at epoch {epoch + 1}, step '
-                                f'{meter_step + 1} (lr {self.optimizer.param_groups[0]["lr"]:g}); '
-                                f'training stopped and {kept}. Try a lower --lr')
+    def check_finite(self, bad_step, epoch):
+        if bad_step is None:
+            return
+        last = os.path.join(self.checkpoint_dir, LAST)
+        kept = (f'the last good checkpoint, {last}, is kept' if os.path.exists(last)
+                else 'no checkpoint was written')
+        raise NonFiniteLoss(f'the loss became NaN or infinite at epoch {epoch + 1}, step '
+                            f'{bad_step + 1} (lr {self.optimizer.param_groups[0]["lr"]:g}); '
+                            f'training stopped and {kept}. Try a lower --lr')
 
     def train_one_epoch(self, epoch, stop):
         args, runtime = self.args, self.runtime
@@ -470,22 +501,26 @@ class Run:
             self.scaler.update()
             meter.update(step, targets, per_logits, per_loss, att_logits, att_loss)
             step += 1
+            # The device is read (a host sync) only every --print-freq steps and at
+            # checkpoints; one process also looks at its stop flag, a Python bool, each step.
+            checkpoint_due = args.save_every_steps and step % args.save_every_steps == 0
             shown = step % args.print_freq == 0 or step == total
-            if shown:
-                self.check_finite(meter, epoch)
-                progress.update(step, branch_text(meter.summary(), self.attention))
+            if shown or checkpoint_due or (not runtime.distributed and stop.requested()):
+                stop_now, bad_step = agree(runtime, stop, meter)
+                self.check_finite(bad_step, epoch)
+                progress.update(step, branch_text(meter.summary(), self.attention)
+                                if shown else None)
+                if stop_now and step < total:
+                    raise StopRequested(epoch, step, meter)
+                if checkpoint_due and step < total:
+                    self.save(self.state(epoch, step, self.last_acc, self.best_acc, meter))
             else:
                 progress.update(step)
-            if stop.requested(synchronise=runtime.distributed and shown) and step < total:
-                raise StopRequested(step, meter)
-            if args.save_every_steps and step % args.save_every_steps == 0 and step < total:
-                self.check_finite(meter, epoch)
-                self.save(self.state(epoch, step, self.last_acc, self.best_acc, meter))
         meter.all_reduce()
-        self.check_finite(meter, epoch)
+        self.check_finite(meter.first_nonfinite_step(), epoch)
         summary = meter.summary()
         progress.finish(branch_text(summary, self.attention))
-        return meter, summary
+        return meter, summary, total
 
     @torch.no_grad()
     def evaluate(self, stop=None, title='Test'):
@@ -498,7 +533,7 @@ class Run:
             att_logits, per_logits, att_loss, per_loss = self.forward_losses(inputs, targets)
             meter.update(step, targets, per_logits, per_loss, att_logits, att_loss)
             progress.update(step + 1)
-            if stop is not None and stop.requested() and not runtime.distributed:
+            if stop is not None and not runtime.distributed and stop.requested():
                 return None
         meter.all_reduce()
         summary = meter.summary()
@@ -527,6 +562,9 @@ class Run:
                             enabled=count > batch)
         for b, start in enumerate(range(0, count, batch)):
             items = [dataset[i] for i in range(start, min(start + batch, count))]
+            items = [item for item in items if item is not None]  # skipped unreadable images
+            if not items:
+                continue
             inputs = torch.stack([x for x, _ in items])
             targets = torch.tensor([y for _, y in items])
             device_inputs = inputs.to(self.runtime.device)
@@ -594,13 +632,12 @@ class Run:
                 self.print(f'\nEpoch: [{epoch + 1} | {args.epochs}] LR: {lr:f}')
                 started = time.time()
                 try:
-                    train_meter, train = self.train_one_epoch(epoch, stop)
+                    train_meter, train, steps = self.train_one_epoch(epoch, stop)
                     valid = self.evaluate(stop)
-                    if valid is None:
-                        raise StopRequested(len(self.train_loader), train_meter)
+                    if valid is None:  # stopped during evaluation: redo only that on resume
+                        raise StopRequested(epoch, steps, train_meter)
                 except StopRequested as request:
-                    step, meter = request.args
-                    return self.stop_and_save(stop, epoch, step, meter)
+                    return self.stop_and_save(stop, *request.args)
                 except CorruptImageError as error:
                     raise AbnError(corrupt_image_message(error)) from None
                 seconds = time.time() - started

@@ -1,0 +1,167 @@
+"""Fault injection through real processes: interrupted runs resume to bitwise-identical
+weights, a NaN stops the run without touching the last good checkpoint, and a full or
+unwritable disk fails clearly without damaging earlier checkpoints."""
+import os
+import random
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+
+from utils import checkpoint as ckpt
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# 12 steps an epoch, 2 epochs, deterministic: small enough for seconds, long enough to hit.
+RUN = [sys.executable, '-u', 'cifar.py', '--dataset', 'shapes', '--train-size', '192',
+       '--test-size', '32', '--depth', '8', '--train-batch', '16', '--test-batch', '32',
+       '--epochs', '2', '--schedule', '1', '--manualSeed', '7', '--deterministic', '-j', '1',
+       '--save-attention', '0', '--print-freq', '1']
+
+
+def start(directory, *extra, **kwargs):
+    return subprocess.Popen(RUN + ['-c', directory] + list(extra), cwd=ROOT, text=True,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, **kwargs)
+
+
+def finish(process, timeout=300):
+    out, _ = process.communicate(timeout=timeout)
+    return process.returncode, out
+
+
+def wait_for(process, text, timeout=120):
+    """Reads the process's output until a line contains `text`; returns what was read."""
+    seen, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        line = process.stdout.readline()
+        if not line:
+            break
+        seen.append(line)
+        if text in line:
+            return ''.join(seen)
+    raise AssertionError(f'{text!r} never appeared:\n' + ''.join(seen))
+
+
+def weights(directory):
+    saved = ckpt.load_checkpoint(os.path.join(directory, 'checkpoint.pth.tar'))
+    momentum = [s['momentum_buffer'] for s in saved['optimizer']['state'].values()]
+    return saved['epoch'], saved['step'], saved['state_dict'], momentum
+
+
+def assert_bitwise_equal(a, b):
+    epoch_a, step_a, state_a, momentum_a = weights(a)
+    epoch_b, step_b, state_b, momentum_b = weights(b)
+    assert (epoch_a, step_a) == (epoch_b, step_b) == (2, 0)
+    assert state_a.keys() == state_b.keys()
+    for key in state_a:
+        assert torch.equal(state_a[key], state_b[key]), key
+    assert all(torch.equal(x, y) for x, y in zip(momentum_a, momentum_b))
+
+
+@pytest.fixture(scope='module')
+def uninterrupted(tmp_path_factory):
+    directory = str(tmp_path_factory.mktemp('reliability') / 'reference')
+    code, out = finish(start(directory))
+    assert code == 0, out
+    return directory
+
+
+def test_sigterm_mid_epoch_saves_and_resume_is_bitwise_exact(uninterrupted, tmp_path):
+    directory = str(tmp_path / 'run')
+    process = start(directory)
+    wait_for(process, 'Train 1 [5/12]')
+    process.send_signal(signal.SIGTERM)
+    code, out = finish(process)
+    assert code == 143, out
+    assert 'SIGTERM: stopping after this step' in out and 'To continue:' in out
+    epoch, step, _, _ = weights(directory)
+    assert epoch == 0 and 5 <= step < 12  # mid-epoch 1
+    resume = out.split('To continue:')[1].strip().splitlines()[0]
+    assert resume.endswith(f'--resume {os.path.join(directory, "checkpoint.pth.tar")}')
+    code, out = finish(start(directory, '--resume', os.path.join(directory, 'checkpoint.pth.tar')))
+    assert code == 0, out
+    assert f'resuming at epoch 1, step {step + 1}' in out
+    assert_bitwise_equal(uninterrupted, directory)
+    with open(os.path.join(directory, 'log.txt')) as f, \
+            open(os.path.join(uninterrupted, 'log.txt')) as g:
+        mine, theirs = f.read().splitlines(), g.read().splitlines()
+    # Same rows, the same losses and accuracies (only the epoch time differs).
+    assert [r.split('\t')[:-1] for r in mine] == [r.split('\t')[:-1] for r in theirs]
+
+
+def test_kill_9_at_random_moments_then_resume_is_bitwise_exact(uninterrupted, tmp_path):
+    directory = str(tmp_path / 'run')
+    last = os.path.join(directory, 'checkpoint.pth.tar')
+    rng = random.Random()
+    seed = rng.randrange(10 ** 6)
+    rng.seed(seed)
+    moments = []
+    for kill in range(4):
+        resuming = os.path.exists(last)
+        extra = ['--resume', last] if resuming else ['--overwrite', '--save-every-steps', '2']
+        if resuming:
+            extra += ['--save-every-steps', '2']
+        process = start(directory, *extra)
+        # The first kill may land during start-up, the others once training runs.
+        if kill:
+            wait_for(process, '==> Training on')
+        delay = rng.uniform(0.0, 2.5)
+        time.sleep(delay)
+        process.kill()
+        process.communicate()
+        moments.append(round(delay, 2))
+        if os.path.exists(last):
+            ckpt.load_checkpoint(last)  # never half-written
+    extra = ['--resume', last] if os.path.exists(last) else ['--overwrite']
+    code, out = finish(start(directory, *extra, '--save-every-steps', '2'))
+    assert code == 0, f'kill moments {moments} (seed {seed}):\n{out}'
+    assert_bitwise_equal(uninterrupted, directory)
+    assert not [n for n in os.listdir(directory) if n.endswith('.tmp')]
+
+
+def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path):
+    directory = str(tmp_path / 'run')
+    shutil.copytree(uninterrupted, directory)
+    last = os.path.join(directory, 'checkpoint.pth.tar')
+    before = open(last, 'rb').read()
+    code, out = finish(start(directory, '--epochs', '3', '--lr', '1e12', '--resume', last))
+    assert code == 1, out
+    error = out.strip().splitlines()[-1]
+    assert error.startswith('cifar.py: error: the loss became NaN or infinite at epoch 3, step ')
+    assert f'the last good checkpoint, {last}, is kept' in error
+    assert open(last, 'rb').read() == before
+
+
+def test_full_disk_fails_clearly_and_keeps_earlier_checkpoints(uninterrupted, tmp_path):
+    directory = str(tmp_path / 'run')
+    shutil.copytree(uninterrupted, directory)
+    last = os.path.join(directory, 'checkpoint.pth.tar')
+    before = open(last, 'rb').read()
+    limit = len(before) // 2  # files may not grow past this: the next checkpoint cannot fit
+
+    def small_files():
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    code, out = finish(start(directory, '--epochs', '3', '--resume', last,
+                             preexec_fn=small_files))
+    assert code == 1, out
+    error = out.strip().splitlines()[-1]
+    assert error.startswith('cifar.py: error: could not write ')
+    assert error.endswith('File too large; the previous file is intact')
+    assert open(last, 'rb').read() == before
+    assert not [n for n in os.listdir(directory) if n.endswith('.tmp')]
+
+
+def test_unwritable_checkpoint_directory_is_refused_before_training(tmp_path):
+    blocker = tmp_path / 'blocker'
+    blocker.write_text('a file where a folder should be')
+    code, out = finish(start(str(blocker / 'run')))
+    assert code == 1
+    assert out.strip().splitlines()[-1] == (
+        f'cifar.py: error: cannot write to checkpoint directory {blocker / "run"}: '
+        f'Not a directory')
+    assert 'Epoch:' not in out
