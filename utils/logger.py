@@ -9,6 +9,7 @@ import matplotlib
 
 matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 AUTHORS_COLUMNS = ['Learning Rate', 'Train Loss', 'Valid Loss', 'Train Acc.', 'Valid Acc.']
 COLUMNS = AUTHORS_COLUMNS + [
@@ -60,26 +61,29 @@ class Logger:
             return
         col = {name: [r[i] for r in self.rows] for i, name in enumerate(COLUMNS)}
         epochs = list(range(1, len(self.rows) + 1))
+        marker = 'o' if len(epochs) <= 20 else None  # few epochs: show the points
         fig, axes = plt.subplots(1, 3, figsize=(15, 4.2))
         ax = axes[0]
         for name, style in (('Train Loss', 'C0-'), ('Valid Loss', 'C1-'),
                             ('Train Att Loss', 'C0:'), ('Valid Att Loss', 'C1:'),
                             ('Train Per Loss', 'C0--'), ('Valid Per Loss', 'C1--')):
-            ax.plot(epochs, col[name], style, label=name)
+            ax.plot(epochs, col[name], style, label=name, marker=marker, ms=3)
         ax.set_title('loss (sum = attention + perception)')
         ax = axes[1]
         for name, style in (('Train Acc.', 'C0-'), ('Valid Acc.', 'C1-'),
                             ('Train Att Acc.', 'C0:'), ('Valid Att Acc.', 'C1:')):
-            ax.plot(epochs, col[name], style, label=name.replace('Acc.', 'top-1'))
+            ax.plot(epochs, col[name], style, label=name.replace('Acc.', 'top-1'), marker=marker,
+                    ms=3)
         best = max(col['Valid Acc.'])
         ax.axhline(best, color='gray', lw=0.8, ls='--', label=f'best valid {best:.2f}%')
         ax.set_title('top-1 accuracy (%): perception branch, and attention (dotted)')
         ax = axes[2]
-        ax.plot(epochs, col['Learning Rate'], 'C2-')
+        ax.plot(epochs, col['Learning Rate'], 'C2-', marker=marker, ms=3)
         ax.set_yscale('log')
         ax.set_title('learning rate')
         for ax in axes:
             ax.set_xlabel('epoch')
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(True, alpha=0.3)
             if ax is not axes[2]:
                 ax.legend(fontsize=7)
