@@ -118,10 +118,13 @@ def _fit_map(attention_map, size):
 
 def init_conv_bn(model):
     """The authors' initialisation: conv weights normal(0, sqrt(2 / (k*k*out_channels))),
-    which is kaiming_normal fan_out, and BatchNorm weight 1, bias 0."""
+    which is kaiming_normal fan_out, and BatchNorm weight 1, bias 0. Conv biases (VGG's; the
+    ResNets have none) start at 0, as torchvision's."""
     for m in model.modules():
         if isinstance(m, nn.Conv2d):
             nn.init.kaiming_normal_(m.weight, mode='fan_out', nonlinearity='relu')
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
         elif isinstance(m, nn.BatchNorm2d):
             nn.init.ones_(m.weight)
             nn.init.zeros_(m.bias)

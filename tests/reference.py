@@ -54,7 +54,7 @@ def gate(x, attention, mode):
     return x * (1 + attention) if mode == 'residual' else x * attention
 
 
-def _resnet_block(w, x, name, stride, bottleneck):
+def _resnet_block(w, x, name, stride, bottleneck, se=False):
     if bottleneck:
         out = F.relu(w.bn(w.conv(x, f'{name}.conv1'), f'{name}.bn1'))
         out = F.relu(w.bn(w.conv(out, f'{name}.conv2', stride, 1), f'{name}.bn2'))
@@ -62,14 +62,17 @@ def _resnet_block(w, x, name, stride, bottleneck):
     else:
         out = F.relu(w.bn(w.conv(x, f'{name}.conv1', stride, 1), f'{name}.bn1'))
         out = w.bn(w.conv(out, f'{name}.conv2', 1, 1), f'{name}.bn2')
+    if se:  # senet_resnet.py: squeeze-and-excitation on the residual branch
+        scale = F.relu(w.linear(out.mean((2, 3)), f'{name}.fc1'))
+        out = out * torch.sigmoid(w.linear(scale, f'{name}.fc2'))[:, :, None, None]
     if w.has(f'{name}.downsample.0.weight'):
         x = w.bn(w.conv(x, f'{name}.downsample.0', stride), f'{name}.downsample.1')
     return F.relu(out + x)
 
 
-def _resnet_layer(w, x, name, blocks, stride, bottleneck):
+def _resnet_layer(w, x, name, blocks, stride, bottleneck, se=False):
     for i in range(blocks):
-        x = _resnet_block(w, x, f'{name}.{i}', stride if i == 0 else 1, bottleneck)
+        x = _resnet_block(w, x, f'{name}.{i}', stride if i == 0 else 1, bottleneck, se)
     return x
 
 
@@ -152,3 +155,16 @@ def cifar_resnext(w, x, depth, cardinality, mode='residual'):
                              use_bn_att=False)
     rx = _resnext_stage(w, gate(x, attention, mode), 'stage_3', n, 2, cardinality)
     return logits, w.linear(F.avg_pool2d(rx, 8, 1).flatten(1), 'classifier'), attention
+
+
+def imagenet_resnet(w, x, layers, bottleneck, mode='residual', se=False):
+    """The authors' models/imagenet/resnet.py, `layers` blocks per stage. Their fixed
+    AvgPool2d(14) and AvgPool2d(7) are global means at 224 px; here, means at any size.
+    se=True: the blocks of their senet_resnet.py, with the ordinary head (their SE code's
+    log-sum map is not what the paper describes, and is not reproduced)."""
+    x = F.max_pool2d(F.relu(w.bn(w.conv(x, 'conv1', 2, 3), 'bn1')), 3, 2, 1)
+    for i, stride in enumerate((1, 2, 2)):
+        x = _resnet_layer(w, x, f'layer{i + 1}', layers[i], stride, bottleneck, se)
+    logits, attention = head(w, _resnet_layer(w, x, 'att_layer4', layers[3], 1, bottleneck, se))
+    rx = _resnet_layer(w, gate(x, attention, mode), 'layer4', layers[3], 2, bottleneck, se)
+    return logits, w.linear(rx.mean((2, 3)), 'fc'), attention

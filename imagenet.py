@@ -1,0 +1,126 @@
+"""Train and evaluate Attention Branch Networks on ImageNet or any folder of images
+(fine-grained or custom sets): --data holds train/ and val/, one sub-folder per class.
+
+    python imagenet.py -a resnet50 --data ~/dataset/ILSVRC2012/ --epochs 90 --schedule 31 61 \\
+        --gamma 0.1 -c checkpoints/imagenet/resnet50
+    python imagenet.py -a resnet50 --data ~/dataset/ILSVRC2012/ \\
+        --evaluate --resume checkpoints/imagenet/resnet50/model_best.pth.tar
+"""
+import os
+import re
+import sys
+
+import torch
+import torchvision.transforms as T
+
+from models import IMAGENET_MODELS
+from utils.cli import AbnError, ArgumentParser, add_training_arguments, run
+from utils.data import NORMALIZATION, DataBundle, check_same_classes, first_n, image_folder_split
+from utils.engine import Task, main as engine_main
+from utils.pretrained import check_pretrained_arguments, init_pretrained
+
+IMAGENET_NORMALIZATION = NORMALIZATION['imagefolder']  # ImageNet's mean and std
+# The authors' defaults, except the schedule: theirs (150 225) never fires in 90 epochs.
+DEFAULTS = dict(epochs=90, train_batch=256, test_batch=200, schedule=[30, 60],
+                weight_decay=1e-4, arch='resnet18', arch_names=sorted(IMAGENET_MODELS))
+
+
+def get_args_parser():
+    parser = ArgumentParser(description='Attention Branch Network: ImageNet and other image '
+                                        'folders (fine-grained, custom)')
+    parser.add_argument('-d', '--data', required=True, metavar='DIR',
+                        help='folder with train/ and val/, each with one sub-folder of images '
+                             'per class')
+    parser.add_argument('--image-size', default=224, type=int, metavar='PX',
+                        help='side of the training crops and of the evaluation centre crop '
+                             '(default: %(default)s)')
+    parser.add_argument('--resize-size', default=None, type=int, metavar='PX',
+                        help='evaluation resizes the shorter side to PX before the centre crop '
+                             '(default: image size x 256/224, so 256 at 224)')
+    add_training_arguments(parser, DEFAULTS)
+    arch = parser.add_argument_group('architecture options')
+    arch.add_argument('--depth', type=int, default=None,
+                      help="accepted for the authors' commands; the depth is part of -a "
+                           "(resnet50, ...)")
+    arch.add_argument('--cardinality', type=int, default=32,
+                      help='ResNeXt cardinality (groups) (default: %(default)s)')
+    arch.add_argument('--base-width', type=int, default=4,
+                      help='ResNeXt width per group (default: %(default)s)')
+    arch.add_argument('--widen-factor', type=int, default=4,
+                      help="accepted for the authors' commands; no ImageNet model uses it")
+    start = parser.add_argument_group('pretrained weights (new runs)')
+    start.add_argument('--pretrained', action='store_true',
+                       help="start from torchvision's ImageNet weights (downloaded); the "
+                            "attention stage starts as a copy of the last stage")
+    start.add_argument('--weights', default=None, metavar='PATH',
+                       help='start from a local file instead: a state_dict (torchvision\'s) '
+                            'or a checkpoint')
+    return parser
+
+
+def model_options(args):
+    return dict(cardinality=args.cardinality, base_width=args.base_width)
+
+
+def resize_size(args):
+    return args.resize_size or round(args.image_size * 256 / 224)
+
+
+def check_arguments(args):
+    """imagenet.py's checks of the command line alone, before any file is read; returns the
+    model built on the meta device (no memory, no time)."""
+    try:
+        with torch.device('meta'):
+            model = IMAGENET_MODELS.create(args.arch, num_classes=2, attention=not args.baseline,
+                                           gate=args.gate, **model_options(args))
+    except ValueError as error:
+        raise AbnError(str(error)) from None
+    if args.image_size < model.min_image_size:
+        raise AbnError(f'--image-size {args.image_size} is too small for {args.arch}: it takes '
+                       f'images of at least {model.min_image_size} px')
+    if resize_size(args) < args.image_size:
+        raise AbnError(f'--resize-size {args.resize_size} is smaller than --image-size '
+                       f'{args.image_size}: the centre crop would not fit')
+    named_depth = int(re.search(r'\d+', args.arch).group())
+    if args.depth is not None and args.depth != named_depth:
+        raise AbnError(f'--depth {args.depth} contradicts -a {args.arch}: the depth is part of '
+                       f'the architecture\'s name')
+    return model
+
+
+def imagenet_transforms(mean, std, image_size, resize):
+    """The authors' (and torchvision's) ImageNet augmentation: random resized crops and flips
+    for training; resize and centre crop for evaluation."""
+    tail = [T.ToTensor(), T.Normalize(mean, std)]
+    train = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()] + tail)
+    test = T.Compose([T.Resize(resize), T.CenterCrop(image_size)] + tail)
+    return train, test
+
+
+def build_data(args, evaluate_only, normalization):
+    mean, std = normalization or IMAGENET_NORMALIZATION
+    train_tf, test_tf = imagenet_transforms(mean, std, args.image_size, resize_size(args))
+    test = image_folder_split(args.data, ('val', 'test'), test_tf, args.skip_bad_images)
+    train = None if evaluate_only else image_folder_split(
+        args.data, ('train',), train_tf, args.skip_bad_images, role='training')
+    check_same_classes(train, test, args.data)
+    name = os.path.basename(os.path.normpath(args.data))
+    return DataBundle(name, first_n(train, args.train_size), first_n(test, args.test_size),
+                      list(test.classes), mean, std, args.image_size)
+
+
+TASK = Task(name='imagenet', registry=IMAGENET_MODELS, build_data=build_data,
+            model_options=model_options, legacy_normalization=IMAGENET_NORMALIZATION,
+            init_pretrained=init_pretrained)
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    model = check_arguments(args)
+    if not args.resume:
+        check_pretrained_arguments(args, model)
+    return engine_main(args, TASK)
+
+
+if __name__ == '__main__':
+    sys.exit(run(main))

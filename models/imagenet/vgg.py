@@ -1,0 +1,64 @@
+"""VGG-16 with batch normalisation and an attention branch.
+
+The backbone is torchvision's vgg16_bn (its own class builds `features`, `avgpool` and
+`classifier`), so its names and torchvision's ImageNet weights carry over, and the plain
+baseline is torchvision's model. The split, in indices of `features`:
+
+- feature extractor: features[0:34], conv1_1 ... conv4_3 and pool4 (14x14 at 224 px);
+- attention stage: att_features, a copy of the conv5 block (conv5_1 ... conv5_3 with their
+  BN and ReLU, features[34:43]; stride 1 like the original, and without pool5), keeping the
+  indices of `features`, so att_features.34 is the copy of features.34;
+- perception branch: the conv5 block (its output is what CAM/Grad-CAM explain), pool5
+  (features[43]), avgpool (adaptive, 7x7) and the classifier MLP (4096, 4096, classes).
+"""
+import copy
+from collections import OrderedDict
+
+import torch
+import torch.nn as nn
+from torchvision.models.vgg import VGG, cfgs, make_layers
+
+from ..abn import init_conv_bn
+from ..registry import IMAGENET_MODELS
+from .base import ImageNetABN
+
+
+class ImageNetVGG(ImageNetABN):
+    last_stage, classifier_name = 'features', 'classifier.6'
+
+    def __init__(self, cfg, num_classes=1000, attention=True, gate='residual', dropout=0.5):
+        super().__init__(num_classes, attention, gate)
+        vgg = VGG(make_layers(cfg, batch_norm=True), num_classes, dropout=dropout)
+        self.features, self.avgpool, self.classifier = vgg.features, vgg.avgpool, vgg.classifier
+        pools = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
+        self.pool4, self.pool5 = pools[-2:]
+        if attention:
+            block = list(self.features.named_children())[self.pool4 + 1:self.pool5]
+            self.att_features = nn.Sequential(OrderedDict(
+                (name, copy.deepcopy(module)) for name, module in block))
+            self._make_attention_head(512)
+            # torchvision's conv/BN initialisation, drawn anew for every conv: the attention
+            # stage starts as a stage of its own, not a clone of conv5
+            init_conv_bn(self)
+
+    def extract_features(self, x):
+        return self.features[:self.pool4 + 1](x)
+
+    @property
+    def attention_stage(self):
+        return self.att_features
+
+    def perception_features(self, features):
+        return self.features[self.pool4 + 1:self.pool5](features)
+
+    def classify(self, maps):
+        pooled = self.avgpool(self.features[self.pool5](maps))
+        return self.classifier(torch.flatten(pooled, 1))
+
+
+@IMAGENET_MODELS.register
+def vgg16_bn(num_classes=1000, attention=True, gate='residual'):
+    """VGG-16 with batch normalisation and ABN (torchvision's vgg16_bn backbone)."""
+    model = ImageNetVGG(cfgs['D'], num_classes, attention, gate)
+    model.torchvision_name = 'vgg16_bn'
+    return model
