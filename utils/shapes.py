@@ -16,6 +16,12 @@ IMAGE_SIZE = 32
 # Seeds of the two splits: fixed, so every run sees the same data whatever --manualSeed is.
 SPLIT_SEEDS = {'train': 20190616, 'test': 20190617}
 DEFAULT_SIZES = {'train': 10000, 'test': 2000}
+CLUTTER_ALPHA = 0.35
+MIN_CONTRAST = 0.9  # L1 distance between the object's and the background's colours
+
+
+def _mix(colour, image):
+    return CLUTTER_ALPHA * colour + (1 - CLUTTER_ALPHA) * image
 
 
 def _inside(kind, u, v):
@@ -64,7 +70,8 @@ def _draw(labels, rng, size):
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
 
     # Clutter, independent of the class: a background colour, pixel noise, a few strokes
-    # and blobs of other colours, all smaller or thinner than any shape.
+    # and blobs of other colours, all smaller or thinner than any shape, and half-transparent
+    # (CLUTTER_ALPHA), so the shape is the one full-contrast thing in the image.
     background = rng.uniform(0, 1, (n, 1, 1, 3)).astype(np.float32)
     images = background + 0.06 * rng.standard_normal((n, size, size, 3), dtype=np.float32)
     for _ in range(3):
@@ -74,14 +81,14 @@ def _draw(labels, rng, size):
         offset = rng.uniform(-size / 2, size / 2, (n, 1, 1))
         distance = ((xs - size / 2) * np.sin(angle) - (ys - size / 2) * np.cos(angle)) - offset
         line = np.abs(distance) < 0.6
-        images = np.where(line[..., None], colour, images)
+        images = np.where(line[..., None], _mix(colour, images), images)
     for _ in range(4):
         # blobs: small discs
         colour = rng.uniform(0, 1, (n, 1, 1, 3)).astype(np.float32)
         cx, cy = rng.uniform(0, size, (2, n, 1, 1))
         radius = rng.uniform(0.8, 2.0, (n, 1, 1))
         blob = np.hypot(xs - cx, ys - cy) < radius
-        images = np.where(blob[..., None], colour, images)
+        images = np.where(blob[..., None], _mix(colour, images), images)
 
     # The object: random scale and position fully inside the image, and a colour that
     # differs clearly from the background.
@@ -89,7 +96,7 @@ def _draw(labels, rng, size):
     cx = rng.uniform(scale[:, 0, 0], size - scale[:, 0, 0])[:, None, None]
     cy = rng.uniform(scale[:, 0, 0], size - scale[:, 0, 0])[:, None, None]
     colour = rng.uniform(0, 1, (n, 1, 1, 3)).astype(np.float32)
-    too_close = np.abs(colour - background).sum(-1, keepdims=True) < 0.6
+    too_close = np.abs(colour - background).sum(-1, keepdims=True) < MIN_CONTRAST
     colour = np.where(too_close, 1.0 - background, colour)
     u, v = (xs - cx) / scale, (ys - cy) / scale
     masks = np.zeros((n, size, size), dtype=bool)
