@@ -122,14 +122,17 @@ def test_corrupt_image_is_named_or_skipped(tmp_path):
 
 
 def test_shapes_are_deterministic_balanced_and_masked():
-    a = generate_shapes(300, 7)
-    b = generate_shapes(300, 7)
+    a = generate_shapes(1000, 7)
+    b = generate_shapes(1000, 7)
     for x, y in zip(a, b):
         assert np.array_equal(x, y)
     images, labels, masks = a
-    assert np.bincount(labels, minlength=10).tolist() == [30] * 10
-    assert masks.shape == (300, 32, 32) and 0.03 < masks.mean() < 0.4
-    assert all(masks[i].any() for i in range(300))
+    assert np.bincount(labels, minlength=10).tolist() == [100] * 10
+    assert masks.shape == (1000, 32, 32) and 0.03 < masks.mean() < 0.4
+    assert all(masks[i].any() for i in range(1000))
+    prefix = generate_shapes(123, 7)  # --test-size 123: the first 123 of the same split
+    for whole, part in zip(a, prefix):
+        assert np.array_equal(whole[:123], part)
     # the object is drawn where its mask is: one colour (plus a little shading) inside
     inside = images[0][masks[0]].astype(float)
     assert inside.std(0).max() < 20

@@ -53,16 +53,28 @@ def _inside(kind, u, v):
     raise ValueError(kind)
 
 
-def generate_shapes(n, seed, size=IMAGE_SIZE, chunk=500):
+CHUNK = 500  # images drawn at once: the arrays stay in cache
+
+
+def generate_shapes(n, seed, size=IMAGE_SIZE):
     """Returns (images uint8 (n, size, size, 3), labels int64 (n,), masks bool (n, size, size)).
-    Drawn in chunks that stay in cache; chunk k uses its own stream of the seed."""
-    labels = np.random.default_rng(seed).permutation(np.arange(n) % len(SHAPE_CLASSES))
-    parts = [_draw(labels[i:i + chunk], np.random.default_rng([seed, i // chunk]), size)
-             for i in range(0, n, chunk)]
-    images = np.concatenate([p[0] for p in parts]) if parts else np.zeros((0, size, size, 3),
-                                                                           np.uint8)
-    masks = np.concatenate([p[1] for p in parts]) if parts else np.zeros((0, size, size), bool)
-    return images, labels.astype(np.int64), masks
+
+    Drawn in whole chunks of CHUNK images, each from its own stream (seed, k) and holding every
+    class equally often, then cut to n: the first n images of a split are the same whatever n
+    is, so --train-size/--test-size take a prefix of the full split."""
+    images, labels, masks = [], [], []
+    for k in range(-(-n // CHUNK)):
+        rng = np.random.default_rng([seed, k])
+        chunk_labels = rng.permutation(np.arange(CHUNK) % len(SHAPE_CLASSES))
+        chunk_images, chunk_masks = _draw(chunk_labels, rng, size)
+        images.append(chunk_images)
+        labels.append(chunk_labels)
+        masks.append(chunk_masks)
+    if not images:
+        return (np.zeros((0, size, size, 3), np.uint8), np.zeros(0, np.int64),
+                np.zeros((0, size, size), bool))
+    return (np.concatenate(images)[:n], np.concatenate(labels)[:n].astype(np.int64),
+            np.concatenate(masks)[:n])
 
 
 def _draw(labels, rng, size):
