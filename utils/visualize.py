@@ -71,8 +71,8 @@ def save_attention_images(out_dir, images, maps, targets, predictions, class_nam
         fig.tight_layout()
         name = f'{start_index + i:04d}'
         if true_name is not None:
-            name += f'_true-{_safe(true_name)}'
-        name += f'_pred-{_safe(pred_name)}.png'
+            name += f'_true-{safe_name(true_name)}'
+        name += f'_pred-{safe_name(pred_name)}.png'
         path = os.path.join(out_dir, name)
         fig.savefig(path, dpi=100)
         plt.close(fig)
@@ -112,7 +112,8 @@ def save_grid(path, pictures, heat, targets, predictions, class_names, title='',
     return path
 
 
-def _safe(name):
+def safe_name(name):
+    """A class or file name cut down to characters every file system takes."""
     return ''.join(ch if ch.isalnum() or ch in '-_' else '-' for ch in str(name))[:40]
 
 

@@ -1,0 +1,720 @@
+"""Look at and measure what an Attention Branch Network attends to, for any image.
+
+    python explain.py CHECKPOINT photo.png folder/ -o outputs/explain
+    python explain.py CHECKPOINT --dataset shapes -n 500 --compare --measure \\
+        --baseline-checkpoint checkpoints/shapes/resnet-20-baseline/model_best.pth.tar
+    python explain.py CHECKPOINT photo.png --edit edited_map.png
+
+For each image: the input, the ABN attention map, their overlay and the top-5 classes
+(`NNNN_<name>.png`), the map itself as an editable grayscale PNG (`maps/`), and one
+grid for all; `predictions.json` holds the top-5 of every image. `--compare` adds CAM and
+Grad-CAM of the model's perception branch (and of `--baseline-checkpoint`'s model);
+`--measure` scores every map (pointing game and energy inside the object where the data has
+object masks, deletion/insertion AUC everywhere) into metrics.json/.md/.png. `--edit MAP`
+runs the perception branch on an edited map and shows how the prediction changes.
+
+Checkpoints written by cifar.py describe themselves. The authors' checkpoints do not: give
+the architecture options of cifar.py (-a, --depth, ...) and --num-classes or --dataset.
+"""
+import json
+import os
+import sys
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torchvision.transforms as T
+from PIL import Image
+
+from models import CIFAR_MODELS, IMAGENET_MODELS
+from utils import checkpoint as ckpt
+from utils.cam import TITLES, Explainer, perception_probabilities, renormalize, supports_cam
+from utils.cli import AbnError, ArgumentParser, run
+from utils.data import (AUTHORS_NORMALIZATION, NORMALIZATION, SMALL_IMAGE_DATASETS,
+                        CorruptImageError, base_dataset, build_small_image_data, first_n,
+                        load_rgb)
+from utils.distributed import setup_runtime
+from utils.engine import describe
+from utils.metrics import (MetricTable, deletion_insertion, energy_inside, pointing_game,
+                           pointing_tolerance, write_report)
+from utils.progress import Progress
+from utils.shapes import SHAPE_CLASSES
+from utils.visualize import as_uint8, blend, denormalize, safe_name, save_grid, upsample_maps
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm')
+TOP_K = 5
+# Class names of the sets whose names do not come with files (checkpoints of cifar.py carry
+# their own; CIFAR-100's come from its files through --dataset cifar100 --data DIR).
+KNOWN_CLASSES = {
+    'shapes': list(SHAPE_CLASSES),
+    'cifar10': ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
+                'truck'],
+    'svhn': [str(d) for d in range(10)],
+}
+DATASET_CLASS_COUNTS = {'shapes': 10, 'cifar10': 10, 'svhn': 10, 'cifar100': 100}
+ARCH_OPTIONS = ('depth', 'cardinality', 'widen_factor', 'growthRate', 'compressionRate')
+
+
+def get_args_parser():
+    parser = ArgumentParser(description='Attention maps, CAM and Grad-CAM of an ABN for any '
+                                        'image, and measures of them')
+    parser.add_argument('checkpoint', metavar='CHECKPOINT',
+                        help="a checkpoint of cifar.py/imagenet.py, or one of the authors'")
+    parser.add_argument('inputs', nargs='*', metavar='IMAGE',
+                        help='image files and folders (searched recursively)')
+    source = parser.add_argument_group('inputs')
+    source.add_argument('-d', '--dataset', choices=SMALL_IMAGE_DATASETS,
+                        help="explain this data set's test split instead of image files (its "
+                             "class count also serves the authors' checkpoints)")
+    source.add_argument('--data', default='./data', metavar='DIR',
+                        help='where the data set is (as in cifar.py; default: %(default)s)')
+    source.add_argument('-n', '--num-images', type=int, metavar='N',
+                        help='only the first N images (default: all)')
+    source.add_argument('--batch-size', type=int, default=64, metavar='N',
+                        help='images per batch (default: %(default)s)')
+
+    out = parser.add_argument_group('what to do')
+    out.add_argument('-o', '--output', default='outputs/explain', metavar='DIR',
+                     help='folder for the pictures and results (default: %(default)s)')
+    out.add_argument('--compare', action='store_true',
+                     help='draw CAM and Grad-CAM of the perception branch beside the ABN map')
+    out.add_argument('--baseline-checkpoint', metavar='PATH',
+                     help='a plain (no attention branch) model of the same classes: its CAM and '
+                          'Grad-CAM are drawn and measured too')
+    out.add_argument('--measure', action='store_true',
+                     help='score every map: pointing game and energy inside the object (data '
+                          'with object masks: shapes), deletion/insertion AUC (all data)')
+    out.add_argument('--pointing-tolerance', type=int, metavar='PX',
+                     help='pixels around the object that still count as a hit in the tolerant '
+                          'pointing game (default: 15 at 224 px, scaled: 2 at 32 px)')
+    out.add_argument('--steps', type=int, default=16, metavar='N',
+                     help='deletion/insertion steps (default: %(default)s)')
+    out.add_argument('--edit', nargs='+', metavar='MAP',
+                     help='grayscale map image(s) (white: attend) to run the perception branch '
+                          'on instead of the model\'s own map: one for every input, or one per '
+                          'input; e.g. an edited copy of a map from maps/')
+    out.add_argument('--save-images', default='16', metavar='N',
+                     help="pictures of the first N images ('all' for every one; default: "
+                          "%(default)s); the grid shows them too")
+    out.add_argument('--seed', type=int, default=0,
+                     help='seed of the random map and of tie-breaking (default: %(default)s)')
+    out.add_argument('--gpu-id', default='0',
+                     help="CUDA device id, or 'cpu' (default: %(default)s)")
+
+    arch = parser.add_argument_group("architecture of the authors' checkpoints (those of "
+                                     "cifar.py describe themselves)")
+    arch.add_argument('-a', '--arch', choices=sorted(set(CIFAR_MODELS) | set(IMAGENET_MODELS)),
+                      help='model architecture (default: resnet)')
+    arch.add_argument('--depth', type=int, help='model depth')
+    arch.add_argument('--cardinality', type=int, help='ResNeXt cardinality (group)')
+    arch.add_argument('--widen-factor', type=int, help='WRN/ResNeXt widen factor')
+    arch.add_argument('--growthRate', type=int, help='growth rate for DenseNet')
+    arch.add_argument('--compressionRate', type=int, help='compression rate for DenseNet')
+    arch.add_argument('--gate', choices=('residual', 'multiply'),
+                      help='how the map gates the features (default: residual, the authors\')')
+    arch.add_argument('--num-classes', type=int, metavar='K',
+                      help='number of classes (default: from --dataset, else from the file)')
+    arch.add_argument('--class-names', metavar='FILE',
+                      help='a text file with one class name per line, in class order')
+    arch.add_argument('--image-size', type=int, metavar='PX',
+                      help='input size (default: from the checkpoint; authors\': 32 CIFAR, '
+                           '224 ImageNet)')
+    return parser
+
+
+# -- the model, from its checkpoint -----------------------------------------------------------
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    description: str
+    class_names: list  # or None: classes shown by number
+    normalization: tuple  # (mean, std)
+    image_size: int
+    imagenet: bool  # ImageNet-style preprocessing (resize, centre crop)
+    dataset: str  # the data set it was trained on, when known
+    resize_size: int = None  # ImageNet: the shorter side before the centre crop
+
+
+def _registry_for(arch, dataset=None):
+    """The registry that builds `arch`; the training data set settles a name in both."""
+    in_cifar, in_imagenet = arch in CIFAR_MODELS, arch in IMAGENET_MODELS
+    if in_cifar and (not in_imagenet or dataset in SMALL_IMAGE_DATASETS):
+        return CIFAR_MODELS, False
+    if in_imagenet:
+        return IMAGENET_MODELS, True
+    raise AbnError(f"unknown architecture '{arch}' in the checkpoint")
+
+
+def _read_checkpoint(path):
+    if not os.path.exists(path):
+        raise AbnError(f'no checkpoint at {path}')
+    if os.path.isdir(path):
+        raise AbnError(f'{path} is a directory: give the checkpoint file in it, e.g. '
+                       f'{os.path.join(path, "model_best.pth.tar")}')
+    return ckpt.load_checkpoint(path)
+
+
+def _create(registry, arch, options, meta=False):
+    try:
+        if meta:  # shapes only: no memory, no time
+            with torch.device('meta'):
+                return registry.create(arch, **options)
+        return registry.create(arch, **options)
+    except ValueError as error:
+        raise AbnError(str(error)) from None
+
+
+def _final_linear_key(model):
+    names = {id(module): name for name, module in model.named_modules()}
+    return names[id(model.final_linear)] + '.weight'
+
+
+def load_model(path, args, role='model'):
+    """Builds the model a checkpoint holds and loads its weights. Raises AbnError when the
+    file or the given options do not fit."""
+    checkpoint = _read_checkpoint(path)
+    given = {k: getattr(args, k) for k in ARCH_OPTIONS + ('gate',) if getattr(args, k) is not None}
+    if not ckpt.is_legacy(checkpoint) and 'arch' in checkpoint:
+        arch, model_args = checkpoint['arch'], dict(checkpoint.get('model_args') or {})
+        registry, imagenet = _registry_for(arch, checkpoint.get('dataset'))
+        described = describe(arch, model_args, model_args.get('attention', True))
+        if role == 'model':
+            # Options given for a file that describes itself must agree with it.
+            contradicted = [f"--{k.replace('_', '-')}" for k, v in given.items()
+                            if k in model_args and model_args[k] != v]
+            if args.arch and args.arch != arch:
+                contradicted.insert(0, '--arch')
+            if contradicted:
+                raise AbnError(f'{path} holds {described}, not what {", ".join(contradicted)} '
+                               f'says: leave the architecture options out for checkpoints of '
+                               f'cifar.py (they describe themselves)')
+        normalization = checkpoint.get('normalization')
+        normalization = ((tuple(normalization['mean']), tuple(normalization['std']))
+                         if normalization else NORMALIZATION.get(checkpoint.get('dataset'),
+                                                                 NORMALIZATION['imagefolder']))
+        class_names = list(checkpoint['class_names']) if checkpoint.get('class_names') else None
+        image_size = int(checkpoint.get('image_size') or (224 if imagenet else 32))
+        resize_size = (checkpoint.get('args') or {}).get('resize_size')
+        dataset = checkpoint.get('dataset')
+    else:
+        arch = args.arch or 'resnet'
+        registry, imagenet = _registry_for(arch)
+        state = ckpt.clean_state_dict(checkpoint['state_dict'])
+        attention = 'att_conv.weight' in state  # the authors' baselines have no head
+        options = dict(given, attention=attention)
+        num_classes = args.num_classes or DATASET_CLASS_COUNTS.get(args.dataset)
+        if num_classes is None:  # read it off the classifier's weight
+            probe = _create(registry, arch, dict(options, num_classes=2), meta=True)
+            weight = state.get(_final_linear_key(probe))
+            if weight is None:
+                raise AbnError(f'{path} does not fit {arch}: pass -a and --num-classes')
+            num_classes = int(weight.shape[0])
+        model_args = registry.model_args(arch, **options, num_classes=num_classes)
+        normalization = NORMALIZATION['imagefolder'] if imagenet else AUTHORS_NORMALIZATION
+        class_names = KNOWN_CLASSES.get(args.dataset)
+        image_size, resize_size = (224 if imagenet else 32), None
+        dataset = args.dataset
+    if args.image_size and role == 'model':
+        image_size, resize_size = args.image_size, None
+    model = _create(registry, arch, model_args)
+    description = describe(arch, model_args, model.has_attention)
+    ckpt.load_model_state(model, checkpoint, path, description)
+    if args.class_names and role == 'model':
+        class_names = read_class_names(args.class_names, model.num_classes)
+    if class_names is not None and len(class_names) != model.num_classes:
+        class_names = None
+    return LoadedModel(model.eval(), description, class_names, normalization, image_size,
+                       imagenet, dataset, resize_size or round(image_size * 256 / 224))
+
+
+def read_class_names(path, count):
+    try:
+        with open(path) as f:
+            names = [line.strip() for line in f if line.strip()]
+    except OSError as error:
+        raise AbnError(f'cannot read --class-names {path}: {error.strerror}') from None
+    if len(names) != count:
+        raise AbnError(f'--class-names {path} holds {len(names)} names, the model has {count} '
+                       f'classes')
+    return names
+
+
+# -- the images -------------------------------------------------------------------------------
+
+@dataclass
+class Inputs:
+    """What to explain: `dataset[i]` is (normalised image, label or -1); `masks` the objects'
+    ground truth or None; `sources` names each image."""
+    dataset: object
+    sources: list
+    masks: object
+    class_names: list
+
+    def __len__(self):
+        return len(self.sources)
+
+    def batch(self, start, stop):
+        try:
+            items = [self.dataset[i] for i in range(start, stop)]
+        except CorruptImageError as error:
+            raise AbnError(str(error)) from None
+        inputs = torch.stack([x for x, _ in items])
+        targets = torch.tensor([int(y) for _, y in items])
+        masks = None if self.masks is None else np.asarray(self.masks[start:stop])
+        return inputs, targets, masks
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    def __init__(self, paths, labels, transform):
+        self.paths, self.labels, self.transform = paths, labels, transform
+
+    def __len__(self):
+        return len(self.paths)
+
+    def __getitem__(self, index):
+        return self.transform(load_rgb(self.paths[index])), self.labels[index]
+
+
+def image_transform(loaded):
+    """The evaluation transform of the model's training: small images are resized to the
+    square they were trained at; ImageNet models get resize + centre crop."""
+    size = loaded.image_size
+    head = ([T.Resize(loaded.resize_size), T.CenterCrop(size)] if loaded.imagenet
+            else [T.Resize((size, size))])
+    return T.Compose(head + [T.ToTensor(), T.Normalize(*loaded.normalization)])
+
+
+def find_images(paths):
+    found = []
+    for path in paths:
+        if os.path.isdir(path):
+            for folder, subfolders, names in os.walk(path):
+                subfolders.sort()
+                found += [os.path.join(folder, n) for n in sorted(names)
+                          if n.lower().endswith(IMAGE_EXTENSIONS)]
+        elif os.path.isfile(path):
+            found.append(path)
+        else:
+            raise AbnError(f'no image or folder at {path}')
+    if not found:
+        raise AbnError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in {", ".join(paths)}')
+    return found
+
+
+def build_inputs(args, loaded):
+    if args.inputs and args.dataset:
+        raise AbnError('give image files/folders or --dataset, not both')
+    if args.dataset:
+        if loaded.imagenet:
+            raise AbnError('--dataset holds small-image sets; give an ImageNet model image files '
+                           'or folders')
+        # The whole split, then its first N: `shapes` draws another set for another size.
+        bundle = build_small_image_data(args.dataset, args.data, evaluate_only=True,
+                                        image_size=loaded.image_size,
+                                        normalization=loaded.normalization)
+        if loaded.class_names is not None and list(bundle.classes) != loaded.class_names:
+            theirs, ours = ', '.join(loaded.class_names[:4]), ', '.join(bundle.classes[:4])
+            raise AbnError(f'the model was trained on other classes ({theirs}, ...) than '
+                           f'{args.dataset} has ({ours}, ...)')
+        if loaded.class_names is None and len(bundle.classes) == loaded.model.num_classes:
+            loaded.class_names = list(bundle.classes)
+        masks = getattr(base_dataset(bundle.test), 'masks', None)
+        test = first_n(bundle.test, args.num_images)
+        n = len(test)
+        return Inputs(test, [f'{args.dataset}-test-{i}' for i in range(n)],
+                      None if masks is None else masks[:n], loaded.class_names)
+    if not args.inputs:
+        raise AbnError('nothing to explain: give image files or folders, or --dataset NAME')
+    paths = find_images(args.inputs)[:args.num_images]
+    # An image inside a folder named after a class (ImageFolder layout) has that label.
+    index = {name: i for i, name in enumerate(loaded.class_names or [])}
+    labels = [index.get(os.path.basename(os.path.dirname(os.path.abspath(p))), -1) for p in paths]
+    return Inputs(ImageFiles(paths, labels, image_transform(loaded)), paths, None,
+                  loaded.class_names)
+
+
+def read_edited_maps(paths, count):
+    """Grayscale images as (1, 1, h, w) maps in [0, 1]; one for all inputs or one each."""
+    if len(paths) not in (1, count):
+        raise AbnError(f'--edit takes one map for all {count} inputs or one per input, got '
+                       f'{len(paths)}')
+    maps = []
+    for path in paths:
+        try:
+            gray = np.asarray(load_rgb(path).convert('L'), dtype=np.float32) / 255
+        except CorruptImageError as error:
+            raise AbnError(str(error)) from None
+        maps.append(torch.from_numpy(gray)[None, None])
+    return maps * count if len(maps) == 1 else maps
+
+
+# -- pictures -------------------------------------------------------------------------------
+
+def _label(names, index):
+    return names[index] if names is not None and 0 <= index < len(names) else str(index)
+
+
+def top_k(probabilities, names, k=TOP_K):
+    values, indices = probabilities.topk(min(k, probabilities.numel()))
+    return [{'class': int(i), 'name': _label(names, int(i)), 'probability': float(v)}
+            for v, i in zip(values, indices)]
+
+
+def _draw_top_k(ax, ranking, true_class, title):
+    names = [r['name'] for r in ranking][::-1]
+    values = [100 * r['probability'] for r in ranking][::-1]
+    colours = ['tab:green' if r['class'] == true_class else 'tab:blue' for r in ranking][::-1]
+    ax.barh(range(len(names)), values, color=colours)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.tick_params(axis='x', labelsize=7)
+    for y, v in enumerate(values):
+        ax.text(min(v + 2, 70), y, f'{v:.1f}%', va='center', fontsize=7)
+    ax.set_title(title, fontsize=9)
+
+
+def save_explanation(path, picture, panels, rankings, true_class, true_name, grid_rows=None):
+    """One row: the input, then `panels` (title, image array, colour range or None), then
+    one top-k chart per entry of `rankings` (title, ranking)."""
+    import matplotlib.pyplot as plt
+
+    columns = 1 + len(panels) + len(rankings)
+    widths = [1] * (1 + len(panels)) + [1.5] * len(rankings)
+    fig, axes = plt.subplots(1, columns, figsize=(sum(widths) * 2.1, 2.5),
+                             gridspec_kw={'width_ratios': widths})
+    axes[0].imshow(picture, interpolation='nearest')
+    axes[0].set_title(f'input, true: {true_name}' if true_name else 'input', fontsize=9)
+    for ax, (title, image, value_range) in zip(axes[1:], panels):
+        if value_range is None:
+            ax.imshow(image, interpolation='bilinear')
+        else:
+            ax.imshow(image, cmap='jet', vmin=value_range[0], vmax=value_range[1])
+        ax.set_title(title, fontsize=9)
+    for ax in axes[:1 + len(panels)]:
+        ax.axis('off')
+    for ax, (title, ranking) in zip(axes[1 + len(panels):], rankings):
+        _draw_top_k(ax, ranking, true_class, title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_comparison_grid(path, pictures, heats, row_titles, title=''):
+    """Rows of images: the input and one overlay per map (`heats`: title -> (N, H, W))."""
+    import matplotlib.pyplot as plt
+
+    rows, columns = len(pictures), 1 + len(heats)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.55 * columns, 1.6 * rows + 0.4),
+                             squeeze=False)
+    for r in range(rows):
+        axes[r, 0].imshow(pictures[r], interpolation='nearest')
+        axes[r, 0].set_ylabel(row_titles[r], fontsize=7, rotation=0, ha='right', va='center')
+        for c, (name, heat) in enumerate(heats.items(), start=1):
+            axes[r, c].imshow(blend(pictures[r], heat[r]))
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=8)
+        if r == 0:
+            axes[r, 0].set_title('input', fontsize=8)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_map_image(path, attention_map):
+    """The model's map at its own resolution, as 8-bit grayscale: edit it, give it to --edit."""
+    Image.fromarray(as_uint8(attention_map.numpy())).save(path)
+
+
+# -- the run --------------------------------------------------------------------------------
+
+def parse_count(text, option):
+    text = str(text).strip().lower()
+    if text == 'all':
+        return None
+    if not text.isdigit():
+        raise AbnError(f"{option} takes a number or 'all', got '{text}'")
+    return int(text)
+
+
+def check_arguments(args):
+    for name in ('num_images', 'batch_size', 'steps'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            raise AbnError(f'--{name.replace("_", "-")} must be at least 1')
+    if args.pointing_tolerance is not None and args.pointing_tolerance < 0:
+        raise AbnError('--pointing-tolerance must not be negative')
+    args.save_images = parse_count(args.save_images, '--save-images')
+
+
+@dataclass
+class ModelResult:
+    """One model's answers for a batch."""
+    prefix: str  # '' for the model, 'baseline ' for the baseline
+    loaded: LoadedModel
+    explanation: object  # utils.cam.Explanation
+    probabilities: torch.Tensor  # (N, K) perception softmax, on the CPU
+    inputs: torch.Tensor  # the batch in this model's normalisation, on the device
+
+
+class ExplainRun:
+    def __init__(self, args):
+        check_arguments(args)
+        self.args = args
+        self.runtime = setup_runtime(args.gpu_id)
+        self.device = self.runtime.device
+        self.main = load_model(args.checkpoint, args)
+        self.baseline = (load_model(args.baseline_checkpoint, args, role='baseline')
+                         if args.baseline_checkpoint else None)
+        self.check_baseline()
+        self.inputs = build_inputs(args, self.main)
+        self.names = self.inputs.class_names
+        self.edits = read_edited_maps(args.edit, len(self.inputs)) if args.edit else None
+        if self.edits is not None and not self.main.model.has_attention:
+            raise AbnError('--edit needs a model with an attention branch; this one is a plain '
+                           'baseline')
+        self.explainers = self.make_explainers()
+        self.pictures, self.picture_targets, self.heats, self.records = [], [], {}, []
+        self.radius = args.pointing_tolerance
+        if self.radius is None:
+            self.radius = pointing_tolerance(self.main.image_size)
+        self.table = MetricTable({'pointing_game_tolerant': f'pointing game ±{self.radius} px'})
+        self.correct = self.labelled = 0
+
+    def check_baseline(self):
+        if self.baseline is None:
+            return
+        main, base = self.main, self.baseline
+        if base.model.num_classes != main.model.num_classes:
+            raise AbnError(f'the baseline has {base.model.num_classes} classes, the model '
+                           f'{main.model.num_classes}: compare models of the same classes')
+        if base.image_size != main.image_size or base.imagenet != main.imagenet:
+            raise AbnError('the baseline was trained on another input size than the model')
+
+    def make_explainers(self):
+        """(label prefix, loaded model, explainer) for the model and the baseline."""
+        args, out = self.args, []
+        for prefix, loaded in (('', self.main), ('baseline ', self.baseline)):
+            if loaded is None:
+                continue
+            loaded.model.to(self.device)
+            methods = ['abn'] if loaded.model.has_attention and not prefix else []
+            if args.compare or args.measure or not loaded.model.has_attention:
+                methods += ['cam', 'gradcam']
+                if not supports_cam(loaded.model):
+                    methods.remove('cam')
+                    print(f'note: no CAM for {prefix}{loaded.description}: its perception branch '
+                          f'does not end in global average pooling + one linear layer')
+            if args.measure and not prefix:
+                methods.append('random')
+            try:
+                out.append((prefix, loaded, Explainer(loaded.model, methods, seed=args.seed)))
+            except ValueError as error:
+                raise AbnError(str(error)) from None
+        return out
+
+    def run(self):
+        args = self.args
+        os.makedirs(os.path.join(args.output, 'maps'), exist_ok=True)
+        total = len(self.inputs)
+        batches = range(0, total, args.batch_size)
+        print(f'==> {self.main.description} on {self.device.type}: {total} '
+              f'image{"s" if total != 1 else ""}'
+              + (f', baseline {self.baseline.description}' if self.baseline else ''))
+        progress = Progress('Explain', len(batches), enabled=len(batches) > 1)
+        try:
+            for b, start in enumerate(batches):
+                self.explain_batch(start, min(start + args.batch_size, total))
+                progress.update(b + 1)
+        finally:
+            for _, _, explainer in self.explainers:
+                explainer.close()
+        progress.finish('done')
+        return self.write_results()
+
+    def explain_batch(self, start, stop):
+        args = self.args
+        inputs, targets, masks = self.inputs.batch(start, stop)
+        device_inputs = inputs.to(self.device)
+        results = []
+        for prefix, loaded, explainer in self.explainers:
+            x = renormalize(device_inputs, self.main.normalization, loaded.normalization)
+            explanation = explainer(x)
+            results.append(ModelResult(prefix, loaded, explanation,
+                                       explanation.logits.softmax(1), x))
+        probabilities = results[0].probabilities
+        edited = self.edited_probabilities(device_inputs, start, stop)
+        labelled = targets >= 0
+        self.labelled += int(labelled.sum())
+        self.correct += int((probabilities.argmax(1) == targets)[labelled].sum())
+
+        for i in range(stop - start):
+            record = {'index': start + i, 'source': self.inputs.sources[start + i],
+                      'true': _label(self.names, int(targets[i])) if targets[i] >= 0 else None,
+                      'top5': top_k(probabilities[i], self.names)}
+            for result in results[1:]:
+                record[result.prefix.strip() + '_top5'] = top_k(result.probabilities[i],
+                                                                self.names)
+            if edited is not None:
+                record['edited'] = {'map': args.edit[min(start + i, len(args.edit) - 1)],
+                                    'top5': top_k(edited[i], self.names)}
+            self.records.append(record)
+        if len(self.inputs) <= 16:  # few images: their answers on the terminal too
+            for record in self.records[start:stop]:
+                shown = ', '.join(f"{r['name']} {100 * r['probability']:.1f}%"
+                                  for r in record['top5'])
+                print(f"  {record['index']:04d} {record['source']}: {shown}")
+        self.draw(inputs, targets, results, edited, start, stop)
+        if args.measure:
+            self.measure(results, masks)
+
+    def edited_probabilities(self, device_inputs, start, stop):
+        if self.edits is None:
+            return None
+        model = self.main.model
+        out = []
+        for i in range(start, stop):
+            edit = self.edits[i].to(self.device)
+            out.append(perception_probabilities(model, device_inputs[i - start:i - start + 1],
+                                                attention=edit).cpu())
+        return torch.cat(out)
+
+    # ---- pictures ----
+    def draw(self, inputs, targets, results, edited, start, stop):
+        limit = self.args.save_images
+        count = (stop - start) if limit is None else max(0, min(stop, limit) - start)
+        if count == 0:
+            return
+        own_map = results[0].explanation.feature_maps.get('abn')
+        pictures = denormalize(inputs[:count], *self.main.normalization)
+        heats = {}  # title -> (count, H, W), the maps drawn
+        for result in results:
+            for method, heat in result.explanation.maps.items():
+                if method != 'random':
+                    heats[result.prefix + TITLES[method]] = heat[:count]
+        self.pictures.extend(pictures)
+        self.picture_targets.extend(int(t) for t in targets[:count])
+        for name, heat in heats.items():
+            self.heats.setdefault(name, []).extend(heat)
+        for i in range(count):
+            record = self.records[start + i]
+            name = os.path.splitext(os.path.basename(record['source']))[0]
+            stem = f'{start + i:04d}_{safe_name(name)}'
+            true_class = int(targets[i])
+            rankings = [('top-5', record['top5'])]
+            panels = self.panels(pictures[i], heats, i, own_map)
+            if 'baseline_top5' in record:
+                rankings.append(('baseline top-5', record['baseline_top5']))
+            save_explanation(os.path.join(self.args.output, stem + '.png'), pictures[i],
+                             panels, rankings, true_class, record['true'])
+            if own_map is not None:
+                save_map_image(os.path.join(self.args.output, 'maps', stem + '.png'),
+                               own_map[i, 0])
+            if edited is not None:
+                self.draw_edit(stem, pictures[i], heats, i, start, record, true_class)
+
+    def panels(self, picture, heats, i, own_map):
+        """The ABN map on its own scale (it is a gate in [0, 1]), then every overlay."""
+        panels = []
+        if own_map is not None:
+            height, width = own_map.shape[-2:]
+            panels.append((f'attention map ({height}x{width})', heats[TITLES['abn']][i], (0, 1)))
+        for name, heat in heats.items():
+            panels.append((name if name != TITLES['abn'] else 'ABN overlay',
+                           blend(picture, heat[i]), None))
+        return panels
+
+    def draw_edit(self, stem, picture, heats, i, start, record, true_class):
+        edit = upsample_maps(self.edits[start + i].float(), picture.shape[:2])[0]
+        panels = [('own map', blend(picture, heats[TITLES['abn']][i]), None),
+                  ('edited map', blend(picture, edit), None)]
+        rankings = [('top-5, own map', record['top5']),
+                    ('top-5, edited map', record['edited']['top5'])]
+        save_explanation(os.path.join(self.args.output, stem + '_edited.png'), picture, panels,
+                         rankings, true_class, record['true'])
+        before, after = record['top5'][0], record['edited']['top5'][0]
+        print(f"  {record['index']:04d} edited map: {before['name']} "
+              f"{100 * before['probability']:.1f}% -> {after['name']} "
+              f"{100 * after['probability']:.1f}%")
+
+    # ---- measures ----
+    def measure(self, results, masks):
+        """Each map is scored against its own model: its explained class (the prediction)
+        and, for deletion/insertion, that model's probabilities."""
+        for result in results:
+            model = result.loaded.model
+            classes = result.probabilities.argmax(1)
+
+            def predict(images):
+                return perception_probabilities(model, images)
+
+            for method, heat in result.explanation.maps.items():
+                name = result.prefix + TITLES[method]
+                if masks is not None:
+                    self.table.add(name, 'pointing_game', pointing_game(heat, masks))
+                    self.table.add(name, 'pointing_game_tolerant',
+                                   pointing_game(heat, masks, radius=self.radius))
+                    self.table.add(name, 'energy_inside', energy_inside(heat, masks))
+                deletion, insertion, _ = deletion_insertion(predict, result.inputs, heat, classes,
+                                                            steps=self.args.steps,
+                                                            seed=self.args.seed)
+                self.table.add(name, 'deletion_auc', deletion)
+                self.table.add(name, 'insertion_auc', insertion)
+
+    # ---- results ----
+    def write_results(self):
+        args = self.args
+        out = args.output
+        with open(os.path.join(out, 'predictions.json'), 'w') as f:
+            json.dump({'model': self.main.description, 'checkpoint': args.checkpoint,
+                       'images': self.records}, f, indent=2)
+        written = [os.path.join(out, 'predictions.json')]
+        if self.pictures:
+            written.append(self.write_grid())
+        accuracy = 100 * self.correct / self.labelled if self.labelled else None
+        if accuracy is not None:
+            print(f'    top-1 accuracy on the {self.labelled} labelled images: {accuracy:.2f}%')
+        if args.measure:
+            meta = {'model': self.main.description, 'checkpoint': args.checkpoint,
+                    'baseline': self.baseline.description if self.baseline else None,
+                    'images': len(self.inputs), 'source': args.dataset or 'image files',
+                    'top-1 accuracy': None if accuracy is None else round(accuracy, 2),
+                    'pointing tolerance (px)': self.radius,
+                    'deletion/insertion steps': args.steps, 'seed': args.seed}
+            paths = write_report(out, self.table, meta)
+            with open(paths[1]) as f:
+                print('\n' + f.read())
+            written += paths
+        pictures = f', and pictures of {len(self.pictures)} images' if self.pictures else ''
+        print(f'Results in {out}: {", ".join(os.path.basename(p) for p in written)}{pictures}')
+        return 0
+
+    def write_grid(self):
+        pictures = np.stack(self.pictures)
+        heats = {name: np.stack(heat) for name, heat in self.heats.items()}
+        path = os.path.join(self.args.output, 'grid.png')
+        rows = self.records[:len(pictures)]
+        if len(heats) == 1:  # the plain grid: inputs over their overlays
+            predictions = [r['top5'][0]['class'] for r in rows]
+            targets = self.picture_targets if min(self.picture_targets) >= 0 else None
+            return save_grid(path, pictures, next(iter(heats.values())), targets, predictions,
+                             self.names, title=self.main.description)
+        titles = [f"{r['true'] or ''}\npred {r['top5'][0]['name']}".strip() for r in rows]
+        return save_comparison_grid(path, pictures, heats, titles, title=self.main.description)
+
+
+def main(argv=None):
+    args = get_args_parser().parse_args(argv)
+    return ExplainRun(args).run()
+
+
+if __name__ == '__main__':
+    sys.exit(run(main))

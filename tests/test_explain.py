@@ -1,0 +1,350 @@
+"""explain.py and the explanation methods and metrics: the command end to end on tiny
+checkpoints (this project's and the authors' format) and on image files, folders and a data
+set split; the metrics on hand-made maps with known answers; Grad-CAM from the library
+against exact CAM; attention editing; bad input answered with one line."""
+import json
+import os
+import re
+import shlex
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import explain
+from models import CIFAR_MODELS
+from tests.fakedata import authors_checkpoint, randomise
+from utils import checkpoint as ckpt
+from utils.cam import (Explainer, class_activation_maps, perception_probabilities,
+                       scale_to_unit)
+from utils.cli import run
+from utils.data import AUTHORS_NORMALIZATION, NORMALIZATION
+from utils.metrics import deletion_insertion, energy_inside, pointing_game
+from utils.shapes import SHAPE_CLASSES, generate_shapes
+from utils.visualize import upsample_maps
+
+CPU = ['--gpu-id', 'cpu']
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These models are tiny: one thread is as fast, and on a busy 2-core machine two OpenMP
+    threads wait on each other (a 3x3 conv of 4x16x32x32 took 30x longer)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def cli(argv, capsys):
+    try:
+        code = run(explain.main, argv)
+    except SystemExit as done:
+        code = done.code
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def tiny_model(attention=True, gate='residual', seed=0):
+    model = CIFAR_MODELS.create('resnet', depth=8, num_classes=10, attention=attention, gate=gate)
+    return randomise(model, seed).eval()
+
+
+def save_project_checkpoint(model, path):
+    """A checkpoint as cifar.py writes it (the keys explain.py reads)."""
+    mean, std = NORMALIZATION['shapes']
+    ckpt.save_checkpoint({
+        'epoch': 1, 'state_dict': model.state_dict(), 'arch': 'resnet',
+        'model_args': CIFAR_MODELS.model_args('resnet', depth=8, num_classes=10,
+                                              attention=model.has_attention, gate=model.gate),
+        'num_classes': 10, 'class_names': list(SHAPE_CLASSES), 'dataset': 'shapes',
+        'image_size': 32, 'normalization': {'mean': list(mean), 'std': list(std)},
+        'format': ckpt.FORMAT}, path)
+    return path
+
+
+@pytest.fixture(scope='module')
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp('explain')
+    images, labels, _ = generate_shapes(4, seed=5)
+    folder = root / 'photos'
+    paths = []
+    for i, (pixels, label) in enumerate(zip(images, labels)):
+        class_folder = folder / SHAPE_CLASSES[label]  # ImageFolder layout: labels known
+        class_folder.mkdir(parents=True, exist_ok=True)
+        paths.append(str(class_folder / f'{i}.png'))
+        Image.fromarray(pixels).save(paths[-1])
+    single = root / 'big.jpg'  # any size: resized to the model's 32x32
+    Image.fromarray(np.kron(images[0], np.ones((3, 3, 1), np.uint8))).save(single)
+    (root / 'broken.png').write_bytes(b'not an image')
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / 'zero_map.png')
+    return {
+        'root': root, 'folder': str(folder), 'single': str(single), 'labels': labels.tolist(),
+        'model': save_project_checkpoint(tiny_model(), str(root / 'abn.pth.tar')),
+        'multiply': save_project_checkpoint(tiny_model(gate='multiply'),
+                                            str(root / 'multiply.pth.tar')),
+        'baseline': save_project_checkpoint(tiny_model(attention=False, seed=1),
+                                            str(root / 'baseline.pth.tar')),
+        'authors': authors_checkpoint(tiny_model(seed=2), str(root / 'authors.pth.tar')),
+    }
+
+
+def read_json(path):
+    with open(path) as f:
+        return json.load(f)
+
+
+# -- the command ------------------------------------------------------------------------------
+
+def test_images_and_folders_give_pictures_maps_grid_and_top5(files, tmp_path, capsys):
+    out = str(tmp_path / 'out')
+    code, stdout, _ = cli([files['model'], files['single'], files['folder'], '-o', out] + CPU,
+                          capsys)
+    assert code == 0
+    names = sorted(os.listdir(out))
+    assert 'grid.png' in names and 'predictions.json' in names
+    pictures = [n for n in names if n[:4].isdigit()]
+    assert len(pictures) == 5 and pictures[0] == '0000_big.png'
+    assert len(os.listdir(os.path.join(out, 'maps'))) == 5
+    with Image.open(os.path.join(out, 'maps', pictures[0])) as editable:
+        assert editable.mode == 'L' and editable.size == (16, 16)  # the map's own resolution
+    images = read_json(os.path.join(out, 'predictions.json'))['images']
+    assert images[0]['true'] is None
+    assert [r['true'] for r in images[1:]] == [os.path.basename(os.path.dirname(r['source']))
+                                               for r in images[1:]]
+    assert sorted(r['true'] for r in images[1:]) == sorted(SHAPE_CLASSES[y]
+                                                          for y in files['labels'])
+    for record in images:
+        probabilities = [r['probability'] for r in record['top5']]
+        assert len(probabilities) == 5 and probabilities == sorted(probabilities, reverse=True)
+        assert all(r['name'] in SHAPE_CLASSES for r in record['top5'])
+    first = images[0]['top5'][0]
+    assert f"{first['name']} {100 * first['probability']:.1f}%" in stdout
+
+
+def test_dataset_split_with_compare_measure_and_baseline(files, tmp_path, capsys):
+    out = str(tmp_path / 'out')
+    code, stdout, _ = cli([files['model'], '--dataset', 'shapes', '-n', '5', '--batch-size', '4',
+                           '--compare', '--measure', '--steps', '2', '--save-images', '2',
+                           '--baseline-checkpoint', files['baseline'], '-o', out] + CPU, capsys)
+    assert code == 0
+    result = read_json(os.path.join(out, 'metrics.json'))
+    assert list(result['results']) == ['ABN attention', 'CAM', 'Grad-CAM', 'random',
+                                       'baseline CAM', 'baseline Grad-CAM']
+    for scores in result['results'].values():
+        assert set(scores) == {'pointing_game', 'pointing_game_tolerant', 'energy_inside',
+                               'deletion_auc', 'insertion_auc'}
+        assert all(entry['n'] == 5 and 0 <= entry['mean'] <= 1 for entry in scores.values())
+    assert result['meta']['images'] == 5 and result['meta']['pointing tolerance (px)'] == 2
+    assert result['metrics']['pointing_game_tolerant']['title'] == 'pointing game ±2 px'
+    with open(os.path.join(out, 'metrics.md')) as f:
+        table = f.read()
+    assert table.startswith('| map | pointing game') and table.splitlines()[2] in stdout
+    for name in ('metrics.png', 'grid.png', '0000_shapes-test-0.png'):
+        with open(os.path.join(out, name), 'rb') as f:
+            assert f.read(8) == b'\x89PNG\r\n\x1a\n'
+    assert not os.path.exists(os.path.join(out, '0002_shapes-test-2.png'))  # --save-images 2
+    images = read_json(os.path.join(out, 'predictions.json'))['images']
+    assert len(images) == 5 and 'baseline_top5' in images[0]
+
+
+def test_authors_checkpoint_predicts_as_the_model_itself(files, tmp_path, capsys):
+    out = str(tmp_path / 'out')
+    image = os.path.join(files['folder'], SHAPE_CLASSES[files['labels'][0]], '0.png')
+    code, _, _ = cli([files['authors'], image, '-a', 'resnet', '--depth', '8', '-o', out] + CPU,
+                     capsys)
+    assert code == 0
+    record = read_json(os.path.join(out, 'predictions.json'))['images'][0]
+    assert record['top5'][0]['name'] == str(record['top5'][0]['class'])  # no names in the file
+    # The same image through the model by hand, with the authors' normalisation.
+    model = tiny_model(seed=2)
+    mean, std = AUTHORS_NORMALIZATION
+    pixels = torch.from_numpy(np.asarray(Image.open(image), np.float32) / 255).permute(2, 0, 1)
+    x = ((pixels - torch.tensor(mean).view(3, 1, 1)) / torch.tensor(std).view(3, 1, 1))[None]
+    expected = perception_probabilities(model, x)[0]
+    assert record['top5'][0]['class'] == int(expected.argmax())
+    assert abs(record['top5'][0]['probability'] - float(expected.max())) < 1e-5
+
+
+def test_edited_map_changes_the_prediction_and_the_own_map_round_trips(files, tmp_path,
+                                                                      capsys):
+    out = str(tmp_path / 'out')
+    image = files['single']
+    code, stdout, _ = cli([files['multiply'], image, '--edit',
+                           str(files['root'] / 'zero_map.png'), '-o', out] + CPU, capsys)
+    assert code == 0
+    record = read_json(os.path.join(out, 'predictions.json'))['images'][0]
+    assert record['edited']['top5'] != record['top5']
+    assert os.path.exists(os.path.join(out, '0000_big_edited.png'))
+    assert 'edited map:' in stdout
+    # The model's own map, saved as 8 bits and given back, predicts as before.
+    again = str(tmp_path / 'again')
+    code, _, _ = cli([files['multiply'], image, '--edit', os.path.join(out, 'maps', '0000_big.png'),
+                      '-o', again] + CPU, capsys)
+    assert code == 0
+    record = read_json(os.path.join(again, 'predictions.json'))['images'][0]
+    assert record['edited']['top5'][0]['class'] == record['top5'][0]['class']
+    assert abs(record['edited']['top5'][0]['probability']
+               - record['top5'][0]['probability']) < 0.02
+
+
+def test_a_plain_baseline_is_explained_by_cam_and_gradcam(files, tmp_path, capsys):
+    out = str(tmp_path / 'out')
+    code, _, _ = cli([files['baseline'], files['single'], '-o', out] + CPU, capsys)
+    assert code == 0
+    assert os.path.exists(os.path.join(out, '0000_big.png'))
+    assert os.listdir(os.path.join(out, 'maps')) == []  # no attention map to edit
+
+
+BAD = {
+    'missing checkpoint': (lambda f, t: [str(t / 'none.pth.tar'), f['single']],
+                           'no checkpoint at'),
+    'directory as checkpoint': (lambda f, t: [str(t), f['single']], 'is a directory'),
+    'unreadable checkpoint': (lambda f, t: [str(f['root'] / 'broken.png'), f['single']],
+                              'cannot read checkpoint'),
+    'unreadable image': (lambda f, t: [f['model'], str(f['root'] / 'broken.png')],
+                         'cannot read image'),
+    'missing image': (lambda f, t: [f['model'], str(t / 'nothing.png')], 'no image or folder'),
+    'nothing to explain': (lambda f, t: [f['model']], 'nothing to explain'),
+    'contradicting option': (lambda f, t: [f['model'], f['single'], '--depth', '20'],
+                             'holds resnet (depth 8'),
+    'authors file, wrong depth': (lambda f, t: [f['authors'], f['single'], '--depth', '14'],
+                                  'does not fit resnet (depth 14'),
+    'edit maps miscounted': (lambda f, t: [f['model'], f['folder'], '--edit', f['single'],
+                                           f['single']], 'one per input'),
+    'edit without attention': (lambda f, t: [f['baseline'], f['single'], '--edit',
+                                             f['single']], 'attention branch'),
+}
+
+
+@pytest.mark.parametrize('case', sorted(BAD))
+def test_bad_input_gives_one_line(case, files, tmp_path, capsys):
+    make_argv, expected = BAD[case]
+    code, out, err = cli(make_argv(files, tmp_path) + ['-o', str(tmp_path / 'out')] + CPU,
+                         capsys)
+    assert code == 1
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and 'error:' in lines[0] and expected in lines[0], err
+    assert 'Traceback' not in out + err
+
+
+# -- the methods ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('arch, options', [('resnet', dict(depth=8)),
+                                           ('densenet', dict(depth=10, growthRate=4)),
+                                           ('wrn', dict(depth=10, widen_factor=1))])
+def test_library_gradcam_is_relu_of_exact_cam(arch, options):
+    """For global average pooling + linear, Grad-CAM's channel weights are the class's linear
+    weights / (h*w), so Grad-CAM is ReLU(CAM) up to scale: a check that the library sees the
+    perception logits and hooks the perception features (also in DenseNet and WRN, whose
+    last BN + ReLU are functions)."""
+    torch.manual_seed(0)
+    model = randomise(CIFAR_MODELS.create(arch, num_classes=10, **options), 1).eval()
+    explainer = Explainer(model, ['abn', 'cam', 'gradcam'])
+    try:
+        x = torch.randn(3, 3, 32, 32)
+        result = explainer(x)
+        _, logits, attention_map = model(x)
+        assert torch.allclose(result.logits, logits, atol=1e-5)
+        assert torch.allclose(result.feature_maps['abn'], attention_map)
+        recorded = explainer.branch.recorded
+        cam = class_activation_maps(recorded.maps, model.final_linear.weight, logits.argmax(1))
+        # CAM is exact: its mean over the map plus the bias is the logit.
+        chosen = logits.gather(1, logits.argmax(1, keepdim=True))[:, 0]
+        bias = model.final_linear.bias[logits.argmax(1)]
+        assert torch.allclose(cam.mean((1, 2, 3)) + bias, chosen, atol=1e-4)
+        relu_cam = torch.from_numpy(upsample_maps(scale_to_unit(cam.clamp_min(0)), (32, 32)))
+        expected = scale_to_unit(relu_cam.unsqueeze(1))[:, 0].numpy()
+        assert np.abs(expected - result.maps['gradcam']).max() < 1e-4
+    finally:
+        explainer.close()
+
+
+def test_an_all_zero_map_under_multiply_changes_the_output():
+    model = tiny_model(gate='multiply')
+    x = torch.randn(2, 3, 32, 32)
+    _, own, _ = model(x)
+    _, edited, used = model(x, attention=torch.zeros(2, 1, 4, 4))
+    assert used.shape[-2:] == (16, 16) and used.abs().sum() == 0
+    assert not torch.allclose(own, edited)
+    # g * 0 leaves the perception branch nothing of the image: both images score alike.
+    assert torch.allclose(edited[0], edited[1], atol=1e-5)
+
+
+# -- the metrics, on hand-made maps -------------------------------------------------------------
+
+def square_mask(n=2, size=8):
+    masks = np.zeros((n, size, size), bool)
+    masks[:, 2:4, 2:4] = True  # a 2x2 object: 4 of 64 pixels
+    return masks
+
+
+def test_pointing_game_on_known_maps():
+    masks = square_mask()
+    on, off = np.zeros((2, 8, 8)), np.zeros((2, 8, 8))
+    on[:, 3, 2] = 1.0
+    off[:, 6, 6] = 1.0
+    assert pointing_game(on, masks).tolist() == [1.0, 1.0]
+    assert pointing_game(off, masks).tolist() == [0.0, 0.0]
+    tied = off.copy()
+    tied[:, 2, 2] = 1.0  # two peaks, one on the object: a random tie-break hits half the time
+    assert pointing_game(tied, masks).tolist() == [0.5, 0.5]
+    assert pointing_game(np.full((2, 8, 8), 0.3), masks).tolist() == [4 / 64, 4 / 64]
+    beside = np.zeros((2, 8, 8))
+    beside[:, 2, 5] = 1.0  # 2 px right of the object: a hit only with the tolerance
+    assert pointing_game(beside, masks).tolist() == [0.0, 0.0]
+    assert pointing_game(beside, masks, radius=1).tolist() == [0.0, 0.0]
+    assert pointing_game(beside, masks, radius=2).tolist() == [1.0, 1.0]
+
+
+def test_energy_inside_on_known_maps():
+    masks = square_mask()
+    inside_only = masks.astype(float) * 0.7 + 0.2  # offset: removed by the min shift
+    assert np.allclose(energy_inside(inside_only, masks), 1.0)
+    half = np.zeros((2, 8, 8))
+    half[:, 2, 2], half[:, 7, 7] = 1.0, 1.0
+    assert np.allclose(energy_inside(half, masks), 0.5)
+    assert np.allclose(energy_inside(np.ones((2, 8, 8)), masks), 4 / 64)  # flat: evenly spread
+
+
+def test_deletion_and_insertion_rank_good_maps_above_bad_ones():
+    """A toy model whose confidence is the share of the object's pixels left intact: deleting
+    the object first drops it at once, deleting it last keeps it up to the end."""
+    masks = torch.from_numpy(square_mask())
+    checkers = (torch.arange(8).view(1, 8) + torch.arange(8).view(8, 1)) % 2 * 2 - 1.0
+    inputs = checkers.expand(2, 3, 8, 8)  # +-1: neither the mean (0) nor its blur (about 0)
+
+    def predict(images):
+        kept = (images[:, 0] == inputs[:, 0]).logical_and(masks).flatten(1).sum(1) / 4
+        return torch.stack([1 - kept, kept], 1)
+
+    good = masks.numpy().astype(float)
+    bad = 1 - good
+    d_good, i_good, curves = deletion_insertion(predict, inputs, good, [1, 1], steps=16)
+    d_bad, i_bad, _ = deletion_insertion(predict, inputs, bad, [1, 1], steps=16)
+    assert curves.shape == (2, 17, 2)
+    assert np.allclose(curves[0, :, 0][[0, 1, -1]], [1, 0, 0])  # 1/16 of 64 pixels = the object
+    assert np.allclose(d_good, 1 / 32) and np.allclose(d_bad, 1 - 1 / 32)
+    assert np.allclose(i_good, 1 - 1 / 32) and np.allclose(i_bad, 1 / 32)
+
+
+# -- the docs -----------------------------------------------------------------------------------
+
+def documented_commands():
+    """Every explain.py command in README.md and the draft of its section."""
+    found = []
+    for doc in ('README.md', os.path.join('docs', '_drafts', 'explain.md')):
+        path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), doc)
+        if os.path.exists(path):
+            with open(path) as f:
+                text = f.read().replace('\\\n', ' ')
+            found += [line.split('explain.py', 1)[1] for line in text.splitlines()
+                      if re.match(r'\s*python3? explain\.py', line)]
+    return found
+
+
+@pytest.mark.parametrize('argv', documented_commands())
+def test_documented_command_parses(argv):
+    args = explain.get_args_parser().parse_args(shlex.split(argv))
+    explain.check_arguments(args)

@@ -1,0 +1,194 @@
+"""Measures of explanation maps, and the report they go into.
+
+With ground-truth object masks (the `shapes` set):
+- pointing game: does the map's peak fall on the object? Strict (on the object's pixels), and
+  with the tolerance of its authors (Zhang et al., 2016: 15 px around the object at 224 px,
+  so 2 px at 32 px), which forgives a peak just beside a thin part (a ring's, a star's).
+  When several pixels share the maximum (a saturated sigmoid, a flat map), the score is the
+  share of them on the object: what breaking the tie at random scores on average. So a single
+  peak scores 1 or 0 and a flat map scores the object's share of the image, as chance.
+- energy inside the object: sum(map * mask) / sum(map), with the map first shifted so its
+  minimum is 0 (scale- and offset-free, so maps of different ranges compare); a flat map
+  spreads evenly and scores the object's share of the image.
+
+On any data, faithfulness by deletion and insertion (Petsiuk et al., RISE, 2018): pixels are
+removed (set to the data set's mean colour) or inserted (into a blurred copy of the image),
+most important first, in `steps` equal steps; the area under the curve of the explained
+class's probability is the score. Deletion: lower is better; insertion: higher is better.
+Ties in the ordering are broken at random (seeded), so a flat map is a random order.
+Every map is (N, H, W) at the input's size; masks are (N, H, W) booleans.
+"""
+import json
+import os
+
+import numpy as np
+import torch
+import torchvision.transforms.functional as TF
+from scipy import ndimage
+
+BLUR_KERNEL, BLUR_SIGMA = 11, 5.0  # RISE's insertion baseline
+
+
+def _flat(maps):
+    maps = np.asarray(maps, dtype=np.float64)
+    return maps.reshape(len(maps), -1)
+
+
+def pointing_tolerance(image_size):
+    """Zhang et al.'s 15 pixels at 224 px, scaled to the image: 2 px at 32 px."""
+    return round(15 * image_size / 224)
+
+
+def pointing_game(maps, masks, radius=0, tie_tolerance=1e-6):
+    """Per image, in [0, 1]: the share of the map's maximal pixels (within `tie_tolerance` of
+    the map's range) that lie on the object or within `radius` pixels of it."""
+    masks = np.asarray(masks, dtype=bool)
+    if radius > 0:
+        disk = np.hypot(*np.mgrid[-radius:radius + 1, -radius:radius + 1]) <= radius
+        masks = np.stack([ndimage.binary_dilation(mask, disk) for mask in masks])
+    flat, inside = _flat(maps), masks.reshape(len(maps), -1)
+    peak = flat.max(1, keepdims=True)
+    span = peak - flat.min(1, keepdims=True)
+    at_peak = flat >= peak - tie_tolerance * np.maximum(span, 1e-12)
+    return (at_peak & inside).sum(1) / at_peak.sum(1)
+
+
+def energy_inside(maps, masks):
+    """Per image, in [0, 1]: the share of the min-shifted map's mass on the object."""
+    flat, inside = _flat(maps), np.asarray(masks, dtype=bool).reshape(len(maps), -1)
+    shifted = flat - flat.min(1, keepdims=True)
+    total = shifted.sum(1)
+    flat_map = total <= 0
+    share = (shifted * inside).sum(1) / np.where(flat_map, 1, total)
+    return np.where(flat_map, inside.mean(1), share)
+
+
+def importance_ranks(maps, generator):
+    """(N, H*W) rank of each pixel, 0 for the most important; ties in random order."""
+    flat = _flat(maps)
+    tie_break = generator.random(flat.shape)
+    order = np.lexsort((tie_break, -flat), axis=1)  # last key first: value, then tie break
+    ranks = np.empty_like(order)
+    np.put_along_axis(ranks, order, np.arange(flat.shape[1])[None].repeat(len(flat), 0), 1)
+    return ranks
+
+
+def deletion_insertion(predict, inputs, maps, classes, steps=16, seed=0):
+    """Returns (deletion AUC, insertion AUC), each (N,), and the curves (2, steps + 1, N).
+
+    predict: (N, 3, H, W) normalised images -> (N, K) probabilities; inputs: (N, 3, H, W)
+    normalised, so 0 is the data set's mean colour; classes: (N,) the explained classes."""
+    n, _, height, width = inputs.shape
+    ranks = torch.from_numpy(importance_ranks(maps, np.random.default_rng(seed)))
+    ranks = ranks.view(n, 1, height, width).to(inputs.device)
+    blurred = TF.gaussian_blur(inputs, [BLUR_KERNEL] * 2, [BLUR_SIGMA] * 2)
+    mean_colour = torch.zeros_like(inputs)
+    index = torch.as_tensor(classes, device=inputs.device).view(-1, 1)
+    curves = np.zeros((2, steps + 1, n))
+    for step in range(steps + 1):
+        chosen = ranks < round(step / steps * height * width)  # the most important pixels
+        deleted = torch.where(chosen, mean_colour, inputs)
+        inserted = torch.where(chosen, inputs, blurred)
+        for row, images in enumerate((deleted, inserted)):
+            curves[row, step] = predict(images).gather(1, index)[:, 0].float().cpu().numpy()
+    # Trapezoidal area over the removed/inserted fraction 0..1.
+    auc = (curves.sum(1) - (curves[:, 0] + curves[:, -1]) / 2) / steps
+    return auc[0], auc[1], curves
+
+
+# -- accumulation and the report -------------------------------------------------------------
+
+METRICS = {
+    # key: (title, better, unit)
+    'pointing_game': ('pointing game', 'higher', '%'),
+    'pointing_game_tolerant': ('pointing game, tolerant', 'higher', '%'),
+    'energy_inside': ('energy inside object', 'higher', '%'),
+    'deletion_auc': ('deletion AUC', 'lower', ''),
+    'insertion_auc': ('insertion AUC', 'higher', ''),
+}
+
+
+class MetricTable:
+    """Per-image scores by (map name, metric), summarised as mean and standard error."""
+
+    def __init__(self, titles=None):
+        self.scores = {}
+        self.titles = {m: title for m, (title, _, _) in METRICS.items()}
+        self.titles.update(titles or {})
+
+    def add(self, name, metric, values):
+        self.scores.setdefault(name, {}).setdefault(metric, []).extend(
+            float(v) for v in np.asarray(values).ravel())
+
+    def summary(self):
+        out = {}
+        for name, metrics in self.scores.items():
+            out[name] = {}
+            for metric, values in metrics.items():
+                values = np.asarray(values)
+                sem = values.std(ddof=1) / np.sqrt(len(values)) if len(values) > 1 else 0.0
+                out[name][metric] = {'mean': float(values.mean()), 'sem': float(sem),
+                                     'n': int(len(values))}
+        return out
+
+    def metrics(self):
+        present = {m for metrics in self.scores.values() for m in metrics}
+        return [m for m in METRICS if m in present]
+
+
+def _cell(entry, metric):
+    if entry is None:
+        return '-'
+    if METRICS[metric][2] == '%':
+        return f"{100 * entry['mean']:.1f} ± {100 * entry['sem']:.1f}"
+    return f"{entry['mean']:.3f} ± {entry['sem']:.3f}"
+
+
+def markdown_table(summary, metrics, titles):
+    header = ['map'] + [f"{titles[m]} ({'↑' if METRICS[m][1] == 'higher' else '↓'})"
+                        for m in metrics]
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for name, entries in summary.items():
+        lines.append('| ' + ' | '.join([name] + [_cell(entries.get(m), m) for m in metrics])
+                     + ' |')
+    return '\n'.join(lines)
+
+
+def write_report(out_dir, table, meta):
+    """metrics.json (per map and metric: mean, standard error, n; plus `meta`), metrics.md
+    (the table) and metrics.png (a bar chart). Returns the three paths."""
+    import matplotlib
+
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+
+    os.makedirs(out_dir, exist_ok=True)
+    summary, metrics, titles = table.summary(), table.metrics(), table.titles
+    paths = [os.path.join(out_dir, f'metrics.{ext}') for ext in ('json', 'md', 'png')]
+    with open(paths[0], 'w') as f:
+        json.dump({'meta': meta, 'metrics': {m: {'title': titles[m], 'better': METRICS[m][1]}
+                                             for m in metrics},
+                   'results': summary}, f, indent=2)
+    notes = [f'{key}: {value}' for key, value in meta.items() if value is not None]
+    with open(paths[1], 'w') as f:
+        f.write(markdown_table(summary, metrics, titles) + '\n\n'
+                + 'mean ± standard error over images. ' + '; '.join(notes) + '\n')
+
+    names = list(summary)
+    fig, axes = plt.subplots(1, len(metrics), figsize=(3 * len(metrics), 3.2), squeeze=False)
+    colours = plt.get_cmap('tab10')(np.arange(len(names)) % 10)
+    for ax, metric in zip(axes[0], metrics):
+        scale = 100 if METRICS[metric][2] == '%' else 1
+        means = [scale * summary[n].get(metric, {}).get('mean', np.nan) for n in names]
+        errors = [scale * summary[n].get(metric, {}).get('sem', 0) for n in names]
+        ax.bar(range(len(names)), means, yerr=errors, color=colours, capsize=3)
+        ax.set_xticks(range(len(names)))
+        ax.set_xticklabels(names, rotation=35, ha='right', fontsize=8)
+        _, better, unit = METRICS[metric]
+        ax.set_title(f'{titles[metric]}\n({better} is better)', fontsize=9)
+        if unit == '%':
+            ax.set_ylim(0, 100)
+    fig.tight_layout()
+    fig.savefig(paths[2], dpi=100)
+    plt.close(fig)
+    return paths
