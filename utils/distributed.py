@@ -1,6 +1,7 @@
 """Processes and devices: torchrun's environment for DistributedDataParallel, --gpu-id for a
 single process (one device, or several with DataParallel as the authors), else the CPU."""
 import os
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 
 import torch
@@ -75,6 +76,18 @@ def shutdown(runtime):
         dist.destroy_process_group()
 
 
+@contextmanager
+def local_main_first(runtime):
+    """Runs the block in each machine's local rank 0 first, then in its other processes:
+    a download into the data folder happens once, and the others find the files there."""
+    first = runtime.local_rank == 0
+    if runtime.distributed and not first:
+        dist.barrier()
+    yield
+    if runtime.distributed and first:
+        dist.barrier()
+
+
 def broadcast_object(value, runtime):
     if not runtime.distributed:
         return value
@@ -89,3 +102,77 @@ def gather_objects(value, runtime):
     out = [None] * runtime.world_size
     dist.all_gather_object(out, value)
     return out
+
+
+class _AllReduceSum(torch.autograd.Function):
+    """Sum across processes whose gradient is the sum of the processes' gradients."""
+
+    @staticmethod
+    def forward(ctx, tensor):
+        tensor = tensor.clone()
+        dist.all_reduce(tensor)
+        return tensor
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
+class GlooSyncBatchNorm(torch.nn.modules.batchnorm._BatchNorm):
+    """SyncBatchNorm for CPU processes: torch's has kernels for GPUs only. In training the
+    batch statistics are sums all-reduced across processes (differentiably, so the backward
+    pass is synchronised too): the same statistics as one process over the global batch."""
+
+    def _check_input_dim(self, input):
+        if input.dim() < 2:
+            raise ValueError(f'expected at least 2D input (got {input.dim()}D input)')
+
+    def forward(self, input):
+        if not (self.training and dist.is_initialized() and dist.get_world_size() > 1):
+            return super().forward(input)
+        dtype = input.dtype
+        # statistics in float32 at least, also for half-precision inputs under autocast
+        input = input.to(torch.promote_types(dtype, torch.float32))
+        dims = [d for d in range(input.dim()) if d != 1]
+        shape = [1, -1] + [1] * (input.dim() - 2)
+        local_count = input.numel() // input.size(1)
+        local = torch.cat([input.sum(dims), input.new_full((1,), local_count)])
+        sums = _AllReduceSum.apply(local)
+        count = sums[-1]
+        mean = sums[:-1] / count
+        centred = input - mean.view(shape)
+        # a second pass for the variance: E[x^2] - E[x]^2 would cancel digits
+        var = _AllReduceSum.apply((centred * centred).sum(dims)) / count
+        if self.track_running_stats:
+            with torch.no_grad():
+                self.num_batches_tracked.add_(1)
+                momentum = (1.0 / float(self.num_batches_tracked) if self.momentum is None
+                            else self.momentum)
+                unbiased = var * (count / (count - 1).clamp(min=1))
+                self.running_mean.lerp_(mean.to(self.running_mean.dtype), momentum)
+                self.running_var.lerp_(unbiased.to(self.running_var.dtype), momentum)
+        out = centred * torch.rsqrt(var + self.eps).view(shape)
+        if self.affine:
+            out = out * self.weight.view(shape) + self.bias.view(shape)
+        return out.to(dtype)
+
+
+def sync_batchnorm(module, device):
+    """Every BatchNorm layer of `module` made a synchronised one: torch's SyncBatchNorm on
+    GPUs, GlooSyncBatchNorm on the CPU. Parameter and buffer names stay the same."""
+    if device.type != 'cpu':
+        return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    if isinstance(module, torch.nn.modules.batchnorm._BatchNorm):
+        synced = GlooSyncBatchNorm(module.num_features, module.eps, module.momentum,
+                                   module.affine, module.track_running_stats)
+        # the same parameter and buffer objects, as torch's convert_sync_batchnorm keeps them
+        for name, tensor in list(module.named_parameters(recurse=False)) + \
+                list(module.named_buffers(recurse=False)):
+            setattr(synced, name, tensor)
+        synced.train(module.training)
+        return synced
+    for name, child in module.named_children():
+        module.add_module(name, sync_batchnorm(child, device))
+    return module
