@@ -4,13 +4,18 @@ set, or a folder of small images.
     python cifar.py -a resnet --dataset cifar100 --depth 110 --epochs 300 --schedule 150 225 \\
         --gamma 0.1 --wd 1e-4 --checkpoint checkpoints/cifar100/resnet-110 --gpu-id 0
     python cifar.py ... --evaluate --resume checkpoints/cifar100/resnet-110/model_best.pth.tar
+    python cifar.py ... --fast                              # the fast path (BENCHMARKS.md)
+    torchrun --standalone --nproc_per_node=4 cifar.py ...   # DistributedDataParallel
 """
 import sys
+
+import torch
 
 from models import CIFAR_MODELS
 from utils.cli import ArgumentParser, add_training_arguments, run
 from utils.data import AUTHORS_NORMALIZATION, SMALL_IMAGE_DATASETS, build_small_image_data
 from utils.engine import Task, main as engine_main
+from utils.fastdata import device_loader
 
 DEFAULTS = dict(epochs=300, train_batch=128, test_batch=100, schedule=[150, 225],
                 weight_decay=5e-4, arch='resnet', arch_names=sorted(CIFAR_MODELS))
@@ -36,7 +41,24 @@ def get_args_parser():
     arch.add_argument('--growthRate', type=int, default=12, help='growth rate for DenseNet')
     arch.add_argument('--compressionRate', type=int, default=2,
                       help='compression rate (theta) for DenseNet')
+    fast = parser.add_argument_group('fast path (opt-in; the default is the authors\' setup)')
+    fast.add_argument('--fast-data', action='store_true',
+                      help='CIFAR/SVHN/shapes: hold the data on the training device and crop, '
+                           'flip and normalise whole batches there (no worker processes)')
+    fast.add_argument('--fast', action='store_true',
+                      help='--fast-data --channels-last, and on CUDA also --amp --compile')
     return parser
+
+
+def apply_fast(args):
+    """--fast: the fast path's flags for the device (BENCHMARKS.md). The CPU gets neither
+    --amp (bf16 on a CPU without native bf16, such as AVX2 ones, is about 5x slower) nor
+    --compile (no measured gain, minutes of compiling)."""
+    if not args.fast:
+        return
+    args.fast_data = args.channels_last = True
+    if torch.cuda.is_available() and str(args.gpu_id).strip().lower() not in ('cpu', '', '-1'):
+        args.amp = args.compile = True
 
 
 def model_options(args):
@@ -51,12 +73,30 @@ def build_data(args, evaluate_only, normalization):
                                   normalization)
 
 
+def fast_loader(train):
+    """The engine's hook for --fast-data: a device-resident loader, or None (the standard
+    loader) where the data set is not one it can reproduce."""
+    def make(args, bundle, runtime):
+        if not args.fast_data:
+            return None
+        dataset, batch = (bundle.train, args.train_batch) if train else (bundle.test,
+                                                                         args.test_batch)
+        loader, reason = device_loader(dataset, batch, runtime, args.manualSeed, train)
+        if loader is None:
+            runtime.print(f'note: --fast-data is ignored for {args.dataset} '
+                          f'{"training" if train else "evaluation"} ({reason})')
+        return loader
+    return make
+
+
 TASK = Task(name='cifar', registry=CIFAR_MODELS, build_data=build_data,
-            model_options=model_options, legacy_normalization=AUTHORS_NORMALIZATION)
+            model_options=model_options, legacy_normalization=AUTHORS_NORMALIZATION,
+            fast_train_loader=fast_loader(train=True), fast_eval_loader=fast_loader(train=False))
 
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    apply_fast(args)
     return engine_main(args, TASK)
 
 

@@ -28,7 +28,8 @@ import torch.nn.functional as F
 from . import checkpoint as ckpt
 from .cli import AbnError, check_training_arguments
 from .data import CorruptImageError, make_eval_loader, make_train_loader
-from .distributed import Runtime, broadcast_object, gather_objects, setup_runtime, shutdown
+from .distributed import (Runtime, broadcast_object, gather_objects, local_main_first,
+                          setup_runtime, shutdown, sync_batchnorm)
 from .logger import Logger, epoch_row
 from .meters import EpochMeter
 from .progress import Progress
@@ -51,8 +52,9 @@ class Task:
     legacy_normalization: tuple
     # (model, args, runtime) -> None: starts a fresh model from pretrained weights
     init_pretrained: Optional[Callable] = None
-    # (args, bundle, runtime) -> loader or None: the fast path's device-resident loader
+    # (args, bundle, runtime) -> loader or None: the fast path's device-resident loaders
     fast_train_loader: Optional[Callable] = None
+    fast_eval_loader: Optional[Callable] = None
 
 
 class NonFiniteLoss(AbnError):
@@ -253,7 +255,8 @@ class Run:
                 n = self.resumed['normalization']
                 normalization = (tuple(n['mean']), tuple(n['std']))
         self.print(f'==> Preparing data: {getattr(args, "dataset", None) or args.data}')
-        self.data = self.task.build_data(args, args.evaluate, normalization)
+        with local_main_first(runtime):  # torchrun: one download per machine, not N at once
+            self.data = self.task.build_data(args, args.evaluate, normalization)
         data = self.data
         if self.legacy and normalization is not None:
             self.print(f'    authors\' checkpoint: inputs normalised as in their scripts '
@@ -369,7 +372,7 @@ class Run:
         if args.channels_last:
             model = model.to(memory_format=torch.channels_last)
         if args.sync_bn and runtime.distributed:
-            model = nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            model = sync_batchnorm(model, runtime.device)
         self.net = model  # the unwrapped model: its state_dict is what checkpoints hold
         if runtime.distributed:
             ids = [runtime.device.index] if runtime.device.type == 'cuda' else None
@@ -598,7 +601,12 @@ class Run:
             self.last_acc = float(self.last_acc) if self.last_acc is not None else None
 
         workers = args.workers
-        self.test_loader = make_eval_loader(self.data.test, args.test_batch, runtime, workers)
+        self.test_loader = None
+        if self.task.fast_eval_loader is not None:
+            self.test_loader = self.task.fast_eval_loader(args, self.data, runtime)
+        if self.test_loader is None:
+            self.test_loader = make_eval_loader(self.data.test, args.test_batch, runtime,
+                                                workers)
         if args.evaluate:
             return self.run_evaluation()
 
