@@ -9,8 +9,6 @@ set, or a folder of small images.
 """
 import sys
 
-import torch
-
 from models import CIFAR_MODELS
 from utils.cli import ArgumentParser, add_training_arguments, run
 from utils.data import AUTHORS_NORMALIZATION, SMALL_IMAGE_DATASETS, build_small_image_data
@@ -45,20 +43,7 @@ def get_args_parser():
     fast.add_argument('--fast-data', action='store_true',
                       help='CIFAR/SVHN/shapes: hold the data on the training device and crop, '
                            'flip and normalise whole batches there (no worker processes)')
-    fast.add_argument('--fast', action='store_true',
-                      help='--fast-data --channels-last, and on CUDA also --amp --compile')
     return parser
-
-
-def apply_fast(args):
-    """--fast: the fast path's flags for the device (BENCHMARKS.md). The CPU gets neither
-    --amp (bf16 on a CPU without native bf16, such as AVX2 ones, is about 5x slower) nor
-    --compile (no measured gain, minutes of compiling)."""
-    if not args.fast:
-        return
-    args.fast_data = args.channels_last = True
-    if torch.cuda.is_available() and str(args.gpu_id).strip().lower() not in ('cpu', '', '-1'):
-        args.amp = args.compile = True
 
 
 def model_options(args):
@@ -96,7 +81,6 @@ TASK = Task(name='cifar', registry=CIFAR_MODELS, build_data=build_data,
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    apply_fast(args)
     return engine_main(args, TASK)
 
 

@@ -1,6 +1,8 @@
 """The fast path's device-resident loader (utils/fastdata.py): the faithful path's pixels,
 order and augmentation distribution, and batches that are a pure function of
 (seed, epoch, step) whatever the number of processes."""
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -10,8 +12,9 @@ from PIL import Image
 from scipy.stats import chi2_contingency, chisquare
 
 import cifar
+import imagenet
 from tests.fakedata import write_cifar10, write_svhn
-from utils.cli import run
+from utils.cli import apply_fast, run
 from utils.data import build_small_image_data, make_train_loader, small_image_transforms
 from utils.distributed import Runtime
 from utils.fastdata import (Augmentation, DeviceLoader, augmentation_of, crop_flip, device_loader,
@@ -206,3 +209,19 @@ def test_fast_flag_trains_through_cifar_py(tmp_path, capsys):
     out = capsys.readouterr().out
     assert code == 0 and 'Best acc' in out
     assert (tmp_path / 'run' / 'model_best.pth.tar').exists()
+    recorded = json.loads((tmp_path / 'run' / 'args.json').read_text())
+    assert recorded['fast_data'] and recorded['channels_last']
+    assert not recorded['amp'] and not recorded['compile']  # not on the CPU
+
+
+@pytest.mark.parametrize('script', [cifar, imagenet])
+@pytest.mark.parametrize('device', ['cpu', 'cuda'])
+def test_fast_sets_the_devices_fast_path(script, device):
+    """--fast: channels-last everywhere, the device-resident data where the script has
+    it, and AMP and compilation on CUDA only (they slow a CPU without bf16 down)."""
+    args = script.get_args_parser().parse_args(['--fast'] + (
+        ['--data', 'DIR'] if script is imagenet else []))
+    apply_fast(args, torch.device(device))
+    assert args.channels_last
+    assert getattr(args, 'fast_data', script is cifar) == (script is cifar)
+    assert args.amp == args.compile == (device == 'cuda')

@@ -100,9 +100,25 @@ def add_training_arguments(parser, defaults):
     device.add_argument('--channels-last', action='store_true',
                         help='channels-last memory format (faster convolutions)')
     device.add_argument('--compile', action='store_true', help='torch.compile the model')
+    device.add_argument('--fast', action='store_true',
+                        help='the fast path for the device: --channels-last, on CUDA also '
+                             '--amp --compile (cifar.py: also --fast-data)')
     device.add_argument('--sync-bn', action='store_true',
                         help='SyncBatchNorm across processes (torchrun runs only)')
     return parser
+
+
+def apply_fast(args, device):
+    """--fast: the fast path's flags for `device` (BENCHMARKS.md). The CPU gets neither --amp
+    (bf16 on a CPU without native bf16, such as AVX2 ones, is about 5x slower) nor --compile
+    (no measured gain, a minute or more of compiling)."""
+    if not getattr(args, 'fast', False):
+        return
+    args.channels_last = True
+    if hasattr(args, 'fast_data'):
+        args.fast_data = True
+    if device.type == 'cuda':
+        args.amp = args.compile = True
 
 
 def check_training_arguments(args):

@@ -26,7 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import checkpoint as ckpt
-from .cli import AbnError, check_training_arguments
+from .cli import AbnError, apply_fast, check_training_arguments
 from .data import CorruptImageError, make_eval_loader, make_train_loader
 from .distributed import (Runtime, broadcast_object, gather_objects, local_main_first,
                           setup_runtime, shutdown, sync_batchnorm)
@@ -721,6 +721,7 @@ def main(args, task):
     """Runs training or evaluation; returns the process exit status."""
     check_training_arguments(args)
     runtime = setup_runtime(args.gpu_id)
+    apply_fast(args, runtime.device)
     try:
         return Run(args, task, runtime).run()
     finally:

@@ -1,0 +1,53 @@
+"""The benchmark scripts run on cifar.py's engine: tiny runs keep them working as the engine
+changes, and check that their last line is the fast/authors ratio."""
+import os
+import re
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
+
+import bench_accuracy  # noqa: E402
+import bench_data  # noqa: E402
+import bench_train  # noqa: E402
+import profile_step  # noqa: E402
+
+
+def run_script(module, argv, monkeypatch, capsys):
+    monkeypatch.setattr(sys, 'argv', [module.__file__] + argv)
+    module.main()
+    return capsys.readouterr().out.strip().splitlines()
+
+
+def test_bench_train_ends_with_the_training_ratio(monkeypatch, capsys):
+    lines = run_script(bench_train, ['--depth', '8', '--batch', '8', '--steps', '2',
+                                     '--test-batch', '8', '--rounds', '1', '--gpu-id', 'cpu',
+                                     '--authors=-j 0', '--data', 'shapes'], monkeypatch, capsys)
+    assert lines[0].startswith('machine: ') and 'cores' in lines[0]
+    assert any(line.startswith('authors ') and line.endswith('batch 8 -j 0') for line in lines)
+    assert any(line.startswith('fast ') and '--fast-data --channels-last' in line
+               for line in lines)
+    assert re.fullmatch(r'fast/authors training images/s: \d+\.\d\dx', lines[-1])
+
+
+def test_bench_data_ends_with_the_pipeline_ratio(monkeypatch, capsys):
+    lines = run_script(bench_data, ['--images', '48', '--batch', '16', '--rounds', '1',
+                                    '-j', '0', '--gpu-id', 'cpu'], monkeypatch, capsys)
+    assert [line.split()[0] for line in lines[2:5]] == ['authors', 'per-sample', 'fast']
+    assert re.fullmatch(r'fast/authors data pipeline images/s: \d+\.\dx', lines[-1])
+
+
+@pytest.mark.slow
+def test_bench_accuracy_ends_with_the_difference(monkeypatch, capsys):
+    lines = run_script(bench_accuracy, ['--depth', '8', '--epochs', '2', '--train-size', '64',
+                                        '--batch', '32', '--gpu-id', 'cpu'], monkeypatch, capsys)
+    assert re.fullmatch(r'fast - authors final test top-1: [+-]\d+\.\d\d points', lines[-1])
+
+
+def test_profile_step_ends_with_the_layout_ratio(monkeypatch, capsys):
+    lines = run_script(profile_step, ['--depth', '8', '--batch', '4', '--steps', '1',
+                                      '--rounds', '1', '--gpu-id', 'cpu'], monkeypatch, capsys)
+    assert any('convolution' in line for line in lines)  # the profiler's table
+    assert re.fullmatch(r'channels-last/NCHW training images/s: \d+\.\d\dx', lines[-1])
