@@ -11,6 +11,7 @@ import torch
 
 import cifar
 from tests.fakedata import authors_checkpoint, write_cifar10, write_cifar100
+from tests.helpers import assert_refused, run_script
 from utils import checkpoint as ckpt
 from utils.cli import run
 from utils.logger import AUTHORS_COLUMNS, COLUMNS
@@ -22,12 +23,7 @@ TINY = ['-a', 'resnet', '--depth', '8', '--train-batch', '16', '--test-batch', '
 
 def cli(argv, capsys):
     """Runs cifar.py in this process; returns (exit status, stdout, stderr)."""
-    try:
-        code = run(cifar.main, argv)
-    except SystemExit as done:
-        code = done.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    return run_script(cifar.main, argv, capsys)
 
 
 @pytest.fixture(scope='module')
@@ -126,16 +122,6 @@ def test_baseline_and_multiply_gate_train(tmp_path, capsys):
 
 # -- bad input --------------------------------------------------------------------------------
 
-def snapshot(directory):
-    out = {}
-    for base, _, files in os.walk(directory):
-        for name in files:
-            path = os.path.join(base, name)
-            with open(path, 'rb') as f:
-                out[os.path.relpath(path, directory)] = (os.stat(path).st_mtime_ns, f.read())
-    return out
-
-
 @pytest.fixture
 def run_copy(trained, tmp_path):
     directory = str(tmp_path / 'run')
@@ -184,14 +170,7 @@ CASES = ['unknown data set', 'unknown architecture', 'impossible depth', 'missin
 def test_bad_input_gives_one_line_and_changes_nothing(case, run_copy, cifar_root, tmp_path,
                                                       capsys, offline):
     argv, expected = bad_inputs(run_copy, cifar_root, tmp_path)[case]
-    before = snapshot(run_copy)
-    code, out, err = cli(argv + ['-j', '0'], capsys)
-    assert code not in (0, None)
-    lines = err.strip().splitlines()
-    assert len(lines) == 1, err
-    assert 'error:' in lines[0] and expected in lines[0]
-    assert 'Traceback' not in out + err
-    assert snapshot(run_copy) == before
+    assert_refused(cifar.main, argv + ['-j', '0'], expected, run_copy, capsys)
 
 
 def test_unavailable_gpu_id(run_copy, cifar_root, monkeypatch, capsys):

@@ -15,10 +15,10 @@ from PIL import Image
 import explain
 from models import CIFAR_MODELS
 from tests.fakedata import authors_checkpoint, randomise
+from tests.helpers import run_script
 from utils import checkpoint as ckpt
 from utils.cam import (Explainer, class_activation_maps, perception_probabilities,
                        scale_to_unit)
-from utils.cli import run
 from utils.data import AUTHORS_NORMALIZATION, NORMALIZATION
 from utils.metrics import deletion_insertion, energy_inside, pointing_game
 from utils.shapes import SHAPE_CLASSES, generate_shapes
@@ -38,12 +38,8 @@ def one_thread():
 
 
 def cli(argv, capsys):
-    try:
-        code = run(explain.main, argv)
-    except SystemExit as done:
-        code = done.code
-    out, err = capsys.readouterr()
-    return code, out, err
+    """Runs explain.py in this process; returns (exit status, stdout, stderr)."""
+    return run_script(explain.main, argv, capsys)
 
 
 def tiny_model(attention=True, gate='residual', seed=0):
