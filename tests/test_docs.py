@@ -4,6 +4,8 @@ import importlib
 import os
 import re
 import shlex
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -54,3 +56,40 @@ def test_documented_command_is_accepted(doc, script, argv):
         model = module.TASK.registry.create(args.arch, **options, num_classes=classes,
                                             attention=not args.baseline, gate=args.gate)
     assert model.has_attention != args.baseline
+
+
+def quick_start():
+    """The README's two set-up commands: the first two lines of its Quick start code block."""
+    with open(os.path.join(ROOT, 'README.md')) as f:
+        text = f.read()
+    block = text.split('## Quick start', 1)[1].split('```', 2)[1]
+    lines = [line for line in block.splitlines() if line.strip()]
+    assert len(lines) == 2, lines
+    return lines
+
+
+def test_ci_runs_the_readmes_test_command():
+    install, tests = quick_start()
+    assert install.startswith('pip install -r requirements.txt && python cifar.py ')
+    test_command = tests.split('&&')[-1].strip()
+    with open(os.path.join(ROOT, '.ci', 'run')) as f:
+        ci = [line.strip() for line in f if line.strip() and not line.startswith('#')]
+    assert ci[-1] == test_command
+
+
+@pytest.mark.slow
+def test_the_readme_demo_trains_shapes_to_90_percent(tmp_path):
+    """The quick start's training command as written (offline, in a scratch folder): at
+    least 90% test top-1 and the attention images."""
+    install, _ = quick_start()
+    argv = shlex.split(install.split('&&')[1])
+    assert argv[:2] == ['python', 'cifar.py']
+    result = subprocess.run([sys.executable, os.path.join(ROOT, 'cifar.py')] + argv[2:],
+                            cwd=tmp_path, capture_output=True, text=True, timeout=1800,
+                            env=dict(os.environ, MPLBACKEND='Agg'))
+    assert result.returncode == 0, result.stderr[-3000:]
+    best = float(re.search(r'Best acc: ([\d.]+)', result.stdout).group(1))
+    assert best >= 90.0, result.stdout[-2000:]
+    run_dir = tmp_path / argv[argv.index('--checkpoint') + 1]
+    assert len(list((run_dir / 'attention').glob('0*.png'))) == 16
+    assert (run_dir / 'attention' / 'grid.png').exists() and (run_dir / 'log.png').exists()
