@@ -13,6 +13,8 @@ provides three pieces:
 The attention head itself (layer names as in the authors' code, so their checkpoints load)
 and the gating of the features by the map live here, once, for all families.
 """
+from typing import NamedTuple, Optional
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -20,8 +22,20 @@ import torch.nn.functional as F
 GATES = ('residual', 'multiply')
 
 
+class AbnOutput(NamedTuple):
+    """What every ABN model returns; it still unpacks as the authors' triple.
+
+    attention_logits: (N, K) or None for a plain backbone; perception_logits: (N, K), the
+    model's answer; attention_map: (N, 1, h, w) in [0, 1] (one channel per task, (N, T, h, w),
+    for multi-task models), or None for a plain backbone."""
+    attention_logits: Optional[torch.Tensor]
+    perception_logits: torch.Tensor
+    attention_map: Optional[torch.Tensor]
+
+
 class AttentionBranchNetwork(nn.Module):
-    """Base class. `forward(x)` returns `(attention_logits, perception_logits, attention_map)`.
+    """Base class. `forward(x)` returns an `AbnOutput`
+    `(attention_logits, perception_logits, attention_map)`.
 
     gate: 'residual' feeds g(x) * (1 + M(x)) to the perception branch (the authors' code and
     published numbers); 'multiply' feeds g(x) * M(x) (the paper's ablation).
@@ -99,12 +113,12 @@ class AttentionBranchNetwork(nn.Module):
         if not self.has_attention:
             if attention is not None:
                 raise ValueError('this model has no attention branch to edit')
-            return None, self.perceive(features), None
+            return AbnOutput(None, self.perceive(features), None)
         attention_logits, attention_map = self.attention_branch(features)
         if attention is not None:
             attention_map = _fit_map(attention.to(features.dtype), features.shape[-2:])
         perception_logits = self.perceive(self.apply_attention(features, attention_map))
-        return attention_logits, perception_logits, attention_map
+        return AbnOutput(attention_logits, perception_logits, attention_map)
 
 
 def _fit_map(attention_map, size):

@@ -3,7 +3,7 @@ authors' forward pass (tests/reference.py) for the same weights."""
 import pytest
 import torch
 
-from models import CIFAR_MODELS, count_parameters
+from models import AbnOutput, CIFAR_MODELS, count_parameters
 from tests import reference
 from tests.fakedata import randomise
 
@@ -79,7 +79,11 @@ def test_forward_triple_and_names(family, stage, map_size):
                    wrn=dict(depth=10, widen_factor=1), resnext=dict(depth=11, cardinality=2))
     model = CIFAR_MODELS.create(family, num_classes=7, **options[family])
     model.eval()
-    attention_logits, perception_logits, attention_map = model(torch.randn(2, 3, 32, 32))
+    output = model(torch.randn(2, 3, 32, 32))
+    assert isinstance(output, AbnOutput)  # a named tuple that still unpacks as the triple
+    attention_logits, perception_logits, attention_map = output
+    assert output.perception_logits is perception_logits
+    assert output.attention_map is attention_map
     assert attention_logits.shape == perception_logits.shape == (2, 7)
     assert attention_map.shape == (2, 1, map_size, map_size)
     assert 0 <= attention_map.min() and attention_map.max() <= 1
