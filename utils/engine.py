@@ -2,10 +2,11 @@
 loops, checkpoints, logs and attention images. A script supplies a `Task` (its model registry
 and how it builds its data) and calls `main(args, task)`.
 
-Training follows the authors: loss = CE(attention logits) + CE(perception logits), SGD with
-momentum and weight decay, the learning rate multiplied by gamma at each epoch of
---schedule, the perception branch's top-1 as the model's accuracy, and `model_best` the
-epoch with the best test accuracy.
+Training follows the authors: SGD with momentum and weight decay, the learning rate
+multiplied by gamma at each epoch of --schedule, and `model_best` the epoch with the best
+test metric. What is optimised and measured is the task's `Objective` (utils.objectives; the
+authors' CE(attention logits) + CE(perception logits) and perception top-1 for cifar.py and
+imagenet.py): the loop never looks inside a target.
 """
 import bisect
 import json
@@ -23,15 +24,16 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from .cli import AbnError, apply_fast, check_training_arguments
 from .data import CorruptImageError, make_eval_loader, make_train_loader
+from torch.utils.data import default_collate
+
 from .distributed import (Runtime, broadcast_object, gather_objects, local_main_first,
                           setup_runtime, shutdown, sync_batchnorm)
-from .logger import Logger, epoch_row
-from .meters import EpochMeter
+from .logger import Logger
+from .objectives import get_objective
 from .progress import Progress
 from .visualize import save_attention_images
 
@@ -55,6 +57,8 @@ class Task:
     # (args, bundle, runtime) -> loader or None: the fast path's device-resident loaders
     fast_train_loader: Optional[Callable] = None
     fast_eval_loader: Optional[Callable] = None
+    # the registry name of what is optimised and measured (utils.objectives)
+    objective: str = 'single-label'
 
 
 class NonFiniteLoss(AbnError):
@@ -128,6 +132,18 @@ def _tuples(value):
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def move_to(value, device):
+    """`value` with every tensor in it (through tuples, lists and dicts) on `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {key: move_to(item, device) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        moved = [move_to(item, device) for item in value]
+        return type(value)(*moved) if hasattr(value, '_fields') else type(value)(moved)
+    return value
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
@@ -158,16 +174,6 @@ def describe(arch, options, attention):
         details.append('ABN' if options.get('gate', 'residual') == 'residual'
                        else f"ABN, gate {options['gate']}")
     return f"{arch} ({', '.join(details)})"
-
-
-def branch_text(summary, attention):
-    text = f"loss {summary['loss']:.4f}"
-    if attention:
-        text += f" (att {summary['att_loss']:.3f} + per {summary['per_loss']:.3f})"
-    text += f" | top-1 {summary['per_top1']:.2f} top-5 {summary['per_top5']:.2f}"
-    if attention:
-        text += f" | att top-1 {summary['att_top1']:.2f}"
-    return text
 
 
 class StopSignals:
@@ -227,6 +233,7 @@ class Run:
     def __init__(self, args, task, runtime):
         self.args, self.task, self.runtime = args, task, runtime
         self.print = runtime.print
+        self.objective = get_objective(task.objective)
 
     # ---- set-up, in an order that touches no file before every input is checked ----
     def setup(self):
@@ -397,11 +404,13 @@ class Run:
         self.scaler = torch.amp.GradScaler(device.type, enabled=enabled)
 
     def to_device(self, inputs, targets):
+        """Inputs in the model's memory format; the target, whatever its structure (a
+        tensor, nested tuples/lists/dicts of tensors), moved as it is and never read."""
         device = self.runtime.device
         inputs = inputs.to(device, non_blocking=True)
         if self.args.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return inputs, targets.to(device, non_blocking=True)
+        return inputs, move_to(targets, device)
 
     # ---- checkpoints ----
     def state(self, epoch, step, acc, best_acc, meter=None):
@@ -463,13 +472,11 @@ class Run:
 
     # ---- loops ----
     def forward_losses(self, inputs, targets):
+        """(the model's AbnOutput, the objective's named losses)."""
         with self.autocast():
-            attention_logits, perception_logits, _ = self.wrapped(inputs)
-            per_loss = F.cross_entropy(perception_logits.float(), targets)
-            att_loss = None
-            if attention_logits is not None:
-                att_loss = F.cross_entropy(attention_logits.float(), targets)
-        return attention_logits, perception_logits, att_loss, per_loss
+            output = self.wrapped(inputs)
+            losses = self.objective.losses(output, targets)
+        return output, losses
 
     def check_finite(self, bad_step, epoch):
         if bad_step is None:
@@ -487,7 +494,7 @@ class Run:
         loader = self.train_loader
         loader.set_epoch(epoch, self.start_step)
         total = self.start_step + len(loader)
-        meter = EpochMeter(runtime.device)
+        meter = self.objective.new_meter(runtime.device)
         if self.resumed_meter is not None:
             meter.load_state_dict(self.resumed_meter)
             self.resumed_meter = None
@@ -496,13 +503,13 @@ class Run:
         self.start_step = 0
         for inputs, targets in loader:
             inputs, targets = self.to_device(inputs, targets)
-            att_logits, per_logits, att_loss, per_loss = self.forward_losses(inputs, targets)
-            loss = per_loss if att_loss is None else att_loss + per_loss
+            output, losses = self.forward_losses(inputs, targets)
+            loss = self.objective.total_loss(losses)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            meter.update(step, targets, per_logits, per_loss, att_logits, att_loss)
+            meter.update(step, output, targets, losses)
             step += 1
             # The device is read (a host sync) only every --print-freq steps and at
             # checkpoints; one process also looks at its stop flag, a Python bool, each step.
@@ -511,7 +518,7 @@ class Run:
             if shown or checkpoint_due or (not runtime.distributed and stop.requested()):
                 stop_now, bad_step = agree(runtime, stop, meter)
                 self.check_finite(bad_step, epoch)
-                progress.update(step, branch_text(meter.summary(), self.attention)
+                progress.update(step, self.objective.summary_text(meter.summary(), self.attention)
                                 if shown else None)
                 if stop_now and step < total:
                     raise StopRequested(epoch, step, meter)
@@ -522,25 +529,25 @@ class Run:
         meter.all_reduce()
         self.check_finite(meter.first_nonfinite_step(), epoch)
         summary = meter.summary()
-        progress.finish(branch_text(summary, self.attention))
+        progress.finish(self.objective.summary_text(summary, self.attention))
         return meter, summary, total
 
     @torch.no_grad()
     def evaluate(self, stop=None, title='Test'):
         runtime = self.runtime
         self.wrapped.eval()
-        meter = EpochMeter(runtime.device)
+        meter = self.objective.new_meter(runtime.device)
         progress = Progress(title, len(self.test_loader), enabled=runtime.is_main)
         for step, (inputs, targets) in enumerate(self.test_loader):
             inputs, targets = self.to_device(inputs, targets)
-            att_logits, per_logits, att_loss, per_loss = self.forward_losses(inputs, targets)
-            meter.update(step, targets, per_logits, per_loss, att_logits, att_loss)
+            output, losses = self.forward_losses(inputs, targets)
+            meter.update(step, output, targets, losses)
             progress.update(step + 1)
             if stop is not None and not runtime.distributed and stop.requested():
                 return None
         meter.all_reduce()
         summary = meter.summary()
-        progress.finish(branch_text(summary, self.attention))
+        progress.finish(self.objective.summary_text(summary, self.attention))
         return summary
 
     # ---- attention images ----
@@ -568,18 +575,17 @@ class Run:
             items = [item for item in items if item is not None]  # skipped unreadable images
             if not items:
                 continue
-            inputs = torch.stack([x for x, _ in items])
-            targets = torch.tensor([y for _, y in items])
+            inputs, targets = default_collate(items)  # the loaders' collation: any target
             device_inputs = inputs.to(self.runtime.device)
             if self.args.channels_last:
                 device_inputs = device_inputs.contiguous(memory_format=torch.channels_last)
             with self.autocast():
-                _, logits, maps = net(device_inputs)
-            probabilities = logits.float().softmax(1)
-            confidence, predictions = probabilities.max(1)
-            save_attention_images(out_dir, inputs, maps.float().cpu(), targets, predictions.cpu(),
-                                  self.data.classes, self.data.mean, self.data.std,
-                                  probabilities=confidence.cpu(), start_index=start,
+                output = net(device_inputs)
+            predictions, scores = self.objective.predict(output.perception_logits)
+            captions = self.objective.captions(predictions.cpu(), scores.cpu(), targets,
+                                               self.data.classes)
+            save_attention_images(out_dir, inputs, output.attention_map.float().cpu(), captions,
+                                  self.data.mean, self.data.std, start_index=start,
                                   grid_name='grid.png' if start == 0 else f'grid_{b:03d}.png',
                                   title=title)
             progress.update(b + 1)
@@ -624,8 +630,11 @@ class Run:
         if runtime.is_main:
             with open(os.path.join(self.checkpoint_dir, 'args.json'), 'w') as f:
                 json.dump(plain_args(args), f, indent=2, sort_keys=True)
-            logger = Logger(os.path.join(self.checkpoint_dir, 'log.txt'),
-                            resume_epochs=self.start_epoch if self.resumed is not None else None)
+            objective = self.objective
+            logger = Logger(os.path.join(self.checkpoint_dir, 'log.txt'), objective.log_columns,
+                            resume_epochs=self.start_epoch if self.resumed is not None else None,
+                            metric_label=objective.metric_label,
+                            higher_is_better=objective.higher_is_better)
         self.print(f'==> Training on {self.describe_device()}, seed {args.manualSeed}, '
                    f'checkpoints in {self.checkpoint_dir}')
         if self.start_epoch or self.start_step:
@@ -649,14 +658,14 @@ class Run:
                 except CorruptImageError as error:
                     raise AbnError(corrupt_image_message(error)) from None
                 seconds = time.time() - started
-                acc = valid['per_top1']
-                is_best = self.best_acc is None or acc > self.best_acc
+                acc = valid[self.objective.metric]
+                is_best = self.objective.is_better(acc, self.best_acc)
                 self.best_acc = acc if is_best else self.best_acc
                 self.last_acc = acc
-                self.print(f"    valid {branch_text(valid, self.attention)} | best "
-                           f"{self.best_acc:.2f} | {seconds:.0f}s")
+                self.print(f"    valid {self.objective.summary_text(valid, self.attention)} | "
+                           f"best {self.best_acc:.2f} | {seconds:.0f}s")
                 if logger is not None:
-                    logger.append(epoch_row(lr, train, valid, seconds))
+                    logger.append(self.objective.log_row(lr, train, valid, seconds))
                     logger.plot(os.path.join(self.checkpoint_dir, 'log.png'), title)
                 self.save(self.state(epoch + 1, 0, acc, self.best_acc), is_best)
                 if getattr(self.train_loader, 'dropped', 0):
@@ -681,7 +690,7 @@ class Run:
         return 143 if stop.signum == signal.SIGTERM else 130
 
     def finish(self, title):
-        self.print(f'\nBest acc: {self.best_acc:.2f}')
+        self.print('\n' + self.objective.best_text(self.best_acc))
         best_path = os.path.join(self.checkpoint_dir, BEST)
         if self.runtime.is_main and os.path.exists(best_path):
             best = ckpt.load_checkpoint(best_path)
@@ -699,11 +708,7 @@ class Run:
             summary = self.evaluate()
         except CorruptImageError as error:
             raise AbnError(corrupt_image_message(error)) from None
-        self.print(f" Test Loss:  {summary['loss']:.8f}, Test Acc:  {summary['per_top1']:.2f}, "
-                   f"Top-5: {summary['per_top5']:.2f}")
-        if self.attention:
-            self.print(f" Attention branch: loss {summary['att_loss']:.8f}, top-1 "
-                       f"{summary['att_top1']:.2f}, top-5 {summary['att_top5']:.2f}")
+        self.print(self.objective.evaluation_text(summary, self.attention))
         if self.runtime.is_main:
             try:
                 os.makedirs(self.checkpoint_dir, exist_ok=True)
