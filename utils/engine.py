@@ -24,15 +24,16 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn as nn
+from torch.utils.data import default_collate
 
 from . import checkpoint as ckpt
 from .cli import AbnError, apply_fast, check_training_arguments
 from .data import CorruptImageError, make_eval_loader, make_train_loader
-from torch.utils.data import default_collate
-
 from .distributed import (Runtime, broadcast_object, gather_objects, local_main_first,
                           setup_runtime, shutdown, sync_batchnorm)
 from .logger import Logger
+from .modelspec import (ModelSpec, build_model, check_script, describe, resolve_flags,
+                        spec_from_checkpoint)
 from .objectives import get_objective
 from .progress import Progress
 from .visualize import save_attention_images
@@ -48,8 +49,9 @@ class Task:
     registry: object  # models.registry.ModelRegistry
     # (args, evaluate_only, normalization or None) -> DataBundle
     build_data: Callable
-    # args -> dict of architecture options passed to the registry
-    model_options: Callable
+    # builder argument -> the args dest that sets it, e.g. {'depth': 'depth', 'dropRate':
+    # 'drop'}: the architecture options, which a self-describing checkpoint also supplies
+    model_flags: dict
     # normalisation of the authors' checkpoints, which do not record it
     legacy_normalization: tuple
     # (model, args, runtime) -> None: starts a fresh model from pretrained weights
@@ -59,6 +61,12 @@ class Task:
     fast_eval_loader: Optional[Callable] = None
     # the registry name of what is optimised and measured (utils.objectives)
     objective: str = 'single-label'
+    # args -> None: the script's own checks, once a resumed file's options are applied
+    check_arguments: Optional[Callable] = None
+
+    def model_options(self, args):
+        """The architecture options of `args`, as the registry's builders name them."""
+        return {argument: getattr(args, dest) for argument, dest in self.model_flags.items()}
 
 
 class NonFiniteLoss(AbnError):
@@ -163,19 +171,6 @@ def plain_args(args):
     return out
 
 
-def describe(arch, options, attention):
-    """e.g. 'resnet (depth 110, 100 classes, ABN)'."""
-    details = [f'{k} {v}' for k, v in options.items()
-               if k not in ('num_classes', 'attention', 'gate')]
-    details.append(f"{options.get('num_classes')} classes")
-    if not attention:
-        details.append('baseline, no attention branch')
-    else:
-        details.append('ABN' if options.get('gate', 'residual') == 'residual'
-                       else f"ABN, gate {options['gate']}")
-    return f"{arch} ({', '.join(details)})"
-
-
 class StopSignals:
     """Turns the first SIGTERM/SIGINT into a request to stop at the next step boundary; a
     second Ctrl-C interrupts at once."""
@@ -230,8 +225,10 @@ def agree(runtime, stop, meter):
 class Run:
     """One invocation: everything `main` sets up, and the loops that use it."""
 
-    def __init__(self, args, task, runtime):
-        self.args, self.task, self.runtime = args, task, runtime
+    def __init__(self, args, task, runtime, given=None):
+        """`given`: the options the user typed (ArgumentParser.given_options); None counts
+        every option as typed, so none is taken from a resumed file over the flags."""
+        self.args, self.task, self.runtime, self.given = args, task, runtime, given
         self.print = runtime.print
         self.objective = get_objective(task.objective)
 
@@ -240,6 +237,14 @@ class Run:
         args, runtime = self.args, self.runtime
         self.resumed = ckpt.load_checkpoint(args.resume) if args.resume else None
         self.legacy = self.resumed is not None and ckpt.is_legacy(self.resumed)
+        # A file that describes itself supplies every option the user did not type.
+        self.file_spec = spec_from_checkpoint(self.resumed) if self.resumed is not None else None
+        if self.file_spec is not None:
+            check_script(self.file_spec, self.task.name, args.resume)
+            resolve_flags(self.file_spec, args, self.given, self.task.model_flags, args.resume)
+            self.objective = get_objective(self.file_spec.objective)
+        if self.task.check_arguments is not None:
+            self.task.check_arguments(args)
         saved_args = (self.resumed or {}).get('args') or {}
         if not args.evaluate and saved_args.get('manualSeed') is not None:
             args.manualSeed = saved_args['manualSeed']  # the resumed run's data order
@@ -253,14 +258,12 @@ class Run:
         elif runtime.device.type == 'cuda':
             torch.backends.cudnn.benchmark = True
 
-        self.check_architecture()
+        build_model(self.spec_of_flags(num_classes=2), meta=True)  # impossible options
         normalization = None
-        if self.resumed is not None:
-            if self.legacy:
-                normalization = self.task.legacy_normalization
-            elif 'normalization' in self.resumed:
-                n = self.resumed['normalization']
-                normalization = (tuple(n['mean']), tuple(n['std']))
+        if self.legacy:
+            normalization = self.task.legacy_normalization
+        elif self.file_spec is not None and self.file_spec.normalization is not None:
+            normalization = self.file_spec.normalization
         self.print(f'==> Preparing data: {getattr(args, "dataset", None) or args.data}')
         with local_main_first(runtime):  # torchrun: one download per machine, not N at once
             self.data = self.task.build_data(args, args.evaluate, normalization)
@@ -272,19 +275,17 @@ class Run:
             f'train {len(data.train)}, test {len(data.test)}'
         self.print(f'    {sizes} images, {len(data.classes)} classes')
 
-        self.model_options = dict(self.task.model_options(args), num_classes=len(data.classes))
-        self.model_args = self.task.registry.model_args(args.arch, **self.model_options,
-                                                        attention=not args.baseline,
-                                                        gate=args.gate)
-        self.description = describe(args.arch, self.model_args, not args.baseline)
-        try:
-            model = self.task.registry.create(args.arch, **self.model_args)
-        except ValueError as error:
-            raise AbnError(str(error)) from None
+        if self.file_spec is not None:
+            self.check_resumed_classes()
+            self.spec = self.file_spec
+        else:
+            self.spec = self.spec_of_flags(num_classes=len(data.classes), data=data)
+        self.model_args = self.spec.model_args
+        self.description = self.spec.describe()
+        model = build_model(self.spec)
         self.print(f"==> Model: {self.description}")
         self.print(f'    Total params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M')
         if self.resumed is not None:
-            self.check_resumed_architecture()
             ckpt.load_model_state(model, self.resumed, args.resume, self.description)
         elif self.task.init_pretrained is not None:
             self.task.init_pretrained(model, args, runtime)
@@ -292,36 +293,29 @@ class Run:
         self.attention = model.has_attention
         self.checkpoint_dir = self.resolve_checkpoint_dir()
 
-    def check_architecture(self):
-        """Builds the model on the meta device (no memory, no time) to refuse impossible
-        options before any data is read or downloaded."""
-        args = self.args
-        options = dict(self.task.model_options(args), num_classes=2,
-                       attention=not args.baseline, gate=args.gate)
-        try:
-            with torch.device('meta'):
-                self.task.registry.create(args.arch, **options)
-        except ValueError as error:
-            raise AbnError(str(error)) from None
+    def spec_of_flags(self, num_classes, data=None):
+        """The ModelSpec the command line describes (new runs and the authors' files)."""
+        args, task = self.args, self.task
+        model_args = task.registry.model_args(args.arch, **task.model_options(args),
+                                              num_classes=num_classes,
+                                              attention=not args.baseline, gate=args.gate)
+        if data is None:
+            return ModelSpec(task.name, args.arch, model_args, objective=self.objective.name)
+        return ModelSpec(task.name, args.arch, model_args, class_names=list(data.classes),
+                         normalization=(tuple(data.mean), tuple(data.std)),
+                         image_size=data.image_size,
+                         resize_size=getattr(data, 'resize_size', None),
+                         objective=self.objective.name, dataset=data.name)
 
-    def check_resumed_architecture(self):
-        saved = self.resumed
-        if self.legacy or 'arch' not in saved:
-            return
-        mine = dict(self.model_args)
-        theirs = dict(saved.get('model_args') or {})
-        if saved['arch'] != self.args.arch or theirs != mine:
-            if saved.get('num_classes') not in (None, mine['num_classes']):
-                raise AbnError(f"{self.args.resume} was trained for {saved['num_classes']} "
-                               f"classes, but this data set has {mine['num_classes']}: check "
-                               f"--dataset/--data")
-            raise AbnError(f"{self.args.resume} holds {describe(saved['arch'], theirs, theirs.get('attention', True))}, "
-                           f"not {self.description}: pass the same -a/--depth/... options "
-                           f"as its run")
-        names = saved.get('class_names')
-        if names is not None and list(names) != list(self.data.classes):
-            differ = sorted(set(names) ^ set(self.data.classes))
-            raise AbnError(f"{self.args.resume} was trained on other classes than this data "
+    def check_resumed_classes(self):
+        spec, data, path = self.file_spec, self.data, self.args.resume
+        if spec.num_classes not in (None, len(data.classes)):
+            raise AbnError(f"{path} was trained for {spec.num_classes} classes, but this data "
+                           f"set has {len(data.classes)}: check --dataset/--data")
+        names = spec.class_names
+        if names is not None and list(names) != list(data.classes):
+            differ = sorted(set(names) ^ set(data.classes))
+            raise AbnError(f"{path} was trained on other classes than this data "
                            f"set's ({', '.join(differ[:5])}): check --dataset/--data")
 
     def resolve_checkpoint_dir(self):
@@ -423,10 +417,11 @@ class Run:
             'epoch_meter': gather_objects(meter.state_dict(), self.runtime)
             if meter is not None else None,
             'rng': gather_objects(rng_state(), self.runtime),
-            'arch': self.args.arch, 'model_args': self.model_args,
+            'arch': self.spec.arch, 'model_args': self.model_args,
             'num_classes': len(data.classes), 'class_names': list(data.classes),
             'dataset': data.name, 'image_size': data.image_size,
             'normalization': {'mean': list(data.mean), 'std': list(data.std)},
+            'model_spec': self.spec.to_dict(),
             'args': plain_args(self.args), 'format': ckpt.FORMAT,
         }
 
@@ -722,15 +717,16 @@ class Run:
         return 0
 
 
-def main(args, task):
-    """Runs training or evaluation; returns the process exit status."""
+def main(args, task, given=None):
+    """Runs training or evaluation; returns the process exit status. `given`: the options
+    the user typed (ArgumentParser.given_options); the others may come from --resume's file."""
     check_training_arguments(args)
     runtime = setup_runtime(args.gpu_id)
     apply_fast(args, runtime.device)
     try:
-        return Run(args, task, runtime).run()
+        return Run(args, task, runtime, given).run()
     finally:
         shutdown(runtime)
 
 
-__all__ = ['Task', 'main', 'Run', 'Runtime', 'step_schedule_lr']
+__all__ = ['Task', 'main', 'Run', 'Runtime', 'describe', 'step_schedule_lr']
