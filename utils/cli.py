@@ -4,9 +4,7 @@ import argparse
 import os
 import sys
 
-
-class AbnError(Exception):
-    """A problem with the user's input or environment, shown as one line without traceback."""
+from .errors import AbnError  # noqa: F401  (re-exported: `from utils.cli import AbnError`)
 
 
 class ArgumentParser(argparse.ArgumentParser):
