@@ -19,9 +19,50 @@ def parse_int_list(text):
     return [int(part) for part in text.replace(',', ' ').split()]
 
 
+# The size options of the model families: flag and help. Each script takes those its
+# families use (explain.py all of the CIFAR ones, for the authors' checkpoints).
+SIZE_OPTIONS = {
+    'depth': ('--depth', 'model depth'),
+    'cardinality': ('--cardinality', 'ResNeXt cardinality (groups)'),
+    'base_width': ('--base-width', 'ResNeXt width per group'),
+    'widen_factor': ('--widen-factor', 'WRN/ResNeXt widen factor. 4 -> 64, 8 -> 128, ...'),
+    'growthRate': ('--growthRate', 'growth rate for DenseNet'),
+    'compressionRate': ('--compressionRate', 'compression rate (theta) for DenseNet'),
+}
+
+
+def add_architecture_arguments(parser, arch_names, sizes, arch=None, gate=None, baseline=True,
+                               helps=None, title='architecture'):
+    """-a/--arch, --gate, --baseline and the size options (`sizes`: dest -> default, None
+    where the script decides later) of cifar.py, imagenet.py and explain.py. `helps`
+    replaces a help text (dest -> text) where a script means something else by it."""
+    helps = helps or {}
+    group = parser.add_argument_group(title)
+    shown = f' (default: {arch})' if arch else ''
+    group.add_argument('--arch', '-a', metavar='ARCH', default=arch, choices=arch_names,
+                       help=helps.get('arch', f"model architecture: {' | '.join(arch_names)}")
+                       + shown)
+    if baseline:
+        group.add_argument('--baseline', action='store_true',
+                           help='build the plain backbone without the attention branch')
+    group.add_argument('--gate', default=gate, choices=('residual', 'multiply'),
+                       help=helps.get('gate', "how the map gates the features: residual "
+                                              "g*(1+M) (the authors'), or multiply g*M (the "
+                                              "paper's ablation)")
+                       + (f' (default: {gate})' if gate else ''))
+    for dest, default in sizes.items():
+        flag, text = SIZE_OPTIONS[dest]
+        text = helps.get(dest, text)
+        if default is not None and '%(default)' not in text:
+            text += ' (default: %(default)s)'
+        group.add_argument(flag, dest=dest, type=int, default=default, help=text)
+    return group
+
+
 def add_training_arguments(parser, defaults):
-    """The authors' flags (same names, same meanings) plus this project's. `defaults` holds
-    the per-script values (epochs, batch sizes, schedule, weight decay, arch)."""
+    """The authors' flags (same names, same meanings) plus this project's, except the
+    architecture's (add_architecture_arguments). `defaults` holds the per-script values
+    (epochs, batch sizes, schedule, weight decay)."""
     data = parser.add_argument_group('data')
     data.add_argument('-j', '--workers', default=None, type=int, metavar='N',
                       help='data loading worker processes (default: 4, at most the CPU count)')
@@ -68,16 +109,6 @@ def add_training_arguments(parser, defaults):
     ckpt.add_argument('--save-attention', default='16', metavar='N',
                       help="attention images of N test images ('all' for every one; "
                            "default: %(default)s)")
-
-    arch = parser.add_argument_group('architecture')
-    arch.add_argument('--arch', '-a', metavar='ARCH', default=defaults['arch'],
-                      choices=defaults['arch_names'], help=f"model architecture: {' | '.join(defaults['arch_names'])} "
-                           f"(default: {defaults['arch']})")
-    arch.add_argument('--baseline', action='store_true',
-                      help='build the plain backbone without the attention branch')
-    arch.add_argument('--gate', default='residual', choices=('residual', 'multiply'),
-                      help='how the map gates the features: residual g*(1+M) (the authors\'), '
-                           'or multiply g*M (the paper\'s ablation)')
 
     misc = parser.add_argument_group('miscellaneous')
     misc.add_argument('--manualSeed', type=int, help='manual seed: makes a run repeatable')
