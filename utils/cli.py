@@ -109,6 +109,9 @@ def add_training_arguments(parser, defaults):
     ckpt.add_argument('--save-attention', default='16', metavar='N',
                       help="attention images of N test images ('all' for every one; "
                            "default: %(default)s)")
+    ckpt.add_argument('--tensorboard', action='store_true',
+                      help="also write log.txt's scalars and the attention grid for TensorBoard, "
+                           "into <checkpoint>/tensorboard (needs the tensorboard package)")
 
     misc = parser.add_argument_group('miscellaneous')
     misc.add_argument('--manualSeed', type=int, help='manual seed: makes a run repeatable')
@@ -171,6 +174,9 @@ def check_training_arguments(args):
         raise AbnError('--save-every-steps must not be negative')
     if args.evaluate and not args.resume:
         raise AbnError('-e/--evaluate needs --resume PATH, the checkpoint to evaluate')
+    if getattr(args, 'tensorboard', False):
+        from .tensorboard_log import require_tensorboard
+        require_tensorboard()
     text = str(args.save_attention).strip().lower()
     if text != 'all' and not (text.isdigit()):
         raise AbnError(f"--save-attention takes a number or 'all', got '{args.save_attention}'")

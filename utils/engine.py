@@ -33,6 +33,7 @@ from .distributed import (Runtime, broadcast_object, gather_objects, local_main_
 from .logger import Logger, epoch_row
 from .meters import EpochMeter
 from .progress import Progress
+from .tensorboard_log import open_log as open_tensorboard_log
 from .visualize import save_attention_images
 
 LAST = 'checkpoint.pth.tar'
@@ -621,6 +622,8 @@ class Run:
             self.train_loader = make_train_loader(self.data.train, args.train_batch, runtime,
                                                   args.manualSeed, workers)
         logger = None
+        self.tensorboard = runtime.is_main and open_tensorboard_log(args, self.checkpoint_dir,
+                                                                    self.start_epoch)
         if runtime.is_main:
             with open(os.path.join(self.checkpoint_dir, 'args.json'), 'w') as f:
                 json.dump(plain_args(args), f, indent=2, sort_keys=True)
@@ -658,6 +661,8 @@ class Run:
                 if logger is not None:
                     logger.append(epoch_row(lr, train, valid, seconds))
                     logger.plot(os.path.join(self.checkpoint_dir, 'log.png'), title)
+                    if self.tensorboard:
+                        self.tensorboard.log_epoch(logger.rows[-1], epoch + 1)
                 self.save(self.state(epoch + 1, 0, acc, self.best_acc), is_best)
                 if getattr(self.train_loader, 'dropped', 0):
                     self.print(f'    {self.train_loader.dropped} unreadable images skipped so far')
@@ -689,6 +694,8 @@ class Run:
                                               title=f'{title}, best epoch {best["epoch"]}')
             if out:
                 self.print(f'Attention images of the best model: {out}')
+        if self.tensorboard:
+            self.tensorboard.finish(os.path.join(self.checkpoint_dir, 'attention', 'grid.png'))
         self.print(f'Log: {os.path.join(self.checkpoint_dir, "log.txt")}, plot: '
                    f'{os.path.join(self.checkpoint_dir, "log.png")}')
         return 0
