@@ -15,10 +15,6 @@ class ArgumentParser(argparse.ArgumentParser):
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
 
-def parse_int_list(text):
-    return [int(part) for part in text.replace(',', ' ').split()]
-
-
 # The size options of the model families: flag and help. Each script takes those its
 # families use (explain.py all of the CIFAR ones, for the authors' checkpoints).
 SIZE_OPTIONS = {
