@@ -15,7 +15,7 @@ from PIL import Image
 import explain
 from models import CIFAR_MODELS
 from tests.fakedata import authors_checkpoint, randomise
-from tests.helpers import run_script
+from tests.helpers import documentation, run_script
 from utils import checkpoint as ckpt
 from utils.cam import (Explainer, class_activation_maps, perception_probabilities,
                        scale_to_unit)
@@ -328,15 +328,12 @@ def test_deletion_and_insertion_rank_good_maps_above_bad_ones():
 # -- the docs -----------------------------------------------------------------------------------
 
 def documented_commands():
-    """Every explain.py command in README.md."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'README.md')
-    with open(path) as f:
-        text = f.read().replace('\\\n', ' ')
-    return [line.split('explain.py', 1)[1] for line in text.splitlines()
-            if re.match(r'\s*python3? explain\.py', line)]
+    """Every explain.py command in README.md, TRAINING.md and docs/*.md."""
+    return [line.split('explain.py', 1)[1] for _, text in documentation()
+            for line in text.splitlines() if re.match(r'\s*python3? explain\.py', line)]
 
 
-def test_the_readme_has_explain_commands():
+def test_the_docs_have_explain_commands():
     assert len(documented_commands()) >= 6
 
 

@@ -2,7 +2,7 @@
 
 A checkpoint is one dict. The authors' keys come first ('epoch', 'state_dict', 'acc',
 'best_acc', 'optimizer'), so their tools read ours; ours add what an exact resume and a
-self-describing file need ('step', 'scheduler', 'rng', 'arch', 'model_args', 'num_classes',
+self-describing file need ('step', 'rng', 'arch', 'model_args', 'num_classes',
 'class_names', 'normalization', 'args', 'format'). Files load with `weights_only=True`: a
 checkpoint from the internet can hold tensors and plain values, never code to run.
 """
@@ -16,7 +16,7 @@ import zipfile
 
 import torch
 
-from .cli import AbnError
+from .errors import AbnError
 
 FORMAT = 'abn-pytorch/1'
 WRAPPER_PREFIXES = ('module.', '_orig_mod.')  # DataParallel/DDP, torch.compile

@@ -19,7 +19,7 @@ import torchvision.transforms as T
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data.distributed import DistributedSampler
 
-from .cli import AbnError
+from .errors import AbnError
 from .shapes import ShapesDataset
 
 # Per-data-set channel statistics. CIFAR-10's are the authors' values (used for every data

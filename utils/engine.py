@@ -36,6 +36,7 @@ from .modelspec import (ModelSpec, build_model, check_script, describe, resolve_
                         spec_from_checkpoint)
 from .objectives import get_objective
 from .progress import Progress
+from .tensorboard_log import open_log as open_tensorboard_log
 from .visualize import save_attention_images
 
 
@@ -569,6 +570,8 @@ class Run:
         if args.evaluate:
             return self.run_evaluation()
         logger = None
+        self.tensorboard = runtime.is_main and open_tensorboard_log(args, self.checkpoint_dir,
+                                                                    self.start_epoch)
         if runtime.is_main:
             with open(os.path.join(self.checkpoint_dir, 'args.json'), 'w') as f:
                 json.dump(plain_args(args), f, indent=2, sort_keys=True)
@@ -606,6 +609,8 @@ class Run:
                 if logger is not None:
                     logger.append(self.objective.log_row(lr, train, valid, seconds))
                     logger.plot(os.path.join(self.checkpoint_dir, 'log.png'), title)
+                    if self.tensorboard:
+                        self.tensorboard.log_epoch(logger.columns, logger.rows[-1], epoch + 1)
                 self.checkpoints.save(self.state(epoch + 1, 0), is_best)
                 if getattr(self.train_loader, 'dropped', 0):
                     self.print(f'    {self.train_loader.dropped} unreadable images skipped so far')
@@ -637,6 +642,8 @@ class Run:
                                               title=f'{title}, best epoch {best["epoch"]}')
             if out:
                 self.print(f'Attention images of the best model: {out}')
+        if self.tensorboard:
+            self.tensorboard.finish(os.path.join(self.checkpoint_dir, 'attention', 'grid.png'))
         self.print(f'Log: {os.path.join(self.checkpoint_dir, "log.txt")}, plot: '
                    f'{os.path.join(self.checkpoint_dir, "log.png")}')
         return 0
