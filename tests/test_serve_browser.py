@@ -141,6 +141,10 @@ def test_load_see_paint_predict_save_in_a_browser(tmp_path):
                                                          f'#panel-{panel} img')))
         wait.until(lambda d: '%' in text('own-ranking'))
         assert len(re.findall(r'\d+%', text('own-ranking'))) == 5
+        # Offline: everything the page loaded (scripts, styles, fonts) came from the server.
+        loaded = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)")
+        assert loaded and all(url.startswith(server.url) for url in loaded), loaded
 
         # Paint on the map with the black brush (remove attention): most of the map.
         driver.find_element(By.CSS_SELECTOR, '#painter button[aria-label="Color"]').click()
