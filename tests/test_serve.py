@@ -3,6 +3,7 @@ load an image, explain it, edit the map, save it where `--attention-maps` reads 
 multi-task stand-in model; bad input answered with one line. The page itself is driven in a
 real browser by tests/test_serve_browser.py."""
 import builtins
+import socket
 
 import numpy as np
 import pytest
@@ -15,7 +16,7 @@ from models.abn import AbnOutput
 from tests.helpers import run_script
 from tests.test_explain import save_project_checkpoint, tiny_model
 from utils.cli import AbnError
-from utils.serve import INSTALL_HINT, MapEditor, require_gradio
+from utils.serve import INSTALL_HINT, MapEditor, require_gradio, serve
 from utils.shapes import SHAPE_CLASSES, generate_shapes
 
 CPU = torch.device('cpu')
@@ -269,3 +270,15 @@ def test_serve_flags_parse():
     args = explain.get_args_parser().parse_args(['model.pth.tar', '--serve', '--port', '8000',
                                                  '--dataset', 'shapes'])
     assert args.serve and args.port == 8000 and args.host == '127.0.0.1'
+
+
+def test_a_taken_port_is_one_line(checkpoints, tmp_path):
+    args = explain.get_args_parser().parse_args([checkpoints['multiply'], '--serve',
+                                                 '-o', str(tmp_path)])
+    with socket.socket() as taken:
+        taken.bind(('127.0.0.1', 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(AbnError, match=f'cannot serve on 127.0.0.1:{port} '
+                                           r'\(is the port taken'):
+            serve(args, load(checkpoints['multiply']), CPU, port=port)

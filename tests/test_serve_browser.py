@@ -12,6 +12,7 @@ The picture in docs/serve.md is this test's screenshot:
 """
 import os
 import re
+import signal
 import socket
 import subprocess
 import sys
@@ -77,7 +78,14 @@ class Server:
             time.sleep(0.5)
         pytest.fail(f'the page did not come up in {WAIT} s:\n{self.output}')
 
+    def interrupt(self):
+        """Ctrl+C: the server closes and the command exits as interrupted."""
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(timeout=WAIT)
+
     def stop(self):
+        if self.process.poll() is not None:
+            return
         self.process.terminate()
         try:
             self.process.wait(timeout=30)
@@ -188,8 +196,14 @@ def test_load_see_paint_predict_save_in_a_browser(tmp_path):
             str(wrong_map))
         message_says('a 60x10 map does not fit')
         assert server.process.poll() is None
+        driver.quit()
+        driver = None
+        assert server.interrupt() == 130
     finally:
         if driver is not None:
             driver.quit()
         server.stop()
+    server.reader.join(timeout=10)
     assert 'Traceback' not in server.output, server.output
+    assert server.output.strip().splitlines()[-1] == 'explain.py: interrupted'
+

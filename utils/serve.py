@@ -24,6 +24,7 @@ Saved maps (grayscale PNG at the map's resolution, the layout of `--attention-ma
 """
 import os
 import threading
+import time
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -530,14 +531,22 @@ def serve(args, loaded, device, host='127.0.0.1', port=7860):
                        dataset=args.dataset, data_root=args.data, files=args.inputs)
     page = build_page(editor, gr)
     page.queue(default_concurrency_limit=1)
-    print(f'==> {loaded.description} on {device.type}: the attention editor at '
-          f'http://{host}:{port} (Ctrl+C stops it); edited maps go to {editor.maps_dir}',
-          flush=True)
     try:
-        page.launch(server_name=host, server_port=port, share=False, inbrowser=False,
-                    quiet=True, show_error=False, ssr_mode=False, footer_links=[])
-    except OSError as error:
-        raise AbnError(f'cannot serve on {host}:{port}: {error}') from None
+        try:
+            page.launch(server_name=host, server_port=port, share=False, inbrowser=False,
+                        quiet=True, show_error=False, ssr_mode=False, footer_links=[],
+                        prevent_thread_lock=True)
+        except OSError as error:
+            raise AbnError(f'cannot serve on {host}:{port} (is the port taken? --port P '
+                           f'picks another): {error}') from None
+        print(f'==> {loaded.description} on {device.type}: the attention editor at '
+              f'http://{host}:{port} (Ctrl+C stops it); edited maps go to '
+              f'{editor.maps_dir}', flush=True)
+        try:
+            while page.is_running:
+                time.sleep(0.5)
+        finally:
+            page.close()
     finally:
         editor.close()
     return 0
