@@ -236,8 +236,8 @@ def test_multitask_maps_choose_the_attribute_and_show_every_probability(tmp_path
         assert ranking['eyeglasses'] != pytest.approx(explained.ranking['eyeglasses'])
         assert ranking['smiling'] == pytest.approx(explained.ranking['smiling'], abs=1e-6)
         assert editor.headline(ranking, 1).startswith('**eyeglasses** ')
-        saved = editor.save(explained, white, class_name='smiling')
-        assert saved == str(tmp_path / 'eyeglasses' / 'smiling' / 'face.png')
+        saved = editor.save(explained, white)
+        assert saved == str(tmp_path / 'eyeglasses' / 'face.png')  # DIR/<attribute>/<stem>
         with Image.open(saved) as image:
             assert image.size == (8, 8) and np.all(np.asarray(image) == 255)
         with pytest.raises(AbnError, match="no attribute 'beard'"):

@@ -20,7 +20,8 @@ Saved maps (grayscale PNG at the map's resolution, the layout of `--attention-ma
   images stay apart from training data;
 - image files, image folders and uploads: `DIR/<class>/<image stem>.png`, the class chosen on
   the page (by default the image's folder when it names a class, else the prediction);
-- multi-task models: the same under `DIR/<attribute>/...`.
+- multi-task models: `DIR/<attribute>/<split>/<index>.png` and `DIR/<attribute>/<image
+  stem>.png` (no class folder: attributes are not classes).
 """
 import os
 import threading
@@ -332,6 +333,8 @@ class MapEditor:
             folder = os.path.join(folder, safe_name(self.names[explained.attribute]))
         if picture.split is not None and self.dataset != 'imagefolder':
             return os.path.join(folder, picture.split, f'{picture.index}.png')
+        if self.multitask:  # attributes are not classes: no class folder
+            return os.path.join(folder, f'{picture.name}.png')
         if class_name is None:
             class_name = explained.true_name or max(explained.ranking,
                                                     key=explained.ranking.get)
@@ -444,8 +447,9 @@ def build_page(editor, gr):
             if explained.scale is not None:
                 text += (f' Map values in [-{explained.scale:.3g}, {explained.scale:.3g}]: '
                          'gray is 0.')
-            class_update = gr.update(visible=picture.split is None
-                                     or editor.dataset == 'imagefolder',
+            class_update = gr.update(visible=not editor.multitask and (
+                                         picture.split is None
+                                         or editor.dataset == 'imagefolder'),
                                      value=explained.true_name
                                      or max(explained.ranking, key=explained.ranking.get))
             return ([text, explained] + [explained.panels[t] for t in images]
