@@ -7,8 +7,9 @@ Needs /usr/bin/chromium and /usr/bin/chromedriver (`apt-get install -y chromium
 chromium-driver`; .ci/run installs them): without them the test fails, it is not skipped.
 
 The picture in docs/serve.md is this test's screenshot:
-    ABN_SERVE_CHECKPOINT=path/to/model_best.pth.tar ABN_SERVE_SCREENSHOT=docs/images/serve.png \\
-        python -m pytest tests/test_serve_browser.py
+    ABN_SERVE_CHECKPOINT=checkpoints/shapes/resnet-8/model_best.pth.tar ABN_SERVE_INDEX=1 \\
+    ABN_SERVE_SCREENSHOT=docs/images/serve.png python -m pytest tests/test_serve_browser.py
+(docs/serve.md has the training command of that checkpoint.)
 """
 import os
 import re
@@ -31,7 +32,7 @@ CHROMIUM, CHROMEDRIVER = '/usr/bin/chromium', '/usr/bin/chromedriver'
 WAIT = 120  # seconds: generous, for a busy 2-core machine; every wait is for an element
 FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
          '--disable-background-networking', '--disable-component-update', '--disable-sync',
-         '--window-size=1400,1150')
+         '--window-size=1400,1320')
 
 
 def free_port():
@@ -121,7 +122,7 @@ def test_load_see_paint_predict_save_in_a_browser(tmp_path):
     screenshot = os.environ.get('ABN_SERVE_SCREENSHOT')
     index = int(os.environ.get('ABN_SERVE_INDEX', '0'))
     out = tmp_path / 'out'
-    server = Server([os.path.abspath(checkpoint), '--dataset', 'shapes', '-o', str(out)],
+    server = Server([os.path.abspath(checkpoint), '--dataset', 'shapes', '-o', 'out'],
                     cwd=tmp_path)
     driver = None
     try:
@@ -175,7 +176,7 @@ def test_load_see_paint_predict_save_in_a_browser(tmp_path):
         driver.find_element(By.ID, 'save').click()
         message_says('Saved the edited map')
         saved = out / 'edited_maps' / 'test' / f'{index}.png'
-        assert str(saved) in text('saved').replace('\n', '')
+        assert f'out/edited_maps/test/{index}.png' in text('saved').replace('\n', '')
         with Image.open(saved) as image:
             assert image.mode == 'L' and image.size == (16, 16)
             pixels = np.asarray(image)
