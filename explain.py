@@ -727,19 +727,10 @@ class ExplainRun:
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    if args.serve:
-        return serve(args)
+    if args.serve:  # the attention editor's page: utils/serve.py
+        from utils.serve import serve_command
+        return serve_command(args)
     return ExplainRun(args).run()
-
-
-def serve(args):
-    """--serve: the model loaded once, then the page (utils/serve.py)."""
-    check_arguments(args)
-    from utils.serve import require_gradio, serve as serve_page
-    require_gradio()  # before loading anything: one line saying what to install
-    runtime = setup_runtime(args.gpu_id)
-    return serve_page(args, load_model(args.checkpoint, args), runtime.device, args.host,
-                      args.port)
 
 
 if __name__ == '__main__':

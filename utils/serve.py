@@ -37,12 +37,14 @@ from utils.cam import Explainer, supports_cam
 from utils.cli import AbnError
 from utils.data import (SMALL_IMAGE_DATASETS, CorruptImageError, base_dataset,
                         build_small_image_data, load_rgb)
+from utils.distributed import setup_runtime
 from utils.visualize import as_uint8, blend, safe_name
 
 # -- taken from explain.py (they move when explain.py is thinned: load_model becomes the
 # model-spec function, image_transform/IMAGE_EXTENSIONS/find_images go to utils.data and
 # top_k to utils.visualize). The only lines here that name explain.py.
-from explain import IMAGE_EXTENSIONS, find_images, image_transform, load_model, top_k  # noqa: E402,I001
+from explain import (IMAGE_EXTENSIONS, find_images, image_transform, load_model,  # noqa: I001
+                     top_k)
 
 INSTALL_HINT = 'pip install -r requirements-serve.txt'
 DISPLAY = 256  # pixels the pictures on the page are drawn at, at least
@@ -554,3 +556,11 @@ def serve(args, loaded, device, host='127.0.0.1', port=7860):
     finally:
         editor.close()
     return 0
+
+
+def serve_command(args):
+    """`explain.py CHECKPOINT --serve`: the model loaded once, on the GPU when there is one,
+    then the page until Ctrl+C."""
+    require_gradio()  # before loading anything: one line saying what to install
+    runtime = setup_runtime(args.gpu_id)
+    return serve(args, load_model(args.checkpoint, args), runtime.device, args.host, args.port)
