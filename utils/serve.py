@@ -26,7 +26,7 @@ Saved maps (grayscale PNG at the map's resolution, the layout of `--attention-ma
 import os
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -85,7 +85,6 @@ class Explained:
     editor_image: np.ndarray  # (E, E) uint8 grayscale: the map to paint on
     ranking: dict  # name -> probability: top-5 (or every attribute's probability)
     true_name: str = None
-    extra: dict = field(default_factory=dict)
 
 
 class MapEditor:
@@ -206,7 +205,7 @@ class MapEditor:
             if self.multitask:
                 with torch.no_grad():
                     out = self.model(x)
-                maps, logits, feature_maps = {}, out.perception_logits.float().cpu(), {}
+                maps, logits = {}, out.perception_logits.float().cpu()
                 own = out.attention_map[0].float().cpu()
             else:
                 explanation = self.explainer(x)
@@ -217,7 +216,6 @@ class MapEditor:
         scale = None
         if channel.min() < 0 or channel.max() > 1:
             scale = float(np.abs(channel).max()) or 1.0
-        display = self.display_size()
         pixels = self.pixels(picture)
         panels = {'input': as_uint8(pixels)}
         shown_map = self.to_gray(channel, scale)
@@ -228,8 +226,7 @@ class MapEditor:
         editor = np.kron(as_uint8(shown_map), np.ones((self.cell(), self.cell()), np.uint8))
         true_name = self.names[picture.label] if 0 <= picture.label < len(self.names) else None
         return Explained(picture, own, scale, attribute, panels, editor,
-                         self.ranking(logits[0]), true_name,
-                         {'display': display})
+                         self.ranking(logits[0]), true_name)
 
     def display_size(self):
         return self.size * max(1, -(-DISPLAY // self.size))
