@@ -516,6 +516,9 @@ def build_page(editor, gr):
         attribute.change(guarded(reshow, shown), [state] + attribute_inputs, shown)
         edit_outputs = [message, edited_image, edited_ranking]
         apply.click(guarded(run_edit, edit_outputs), [state, painter], edit_outputs)
+        # Each stroke answers too; strokes faster than the model queue up as the latest one.
+        painter.input(guarded(run_edit, edit_outputs), [state, painter], edit_outputs,
+                      trigger_mode='always_last', show_progress='hidden')
         map_outputs = [message, painter, edited_image, edited_ranking]
         map_file.upload(guarded(load_map, map_outputs), [state, map_file], map_outputs)
         save_outputs = [message, saved]
