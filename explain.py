@@ -4,6 +4,7 @@
     python explain.py CHECKPOINT --dataset shapes -n 500 --compare --measure \\
         --baseline-checkpoint checkpoints/shapes/resnet-20-baseline/model_best.pth.tar
     python explain.py CHECKPOINT photo.png --edit edited_map.png
+    python explain.py CHECKPOINT --serve --dataset shapes     # the attention editor page
 
 For each image: the input, the ABN attention map, their overlay and the top-5 classes
 (`NNNN_<name>.png`), the map itself as an editable grayscale PNG (`maps/`), and one
@@ -12,6 +13,8 @@ Grad-CAM of the model's perception branch (and of `--baseline-checkpoint`'s mode
 `--measure` scores every map (pointing game and energy inside the object where the data has
 object masks, deletion/insertion AUC everywhere) into metrics.json/.md/.png. `--edit MAP`
 runs the perception branch on an edited map and shows how the prediction changes.
+`--serve` starts a local page (utils/serve.py, docs/serve.md) to do all of it by hand: look,
+paint on the map, see the prediction change, save the map as training data.
 
 Checkpoints written by cifar.py describe themselves. The authors' checkpoints do not: give
 the architecture options of cifar.py (-a, --depth, ...) and --num-classes or --dataset.
@@ -89,6 +92,17 @@ def get_args_parser():
                      help='seed of the random map and of tie-breaking (default: %(default)s)')
     out.add_argument('--gpu-id', default='0',
                      help="CUDA device id, or 'cpu' (default: %(default)s)")
+
+    page = parser.add_argument_group('the attention editor (needs requirements-serve.txt)')
+    page.add_argument('--serve', action='store_true',
+                      help='start a local web page to look at, edit and save attention maps '
+                           '(images of --dataset, the IMAGE files, or uploads); edited maps '
+                           'go to OUTPUT/edited_maps')
+    page.add_argument('--host', default='127.0.0.1',
+                      help='address the page listens on (default: %(default)s, this machine '
+                           'only)')
+    page.add_argument('--port', type=int, default=7860,
+                      help='port of the page (default: %(default)s)')
 
     arch = add_architecture_arguments(
         parser, sorted(set(CIFAR_MODELS) | set(IMAGENET_MODELS)), baseline=False,
@@ -481,6 +495,9 @@ class ExplainRun:
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    if args.serve:  # the attention editor's page: utils/serve.py
+        from utils.serve import serve_command
+        return serve_command(args)
     return ExplainRun(args).run()
 
 
