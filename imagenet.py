@@ -17,6 +17,7 @@ from models import IMAGENET_MODELS
 from utils.cli import AbnError, ArgumentParser, add_training_arguments, run
 from utils.data import NORMALIZATION, DataBundle, check_same_classes, first_n, image_folder_split
 from utils.engine import Task, main as engine_main
+from utils.resume import resolve_resume
 from utils.pretrained import check_pretrained_arguments, init_pretrained
 
 IMAGENET_NORMALIZATION = NORMALIZATION['imagefolder']  # ImageNet's mean and std
@@ -117,6 +118,7 @@ TASK = Task(name='imagenet', registry=IMAGENET_MODELS, build_data=build_data,
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     model = check_arguments(args)
+    resolve_resume(args)
     if not args.resume:
         check_pretrained_arguments(args, model)
     return engine_main(args, TASK)

@@ -12,6 +12,7 @@ import json
 import os
 import random
 import re
+import shlex
 import shutil
 import signal
 import sys
@@ -27,12 +28,13 @@ import torch.nn.functional as F
 
 from . import checkpoint as ckpt
 from .cli import AbnError, apply_fast, check_training_arguments
-from .data import CorruptImageError, make_eval_loader, make_train_loader
+from .data import CorruptImageError, check_images, make_eval_loader, make_train_loader
 from .distributed import (Runtime, broadcast_object, gather_objects, local_main_first,
                           setup_runtime, shutdown, sync_batchnorm)
 from .logger import Logger, epoch_row
 from .meters import EpochMeter
 from .progress import Progress
+from .resume import AUTO, resolve_resume, resume_requested_auto
 from .visualize import save_attention_images
 
 LAST = 'checkpoint.pth.tar'
@@ -99,8 +101,11 @@ def set_rng_state(state):
 
 
 def resume_command(path):
-    """This process's command line with --resume pointing at `path`."""
+    """This process's command line with --resume pointing at `path` (or as it was, with
+    --resume auto)."""
     argv, out, skip = sys.argv[1:], [], False
+    if resume_requested_auto(argv):
+        path = AUTO
     for arg in argv:
         if skip:
             skip = False
@@ -112,8 +117,9 @@ def resume_command(path):
             continue
         out.append(arg)
     launcher = 'torchrun ... ' if 'LOCAL_RANK' in os.environ else 'python '
-    return ' '.join([launcher + os.path.basename(sys.argv[0] or 'cifar.py')] + out
-                    + ['--resume', path])
+    # quoted for a POSIX shell: a -c path with spaces still pastes as one argument
+    return launcher + shlex.join([os.path.basename(sys.argv[0] or 'cifar.py')] + out
+                                 + ['--resume', path])
 
 
 def corrupt_image_message(error):
@@ -192,8 +198,12 @@ class StopSignals:
             signal.signal(signum, handler)
 
     def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self.signum is not None:
+            # torchrun's agent forwards the signal the whole group already got: not a
+            # second Ctrl-C from the user
+            if signum == signal.SIGINT and not self.runtime.distributed:
+                raise KeyboardInterrupt
+            return
         self.signum = signum
         name = 'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'
         self.runtime.print(f'\n{name}: stopping after this step to save a checkpoint '
@@ -258,6 +268,7 @@ class Run:
         with local_main_first(runtime):  # torchrun: one download per machine, not N at once
             self.data = self.task.build_data(args, args.evaluate, normalization)
         data = self.data
+        check_images(data, args.skip_bad_images, runtime)  # a bad file stops us now, not later
         if self.legacy and normalization is not None:
             self.print(f'    authors\' checkpoint: inputs normalised as in their scripts '
                        f'(mean {list(normalization[0])}, std {list(normalization[1])})')
@@ -324,10 +335,11 @@ class Run:
         if os.path.exists(directory) and not os.path.isdir(directory):
             raise AbnError(f'checkpoint directory {directory} is a file: choose another -c')
         if not args.evaluate and not args.resume and not args.overwrite and os.path.isdir(directory):
-            held = [n for n in (LAST, BEST, 'log.txt') if os.path.exists(os.path.join(directory, n))]
+            # args.json/log.txt alone are a run that died before its first checkpoint
+            held = [n for n in (LAST, BEST) if os.path.exists(os.path.join(directory, n))]
             if held:
                 raise AbnError(f'{directory} already holds a run ({", ".join(held)}): pass '
-                               f'--resume {os.path.join(directory, LAST)} to continue it, '
+                               f'--resume {os.path.join(directory, LAST)} (or --resume auto) to continue it, '
                                f'--overwrite to replace it, or another -c')
         return directory
 
@@ -610,10 +622,9 @@ class Run:
         if args.evaluate:
             return self.run_evaluation()
 
+        if self.start_epoch >= args.epochs:  # a job wrapper re-running a finished job
+            return self.report_complete()
         self.prepare_checkpoint_dir()
-        if self.start_epoch >= args.epochs:
-            raise AbnError(f'{args.resume or "the run"} has already trained {self.start_epoch} '
-                           f'epochs of --epochs {args.epochs}: raise --epochs to train more')
         self.train_loader = None
         if self.task.fast_train_loader is not None:
             self.train_loader = self.task.fast_train_loader(args, self.data, runtime)
@@ -680,6 +691,13 @@ class Run:
                    f'  {resume_command(path)}')
         return 143 if stop.signum == signal.SIGTERM else 130
 
+    def report_complete(self):
+        best = f'{self.best_acc:.2f}' if self.best_acc is not None else 'unknown'
+        self.print(f'The run in {self.checkpoint_dir} is complete: {self.start_epoch} epochs '
+                   f'of --epochs {self.args.epochs}, best top-1 {best}. Nothing to do (raise '
+                   f'--epochs to train more); files: {self.checkpoint_dir}')
+        return 0
+
     def finish(self, title):
         self.print(f'\nBest acc: {self.best_acc:.2f}')
         best_path = os.path.join(self.checkpoint_dir, BEST)
@@ -719,6 +737,7 @@ class Run:
 
 def main(args, task):
     """Runs training or evaluation; returns the process exit status."""
+    resolve_resume(args)
     check_training_arguments(args)
     runtime = setup_runtime(args.gpu_id)
     apply_fast(args, runtime.device)
