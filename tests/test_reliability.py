@@ -4,6 +4,7 @@ unwritable disk fails clearly without damaging earlier checkpoints."""
 import os
 import resource
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -12,6 +13,7 @@ import time
 import pytest
 import torch
 
+from tests.fakedata import write_image_folder
 from utils import checkpoint as ckpt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -120,6 +122,65 @@ def test_kill_9_at_fixed_moments_then_resume_is_bitwise_exact(uninterrupted, tmp
     assert f'The run in {directory} is complete: 2 epochs of --epochs 2' in out
     assert 'Epoch:' not in out
     assert_bitwise_equal(uninterrupted, directory)
+
+
+def test_sigterm_to_the_process_group_with_workers_saves_once(uninterrupted, tmp_path):
+    """As SLURM, Kubernetes or `timeout` stop a job: every process of the group, data
+    workers included, gets SIGTERM. A path with a space checks the printed command's
+    quoting."""
+    directory = str(tmp_path / 'my run')
+    process = start(directory, '-j', '2', start_new_session=True)
+    wait_for(process, 'Train 1 [5/12]')
+    os.killpg(process.pid, signal.SIGTERM)
+    code, out = finish(process)
+    assert code == 143, out
+    assert out.count('SIGTERM: stopping after this step') == 1, out
+    assert 'Traceback' not in out and 'Error' not in out, out
+    epoch, step, _, _ = weights(directory)
+    assert epoch == 0 and 5 <= step < 12
+    command = shlex.split(out.split('To continue:')[1].strip().splitlines()[0])
+    assert command[:2] == ['python', 'cifar.py'] and command[-2:] == [
+        '--resume', os.path.join(directory, 'checkpoint.pth.tar')]
+    code, out = finish(subprocess.Popen([sys.executable, '-u'] + command[1:], cwd=ROOT,
+                                        text=True, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT))
+    assert code == 0, out
+    assert_bitwise_equal(uninterrupted, directory)  # -j 2 and -j 1 train the same
+
+
+@pytest.mark.parametrize('signum, extra, status', [
+    (signal.SIGINT, ['-j', '2'], 130),  # a terminal's Ctrl-C reaches the whole group
+    (signal.SIGTERM, ['--fast-data'], 143),
+], ids=['sigint-workers', 'sigterm-fast-data'])
+def test_a_signal_to_the_process_group_saves_once(signum, extra, status, tmp_path):
+    directory = str(tmp_path / 'run')
+    process = start(directory, *extra, start_new_session=True)
+    wait_for(process, 'Train 1 [3/12]')
+    os.killpg(process.pid, signum)
+    code, out = finish(process)
+    assert code == status, out
+    assert out.count('stopping after this step') == 1, out
+    assert out.count('To continue:') == 1 and 'Traceback' not in out, out
+    epoch, step, _, _ = weights(directory)
+    assert epoch == 0 and 3 <= step < 12
+
+
+def test_imagenet_sigterm_to_the_process_group_with_workers(tmp_path):
+    root = str(tmp_path / 'data')
+    write_image_folder(root, splits=(('train', 16), ('val', 2)), size=40)
+    directory = str(tmp_path / 'run')
+    process = subprocess.Popen(
+        [sys.executable, '-u', 'imagenet.py', '--data', root, '-a', 'resnet18', '--image-size',
+         '32', '--train-batch', '4', '--epochs', '1', '-j', '2', '--print-freq', '1',
+         '--save-attention', '0', '--manualSeed', '1', '-c', directory],
+        cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    wait_for(process, 'Train 1 [2/12]')
+    os.killpg(process.pid, signal.SIGTERM)
+    code, out = finish(process)
+    assert code == 143, out
+    assert out.count('SIGTERM: stopping after this step') == 1 and 'Traceback' not in out, out
+    assert weights(directory)[:2][0] == 0
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path):
