@@ -71,7 +71,8 @@ def add_training_arguments(parser, defaults):
                       help='directory for checkpoints, log and images (default: checkpoint, '
                            'or the folder of --resume)')
     ckpt.add_argument('--resume', default='', type=str, metavar='PATH',
-                      help='checkpoint to continue training from, or to evaluate with -e')
+                      help="checkpoint to continue training from, or to evaluate with -e; "
+                           "'auto': <-c>/checkpoint.pth.tar if it exists, else a new run")
     ckpt.add_argument('--overwrite', action='store_true',
                       help='start a new run in a checkpoint directory that already holds one')
     ckpt.add_argument('--save-every-steps', default=0, type=int, metavar='N',
