@@ -162,9 +162,9 @@ def bad_inputs(run_dir, data_root, tmp_path):
                                  '--print-freq must be at least 1'),
         'negative gamma': (cifar10 + ['--gamma', '-0.1', '-c', run_dir],
                            '--gamma must be positive'),
-        'schedule beyond epochs': (cifar10 + ['--epochs', '10', '--schedule', '5', '10', '-c',
+        'schedule beyond epochs': (cifar10 + ['--epochs', '10', '--schedule', '5', '11', '-c',
                                               run_dir],
-                                   '--schedule epoch 10 is not before --epochs 10'),
+                                   '--schedule epoch 11 is beyond --epochs 10'),
     }
 
 

@@ -225,3 +225,32 @@ def test_unwritable_checkpoint_directory_is_refused_before_training(tmp_path):
         f'cifar.py: error: cannot write to checkpoint directory {blocker / "run"}: '
         f'Not a directory')
     assert 'Epoch:' not in out
+
+
+def resident_kb(pid):
+    with open(f'/proc/{pid}/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith('VmRSS:'))
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not os.path.exists('/proc/self/status'), reason='reads /proc')
+def test_memory_does_not_grow_over_many_epochs(tmp_path):
+    """Resident memory read when each epoch starts (driven by the run's output, not a
+    timer): after the last of 30 epochs within 5% of after the second."""
+    epochs = 30
+    process = subprocess.Popen(
+        [sys.executable, '-u', 'cifar.py', '--dataset', 'shapes', '--train-size', '64',
+         '--test-size', '32', '--depth', '8', '--train-batch', '32', '--epochs', str(epochs),
+         '--schedule', '20', '--manualSeed', '1', '-j', '2', '--save-attention', '0',
+         '-c', str(tmp_path / 'run')],
+        cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    rss, out = {}, []
+    for line in process.stdout:
+        out.append(line)
+        if line.startswith('Epoch: ['):
+            rss[int(line.split('[')[1].split('|')[0])] = resident_kb(process.pid)
+    assert process.wait() == 0, ''.join(out)
+    second, last = rss[3], rss[epochs]  # as epochs 3 and 30 start: after 2 and 29 epochs
+    print(f'RSS after epoch 2: {second / 1024:.1f} MiB, after epoch {epochs - 1}: '
+          f'{last / 1024:.1f} MiB')
+    assert last <= second * 1.05, rss

@@ -147,9 +147,9 @@ def check_training_arguments(args):
             raise AbnError(f'--{name.replace("_", "-")} must be positive')
     if getattr(args, '_schedule_given', False):
         del args._schedule_given  # not an option: kept out of args.json
-        late = [e for e in args.schedule if e >= args.epochs]
+        late = [e for e in args.schedule if e > args.epochs]
         if late:
-            raise AbnError(f'--schedule epoch {late[0]} is not before --epochs {args.epochs}: '
+            raise AbnError(f'--schedule epoch {late[0]} is beyond --epochs {args.epochs}: '
                            f'the learning rate would never change there')
     if args.lr <= 0:
         raise AbnError('--lr must be positive')
