@@ -235,6 +235,8 @@ def check_arguments(args):
     if args.pointing_tolerance is not None and args.pointing_tolerance < 0:
         raise AbnError('--pointing-tolerance must not be negative')
     args.save_images = parse_count(args.save_images, '--save-images')
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise AbnError(f'-o/--output {args.output} is a file: give a folder for the pictures')
 
 
 @dataclass
@@ -305,7 +307,10 @@ class ExplainRun:
 
     def run(self):
         args = self.args
-        os.makedirs(os.path.join(args.output, 'maps'), exist_ok=True)
+        try:
+            os.makedirs(os.path.join(args.output, 'maps'), exist_ok=True)
+        except OSError as error:
+            raise AbnError(f'cannot create -o/--output {args.output}: {error.strerror}') from None
         total = len(self.inputs)
         batches = range(0, total, args.batch_size)
         print(f'==> {self.main.description} on {self.device.type}: {total} '

@@ -18,6 +18,7 @@ from utils.cli import (AbnError, ArgumentParser, add_architecture_arguments,
                        add_training_arguments, run)
 from utils.data import NORMALIZATION, DataBundle, check_same_classes, first_n, image_folder_split
 from utils.engine import Task, main as engine_main
+from utils.resume import resolve_resume
 from utils.pretrained import check_pretrained_arguments, init_pretrained
 
 IMAGENET_NORMALIZATION = NORMALIZATION['imagefolder']  # ImageNet's mean and std
@@ -115,6 +116,7 @@ def check_all_arguments(args):
     """Task.check_arguments: the command line's checks, once --resume's file has supplied
     the options the user did not type."""
     model = check_arguments(args)
+    resolve_resume(args)
     if not args.resume:
         check_pretrained_arguments(args, model)
 

@@ -214,6 +214,17 @@ BAD = {
 }
 
 
+def test_output_naming_a_file_is_refused(files, tmp_path, capsys):
+    a_file = tmp_path / 'out.png'
+    a_file.write_bytes(b'x')
+    code, out, err = cli([files['model'], files['single'], '-o', str(a_file)] + CPU, capsys)
+    assert code == 1 and 'Traceback' not in out + err
+    assert err.strip().splitlines() == [
+        f'pytest: error: -o/--output {a_file} is a file: give a folder for the pictures'
+        if err.startswith('pytest') else err.strip()]
+    assert 'is a file: give a folder' in err
+
+
 @pytest.mark.parametrize('case', sorted(BAD))
 def test_bad_input_gives_one_line(case, files, tmp_path, capsys):
     make_argv, expected = BAD[case]

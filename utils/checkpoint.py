@@ -210,11 +210,12 @@ class CheckpointPolicy:
         if os.path.exists(directory) and not os.path.isdir(directory):
             raise AbnError(f'checkpoint directory {directory} is a file: choose another -c')
         if not args.evaluate and not args.resume and not args.overwrite and os.path.isdir(directory):
-            held = [n for n in (LAST, BEST, 'log.txt') if os.path.exists(os.path.join(directory, n))]
+            # args.json/log.txt alone are a run that died before its first checkpoint
+            held = [n for n in (LAST, BEST) if os.path.exists(os.path.join(directory, n))]
             if held:
                 raise AbnError(f'{directory} already holds a run ({", ".join(held)}): pass '
-                               f'--resume {os.path.join(directory, LAST)} to continue it, '
-                               f'--overwrite to replace it, or another -c')
+                               f'--resume {os.path.join(directory, LAST)} (or --resume auto) '
+                               f'to continue it, --overwrite to replace it, or another -c')
         return directory
 
     def prepare(self, model):

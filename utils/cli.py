@@ -68,6 +68,16 @@ def add_architecture_arguments(parser, arch_names, sizes, arch=None, gate=None, 
     return group
 
 
+class _GivenSchedule(argparse.Action):
+    """Stores --schedule and notes that it was typed (a default beyond a short --epochs is
+    fine; a typed epoch that never comes is a mistake)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, '_schedule_given', True)
+
+
+
 def add_training_arguments(parser, defaults):
     """The authors' flags (same names, same meanings) plus this project's, except the
     architecture's (add_architecture_arguments). `defaults` holds the per-script values
@@ -97,6 +107,7 @@ def add_training_arguments(parser, defaults):
     optim.add_argument('--drop', '--dropout', default=0, type=float, metavar='Dropout',
                        help='dropout ratio (WRN, DenseNet)')
     optim.add_argument('--schedule', type=int, nargs='+', default=defaults['schedule'],
+                       action=_GivenSchedule,
                        help='decrease learning rate at these epochs (default: %(default)s)')
     optim.add_argument('--gamma', type=float, default=0.1,
                        help='LR is multiplied by gamma on schedule (default: %(default)s)')
@@ -109,7 +120,8 @@ def add_training_arguments(parser, defaults):
                       help='directory for checkpoints, log and images (default: checkpoint, '
                            'or the folder of --resume)')
     ckpt.add_argument('--resume', default='', type=str, metavar='PATH',
-                      help='checkpoint to continue training from, or to evaluate with -e')
+                      help="checkpoint to continue training from, or to evaluate with -e; "
+                           "'auto': <-c>/checkpoint.pth.tar if it exists, else a new run")
     ckpt.add_argument('--overwrite', action='store_true',
                       help='start a new run in a checkpoint directory that already holds one')
     ckpt.add_argument('--save-every-steps', default=0, type=int, metavar='N',
@@ -175,8 +187,23 @@ def check_training_arguments(args):
         value = getattr(args, name)
         if value is not None and value < (0 if name == 'workers' else 1):
             raise AbnError(f'--{name.replace("_", "-")} must be positive')
+    if getattr(args, '_schedule_given', False):
+        del args._schedule_given  # not an option: kept out of args.json
+        late = [e for e in args.schedule if e > args.epochs]
+        if late:
+            raise AbnError(f'--schedule epoch {late[0]} is beyond --epochs {args.epochs}: '
+                           f'the learning rate would never change there')
     if args.lr <= 0:
         raise AbnError('--lr must be positive')
+    if args.gamma <= 0:
+        raise AbnError(f'--gamma must be positive, got {args.gamma:g} (the learning rate is '
+                       f'multiplied by it)')
+    if args.momentum < 0:
+        raise AbnError(f'--momentum must not be negative, got {args.momentum:g}')
+    if args.weight_decay < 0:
+        raise AbnError(f'--wd/--weight-decay must not be negative, got {args.weight_decay:g}')
+    if args.print_freq < 1:
+        raise AbnError('--print-freq must be at least 1')
     if not 0 <= args.drop < 1:
         raise AbnError('--drop must be in [0, 1)')
     if args.save_every_steps < 0:

@@ -13,6 +13,7 @@ import json
 import os
 import random
 import re
+import shlex
 import signal
 import sys
 import time
@@ -28,7 +29,7 @@ from torch.utils.data import default_collate
 from . import checkpoint as ckpt
 from .checkpoint import BEST, LAST, CheckpointPolicy
 from .cli import AbnError, apply_fast, check_training_arguments
-from .data import CorruptImageError, make_eval_loader, make_train_loader
+from .data import CorruptImageError, check_images, make_eval_loader, make_train_loader
 from .distributed import (Runtime, broadcast_object, gather_objects, local_main_first,
                           setup_runtime, shutdown, sync_batchnorm)
 from .logger import Logger
@@ -36,6 +37,7 @@ from .modelspec import (ModelSpec, build_model, check_script, describe, resolve_
                         spec_from_checkpoint)
 from .objectives import get_objective
 from .progress import Progress
+from .resume import AUTO, resolve_resume, resume_requested_auto
 from .tensorboard_log import open_log as open_tensorboard_log
 from .visualize import save_attention_images
 
@@ -110,8 +112,11 @@ def set_rng_state(state):
 
 
 def resume_command(path):
-    """This process's command line with --resume pointing at `path`."""
+    """This process's command line with --resume pointing at `path` (or as it was, with
+    --resume auto)."""
     argv, out, skip = sys.argv[1:], [], False
+    if resume_requested_auto(argv):
+        path = AUTO
     for arg in argv:
         if skip:
             skip = False
@@ -123,8 +128,9 @@ def resume_command(path):
             continue
         out.append(arg)
     launcher = 'torchrun ... ' if 'LOCAL_RANK' in os.environ else 'python '
-    return ' '.join([launcher + os.path.basename(sys.argv[0] or 'cifar.py')] + out
-                    + ['--resume', path])
+    # quoted for a POSIX shell: a -c path with spaces still pastes as one argument
+    return launcher + shlex.join([os.path.basename(sys.argv[0] or 'cifar.py')] + out
+                                 + ['--resume', path])
 
 
 def corrupt_image_message(error):
@@ -192,8 +198,12 @@ class StopSignals:
             signal.signal(signum, handler)
 
     def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self.signum is not None:
+            # torchrun's agent forwards the signal the whole group already got: not a
+            # second Ctrl-C from the user
+            if signum == signal.SIGINT and not self.runtime.distributed:
+                raise KeyboardInterrupt
+            return
         self.signum = signum
         name = 'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'
         self.runtime.print(f'\n{name}: stopping after this step to save a checkpoint '
@@ -267,6 +277,7 @@ class Run:
         with local_main_first(runtime):  # torchrun: one download per machine, not N at once
             self.data = self.task.build_data(args, args.evaluate, normalization)
         data = self.data
+        check_images(data, args.skip_bad_images, runtime)  # a bad file stops us now, not later
         if self.legacy and normalization is not None:
             self.print(f'    authors\' checkpoint: inputs normalised as in their scripts '
                        f'(mean {list(normalization[0])}, std {list(normalization[1])})')
@@ -540,15 +551,16 @@ class Run:
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=args.lr,
                                          momentum=args.momentum, weight_decay=args.weight_decay)
         self.start_epoch, self.start_step, self.resumed_meter = args.start_epoch, 0, None
+        self.complete = False
         if self.resumed is not None:
             self.restore(self.resumed)
         self.test_loader = self.make_loader(train=False)
         if args.evaluate:
             return self
+        if self.start_epoch >= args.epochs:  # a job wrapper re-running a finished job
+            self.complete = True
+            return self
         self.checkpoints.prepare(self.net)
-        if self.start_epoch >= args.epochs:
-            raise AbnError(f'{args.resume or "the run"} has already trained {self.start_epoch} '
-                           f'epochs of --epochs {args.epochs}: raise --epochs to train more')
         self.train_loader = self.make_loader(train=True)
         return self
 
@@ -569,6 +581,8 @@ class Run:
         self.prepare()
         if args.evaluate:
             return self.run_evaluation()
+        if self.complete:
+            return self.report_complete()
         logger = None
         self.tensorboard = runtime.is_main and open_tensorboard_log(args, self.checkpoint_dir,
                                                                     self.start_epoch)
@@ -633,6 +647,14 @@ class Run:
                    f'  {resume_command(path)}')
         return 143 if stop.signum == signal.SIGTERM else 130
 
+    def report_complete(self):
+        best = self.checkpoints.best
+        best = f'{best:.2f}' if best is not None else 'unknown'
+        self.print(f'The run in {self.checkpoint_dir} is complete: {self.start_epoch} epochs '
+                   f'of --epochs {self.args.epochs}, best {self.objective.metric_label} {best}. '
+                   f'Nothing to do (raise --epochs to train more); files: {self.checkpoint_dir}')
+        return 0
+
     def finish(self, title):
         self.print('\n' + self.objective.best_text(self.checkpoints.best))
         best_path = self.checkpoints.path(BEST)
@@ -671,6 +693,7 @@ class Run:
 def main(args, task, given=None):
     """Runs training or evaluation; returns the process exit status. `given`: the options
     the user typed (ArgumentParser.given_options); the others may come from --resume's file."""
+    resolve_resume(args)
     check_training_arguments(args)
     runtime = setup_runtime(args.gpu_id)
     apply_fast(args, runtime.device)
