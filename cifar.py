@@ -46,10 +46,9 @@ def get_args_parser():
     return parser
 
 
-def model_options(args):
-    return dict(depth=args.depth, cardinality=args.cardinality, widen_factor=args.widen_factor,
-                growthRate=args.growthRate, compressionRate=args.compressionRate,
-                dropRate=args.drop)
+# builder argument -> flag (its args dest): what a checkpoint of cifar.py records
+MODEL_FLAGS = dict(depth='depth', cardinality='cardinality', widen_factor='widen_factor',
+                   growthRate='growthRate', compressionRate='compressionRate', dropRate='drop')
 
 
 def build_data(args, evaluate_only, normalization):
@@ -75,13 +74,14 @@ def fast_loader(train):
 
 
 TASK = Task(name='cifar', registry=CIFAR_MODELS, build_data=build_data,
-            model_options=model_options, legacy_normalization=AUTHORS_NORMALIZATION,
+            model_flags=MODEL_FLAGS, legacy_normalization=AUTHORS_NORMALIZATION,
             fast_train_loader=fast_loader(train=True), fast_eval_loader=fast_loader(train=False))
 
 
 def main(argv=None):
-    args = get_args_parser().parse_args(argv)
-    return engine_main(args, TASK)
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    return engine_main(args, TASK, parser.given_options(argv))
 
 
 if __name__ == '__main__':

@@ -34,9 +34,10 @@ from utils.data import (AUTHORS_NORMALIZATION, NORMALIZATION, SMALL_IMAGE_DATASE
                         CorruptImageError, base_dataset, build_small_image_data, first_n,
                         load_rgb)
 from utils.distributed import setup_runtime
-from utils.engine import describe
 from utils.metrics import (ROAD_PERCENTILES, MetricTable, deletion_insertion, energy_inside,
                            pointing_game, pointing_tolerance, road, write_report)
+from utils.modelspec import (ModelSpec, build_model, legacy_num_classes, registry_for,
+                             spec_from_checkpoint)
 from utils.progress import Progress
 from utils.shapes import SHAPE_CLASSES
 from utils.visualize import as_uint8, blend, denormalize, safe_name, save_grid, upsample_maps
@@ -141,12 +142,13 @@ class LoadedModel:
 
 
 def _registry_for(arch, dataset=None):
-    """The registry that builds `arch`; the training data set settles a name in both."""
+    """The script whose registry builds `arch` ('cifar' or 'imagenet'); the training data set
+    settles a name in both."""
     in_cifar, in_imagenet = arch in CIFAR_MODELS, arch in IMAGENET_MODELS
     if in_cifar and (not in_imagenet or dataset in SMALL_IMAGE_DATASETS):
-        return CIFAR_MODELS, False
+        return 'cifar'
     if in_imagenet:
-        return IMAGENET_MODELS, True
+        return 'imagenet'
     raise AbnError(f"unknown architecture '{arch}' in the checkpoint")
 
 
@@ -159,70 +161,51 @@ def _read_checkpoint(path):
     return ckpt.load_checkpoint(path)
 
 
-def _create(registry, arch, options, meta=False):
-    try:
-        if meta:  # shapes only: no memory, no time
-            with torch.device('meta'):
-                return registry.create(arch, **options)
-        return registry.create(arch, **options)
-    except ValueError as error:
-        raise AbnError(str(error)) from None
-
-
-def _final_linear_key(model):
-    names = {id(module): name for name, module in model.named_modules()}
-    return names[id(model.final_linear)] + '.weight'
-
-
 def load_model(path, args, role='model'):
-    """Builds the model a checkpoint holds and loads its weights. Raises AbnError when the
-    file or the given options do not fit."""
+    """Builds the model a checkpoint holds (utils.modelspec, as training does) and loads its
+    weights. Raises AbnError when the file or the given options do not fit."""
     checkpoint = _read_checkpoint(path)
     given = {k: getattr(args, k) for k in ARCH_OPTIONS + ('gate',) if getattr(args, k) is not None}
-    if not ckpt.is_legacy(checkpoint) and 'arch' in checkpoint:
-        arch, model_args = checkpoint['arch'], dict(checkpoint.get('model_args') or {})
-        registry, imagenet = _registry_for(arch, checkpoint.get('dataset'))
-        described = describe(arch, model_args, model_args.get('attention', True))
+    spec = spec_from_checkpoint(checkpoint)
+    if spec is not None:
         if role == 'model':
             # Options given for a file that describes itself must agree with it.
             contradicted = [f"--{k.replace('_', '-')}" for k, v in given.items()
-                            if k in model_args and model_args[k] != v]
-            if args.arch and args.arch != arch:
+                            if k in spec.model_args and spec.model_args[k] != v]
+            if args.arch and args.arch != spec.arch:
                 contradicted.insert(0, '--arch')
             if contradicted:
-                raise AbnError(f'{path} holds {described}, not what {", ".join(contradicted)} '
-                               f'says: leave the architecture options out for checkpoints of '
-                               f'cifar.py (they describe themselves)')
-        normalization = checkpoint.get('normalization')
-        normalization = ((tuple(normalization['mean']), tuple(normalization['std']))
-                         if normalization else NORMALIZATION.get(checkpoint.get('dataset'),
-                                                                 NORMALIZATION['imagefolder']))
-        class_names = list(checkpoint['class_names']) if checkpoint.get('class_names') else None
-        image_size = int(checkpoint.get('image_size') or (224 if imagenet else 32))
-        resize_size = (checkpoint.get('args') or {}).get('resize_size')
-        dataset = checkpoint.get('dataset')
+                raise AbnError(f'{path} holds {spec.describe()}, not what '
+                               f'{", ".join(contradicted)} says: leave the architecture options '
+                               f'out for checkpoints of cifar.py (they describe themselves)')
+        imagenet = spec.script == 'imagenet'
+        normalization = spec.normalization or NORMALIZATION.get(spec.dataset,
+                                                                NORMALIZATION['imagefolder'])
+        class_names = list(spec.class_names) if spec.class_names else None
+        image_size = int(spec.image_size or (224 if imagenet else 32))
+        resize_size, dataset = spec.resize_size, spec.dataset
     else:
         arch = args.arch or 'resnet'
-        registry, imagenet = _registry_for(arch)
+        script = _registry_for(arch)
+        imagenet = script == 'imagenet'
         state = ckpt.clean_state_dict(checkpoint['state_dict'])
         attention = 'att_conv.weight' in state  # the authors' baselines have no head
-        options = dict(given, attention=attention)
+        spec = ModelSpec(script, arch, dict(given, attention=attention))
         num_classes = args.num_classes or DATASET_CLASS_COUNTS.get(args.dataset)
         if num_classes is None:  # read it off the classifier's weight
-            probe = _create(registry, arch, dict(options, num_classes=2), meta=True)
-            weight = state.get(_final_linear_key(probe))
-            if weight is None:
+            num_classes = legacy_num_classes(checkpoint, spec)
+            if num_classes is None:
                 raise AbnError(f'{path} does not fit {arch}: pass -a and --num-classes')
-            num_classes = int(weight.shape[0])
-        model_args = registry.model_args(arch, **options, num_classes=num_classes)
+        spec.model_args = registry_for(script).model_args(arch, **spec.model_args,
+                                                          num_classes=num_classes)
         normalization = NORMALIZATION['imagefolder'] if imagenet else AUTHORS_NORMALIZATION
         class_names = KNOWN_CLASSES.get(args.dataset)
         image_size, resize_size = (224 if imagenet else 32), None
         dataset = args.dataset
     if args.image_size and role == 'model':
         image_size, resize_size = args.image_size, None
-    model = _create(registry, arch, model_args)
-    description = describe(arch, model_args, model.has_attention)
+    model = build_model(spec)
+    description = spec.describe()
     ckpt.load_model_state(model, checkpoint, path, description)
     if args.class_names and role == 'model':
         class_names = read_class_names(args.class_names, model.num_classes)

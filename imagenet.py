@@ -58,8 +58,12 @@ def get_args_parser():
     return parser
 
 
+# builder argument -> flag (its args dest): what a checkpoint of imagenet.py records
+MODEL_FLAGS = dict(cardinality='cardinality', base_width='base_width')
+
+
 def model_options(args):
-    return dict(cardinality=args.cardinality, base_width=args.base_width)
+    return {argument: getattr(args, dest) for argument, dest in MODEL_FLAGS.items()}
 
 
 def resize_size(args):
@@ -106,20 +110,27 @@ def build_data(args, evaluate_only, normalization):
     check_same_classes(train, test, args.data)
     name = os.path.basename(os.path.normpath(args.data))
     return DataBundle(name, first_n(train, args.train_size), first_n(test, args.test_size),
-                      list(test.classes), mean, std, args.image_size)
+                      list(test.classes), mean, std, args.image_size,
+                      resize_size=resize_size(args))
 
 
-TASK = Task(name='imagenet', registry=IMAGENET_MODELS, build_data=build_data,
-            model_options=model_options, legacy_normalization=IMAGENET_NORMALIZATION,
-            init_pretrained=init_pretrained)
-
-
-def main(argv=None):
-    args = get_args_parser().parse_args(argv)
+def check_all_arguments(args):
+    """Task.check_arguments: the command line's checks, once --resume's file has supplied
+    the options the user did not type."""
     model = check_arguments(args)
     if not args.resume:
         check_pretrained_arguments(args, model)
-    return engine_main(args, TASK)
+
+
+TASK = Task(name='imagenet', registry=IMAGENET_MODELS, build_data=build_data,
+            model_flags=MODEL_FLAGS, legacy_normalization=IMAGENET_NORMALIZATION,
+            init_pretrained=init_pretrained, check_arguments=check_all_arguments)
+
+
+def main(argv=None):
+    parser = get_args_parser()
+    args = parser.parse_args(argv)
+    return engine_main(args, TASK, parser.given_options(argv))
 
 
 if __name__ == '__main__':

@@ -80,6 +80,17 @@ def test_evaluate_reproduces_the_recorded_accuracy(trained, cifar_root, capsys):
     assert f"Test Acc:  {best['best_acc']:.2f}" in out
 
 
+def test_evaluate_needs_no_architecture_flags(trained, cifar_root, capsys):
+    """The file records its model: -e --resume with the data alone, as a user types it."""
+    best = ckpt.load_checkpoint(os.path.join(trained, 'model_best.pth.tar'))
+    code, out, err = cli(['--dataset', 'cifar10', '--data', cifar_root, '-e', '--resume',
+                          os.path.join(trained, 'model_best.pth.tar'), '-j', '0',
+                          '--save-attention', '0'], capsys)
+    assert code == 0, err
+    assert 'resnet (depth 8, 10 classes, ABN)' in out
+    assert f"Test Acc:  {best['best_acc']:.2f}" in out
+
+
 def test_authors_format_checkpoint_evaluates_the_same(trained, cifar_root, tmp_path, capsys):
     from models import CIFAR_MODELS
     best = ckpt.load_checkpoint(os.path.join(trained, 'model_best.pth.tar'))

@@ -16,6 +16,19 @@ class ArgumentParser(argparse.ArgumentParser):
     def error(self, message):
         self.exit(2, f'{self.prog}: error: {message} (see --help)\n')
 
+    def given_options(self, argv=None):
+        """The dests the command line sets itself (not by default): parsed once more with
+        every default suppressed, so a flag typed with its default value counts as typed."""
+        saved = [(action, action.default) for action in self._actions]
+        try:
+            for action, _ in saved:
+                if action.dest != 'help':
+                    action.default = argparse.SUPPRESS
+            return set(vars(self.parse_args(argv)))
+        finally:
+            for action, default in saved:
+                action.default = default
+
 
 def parse_int_list(text):
     return [int(part) for part in text.replace(',', ' ').split()]

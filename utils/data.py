@@ -10,6 +10,7 @@ of worker processes.
 import os
 import pickle
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 import torch.utils.data as tud
@@ -45,6 +46,8 @@ class DataBundle:
     image_size: int
     # Filled by the fast path: whole splits as uint8 tensors (N, 3, H, W) and labels.
     extras: dict = field(default_factory=dict)
+    # imagenet.py: evaluation resizes the shorter side to this before the centre crop
+    resize_size: Optional[int] = None
 
 
 # -- transforms -----------------------------------------------------------------------------

@@ -2,10 +2,11 @@
 loops, checkpoints, logs and attention images. A script supplies a `Task` (its model registry
 and how it builds its data) and calls `main(args, task)`.
 
-Training follows the authors: loss = CE(attention logits) + CE(perception logits), SGD with
-momentum and weight decay, the learning rate multiplied by gamma at each epoch of
---schedule, the perception branch's top-1 as the model's accuracy, and `model_best` the
-epoch with the best test accuracy.
+Training follows the authors: SGD with momentum and weight decay, the learning rate
+multiplied by gamma at each epoch of --schedule, and `model_best` the epoch with the best
+test metric. What is optimised and measured is the task's `Objective` (utils.objectives; the
+authors' CE(attention logits) + CE(perception logits) and perception top-1 for cifar.py and
+imagenet.py): the loop never looks inside a target.
 """
 import bisect
 import json
@@ -23,15 +24,17 @@ from typing import Callable, Optional
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from torch.utils.data import default_collate
 
 from . import checkpoint as ckpt
 from .cli import AbnError, apply_fast, check_training_arguments
 from .data import CorruptImageError, make_eval_loader, make_train_loader
 from .distributed import (Runtime, broadcast_object, gather_objects, local_main_first,
                           setup_runtime, shutdown, sync_batchnorm)
-from .logger import Logger, epoch_row
-from .meters import EpochMeter
+from .logger import Logger
+from .modelspec import (ModelSpec, build_model, check_script, describe, resolve_flags,
+                        spec_from_checkpoint)
+from .objectives import get_objective
 from .progress import Progress
 from .visualize import save_attention_images
 
@@ -46,8 +49,9 @@ class Task:
     registry: object  # models.registry.ModelRegistry
     # (args, evaluate_only, normalization or None) -> DataBundle
     build_data: Callable
-    # args -> dict of architecture options passed to the registry
-    model_options: Callable
+    # builder argument -> the args dest that sets it, e.g. {'depth': 'depth', 'dropRate':
+    # 'drop'}: the architecture options, which a self-describing checkpoint also supplies
+    model_flags: dict
     # normalisation of the authors' checkpoints, which do not record it
     legacy_normalization: tuple
     # (model, args, runtime) -> None: starts a fresh model from pretrained weights
@@ -55,6 +59,14 @@ class Task:
     # (args, bundle, runtime) -> loader or None: the fast path's device-resident loaders
     fast_train_loader: Optional[Callable] = None
     fast_eval_loader: Optional[Callable] = None
+    # the registry name of what is optimised and measured (utils.objectives)
+    objective: str = 'single-label'
+    # args -> None: the script's own checks, once a resumed file's options are applied
+    check_arguments: Optional[Callable] = None
+
+    def model_options(self, args):
+        """The architecture options of `args`, as the registry's builders name them."""
+        return {argument: getattr(args, dest) for argument, dest in self.model_flags.items()}
 
 
 class NonFiniteLoss(AbnError):
@@ -128,6 +140,18 @@ def _tuples(value):
     return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
 
 
+def move_to(value, device):
+    """`value` with every tensor in it (through tuples, lists and dicts) on `device`."""
+    if isinstance(value, torch.Tensor):
+        return value.to(device, non_blocking=True)
+    if isinstance(value, dict):
+        return {key: move_to(item, device) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        moved = [move_to(item, device) for item in value]
+        return type(value)(*moved) if hasattr(value, '_fields') else type(value)(moved)
+    return value
+
+
 def seed_everything(seed):
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
@@ -145,29 +169,6 @@ def plain_args(args):
         else:
             out[key] = str(value)
     return out
-
-
-def describe(arch, options, attention):
-    """e.g. 'resnet (depth 110, 100 classes, ABN)'."""
-    details = [f'{k} {v}' for k, v in options.items()
-               if k not in ('num_classes', 'attention', 'gate')]
-    details.append(f"{options.get('num_classes')} classes")
-    if not attention:
-        details.append('baseline, no attention branch')
-    else:
-        details.append('ABN' if options.get('gate', 'residual') == 'residual'
-                       else f"ABN, gate {options['gate']}")
-    return f"{arch} ({', '.join(details)})"
-
-
-def branch_text(summary, attention):
-    text = f"loss {summary['loss']:.4f}"
-    if attention:
-        text += f" (att {summary['att_loss']:.3f} + per {summary['per_loss']:.3f})"
-    text += f" | top-1 {summary['per_top1']:.2f} top-5 {summary['per_top5']:.2f}"
-    if attention:
-        text += f" | att top-1 {summary['att_top1']:.2f}"
-    return text
 
 
 class StopSignals:
@@ -224,15 +225,26 @@ def agree(runtime, stop, meter):
 class Run:
     """One invocation: everything `main` sets up, and the loops that use it."""
 
-    def __init__(self, args, task, runtime):
-        self.args, self.task, self.runtime = args, task, runtime
+    def __init__(self, args, task, runtime, given=None):
+        """`given`: the options the user typed (ArgumentParser.given_options); None counts
+        every option as typed, so none is taken from a resumed file over the flags."""
+        self.args, self.task, self.runtime, self.given = args, task, runtime, given
         self.print = runtime.print
+        self.objective = get_objective(task.objective)
 
     # ---- set-up, in an order that touches no file before every input is checked ----
     def setup(self):
         args, runtime = self.args, self.runtime
         self.resumed = ckpt.load_checkpoint(args.resume) if args.resume else None
         self.legacy = self.resumed is not None and ckpt.is_legacy(self.resumed)
+        # A file that describes itself supplies every option the user did not type.
+        self.file_spec = spec_from_checkpoint(self.resumed) if self.resumed is not None else None
+        if self.file_spec is not None:
+            check_script(self.file_spec, self.task.name, args.resume)
+            resolve_flags(self.file_spec, args, self.given, self.task.model_flags, args.resume)
+            self.objective = get_objective(self.file_spec.objective)
+        if self.task.check_arguments is not None:
+            self.task.check_arguments(args)
         saved_args = (self.resumed or {}).get('args') or {}
         if not args.evaluate and saved_args.get('manualSeed') is not None:
             args.manualSeed = saved_args['manualSeed']  # the resumed run's data order
@@ -246,14 +258,12 @@ class Run:
         elif runtime.device.type == 'cuda':
             torch.backends.cudnn.benchmark = True
 
-        self.check_architecture()
+        build_model(self.spec_of_flags(num_classes=2), meta=True)  # impossible options
         normalization = None
-        if self.resumed is not None:
-            if self.legacy:
-                normalization = self.task.legacy_normalization
-            elif 'normalization' in self.resumed:
-                n = self.resumed['normalization']
-                normalization = (tuple(n['mean']), tuple(n['std']))
+        if self.legacy:
+            normalization = self.task.legacy_normalization
+        elif self.file_spec is not None and self.file_spec.normalization is not None:
+            normalization = self.file_spec.normalization
         self.print(f'==> Preparing data: {getattr(args, "dataset", None) or args.data}')
         with local_main_first(runtime):  # torchrun: one download per machine, not N at once
             self.data = self.task.build_data(args, args.evaluate, normalization)
@@ -265,19 +275,17 @@ class Run:
             f'train {len(data.train)}, test {len(data.test)}'
         self.print(f'    {sizes} images, {len(data.classes)} classes')
 
-        self.model_options = dict(self.task.model_options(args), num_classes=len(data.classes))
-        self.model_args = self.task.registry.model_args(args.arch, **self.model_options,
-                                                        attention=not args.baseline,
-                                                        gate=args.gate)
-        self.description = describe(args.arch, self.model_args, not args.baseline)
-        try:
-            model = self.task.registry.create(args.arch, **self.model_args)
-        except ValueError as error:
-            raise AbnError(str(error)) from None
+        if self.file_spec is not None:
+            self.check_resumed_classes()
+            self.spec = self.file_spec
+        else:
+            self.spec = self.spec_of_flags(num_classes=len(data.classes), data=data)
+        self.model_args = self.spec.model_args
+        self.description = self.spec.describe()
+        model = build_model(self.spec)
         self.print(f"==> Model: {self.description}")
         self.print(f'    Total params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M')
         if self.resumed is not None:
-            self.check_resumed_architecture()
             ckpt.load_model_state(model, self.resumed, args.resume, self.description)
         elif self.task.init_pretrained is not None:
             self.task.init_pretrained(model, args, runtime)
@@ -285,36 +293,29 @@ class Run:
         self.attention = model.has_attention
         self.checkpoint_dir = self.resolve_checkpoint_dir()
 
-    def check_architecture(self):
-        """Builds the model on the meta device (no memory, no time) to refuse impossible
-        options before any data is read or downloaded."""
-        args = self.args
-        options = dict(self.task.model_options(args), num_classes=2,
-                       attention=not args.baseline, gate=args.gate)
-        try:
-            with torch.device('meta'):
-                self.task.registry.create(args.arch, **options)
-        except ValueError as error:
-            raise AbnError(str(error)) from None
+    def spec_of_flags(self, num_classes, data=None):
+        """The ModelSpec the command line describes (new runs and the authors' files)."""
+        args, task = self.args, self.task
+        model_args = task.registry.model_args(args.arch, **task.model_options(args),
+                                              num_classes=num_classes,
+                                              attention=not args.baseline, gate=args.gate)
+        if data is None:
+            return ModelSpec(task.name, args.arch, model_args, objective=self.objective.name)
+        return ModelSpec(task.name, args.arch, model_args, class_names=list(data.classes),
+                         normalization=(tuple(data.mean), tuple(data.std)),
+                         image_size=data.image_size,
+                         resize_size=getattr(data, 'resize_size', None),
+                         objective=self.objective.name, dataset=data.name)
 
-    def check_resumed_architecture(self):
-        saved = self.resumed
-        if self.legacy or 'arch' not in saved:
-            return
-        mine = dict(self.model_args)
-        theirs = dict(saved.get('model_args') or {})
-        if saved['arch'] != self.args.arch or theirs != mine:
-            if saved.get('num_classes') not in (None, mine['num_classes']):
-                raise AbnError(f"{self.args.resume} was trained for {saved['num_classes']} "
-                               f"classes, but this data set has {mine['num_classes']}: check "
-                               f"--dataset/--data")
-            raise AbnError(f"{self.args.resume} holds {describe(saved['arch'], theirs, theirs.get('attention', True))}, "
-                           f"not {self.description}: pass the same -a/--depth/... options "
-                           f"as its run")
-        names = saved.get('class_names')
-        if names is not None and list(names) != list(self.data.classes):
-            differ = sorted(set(names) ^ set(self.data.classes))
-            raise AbnError(f"{self.args.resume} was trained on other classes than this data "
+    def check_resumed_classes(self):
+        spec, data, path = self.file_spec, self.data, self.args.resume
+        if spec.num_classes not in (None, len(data.classes)):
+            raise AbnError(f"{path} was trained for {spec.num_classes} classes, but this data "
+                           f"set has {len(data.classes)}: check --dataset/--data")
+        names = spec.class_names
+        if names is not None and list(names) != list(data.classes):
+            differ = sorted(set(names) ^ set(data.classes))
+            raise AbnError(f"{path} was trained on other classes than this data "
                            f"set's ({', '.join(differ[:5])}): check --dataset/--data")
 
     def resolve_checkpoint_dir(self):
@@ -397,11 +398,13 @@ class Run:
         self.scaler = torch.amp.GradScaler(device.type, enabled=enabled)
 
     def to_device(self, inputs, targets):
+        """Inputs in the model's memory format; the target, whatever its structure (a
+        tensor, nested tuples/lists/dicts of tensors), moved as it is and never read."""
         device = self.runtime.device
         inputs = inputs.to(device, non_blocking=True)
         if self.args.channels_last:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
-        return inputs, targets.to(device, non_blocking=True)
+        return inputs, move_to(targets, device)
 
     # ---- checkpoints ----
     def state(self, epoch, step, acc, best_acc, meter=None):
@@ -414,10 +417,11 @@ class Run:
             'epoch_meter': gather_objects(meter.state_dict(), self.runtime)
             if meter is not None else None,
             'rng': gather_objects(rng_state(), self.runtime),
-            'arch': self.args.arch, 'model_args': self.model_args,
+            'arch': self.spec.arch, 'model_args': self.model_args,
             'num_classes': len(data.classes), 'class_names': list(data.classes),
             'dataset': data.name, 'image_size': data.image_size,
             'normalization': {'mean': list(data.mean), 'std': list(data.std)},
+            'model_spec': self.spec.to_dict(),
             'args': plain_args(self.args), 'format': ckpt.FORMAT,
         }
 
@@ -463,13 +467,11 @@ class Run:
 
     # ---- loops ----
     def forward_losses(self, inputs, targets):
+        """(the model's AbnOutput, the objective's named losses)."""
         with self.autocast():
-            attention_logits, perception_logits, _ = self.wrapped(inputs)
-            per_loss = F.cross_entropy(perception_logits.float(), targets)
-            att_loss = None
-            if attention_logits is not None:
-                att_loss = F.cross_entropy(attention_logits.float(), targets)
-        return attention_logits, perception_logits, att_loss, per_loss
+            output = self.wrapped(inputs)
+            losses = self.objective.losses(output, targets)
+        return output, losses
 
     def check_finite(self, bad_step, epoch):
         if bad_step is None:
@@ -487,7 +489,7 @@ class Run:
         loader = self.train_loader
         loader.set_epoch(epoch, self.start_step)
         total = self.start_step + len(loader)
-        meter = EpochMeter(runtime.device)
+        meter = self.objective.new_meter(runtime.device)
         if self.resumed_meter is not None:
             meter.load_state_dict(self.resumed_meter)
             self.resumed_meter = None
@@ -496,13 +498,13 @@ class Run:
         self.start_step = 0
         for inputs, targets in loader:
             inputs, targets = self.to_device(inputs, targets)
-            att_logits, per_logits, att_loss, per_loss = self.forward_losses(inputs, targets)
-            loss = per_loss if att_loss is None else att_loss + per_loss
+            output, losses = self.forward_losses(inputs, targets)
+            loss = self.objective.total_loss(losses)
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             self.scaler.step(self.optimizer)
             self.scaler.update()
-            meter.update(step, targets, per_logits, per_loss, att_logits, att_loss)
+            meter.update(step, output, targets, losses)
             step += 1
             # The device is read (a host sync) only every --print-freq steps and at
             # checkpoints; one process also looks at its stop flag, a Python bool, each step.
@@ -511,7 +513,7 @@ class Run:
             if shown or checkpoint_due or (not runtime.distributed and stop.requested()):
                 stop_now, bad_step = agree(runtime, stop, meter)
                 self.check_finite(bad_step, epoch)
-                progress.update(step, branch_text(meter.summary(), self.attention)
+                progress.update(step, self.objective.summary_text(meter.summary(), self.attention)
                                 if shown else None)
                 if stop_now and step < total:
                     raise StopRequested(epoch, step, meter)
@@ -522,25 +524,25 @@ class Run:
         meter.all_reduce()
         self.check_finite(meter.first_nonfinite_step(), epoch)
         summary = meter.summary()
-        progress.finish(branch_text(summary, self.attention))
+        progress.finish(self.objective.summary_text(summary, self.attention))
         return meter, summary, total
 
     @torch.no_grad()
     def evaluate(self, stop=None, title='Test'):
         runtime = self.runtime
         self.wrapped.eval()
-        meter = EpochMeter(runtime.device)
+        meter = self.objective.new_meter(runtime.device)
         progress = Progress(title, len(self.test_loader), enabled=runtime.is_main)
         for step, (inputs, targets) in enumerate(self.test_loader):
             inputs, targets = self.to_device(inputs, targets)
-            att_logits, per_logits, att_loss, per_loss = self.forward_losses(inputs, targets)
-            meter.update(step, targets, per_logits, per_loss, att_logits, att_loss)
+            output, losses = self.forward_losses(inputs, targets)
+            meter.update(step, output, targets, losses)
             progress.update(step + 1)
             if stop is not None and not runtime.distributed and stop.requested():
                 return None
         meter.all_reduce()
         summary = meter.summary()
-        progress.finish(branch_text(summary, self.attention))
+        progress.finish(self.objective.summary_text(summary, self.attention))
         return summary
 
     # ---- attention images ----
@@ -568,18 +570,17 @@ class Run:
             items = [item for item in items if item is not None]  # skipped unreadable images
             if not items:
                 continue
-            inputs = torch.stack([x for x, _ in items])
-            targets = torch.tensor([y for _, y in items])
+            inputs, targets = default_collate(items)  # the loaders' collation: any target
             device_inputs = inputs.to(self.runtime.device)
             if self.args.channels_last:
                 device_inputs = device_inputs.contiguous(memory_format=torch.channels_last)
             with self.autocast():
-                _, logits, maps = net(device_inputs)
-            probabilities = logits.float().softmax(1)
-            confidence, predictions = probabilities.max(1)
-            save_attention_images(out_dir, inputs, maps.float().cpu(), targets, predictions.cpu(),
-                                  self.data.classes, self.data.mean, self.data.std,
-                                  probabilities=confidence.cpu(), start_index=start,
+                output = net(device_inputs)
+            predictions, scores = self.objective.predict(output.perception_logits)
+            captions = self.objective.captions(predictions.cpu(), scores.cpu(), targets,
+                                               self.data.classes)
+            save_attention_images(out_dir, inputs, output.attention_map.float().cpu(), captions,
+                                  self.data.mean, self.data.std, start_index=start,
                                   grid_name='grid.png' if start == 0 else f'grid_{b:03d}.png',
                                   title=title)
             progress.update(b + 1)
@@ -624,8 +625,11 @@ class Run:
         if runtime.is_main:
             with open(os.path.join(self.checkpoint_dir, 'args.json'), 'w') as f:
                 json.dump(plain_args(args), f, indent=2, sort_keys=True)
-            logger = Logger(os.path.join(self.checkpoint_dir, 'log.txt'),
-                            resume_epochs=self.start_epoch if self.resumed is not None else None)
+            objective = self.objective
+            logger = Logger(os.path.join(self.checkpoint_dir, 'log.txt'), objective.log_columns,
+                            resume_epochs=self.start_epoch if self.resumed is not None else None,
+                            metric_label=objective.metric_label,
+                            higher_is_better=objective.higher_is_better)
         self.print(f'==> Training on {self.describe_device()}, seed {args.manualSeed}, '
                    f'checkpoints in {self.checkpoint_dir}')
         if self.start_epoch or self.start_step:
@@ -649,14 +653,14 @@ class Run:
                 except CorruptImageError as error:
                     raise AbnError(corrupt_image_message(error)) from None
                 seconds = time.time() - started
-                acc = valid['per_top1']
-                is_best = self.best_acc is None or acc > self.best_acc
+                acc = valid[self.objective.metric]
+                is_best = self.objective.is_better(acc, self.best_acc)
                 self.best_acc = acc if is_best else self.best_acc
                 self.last_acc = acc
-                self.print(f"    valid {branch_text(valid, self.attention)} | best "
-                           f"{self.best_acc:.2f} | {seconds:.0f}s")
+                self.print(f"    valid {self.objective.summary_text(valid, self.attention)} | "
+                           f"best {self.best_acc:.2f} | {seconds:.0f}s")
                 if logger is not None:
-                    logger.append(epoch_row(lr, train, valid, seconds))
+                    logger.append(self.objective.log_row(lr, train, valid, seconds))
                     logger.plot(os.path.join(self.checkpoint_dir, 'log.png'), title)
                 self.save(self.state(epoch + 1, 0, acc, self.best_acc), is_best)
                 if getattr(self.train_loader, 'dropped', 0):
@@ -681,7 +685,7 @@ class Run:
         return 143 if stop.signum == signal.SIGTERM else 130
 
     def finish(self, title):
-        self.print(f'\nBest acc: {self.best_acc:.2f}')
+        self.print('\n' + self.objective.best_text(self.best_acc))
         best_path = os.path.join(self.checkpoint_dir, BEST)
         if self.runtime.is_main and os.path.exists(best_path):
             best = ckpt.load_checkpoint(best_path)
@@ -699,11 +703,7 @@ class Run:
             summary = self.evaluate()
         except CorruptImageError as error:
             raise AbnError(corrupt_image_message(error)) from None
-        self.print(f" Test Loss:  {summary['loss']:.8f}, Test Acc:  {summary['per_top1']:.2f}, "
-                   f"Top-5: {summary['per_top5']:.2f}")
-        if self.attention:
-            self.print(f" Attention branch: loss {summary['att_loss']:.8f}, top-1 "
-                       f"{summary['att_top1']:.2f}, top-5 {summary['att_top5']:.2f}")
+        self.print(self.objective.evaluation_text(summary, self.attention))
         if self.runtime.is_main:
             try:
                 os.makedirs(self.checkpoint_dir, exist_ok=True)
@@ -717,15 +717,16 @@ class Run:
         return 0
 
 
-def main(args, task):
-    """Runs training or evaluation; returns the process exit status."""
+def main(args, task, given=None):
+    """Runs training or evaluation; returns the process exit status. `given`: the options
+    the user typed (ArgumentParser.given_options); the others may come from --resume's file."""
     check_training_arguments(args)
     runtime = setup_runtime(args.gpu_id)
     apply_fast(args, runtime.device)
     try:
-        return Run(args, task, runtime).run()
+        return Run(args, task, runtime, given).run()
     finally:
         shutdown(runtime)
 
 
-__all__ = ['Task', 'main', 'Run', 'Runtime', 'step_schedule_lr']
+__all__ = ['Task', 'main', 'Run', 'Runtime', 'describe', 'step_schedule_lr']

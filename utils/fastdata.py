@@ -63,8 +63,11 @@ def augmentation_of(transform):
 
 
 def uint8_split(dataset):
-    """(images uint8 (N, 3, H, W), labels int64 (N,), transform) of a CIFAR, SVHN or shapes
-    split, through any Subset (--train-size); None for other data sets."""
+    """(images uint8 (N, 3, H, W), targets, transform) of a CIFAR, SVHN or shapes split,
+    through any Subset (--train-size); None for other data sets. The targets are what the
+    faithful loader's collation makes of the split's stored targets (int64 for class
+    indices; a tensor of any shape, or a dict of them, for other objectives): the loop
+    never looks inside them, and neither does this module."""
     indices = None
     while isinstance(dataset, tud.Subset):
         inner = list(dataset.indices)
@@ -76,16 +79,35 @@ def uint8_split(dataset):
     labels = getattr(dataset, 'targets', None)
     if labels is None:
         labels = getattr(dataset, 'labels', None)
-    if labels is None:
+    if labels is None or getattr(dataset, 'target_transform', None) is not None:
         return None
     images = torch.from_numpy(data)
     if not isinstance(dataset, tvd.SVHN):  # SVHN holds (N, 3, H, W), the others (N, H, W, 3)
         images = images.permute(0, 3, 1, 2)
-    labels = torch.as_tensor(np.asarray(labels), dtype=torch.int64)
+    labels = tud.default_collate(list(labels))
     if indices is not None:
         index = torch.as_tensor(indices, dtype=torch.int64)
-        images, labels = images[index], labels[index]
+        images, labels = images[index], take(labels, index)
     return images.contiguous(), labels, dataset.transform
+
+
+def take(targets, index):
+    """Rows `index` of collated targets (a tensor, or tuples/lists/dicts of tensors)."""
+    if isinstance(targets, torch.Tensor):
+        return targets.index_select(0, index)
+    if isinstance(targets, dict):
+        return {key: take(value, index) for key, value in targets.items()}
+    if isinstance(targets, (list, tuple)):
+        return type(targets)(take(value, index) for value in targets)
+    raise TypeError(f'cannot index targets of type {type(targets).__name__}')
+
+
+def _to(targets, device):
+    if isinstance(targets, torch.Tensor):
+        return targets.to(device)
+    if isinstance(targets, dict):
+        return {key: _to(value, device) for key, value in targets.items()}
+    return type(targets)(_to(value, device) for value in targets)
 
 
 def draw_crops(count, padding, flip_p, generator, device):
@@ -152,9 +174,9 @@ class DeviceLoader:
         self.train = train
         self.dropped = 0  # the Loader's counter of unreadable images: none here
         self.images = images.to(self.device)
-        self.labels = labels.to(self.device)
+        self.labels = _to(labels, self.device)
         self.normalize = Normalizer(augmentation.mean, augmentation.std, self.device)
-        count = len(labels)
+        count = len(images)
         self.sampler = (EpochSampler(range(count), runtime.world_size, runtime.rank, seed)
                         if train else ShardSampler(count, runtime.world_size, runtime.rank))
         self.samples = self.sampler.num_samples if train else len(self.sampler)
@@ -188,7 +210,7 @@ class DeviceLoader:
         images = self.images.index_select(0, index)
         if self.train:
             images = self.augment(images, step)
-        return self.normalize(images), self.labels.index_select(0, index)
+        return self.normalize(images), take(self.labels, index)
 
     def augment(self, images, step):
         augmentation = self.augmentation
@@ -222,4 +244,4 @@ def device_loader(dataset, batch_size, runtime, seed=0, train=True):
 
 
 __all__ = ['Augmentation', 'DeviceLoader', 'Normalizer', 'augmentation_of', 'crop_flip',
-           'device_loader', 'draw_crops', 'one_cpu_thread', 'uint8_split']
+           'device_loader', 'draw_crops', 'one_cpu_thread', 'take', 'uint8_split']

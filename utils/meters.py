@@ -18,9 +18,10 @@ def topk_correct(output, target, topk):
     return [hits[:, :min(k, maxk)].any(1).sum() for k in topk]
 
 
-class EpochMeter:
-    """Sums over an epoch: samples, each branch's loss and top-1/top-5 hits.
-    Values are fetched (one host sync) only when `summary()` is called."""
+class SingleLabelMeter:
+    """The single-label objective's epoch sums: samples, the total loss and each branch's,
+    and each branch's top-1/top-5 hits. Values are fetched (one host sync) only when
+    `summary()` is called."""
     FIELDS = ('count', 'loss', 'att_loss', 'per_loss', 'att_top1', 'att_top5', 'per_top1',
               'per_top5')
 
@@ -29,17 +30,18 @@ class EpochMeter:
         self.sums = torch.zeros(len(self.FIELDS), dtype=torch.float64, device=device)
         self.nonfinite_step = torch.full((), -1, dtype=torch.long, device=device)
 
-    def update(self, step, targets, perception_logits, per_loss, attention_logits=None,
-               att_loss=None):
-        n = targets.size(0)
-        per1, per5 = topk_correct(perception_logits.detach(), targets, (1, 5))
+    def update(self, step, output, target, losses):
+        """`output`: the model's AbnOutput; `target`: class indices; `losses`: the
+        objective's named terms (a plain backbone has no 'att_loss')."""
+        n = target.size(0)
+        per1, per5 = topk_correct(output.perception_logits.detach(), target, (1, 5))
+        per_loss = losses['per_loss'].detach()
         zero = per_loss.new_zeros(())
-        if attention_logits is not None:
-            att1, att5 = topk_correct(attention_logits.detach(), targets, (1, 5))
-            att_loss = att_loss.detach()
+        if output.attention_logits is not None:
+            att1, att5 = topk_correct(output.attention_logits.detach(), target, (1, 5))
+            att_loss = losses['att_loss'].detach()
         else:
             att1 = att5 = att_loss = zero
-        per_loss = per_loss.detach()
         loss = att_loss + per_loss
         # new_full launches a fill on the device; torch.tensor(..., device) would sync.
         values = torch.stack([

@@ -44,18 +44,18 @@ def _label(names, index):
     return names[index] if names is not None and 0 <= index < len(names) else str(index)
 
 
-def save_attention_images(out_dir, images, maps, targets, predictions, class_names, mean, std,
-                          probabilities=None, start_index=0, grid_name='grid.png', title=''):
+def save_attention_images(out_dir, images, maps, captions, mean, std, start_index=0,
+                          grid_name='grid.png', title=''):
     """Writes one PNG per image (input | map | overlay) into out_dir and, for the batch, the
-    grid `grid_name`. Returns the paths written."""
+    grid `grid_name`. `captions`: per image (true text or None, predicted text, confidence
+    or None), as an objective's `captions` makes them. Returns the paths written."""
     os.makedirs(out_dir, exist_ok=True)
     pictures = denormalize(images, mean, std)
     heat = upsample_maps(maps, images.shape[-2:])
     paths = []
     for i, (picture, attention_map) in enumerate(zip(pictures, heat)):
-        true_name = _label(class_names, int(targets[i])) if targets is not None else None
-        pred_name = _label(class_names, int(predictions[i]))
-        confidence = f' ({float(probabilities[i]):.0%})' if probabilities is not None else ''
+        true_name, pred_name, confidence = captions[i]
+        confidence = f' ({float(confidence):.0%})' if confidence is not None else ''
         fig, axes = plt.subplots(1, 3, figsize=(7.5, 2.8))
         axes[0].imshow(picture, interpolation='nearest')
         axes[0].set_title(f'input, true: {true_name}' if true_name else 'input', fontsize=9)
@@ -78,13 +78,20 @@ def save_attention_images(out_dir, images, maps, targets, predictions, class_nam
         plt.close(fig)
         paths.append(path)
     if grid_name:
-        paths.append(save_grid(os.path.join(out_dir, grid_name), pictures, heat, targets,
-                               predictions, class_names, title))
+        paths.append(save_caption_grid(os.path.join(out_dir, grid_name), pictures, heat,
+                                       captions, title))
     return paths
 
 
 def save_grid(path, pictures, heat, targets, predictions, class_names, title='', columns=8):
     """Inputs over their overlays, `columns` images a row; wrong predictions in red."""
+    captions = [(_label(class_names, int(targets[i])) if targets is not None else None,
+                 _label(class_names, int(predictions[i])), None) for i in range(len(pictures))]
+    return save_caption_grid(path, pictures, heat, captions, title, columns)
+
+
+def save_caption_grid(path, pictures, heat, captions, title='', columns=8):
+    """save_grid with per-image (true text or None, predicted text, confidence) captions."""
     n = len(pictures)
     columns = min(columns, n)
     rows = math.ceil(n / columns)
@@ -94,11 +101,10 @@ def save_grid(path, pictures, heat, targets, predictions, class_names, title='',
         ax.axis('off')
     for i in range(n):
         r, c = divmod(i, columns)
+        true_name, pred_name = captions[i][:2]
         axes[2 * r, c].imshow(pictures[i], interpolation='nearest')
         axes[2 * r + 1, c].imshow(blend(pictures[i], heat[i]))
-        pred_name = _label(class_names, int(predictions[i]))
-        if targets is not None:
-            true_name = _label(class_names, int(targets[i]))
+        if true_name is not None:
             axes[2 * r, c].set_title(true_name, fontsize=8)
             axes[2 * r + 1, c].set_title(pred_name, fontsize=8,
                                          color='black' if pred_name == true_name else 'red')

@@ -1,0 +1,160 @@
+"""What a run optimises and reports: the Objective seam.
+
+An `Objective` owns everything the training loop would otherwise have to know about the
+task: each branch's loss (and any extra term), the meter that sums an epoch on the device,
+the metric that picks `model_best` and its direction, the log.txt columns, the printed
+summary, and how perception logits become predictions. The loop (utils.engine) only adds up
+the named losses, asks the meter to update, and compares metrics through `is_better`; the
+targets it hands over are opaque to it (a class tensor, an (N, T) 0/1 tensor, a dict...).
+
+A new objective is one subclass plus `register_objective`; a `Task` names it
+(`Task.objective = 'single-label'`) and checkpoints record the name.
+"""
+import torch
+import torch.nn.functional as F
+
+from .meters import SingleLabelMeter
+
+AUTHORS_COLUMNS = ['Learning Rate', 'Train Loss', 'Valid Loss', 'Train Acc.', 'Valid Acc.']
+
+
+class Objective:
+    """The contract. Subclasses set the class attributes and implement the methods."""
+    name: str = None  # registry key, e.g. 'single-label'
+    metric: str = None  # the summary key that picks model_best, e.g. 'per_top1'
+    metric_label: str = None  # how the metric is printed, e.g. 'top-1'
+    higher_is_better: bool = True
+    log_columns: list = AUTHORS_COLUMNS  # the authors' five first, then the objective's own
+
+    def losses(self, output, target):
+        """{name: scalar tensor} for an `AbnOutput` and the loader's target; the engine
+        backpropagates their sum. Names end in '_loss' ('att_loss', 'per_loss', ...)."""
+        raise NotImplementedError
+
+    def new_meter(self, device):
+        """A fresh epoch meter: update(step, output, target, losses) with no host sync,
+        all_reduce(), summary() -> dict with 'loss' and `metric`, first_nonfinite_step(),
+        state_dict()/load_state_dict(), nonfinite_step (a device tensor, -1 while finite)."""
+        raise NotImplementedError
+
+    def summary_text(self, summary, attention):
+        """The one-line summary of a meter's `summary()` (progress and epoch lines)."""
+        raise NotImplementedError
+
+    def evaluation_text(self, summary, attention):
+        """The lines `-e` prints (defaults to the one-line summary)."""
+        return ' ' + self.summary_text(summary, attention)
+
+    def log_row(self, lr, train, valid, seconds):
+        """One log.txt row, in the order of `log_columns`."""
+        raise NotImplementedError
+
+    def best_text(self, best):
+        """The line that closes a training run."""
+        return f'Best {self.metric_label}: {best:.2f}'
+
+    def predict(self, perception_logits):
+        """(predictions, scores) of a batch's perception logits."""
+        raise NotImplementedError
+
+    def captions(self, predictions, scores, target, class_names):
+        """[(true text or None, predicted text, confidence or None)] per image, for the
+        attention pictures; `target` is the collated target of the batch (or None)."""
+        raise NotImplementedError
+
+    def is_better(self, value, best):
+        """Whether `value` of `metric` beats `best` (None: nothing yet)."""
+        if best is None:
+            return True
+        return value > best if self.higher_is_better else value < best
+
+    def total_loss(self, losses):
+        return sum(losses.values())
+
+
+class SingleLabelObjective(Objective):
+    """The authors' objective: CE(attention logits, y) + CE(perception logits, y) with y a
+    LongTensor of class indices; accuracy is the perception branch's top-1, model_best the
+    best test top-1."""
+    name = 'single-label'
+    metric = 'per_top1'
+    metric_label = 'top-1'
+    higher_is_better = True
+    log_columns = AUTHORS_COLUMNS + [
+        'Train Att Loss', 'Train Per Loss', 'Valid Att Loss', 'Valid Per Loss',
+        'Train Att Acc.', 'Valid Att Acc.', 'Valid Top-5', 'Valid Att Top-5', 'Epoch Time (s)']
+
+    def losses(self, output, target):
+        losses = {}
+        if output.attention_logits is not None:
+            losses['att_loss'] = F.cross_entropy(output.attention_logits.float(), target)
+        losses['per_loss'] = F.cross_entropy(output.perception_logits.float(), target)
+        return losses
+
+    def new_meter(self, device):
+        return SingleLabelMeter(device)
+
+    def summary_text(self, summary, attention):
+        text = f"loss {summary['loss']:.4f}"
+        if attention:
+            text += f" (att {summary['att_loss']:.3f} + per {summary['per_loss']:.3f})"
+        text += f" | top-1 {summary['per_top1']:.2f} top-5 {summary['per_top5']:.2f}"
+        if attention:
+            text += f" | att top-1 {summary['att_top1']:.2f}"
+        return text
+
+    def evaluation_text(self, summary, attention):
+        text = (f" Test Loss:  {summary['loss']:.8f}, Test Acc:  {summary['per_top1']:.2f}, "
+                f"Top-5: {summary['per_top5']:.2f}")
+        if attention:
+            text += (f"\n Attention branch: loss {summary['att_loss']:.8f}, top-1 "
+                     f"{summary['att_top1']:.2f}, top-5 {summary['att_top5']:.2f}")
+        return text
+
+    def log_row(self, lr, train, valid, seconds):
+        return [lr, train['loss'], valid['loss'], train['per_top1'], valid['per_top1'],
+                train['att_loss'], train['per_loss'], valid['att_loss'], valid['per_loss'],
+                train['att_top1'], valid['att_top1'], valid['per_top5'], valid['att_top5'],
+                seconds]
+
+    def best_text(self, best):
+        return f'Best acc: {best:.2f}'  # the authors' line
+
+    def predict(self, perception_logits):
+        """Classes by argmax, scored by their softmax probability."""
+        probabilities = perception_logits.float().softmax(1)
+        scores, predictions = probabilities.max(1)
+        return predictions, scores
+
+    def captions(self, predictions, scores, target, class_names):
+        def name(index):
+            index = int(index)
+            return (class_names[index] if class_names is not None
+                    and 0 <= index < len(class_names) else str(index))
+        return [(name(target[i]) if target is not None else None, name(predictions[i]),
+                 float(scores[i])) for i in range(len(predictions))]
+
+
+OBJECTIVES = {}
+
+
+def register_objective(objective_class):
+    """Class decorator (or call): makes an Objective subclass available by its `name`."""
+    if not objective_class.name:
+        raise ValueError(f'{objective_class.__name__} has no name')
+    OBJECTIVES[objective_class.name] = objective_class
+    return objective_class
+
+
+def get_objective(name):
+    """A new instance of the objective registered as `name`; ValueError names the known ones."""
+    if name not in OBJECTIVES:
+        raise ValueError(f"unknown objective '{name}': choose one of "
+                         f"{', '.join(sorted(OBJECTIVES))}")
+    return OBJECTIVES[name]()
+
+
+register_objective(SingleLabelObjective)
+
+__all__ = ['AUTHORS_COLUMNS', 'OBJECTIVES', 'Objective', 'SingleLabelObjective',
+           'get_objective', 'register_objective']
