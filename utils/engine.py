@@ -240,6 +240,10 @@ class Run:
     def make_objective(self, name):
         """The objective `name`, with the task's options when it is the task's own."""
         options = self.task.objective_options
+        if options is not None and name != self.task.objective:
+            raise AbnError(f"{self.args.resume} is a run of the objective '{name}', not "
+                           f"'{self.task.objective}': start a new run from its weights with "
+                           f"--weights {self.args.resume}")
         if options is None or name != self.task.objective:
             return get_objective(name)
         return get_objective(name, **options(self.args))
