@@ -169,3 +169,14 @@ def test_the_objective_on_known_values():
     restored.load_state_dict(meter.state_dict())
     assert np.isnan(restored.summary()['map_loss'])
     assert 'map loss' in objective.summary_text(summary, True)
+
+
+def test_weights_start_a_plain_run_too(base, tmp_path, capsys):
+    start = str(base / 'base' / 'model_best.pth.tar')
+    code, stdout, _ = run_script(cifar.main, TINY + ['--epochs', '1', '--lr', '1e-9', '--weights',
+                                                     start, '-c', str(tmp_path / 'on')], capsys)
+    assert code == 0 and f'==> Weights: {start}' in stdout
+    before = ckpt.load_checkpoint(start)['state_dict']
+    after = ckpt.load_checkpoint(str(tmp_path / 'on' / 'checkpoint.pth.tar'))['state_dict']
+    assert torch.allclose(before['fc.weight'], after['fc.weight'], atol=1e-6)
+    assert ckpt.load_checkpoint(str(tmp_path / 'on' / 'checkpoint.pth.tar'))['epoch'] == 1

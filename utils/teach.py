@@ -30,6 +30,7 @@ import torch.distributed as dist
 from . import checkpoint as ckpt
 from .attention_maps import WithAttentionMaps, load_map_set, map_device_loader, map_loss
 from .cli import AbnError
+from .modelspec import spec_from_checkpoint
 from .objectives import SingleLabelObjective, register_objective
 
 DEFAULT_MAP_LOSS_WEIGHT = 10.0
@@ -177,15 +178,18 @@ def check_teach_arguments(args):
 
 
 def teaching_task(task, args):
-    """`task` with the maps attached to its training data, the map objective, the frozen
-    feature extractor and --weights; `task` itself when there are no maps."""
-    if not args.attention_maps:
-        return task
+    """`task` with --weights (cifar.py: the file's weights and input normalisation) and, with
+    --attention-maps, the maps attached to its training data, the map objective and the
+    frozen feature extractor."""
     build_data, fast_train = task.build_data, task.fast_train_loader
+    own_weights = task.init_pretrained is None  # cifar.py: --weights is this module's
 
     def build(args, evaluate_only, normalization):
+        if normalization is None and own_weights and getattr(args, 'weights', None) \
+                and not args.resume:
+            normalization = weights_normalization(args.weights, task.legacy_normalization)
         bundle = build_data(args, evaluate_only, normalization)
-        if bundle.train is not None:
+        if bundle.train is not None and args.attention_maps:
             maps = load_map_set(args.attention_maps, bundle.train, bundle.name)
             bundle.train = WithAttentionMaps(bundle.train, maps)
             record = maps.record()
@@ -216,10 +220,26 @@ def teaching_task(task, args):
                                f'pass --train-feature-extractor') from None
             runtime.print(f'    feature extractor fixed: {count / 1e6:.2f}M parameters')
 
+    started = dataclasses.replace(task, build_data=build,
+                                  init_pretrained=init_from_weights(task.init_pretrained))
+    if not args.attention_maps:
+        return started
     return dataclasses.replace(
-        task, build_data=build, fast_train_loader=fast_train_loader, objective=NAME,
+        started, fast_train_loader=fast_train_loader, objective=NAME,
         objective_options=lambda args: {'weight': args.map_loss_weight},
-        init_pretrained=init_from_weights(task.init_pretrained), prepare_model=prepare_model)
+        prepare_model=prepare_model)
+
+
+def weights_normalization(path, legacy_normalization):
+    """The input normalisation the model in `path` was trained with: the authors' for their
+    files, the recorded one for this project's (None: the data set's own)."""
+    if not os.path.isfile(path):
+        raise AbnError(f'--weights {path}: no such file')
+    saved = ckpt.load_checkpoint(path)
+    if ckpt.is_legacy(saved):
+        return legacy_normalization
+    spec = spec_from_checkpoint(saved)
+    return spec.normalization if spec is not None else None
 
 
 def init_from_weights(init_pretrained):
