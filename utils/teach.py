@@ -259,6 +259,12 @@ def load_weights(model, args, runtime):
         return
     if not os.path.isfile(path):
         raise AbnError(f'--weights {path}: no such file')
-    ckpt.load_model_state(model, ckpt.load_checkpoint(path), path, type(model).__name__)
+    saved = ckpt.load_checkpoint(path)
+    spec = spec_from_checkpoint(saved)
+    gate = spec.model_args.get('gate', 'residual') if spec is not None else None
+    if gate is not None and gate != model.gate:  # not in the weights: they would load
+        raise AbnError(f'--weights {path} was trained with --gate {gate}, not {model.gate}: '
+                       f'pass --gate {gate}')
+    ckpt.load_model_state(model, saved, path, type(model).__name__)
     runtime.print(f'==> Weights: {path}')
 
