@@ -1,5 +1,6 @@
-"""Every cifar.py/imagenet.py command in README.md and TRAINING.md is accepted: it parses,
-passes the scripts' argument checks, and its model builds (on the meta device: no memory)."""
+"""Every cifar.py/imagenet.py command in README.md, TRAINING.md and docs/teach.md is accepted:
+it parses, passes the scripts' argument checks, and its model builds (on the meta device: no
+memory)."""
 import importlib
 import os
 import re
@@ -11,9 +12,10 @@ import pytest
 import torch
 
 from utils.cli import check_training_arguments
+from utils.teach import check_teach_arguments
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = ('README.md', 'TRAINING.md')
+DOCS = ('README.md', 'TRAINING.md', 'docs/teach.md')
 CLASSES = {'cifar10': 10, 'cifar100': 100, 'svhn': 10, 'shapes': 10, 'imagefolder': 7}
 COMMAND = re.compile(r'(?:^|\s)(?:python3?|torchrun(?:\s+--\S+)*)\s+(cifar|imagenet)\.py(\s.*)?$')
 
@@ -48,6 +50,7 @@ def test_documented_command_is_accepted(doc, script, argv):
     module = importlib.import_module(script)
     args = module.get_args_parser().parse_args(argv)
     check_training_arguments(args)
+    check_teach_arguments(args)
     if hasattr(module, 'check_arguments'):  # imagenet.py's own (image size, --depth)
         module.check_arguments(args)
     classes = CLASSES.get(getattr(args, 'dataset', None), 1000)
