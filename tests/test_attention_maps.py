@@ -12,9 +12,9 @@ from PIL import Image
 from models import CIFAR_MODELS, IMAGENET_MODELS
 from models.abn import freeze_feature_extractor
 from tests.fakedata import write_cifar10, write_image_folder
-from utils.attention_maps import (MapDeviceLoader, WithAttentionMaps, export_shapes_masks,
-                                  load_map_set, map_device_loader, map_loss, parse_source,
-                                  read_map, shapes_mask_subset)
+from utils.attention_maps import (MapDeviceLoader, WithAttentionMaps, load_map_set,
+                                  map_device_loader, map_loss, parse_source, read_map,
+                                  shapes_mask_subset)
 from utils.attention_maps import main as export_main
 from utils.cli import AbnError
 from utils.data import build_small_image_data, make_train_loader
@@ -247,13 +247,13 @@ def test_the_fast_path_crops_and_flips_the_map_with_its_image(tmp_path):
     loader, reason = map_device_loader(dataset, 8, CPU, seed=3)
     assert isinstance(loader, MapDeviceLoader), reason
     loader.set_epoch(2)
-    flipped = 0
+    batches = 0
     for inputs, target in loader:
         green = unnormalised_channel(inputs, data.mean, data.std, 1)
         assert torch.allclose(green, target['map'][:, 0], atol=1e-5)
         assert target['has_map'].all() and target['label'].dtype == torch.int64
-        flipped += 1
-    assert flipped == 3
+        batches += 1
+    assert batches == 3
 
 
 def test_read_map_of_colour_and_sixteen_bit_files(tmp_path):
