@@ -11,14 +11,14 @@ set, or a folder of small images.
 import sys
 
 from models import CIFAR_MODELS
-from utils.cli import ArgumentParser, add_training_arguments, run
+from utils.cli import ArgumentParser, add_architecture_arguments, add_training_arguments, run
 from utils.data import AUTHORS_NORMALIZATION, SMALL_IMAGE_DATASETS, build_small_image_data
 from utils.engine import Task, main as engine_main
 from utils.fastdata import device_loader
 from utils.teach import add_teach_arguments, check_teach_arguments, teaching_task
 
 DEFAULTS = dict(epochs=300, train_batch=128, test_batch=100, schedule=[150, 225],
-                weight_decay=5e-4, arch='resnet', arch_names=sorted(CIFAR_MODELS))
+                weight_decay=5e-4)
 
 
 def get_args_parser():
@@ -32,15 +32,10 @@ def get_args_parser():
     parser.add_argument('--image-size', default=32, type=int, metavar='PX',
                         help='imagefolder only: images are resized to PX x PX (default: 32)')
     add_training_arguments(parser, DEFAULTS)
-    arch = parser.add_argument_group('architecture options')
-    arch.add_argument('--depth', type=int, default=None,
-                      help='model depth (default: resnet 110, densenet 100, wrn 28, resnext 29)')
-    arch.add_argument('--cardinality', type=int, default=8, help='ResNeXt cardinality (group)')
-    arch.add_argument('--widen-factor', type=int, default=4,
-                      help='WRN/ResNeXt widen factor. 4 -> 64, 8 -> 128, ...')
-    arch.add_argument('--growthRate', type=int, default=12, help='growth rate for DenseNet')
-    arch.add_argument('--compressionRate', type=int, default=2,
-                      help='compression rate (theta) for DenseNet')
+    add_architecture_arguments(
+        parser, sorted(CIFAR_MODELS), arch='resnet', gate='residual',
+        sizes=dict(depth=None, cardinality=8, widen_factor=4, growthRate=12, compressionRate=2),
+        helps={'depth': 'model depth (default: resnet 110, densenet 100, wrn 28, resnext 29)'})
     fast = parser.add_argument_group('fast path (opt-in; the default is the authors\' setup)')
     fast.add_argument('--fast-data', action='store_true',
                       help='CIFAR/SVHN/shapes: hold the data on the training device and crop, '

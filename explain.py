@@ -4,6 +4,7 @@
     python explain.py CHECKPOINT --dataset shapes -n 500 --compare --measure \\
         --baseline-checkpoint checkpoints/shapes/resnet-20-baseline/model_best.pth.tar
     python explain.py CHECKPOINT photo.png --edit edited_map.png
+    python explain.py CHECKPOINT --serve --dataset shapes     # the attention editor page
 
 For each image: the input, the ABN attention map, their overlay and the top-5 classes
 (`NNNN_<name>.png`), the map itself as an editable grayscale PNG (`maps/`), and one
@@ -12,6 +13,8 @@ Grad-CAM of the model's perception branch (and of `--baseline-checkpoint`'s mode
 `--measure` scores every map (pointing game and energy inside the object where the data has
 object masks, deletion/insertion AUC everywhere) into metrics.json/.md/.png. `--edit MAP`
 runs the perception branch on an edited map and shows how the prediction changes.
+`--serve` starts a local page (utils/serve.py, docs/serve.md) to do all of it by hand: look,
+paint on the map, see the prediction change, save the map as training data.
 
 Checkpoints written by cifar.py describe themselves. The authors' checkpoints do not: give
 the architecture options of cifar.py (-a, --depth, ...) and --num-classes or --dataset.
@@ -23,36 +26,24 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
-import torchvision.transforms as T
-from PIL import Image
 
 from models import CIFAR_MODELS, IMAGENET_MODELS
 from utils import checkpoint as ckpt
 from utils.cam import TITLES, Explainer, perception_probabilities, renormalize, supports_cam
-from utils.cli import AbnError, ArgumentParser, parse_int_list, run
-from utils.data import (AUTHORS_NORMALIZATION, NORMALIZATION, SMALL_IMAGE_DATASETS,
-                        CorruptImageError, base_dataset, build_small_image_data, first_n,
-                        load_rgb)
+from utils.cli import AbnError, ArgumentParser, add_architecture_arguments, run
+from utils.data import AUTHORS_NORMALIZATION, NORMALIZATION, SMALL_IMAGE_DATASETS
 from utils.distributed import setup_runtime
 from utils.metrics import (ROAD_PERCENTILES, MetricTable, deletion_insertion, energy_inside,
                            pointing_game, pointing_tolerance, road, write_report)
 from utils.modelspec import (ModelSpec, build_model, legacy_num_classes, registry_for,
                              spec_from_checkpoint)
+from utils.inputs import (DATASET_CLASS_COUNTS, KNOWN_CLASSES, build_inputs, read_class_names,
+                          read_edited_maps)
 from utils.progress import Progress
-from utils.shapes import SHAPE_CLASSES
-from utils.visualize import as_uint8, blend, denormalize, safe_name, save_grid, upsample_maps
+from utils.visualize import (blend, class_label, denormalize, safe_name, save_comparison_grid,
+                             save_explanation, save_grid, save_map_image, upsample_maps)
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm')
 TOP_K = 5
-# Class names of the sets whose names do not come with files (checkpoints of cifar.py carry
-# their own; CIFAR-100's come from its files through --dataset cifar100 --data DIR).
-KNOWN_CLASSES = {
-    'shapes': list(SHAPE_CLASSES),
-    'cifar10': ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
-                'truck'],
-    'svhn': [str(d) for d in range(10)],
-}
-DATASET_CLASS_COUNTS = {'shapes': 10, 'cifar10': 10, 'svhn': 10, 'cifar100': 100}
 ARCH_OPTIONS = ('depth', 'cardinality', 'widen_factor', 'growthRate', 'compressionRate')
 
 
@@ -106,17 +97,23 @@ def get_args_parser():
     out.add_argument('--gpu-id', default='0',
                      help="CUDA device id, or 'cpu' (default: %(default)s)")
 
-    arch = parser.add_argument_group("architecture of the authors' checkpoints (those of "
-                                     "cifar.py describe themselves)")
-    arch.add_argument('-a', '--arch', choices=sorted(set(CIFAR_MODELS) | set(IMAGENET_MODELS)),
-                      help='model architecture (default: resnet)')
-    arch.add_argument('--depth', type=int, help='model depth')
-    arch.add_argument('--cardinality', type=int, help='ResNeXt cardinality (group)')
-    arch.add_argument('--widen-factor', type=int, help='WRN/ResNeXt widen factor')
-    arch.add_argument('--growthRate', type=int, help='growth rate for DenseNet')
-    arch.add_argument('--compressionRate', type=int, help='compression rate for DenseNet')
-    arch.add_argument('--gate', choices=('residual', 'multiply'),
-                      help='how the map gates the features (default: residual, the authors\')')
+    page = parser.add_argument_group('the attention editor (needs requirements-serve.txt)')
+    page.add_argument('--serve', action='store_true',
+                      help='start a local web page to look at, edit and save attention maps '
+                           '(images of --dataset, the IMAGE files, or uploads); edited maps '
+                           'go to OUTPUT/edited_maps')
+    page.add_argument('--host', default='127.0.0.1',
+                      help='address the page listens on (default: %(default)s, this machine '
+                           'only)')
+    page.add_argument('--port', type=int, default=7860,
+                      help='port of the page (default: %(default)s)')
+
+    arch = add_architecture_arguments(
+        parser, sorted(set(CIFAR_MODELS) | set(IMAGENET_MODELS)), baseline=False,
+        sizes=dict.fromkeys(ARCH_OPTIONS),
+        helps={'arch': 'model architecture (default: resnet)',
+               'gate': "how the map gates the features (default: residual, the authors')"},
+        title="architecture of the authors' checkpoints (those of cifar.py describe themselves)")
     arch.add_argument('--num-classes', type=int, metavar='K',
                       help='number of classes (default: from --dataset, else from the file)')
     arch.add_argument('--class-names', metavar='FILE',
@@ -215,210 +212,12 @@ def load_model(path, args, role='model'):
                        imagenet, dataset, resize_size or round(image_size * 256 / 224))
 
 
-def read_class_names(path, count):
-    try:
-        with open(path) as f:
-            names = [line.strip() for line in f if line.strip()]
-    except OSError as error:
-        raise AbnError(f'cannot read --class-names {path}: {error.strerror}') from None
-    if len(names) != count:
-        raise AbnError(f'--class-names {path} holds {len(names)} names, the model has {count} '
-                       f'classes')
-    return names
-
-
 # -- the images -------------------------------------------------------------------------------
-
-@dataclass
-class Inputs:
-    """What to explain: `dataset[i]` is (normalised image, label or -1); `masks` the objects'
-    ground truth or None; `sources` names each image."""
-    dataset: object
-    sources: list
-    masks: object
-    class_names: list
-
-    def __len__(self):
-        return len(self.sources)
-
-    def batch(self, start, stop):
-        try:
-            items = [self.dataset[i] for i in range(start, stop)]
-        except CorruptImageError as error:
-            raise AbnError(str(error)) from None
-        inputs = torch.stack([x for x, _ in items])
-        targets = torch.tensor([int(y) for _, y in items])
-        masks = None if self.masks is None else np.asarray(self.masks[start:stop])
-        return inputs, targets, masks
-
-
-class ImageFiles(torch.utils.data.Dataset):
-    def __init__(self, paths, labels, transform):
-        self.paths, self.labels, self.transform = paths, labels, transform
-
-    def __len__(self):
-        return len(self.paths)
-
-    def __getitem__(self, index):
-        return self.transform(load_rgb(self.paths[index])), self.labels[index]
-
-
-def image_transform(loaded):
-    """The evaluation transform of the model's training: small images are resized to the
-    square they were trained at; ImageNet models get resize + centre crop."""
-    size = loaded.image_size
-    head = ([T.Resize(loaded.resize_size), T.CenterCrop(size)] if loaded.imagenet
-            else [T.Resize((size, size))])
-    return T.Compose(head + [T.ToTensor(), T.Normalize(*loaded.normalization)])
-
-
-def find_images(paths):
-    found = []
-    for path in paths:
-        if os.path.isdir(path):
-            for folder, subfolders, names in os.walk(path):
-                subfolders.sort()
-                found += [os.path.join(folder, n) for n in sorted(names)
-                          if n.lower().endswith(IMAGE_EXTENSIONS)]
-        elif os.path.isfile(path):
-            found.append(path)
-        else:
-            raise AbnError(f'no image or folder at {path}')
-    if not found:
-        raise AbnError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in {", ".join(paths)}')
-    return found
-
-
-def build_inputs(args, loaded):
-    if args.inputs and args.dataset:
-        raise AbnError('give image files/folders or --dataset, not both')
-    if args.dataset:
-        if loaded.imagenet:
-            raise AbnError('--dataset holds small-image sets; give an ImageNet model image files '
-                           'or folders')
-        # The whole split, then its first N: `shapes` draws another set for another size.
-        bundle = build_small_image_data(args.dataset, args.data, evaluate_only=True,
-                                        image_size=loaded.image_size,
-                                        normalization=loaded.normalization)
-        if loaded.class_names is not None and list(bundle.classes) != loaded.class_names:
-            theirs, ours = ', '.join(loaded.class_names[:4]), ', '.join(bundle.classes[:4])
-            raise AbnError(f'the model was trained on other classes ({theirs}, ...) than '
-                           f'{args.dataset} has ({ours}, ...)')
-        if loaded.class_names is None and len(bundle.classes) == loaded.model.num_classes:
-            loaded.class_names = list(bundle.classes)
-        masks = getattr(base_dataset(bundle.test), 'masks', None)
-        test = first_n(bundle.test, args.num_images)
-        n = len(test)
-        return Inputs(test, [f'{args.dataset}-test-{i}' for i in range(n)],
-                      None if masks is None else masks[:n], loaded.class_names)
-    if not args.inputs:
-        raise AbnError('nothing to explain: give image files or folders, or --dataset NAME')
-    paths = find_images(args.inputs)[:args.num_images]
-    # An image inside a folder named after a class (ImageFolder layout) has that label.
-    index = {name: i for i, name in enumerate(loaded.class_names or [])}
-    labels = [index.get(os.path.basename(os.path.dirname(os.path.abspath(p))), -1) for p in paths]
-    return Inputs(ImageFiles(paths, labels, image_transform(loaded)), paths, None,
-                  loaded.class_names)
-
-
-def read_edited_maps(paths, count):
-    """Grayscale images as (1, 1, h, w) maps in [0, 1]; one for all inputs or one each."""
-    if len(paths) not in (1, count):
-        raise AbnError(f'--edit takes one map for all {count} inputs or one per input, got '
-                       f'{len(paths)}')
-    maps = []
-    for path in paths:
-        try:
-            gray = np.asarray(load_rgb(path).convert('L'), dtype=np.float32) / 255
-        except CorruptImageError as error:
-            raise AbnError(str(error)) from None
-        maps.append(torch.from_numpy(gray)[None, None])
-    return maps * count if len(maps) == 1 else maps
-
-
-# -- pictures -------------------------------------------------------------------------------
-
-def _label(names, index):
-    return names[index] if names is not None and 0 <= index < len(names) else str(index)
-
 
 def top_k(probabilities, names, k=TOP_K):
     values, indices = probabilities.topk(min(k, probabilities.numel()))
-    return [{'class': int(i), 'name': _label(names, int(i)), 'probability': float(v)}
+    return [{'class': int(i), 'name': class_label(names, int(i)), 'probability': float(v)}
             for v, i in zip(values, indices)]
-
-
-def _draw_top_k(ax, ranking, true_class, title):
-    names = [r['name'] for r in ranking][::-1]
-    values = [100 * r['probability'] for r in ranking][::-1]
-    colours = ['tab:green' if r['class'] == true_class else 'tab:blue' for r in ranking][::-1]
-    ax.barh(range(len(names)), values, color=colours)
-    ax.set_yticks(range(len(names)))
-    ax.set_yticklabels(names, fontsize=8)
-    ax.set_xlim(0, 100)
-    ax.tick_params(axis='x', labelsize=7)
-    for y, v in enumerate(values):
-        ax.text(min(v + 2, 70), y, f'{v:.1f}%', va='center', fontsize=7)
-    ax.set_title(title, fontsize=9)
-
-
-def save_explanation(path, picture, panels, rankings, true_class, true_name, grid_rows=None):
-    """One row: the input, then `panels` (title, image array, colour range or None), then
-    one top-k chart per entry of `rankings` (title, ranking)."""
-    import matplotlib.pyplot as plt
-
-    columns = 1 + len(panels) + len(rankings)
-    widths = [1] * (1 + len(panels)) + [1.5] * len(rankings)
-    fig, axes = plt.subplots(1, columns, figsize=(sum(widths) * 2.1, 2.5),
-                             gridspec_kw={'width_ratios': widths})
-    axes[0].imshow(picture, interpolation='nearest')
-    axes[0].set_title(f'input, true: {true_name}' if true_name else 'input', fontsize=9)
-    for ax, (title, image, value_range) in zip(axes[1:], panels):
-        if value_range is None:
-            ax.imshow(image, interpolation='bilinear')
-        else:
-            ax.imshow(image, cmap='jet', vmin=value_range[0], vmax=value_range[1])
-        ax.set_title(title, fontsize=9)
-    for ax in axes[:1 + len(panels)]:
-        ax.axis('off')
-    for ax, (title, ranking) in zip(axes[1 + len(panels):], rankings):
-        _draw_top_k(ax, ranking, true_class, title)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def save_comparison_grid(path, pictures, heats, row_titles, title=''):
-    """Rows of images: the input and one overlay per map (`heats`: title -> (N, H, W))."""
-    import matplotlib.pyplot as plt
-
-    rows, columns = len(pictures), 1 + len(heats)
-    fig, axes = plt.subplots(rows, columns, figsize=(1.55 * columns, 1.6 * rows + 0.4),
-                             squeeze=False)
-    for r in range(rows):
-        axes[r, 0].imshow(pictures[r], interpolation='nearest')
-        axes[r, 0].set_ylabel(row_titles[r], fontsize=7, rotation=0, ha='right', va='center')
-        for c, (name, heat) in enumerate(heats.items(), start=1):
-            axes[r, c].imshow(blend(pictures[r], heat[r]))
-            if r == 0:
-                axes[r, c].set_title(name, fontsize=8)
-        if r == 0:
-            axes[r, 0].set_title('input', fontsize=8)
-        for ax in axes[r]:
-            ax.set_xticks([])
-            ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
-
-
-def save_map_image(path, attention_map):
-    """The model's map at its own resolution, as 8-bit grayscale: edit it, give it to --edit."""
-    Image.fromarray(as_uint8(attention_map.numpy())).save(path)
 
 
 # -- the run --------------------------------------------------------------------------------
@@ -440,9 +239,12 @@ def check_arguments(args):
     if args.pointing_tolerance is not None and args.pointing_tolerance < 0:
         raise AbnError('--pointing-tolerance must not be negative')
     args.save_images = parse_count(args.save_images, '--save-images')
+    if os.path.exists(args.output) and not os.path.isdir(args.output):
+        raise AbnError(f'-o/--output {args.output} is a file: give a folder for the pictures')
     text = str(args.road_percentiles).strip().lower()
     try:
-        args.road_percentiles = [] if text == 'none' else parse_int_list(text)
+        args.road_percentiles = [] if text == 'none' else [
+            int(part) for part in text.replace(',', ' ').split()]
     except ValueError:
         args.road_percentiles = None
     if args.road_percentiles is None or not all(0 < p < 100 for p in args.road_percentiles) \
@@ -519,7 +321,10 @@ class ExplainRun:
 
     def run(self):
         args = self.args
-        os.makedirs(os.path.join(args.output, 'maps'), exist_ok=True)
+        try:
+            os.makedirs(os.path.join(args.output, 'maps'), exist_ok=True)
+        except OSError as error:
+            raise AbnError(f'cannot create -o/--output {args.output}: {error.strerror}') from None
         total = len(self.inputs)
         batches = range(0, total, args.batch_size)
         print(f'==> {self.main.description} on {self.device.type}: {total} '
@@ -554,7 +359,7 @@ class ExplainRun:
 
         for i in range(stop - start):
             record = {'index': start + i, 'source': self.inputs.sources[start + i],
-                      'true': _label(self.names, int(targets[i])) if targets[i] >= 0 else None,
+                      'true': class_label(self.names, int(targets[i])) if targets[i] >= 0 else None,
                       'top5': top_k(probabilities[i], self.names)}
             for result in results[1:]:
                 record[result.prefix.strip() + '_top5'] = top_k(result.probabilities[i],
@@ -718,6 +523,9 @@ class ExplainRun:
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    if args.serve:  # the attention editor's page: utils/serve.py
+        from utils.serve import serve_command
+        return serve_command(args)
     return ExplainRun(args).run()
 
 

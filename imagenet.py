@@ -14,16 +14,18 @@ import torch
 import torchvision.transforms as T
 
 from models import IMAGENET_MODELS
-from utils.cli import AbnError, ArgumentParser, add_training_arguments, run
+from utils.cli import (AbnError, ArgumentParser, add_architecture_arguments,
+                       add_training_arguments, run)
 from utils.data import NORMALIZATION, DataBundle, check_same_classes, first_n, image_folder_split
 from utils.engine import Task, main as engine_main
+from utils.resume import resolve_resume
 from utils.pretrained import check_pretrained_arguments, init_pretrained
 from utils.teach import add_teach_arguments, check_teach_arguments, teaching_task
 
 IMAGENET_NORMALIZATION = NORMALIZATION['imagefolder']  # ImageNet's mean and std
 # The authors' defaults, except the schedule: theirs (150 225) never fires in 90 epochs.
 DEFAULTS = dict(epochs=90, train_batch=256, test_batch=200, schedule=[30, 60],
-                weight_decay=1e-4, arch='resnet18', arch_names=sorted(IMAGENET_MODELS))
+                weight_decay=1e-4)
 
 
 def get_args_parser():
@@ -39,16 +41,12 @@ def get_args_parser():
                         help='evaluation resizes the shorter side to PX before the centre crop '
                              '(default: image size x 256/224, so 256 at 224)')
     add_training_arguments(parser, DEFAULTS)
-    arch = parser.add_argument_group('architecture options')
-    arch.add_argument('--depth', type=int, default=None,
-                      help="accepted for the authors' commands; the depth is part of -a "
-                           "(resnet50, ...)")
-    arch.add_argument('--cardinality', type=int, default=32,
-                      help='ResNeXt cardinality (groups) (default: %(default)s)')
-    arch.add_argument('--base-width', type=int, default=4,
-                      help='ResNeXt width per group (default: %(default)s)')
-    arch.add_argument('--widen-factor', type=int, default=4,
-                      help="accepted for the authors' commands; no ImageNet model uses it")
+    add_architecture_arguments(
+        parser, sorted(IMAGENET_MODELS), arch='resnet18', gate='residual',
+        sizes=dict(depth=None, cardinality=32, base_width=4, widen_factor=4),
+        helps={'depth': "accepted for the authors' commands; the depth is part of -a "
+                        "(resnet50, ...)",
+               'widen_factor': "accepted for the authors' commands; no ImageNet model uses it"})
     start = parser.add_argument_group('pretrained weights (new runs)')
     start.add_argument('--pretrained', action='store_true',
                        help="start from torchvision's ImageNet weights (downloaded); the "
@@ -120,6 +118,7 @@ def check_all_arguments(args):
     """Task.check_arguments: the command line's checks, once --resume's file has supplied
     the options the user did not type."""
     model = check_arguments(args)
+    resolve_resume(args)
     if not args.resume:
         check_pretrained_arguments(args, model)
 

@@ -24,7 +24,7 @@ from PIL import Image  # noqa: E402
 import cifar  # noqa: E402
 from utils.cli import apply_fast, check_training_arguments  # noqa: E402
 from utils.data import (NORMALIZATION, DataBundle, build_small_image_data,  # noqa: E402
-                        make_eval_loader, make_train_loader, small_image_transforms)
+                        small_image_transforms)
 from utils.distributed import setup_runtime  # noqa: E402
 from utils.engine import Run, StopSignals  # noqa: E402
 
@@ -92,18 +92,7 @@ class Setup:
         task = dataclasses.replace(cifar.TASK, build_data=lambda *_: data)
         run = Run(args, task, self.runtime)
         with contextlib.redirect_stdout(io.StringIO()):
-            run.setup()
-            run.place_model()
-            run.setup_amp()
-        run.optimizer = torch.optim.SGD(run.net.parameters(), lr=args.lr, momentum=args.momentum,
-                                        weight_decay=args.weight_decay)
-        run.start_step, run.resumed_meter, run.best_acc, run.last_acc = 0, None, None, None
-        run.train_loader = (task.fast_train_loader(args, run.data, self.runtime)
-                            or make_train_loader(run.data.train, args.train_batch, self.runtime,
-                                                 args.manualSeed, args.workers))
-        run.test_loader = (task.fast_eval_loader(args, run.data, self.runtime)
-                           or make_eval_loader(run.data.test, args.test_batch, self.runtime,
-                                               args.workers))
+            run.prepare()  # the engine's own set-up, through its public steps
         self.run = run
         self.epoch = 0
         self.stop = StopSignals(self.runtime)
@@ -112,6 +101,12 @@ class Setup:
         """One epoch of the engine's training loop; returns the seconds it took."""
         self.epoch += 1
         return self.timed(lambda: self.run.train_one_epoch(self.epoch, self.stop))
+
+    def train_epoch_untimed(self):
+        """One epoch of the engine's training loop, its output hidden."""
+        self.epoch += 1
+        with contextlib.redirect_stdout(io.StringIO()):
+            self.run.train_one_epoch(self.epoch, self.stop)
 
     def evaluate(self):
         return self.timed(self.run.evaluate)

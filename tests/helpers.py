@@ -1,8 +1,23 @@
 """What the command-line tests share: running a script's main in this process, and checking
 that a refused input gave one error line and left a run's files alone."""
+import glob
 import os
 
 from utils.cli import run
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def documentation():
+    """(name, text) of every page that holds commands: README.md, TRAINING.md, docs/*.md;
+    lines continued with a backslash are joined."""
+    paths = [os.path.join(ROOT, 'README.md'), os.path.join(ROOT, 'TRAINING.md')]
+    paths += sorted(glob.glob(os.path.join(ROOT, 'docs', '*.md')))
+    pages = []
+    for path in paths:
+        with open(path) as f:
+            pages.append((os.path.relpath(path, ROOT), f.read().replace('\\\n', ' ')))
+    return pages
 
 
 def run_script(main, argv, capsys):

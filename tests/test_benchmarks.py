@@ -11,6 +11,7 @@ sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 
 import bench_accuracy  # noqa: E402
 import bench_data  # noqa: E402
+import bench_loop  # noqa: E402
 import bench_train  # noqa: E402
 import profile_step  # noqa: E402
 
@@ -30,6 +31,15 @@ def test_bench_train_ends_with_the_training_ratio(monkeypatch, capsys):
     assert any(line.startswith('fast ') and '--fast-data --channels-last' in line
                for line in lines)
     assert re.fullmatch(r'fast/authors training images/s: \d+\.\d\dx', lines[-1])
+
+
+def test_bench_loop_ends_with_the_loop_overhead(monkeypatch, capsys):
+    lines = run_script(bench_loop, ['--depth', '8', '--batch', '8', '--steps', '2',
+                                    '--rounds', '1', '--gpu-id', 'cpu', '--clock', 'cpu'],
+                       monkeypatch, capsys)
+    assert [line.split()[0] for line in lines[2:5]] == ['bare', 'loop', 'loader']
+    assert re.fullmatch(r'loop/bare seconds per epoch: \d+\.\d{3}x \([+-]\d+\.\d% overhead\)',
+                        lines[-1])
 
 
 def test_bench_data_ends_with_the_pipeline_ratio(monkeypatch, capsys):

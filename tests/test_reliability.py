@@ -2,9 +2,9 @@
 weights, a NaN stops the run without touching the last good checkpoint, and a full or
 unwritable disk fails clearly without damaging earlier checkpoints."""
 import os
-import random
 import resource
 import shutil
+import shlex
 import signal
 import subprocess
 import sys
@@ -13,6 +13,7 @@ import time
 import pytest
 import torch
 
+from tests.fakedata import write_image_folder
 from utils import checkpoint as ckpt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -33,7 +34,7 @@ def finish(process, timeout=300):
     return process.returncode, out
 
 
-def wait_for(process, text, timeout=120):
+def wait_for(process, text, timeout=300):
     """Reads the process's output until a line contains `text`; returns what was read."""
     seen, deadline = [], time.time() + timeout
     while time.time() < deadline:
@@ -93,34 +94,93 @@ def test_sigterm_mid_epoch_saves_and_resume_is_bitwise_exact(uninterrupted, tmp_
     assert [r.split('\t')[:-1] for r in mine] == [r.split('\t')[:-1] for r in theirs]
 
 
-def test_kill_9_at_random_moments_then_resume_is_bitwise_exact(uninterrupted, tmp_path):
+# Where each SIGKILL lands, read from the run's own output (never a timer, never a random
+# draw): during start-up, mid-epoch 1 between and on recovery checkpoints, during the test
+# pass, mid-epoch 2. Each moment is after the previous one, and a resumed process restarts
+# at or before it, so every moment is reached on any machine.
+KILL_AFTER = ['==> Preparing data', 'Train 1 [3/12]', 'Train 1 [8/12]', 'Train 1 [12/12]',
+              'Train 2 [5/12]']
+
+
+def test_kill_9_at_fixed_moments_then_resume_is_bitwise_exact(uninterrupted, tmp_path):
     directory = str(tmp_path / 'run')
     last = os.path.join(directory, 'checkpoint.pth.tar')
-    rng = random.Random()
-    seed = rng.randrange(10 ** 6)
-    rng.seed(seed)
-    moments = []
-    for kill in range(4):
-        resuming = os.path.exists(last)
-        extra = ['--resume', last] if resuming else ['--overwrite', '--save-every-steps', '2']
-        if resuming:
-            extra += ['--save-every-steps', '2']
-        process = start(directory, *extra)
-        # The first kill may land during start-up, the others once training runs.
-        if kill:
-            wait_for(process, '==> Training on')
-        delay = rng.uniform(0.0, 2.5)
-        time.sleep(delay)
+    for moment in KILL_AFTER:
+        process = start(directory, '--resume', 'auto', '--save-every-steps', '2')
+        wait_for(process, moment)
         process.kill()
         process.communicate()
-        moments.append(round(delay, 2))
         if os.path.exists(last):
             ckpt.load_checkpoint(last)  # never half-written
-    extra = ['--resume', last] if os.path.exists(last) else ['--overwrite']
-    code, out = finish(start(directory, *extra, '--save-every-steps', '2'))
-    assert code == 0, f'kill moments {moments} (seed {seed}):\n{out}'
+    code, out = finish(start(directory, '--resume', 'auto', '--save-every-steps', '2'))
+    assert code == 0, out
     assert_bitwise_equal(uninterrupted, directory)
     assert not [n for n in os.listdir(directory) if n.endswith('.tmp')]
+    # The same command once more: the run is complete, which is no failure.
+    code, out = finish(start(directory, '--resume', 'auto', '--save-every-steps', '2'))
+    assert code == 0, out
+    assert f'The run in {directory} is complete: 2 epochs of --epochs 2' in out
+    assert 'Epoch:' not in out
+    assert_bitwise_equal(uninterrupted, directory)
+
+
+def test_sigterm_to_the_process_group_with_workers_saves_once(uninterrupted, tmp_path):
+    """As SLURM, Kubernetes or `timeout` stop a job: every process of the group, data
+    workers included, gets SIGTERM. A path with a space checks the printed command's
+    quoting."""
+    directory = str(tmp_path / 'my run')
+    process = start(directory, '-j', '2', start_new_session=True)
+    wait_for(process, 'Train 1 [5/12]')
+    os.killpg(process.pid, signal.SIGTERM)
+    code, out = finish(process)
+    assert code == 143, out
+    assert out.count('SIGTERM: stopping after this step') == 1, out
+    assert 'Traceback' not in out and 'Error' not in out, out
+    epoch, step, _, _ = weights(directory)
+    assert epoch == 0 and 5 <= step < 12
+    command = shlex.split(out.split('To continue:')[1].strip().splitlines()[0])
+    assert command[:2] == ['python', 'cifar.py'] and command[-2:] == [
+        '--resume', os.path.join(directory, 'checkpoint.pth.tar')]
+    code, out = finish(subprocess.Popen([sys.executable, '-u'] + command[1:], cwd=ROOT,
+                                        text=True, stdout=subprocess.PIPE,
+                                        stderr=subprocess.STDOUT))
+    assert code == 0, out
+    assert_bitwise_equal(uninterrupted, directory)  # -j 2 and -j 1 train the same
+
+
+@pytest.mark.parametrize('signum, extra, status', [
+    (signal.SIGINT, ['-j', '2'], 130),  # a terminal's Ctrl-C reaches the whole group
+    (signal.SIGTERM, ['--fast-data'], 143),
+], ids=['sigint-workers', 'sigterm-fast-data'])
+def test_a_signal_to_the_process_group_saves_once(signum, extra, status, tmp_path):
+    directory = str(tmp_path / 'run')
+    process = start(directory, *extra, start_new_session=True)
+    wait_for(process, 'Train 1 [3/12]')
+    os.killpg(process.pid, signum)
+    code, out = finish(process)
+    assert code == status, out
+    assert out.count('stopping after this step') == 1, out
+    assert out.count('To continue:') == 1 and 'Traceback' not in out, out
+    epoch, step, _, _ = weights(directory)
+    assert epoch == 0 and 3 <= step < 12
+
+
+def test_imagenet_sigterm_to_the_process_group_with_workers(tmp_path):
+    root = str(tmp_path / 'data')
+    write_image_folder(root, splits=(('train', 16), ('val', 2)), size=40)
+    directory = str(tmp_path / 'run')
+    process = subprocess.Popen(
+        [sys.executable, '-u', 'imagenet.py', '--data', root, '-a', 'resnet18', '--image-size',
+         '32', '--train-batch', '4', '--epochs', '1', '-j', '2', '--print-freq', '1',
+         '--save-attention', '0', '--manualSeed', '1', '-c', directory],
+        cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True)
+    wait_for(process, 'Train 1 [2/12]')
+    os.killpg(process.pid, signal.SIGTERM)
+    code, out = finish(process)
+    assert code == 143, out
+    assert out.count('SIGTERM: stopping after this step') == 1 and 'Traceback' not in out, out
+    assert weights(directory)[:2][0] == 0
 
 
 def test_nan_stops_the_run_and_keeps_the_last_good_checkpoint(uninterrupted, tmp_path):
@@ -165,3 +225,34 @@ def test_unwritable_checkpoint_directory_is_refused_before_training(tmp_path):
         f'cifar.py: error: cannot write to checkpoint directory {blocker / "run"}: '
         f'Not a directory')
     assert 'Epoch:' not in out
+
+
+def resident_kb(pid):
+    with open(f'/proc/{pid}/status') as f:
+        return next(int(line.split()[1]) for line in f if line.startswith('VmRSS:'))
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason='its one run so far (30 epochs, 2 data workers, a loaded machine) '
+                          'ended above the 5% bound; the growth is not yet explained', strict=False)
+@pytest.mark.skipif(not os.path.exists('/proc/self/status'), reason='reads /proc')
+def test_memory_does_not_grow_over_many_epochs(tmp_path):
+    """Resident memory read when each epoch starts (driven by the run's output, not a
+    timer): after the last of 30 epochs within 5% of after the second."""
+    epochs = 30
+    process = subprocess.Popen(
+        [sys.executable, '-u', 'cifar.py', '--dataset', 'shapes', '--train-size', '64',
+         '--test-size', '32', '--depth', '8', '--train-batch', '32', '--epochs', str(epochs),
+         '--schedule', '20', '--manualSeed', '1', '-j', '2', '--save-attention', '0',
+         '-c', str(tmp_path / 'run')],
+        cwd=ROOT, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    rss, out = {}, []
+    for line in process.stdout:
+        out.append(line)
+        if line.startswith('Epoch: ['):
+            rss[int(line.split('[')[1].split('|')[0])] = resident_kb(process.pid)
+    assert process.wait() == 0, ''.join(out)
+    second, last = rss[3], rss[epochs]  # as epochs 3 and 30 start: after 2 and 29 epochs
+    print(f'RSS after epoch 2: {second / 1024:.1f} MiB, after epoch {epochs - 1}: '
+          f'{last / 1024:.1f} MiB')
+    assert last <= second * 1.05, rss

@@ -4,9 +4,7 @@ import argparse
 import os
 import sys
 
-
-class AbnError(Exception):
-    """A problem with the user's input or environment, shown as one line without traceback."""
+from .errors import AbnError  # noqa: F401  (re-exported: `from utils.cli import AbnError`)
 
 
 class ArgumentParser(argparse.ArgumentParser):
@@ -30,13 +28,60 @@ class ArgumentParser(argparse.ArgumentParser):
                 action.default = default
 
 
-def parse_int_list(text):
-    return [int(part) for part in text.replace(',', ' ').split()]
+# The size options of the model families: flag and help. Each script takes those its
+# families use (explain.py all of the CIFAR ones, for the authors' checkpoints).
+SIZE_OPTIONS = {
+    'depth': ('--depth', 'model depth'),
+    'cardinality': ('--cardinality', 'ResNeXt cardinality (groups)'),
+    'base_width': ('--base-width', 'ResNeXt width per group'),
+    'widen_factor': ('--widen-factor', 'WRN/ResNeXt widen factor. 4 -> 64, 8 -> 128, ...'),
+    'growthRate': ('--growthRate', 'growth rate for DenseNet'),
+    'compressionRate': ('--compressionRate', 'compression rate (theta) for DenseNet'),
+}
+
+
+def add_architecture_arguments(parser, arch_names, sizes, arch=None, gate=None, baseline=True,
+                               helps=None, title='architecture'):
+    """-a/--arch, --gate, --baseline and the size options (`sizes`: dest -> default, None
+    where the script decides later) of cifar.py, imagenet.py and explain.py. `helps`
+    replaces a help text (dest -> text) where a script means something else by it."""
+    helps = helps or {}
+    group = parser.add_argument_group(title)
+    shown = f' (default: {arch})' if arch else ''
+    group.add_argument('--arch', '-a', metavar='ARCH', default=arch, choices=arch_names,
+                       help=helps.get('arch', f"model architecture: {' | '.join(arch_names)}")
+                       + shown)
+    if baseline:
+        group.add_argument('--baseline', action='store_true',
+                           help='build the plain backbone without the attention branch')
+    group.add_argument('--gate', default=gate, choices=('residual', 'multiply'),
+                       help=helps.get('gate', "how the map gates the features: residual "
+                                              "g*(1+M) (the authors'), or multiply g*M (the "
+                                              "paper's ablation)")
+                       + (f' (default: {gate})' if gate else ''))
+    for dest, default in sizes.items():
+        flag, text = SIZE_OPTIONS[dest]
+        text = helps.get(dest, text)
+        if default is not None and '%(default)' not in text:
+            text += ' (default: %(default)s)'
+        group.add_argument(flag, dest=dest, type=int, default=default, help=text)
+    return group
+
+
+class _GivenSchedule(argparse.Action):
+    """Stores --schedule and notes that it was typed (a default beyond a short --epochs is
+    fine; a typed epoch that never comes is a mistake)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        setattr(namespace, '_schedule_given', True)
+
 
 
 def add_training_arguments(parser, defaults):
-    """The authors' flags (same names, same meanings) plus this project's. `defaults` holds
-    the per-script values (epochs, batch sizes, schedule, weight decay, arch)."""
+    """The authors' flags (same names, same meanings) plus this project's, except the
+    architecture's (add_architecture_arguments). `defaults` holds the per-script values
+    (epochs, batch sizes, schedule, weight decay)."""
     data = parser.add_argument_group('data')
     data.add_argument('-j', '--workers', default=None, type=int, metavar='N',
                       help='data loading worker processes (default: 4, at most the CPU count)')
@@ -62,6 +107,7 @@ def add_training_arguments(parser, defaults):
     optim.add_argument('--drop', '--dropout', default=0, type=float, metavar='Dropout',
                        help='dropout ratio (WRN, DenseNet)')
     optim.add_argument('--schedule', type=int, nargs='+', default=defaults['schedule'],
+                       action=_GivenSchedule,
                        help='decrease learning rate at these epochs (default: %(default)s)')
     optim.add_argument('--gamma', type=float, default=0.1,
                        help='LR is multiplied by gamma on schedule (default: %(default)s)')
@@ -74,7 +120,8 @@ def add_training_arguments(parser, defaults):
                       help='directory for checkpoints, log and images (default: checkpoint, '
                            'or the folder of --resume)')
     ckpt.add_argument('--resume', default='', type=str, metavar='PATH',
-                      help='checkpoint to continue training from, or to evaluate with -e')
+                      help="checkpoint to continue training from, or to evaluate with -e; "
+                           "'auto': <-c>/checkpoint.pth.tar if it exists, else a new run")
     ckpt.add_argument('--overwrite', action='store_true',
                       help='start a new run in a checkpoint directory that already holds one')
     ckpt.add_argument('--save-every-steps', default=0, type=int, metavar='N',
@@ -83,16 +130,9 @@ def add_training_arguments(parser, defaults):
     ckpt.add_argument('--save-attention', default='16', metavar='N',
                       help="attention images of N test images ('all' for every one; "
                            "default: %(default)s)")
-
-    arch = parser.add_argument_group('architecture')
-    arch.add_argument('--arch', '-a', metavar='ARCH', default=defaults['arch'],
-                      choices=defaults['arch_names'], help=f"model architecture: {' | '.join(defaults['arch_names'])} "
-                           f"(default: {defaults['arch']})")
-    arch.add_argument('--baseline', action='store_true',
-                      help='build the plain backbone without the attention branch')
-    arch.add_argument('--gate', default='residual', choices=('residual', 'multiply'),
-                      help='how the map gates the features: residual g*(1+M) (the authors\'), '
-                           'or multiply g*M (the paper\'s ablation)')
+    ckpt.add_argument('--tensorboard', action='store_true',
+                      help="also write log.txt's scalars and the attention grid for TensorBoard, "
+                           "into <checkpoint>/tensorboard (needs the tensorboard package)")
 
     misc = parser.add_argument_group('miscellaneous')
     misc.add_argument('--manualSeed', type=int, help='manual seed: makes a run repeatable')
@@ -147,14 +187,32 @@ def check_training_arguments(args):
         value = getattr(args, name)
         if value is not None and value < (0 if name == 'workers' else 1):
             raise AbnError(f'--{name.replace("_", "-")} must be positive')
+    if getattr(args, '_schedule_given', False):
+        del args._schedule_given  # not an option: kept out of args.json
+        late = [e for e in args.schedule if e > args.epochs]
+        if late:
+            raise AbnError(f'--schedule epoch {late[0]} is beyond --epochs {args.epochs}: '
+                           f'the learning rate would never change there')
     if args.lr <= 0:
         raise AbnError('--lr must be positive')
+    if args.gamma <= 0:
+        raise AbnError(f'--gamma must be positive, got {args.gamma:g} (the learning rate is '
+                       f'multiplied by it)')
+    if args.momentum < 0:
+        raise AbnError(f'--momentum must not be negative, got {args.momentum:g}')
+    if args.weight_decay < 0:
+        raise AbnError(f'--wd/--weight-decay must not be negative, got {args.weight_decay:g}')
+    if args.print_freq < 1:
+        raise AbnError('--print-freq must be at least 1')
     if not 0 <= args.drop < 1:
         raise AbnError('--drop must be in [0, 1)')
     if args.save_every_steps < 0:
         raise AbnError('--save-every-steps must not be negative')
     if args.evaluate and not args.resume:
         raise AbnError('-e/--evaluate needs --resume PATH, the checkpoint to evaluate')
+    if getattr(args, 'tensorboard', False):
+        from .tensorboard_log import require_tensorboard
+        require_tensorboard()
     text = str(args.save_attention).strip().lower()
     if text != 'all' and not (text.isdigit()):
         raise AbnError(f"--save-attention takes a number or 'all', got '{args.save_attention}'")

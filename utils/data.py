@@ -19,8 +19,9 @@ import torchvision.transforms as T
 from PIL import Image, UnidentifiedImageError
 from torch.utils.data.distributed import DistributedSampler
 
-from .cli import AbnError
+from .errors import AbnError
 from .shapes import ShapesDataset
+from .signals import ignore_stop_signals, stop_signals_blocked
 
 # Per-data-set channel statistics. CIFAR-10's are the authors' values (used for every data
 # set in their script, so also for their published checkpoints: see AUTHORS_NORMALIZATION).
@@ -138,22 +139,97 @@ def load_rgb(path):
         raise CorruptImageError(f'cannot read image {path} ({error})') from None
 
 
+def readable_extensions():
+    """Every file extension PIL can open (.gif, .webp, .tif, ...), as explain.py reads."""
+    Image.init()
+    # stubs that need an outside handler (HDF5, GRIB, ...) or program (EPS: Ghostscript)
+    foreign = {'BUFR', 'GRIB', 'HDF5', 'WMF', 'MPEG', 'EPS', 'FITS'}
+    return tuple(sorted(ext.lower() for ext, fmt in Image.registered_extensions().items()
+                        if fmt in Image.OPEN and fmt not in foreign))
+
+
+IMAGE_EXTENSIONS = readable_extensions()
+
+
 class ImageFolder(tvd.ImageFolder):
-    """torchvision's ImageFolder whose unreadable images raise CorruptImageError naming the
-    file, or, with skip_bad=True, come back as None to be dropped (and counted) by the
-    loader."""
+    """torchvision's ImageFolder of every format PIL reads, whose unreadable images raise
+    CorruptImageError naming the file, or, with skip_bad=True, come back as None to be
+    dropped (and counted) by the loader."""
 
     def __init__(self, root, transform=None, skip_bad=False):
-        super().__init__(root, transform=transform, loader=load_rgb)
+        super().__init__(root, transform=transform, loader=load_rgb,
+                         is_valid_file=lambda path: path.lower().endswith(IMAGE_EXTENSIONS))
         self.skip_bad = skip_bad
+        self.bad = set()  # indices found unreadable by check_images, skipped unread
 
     def __getitem__(self, index):
+        if index in self.bad:
+            return None
         try:
             return super().__getitem__(index)
         except CorruptImageError:
             if self.skip_bad:
                 return None
             raise
+
+
+def identify_image(path):
+    """None when PIL identifies the file from its header, else the reason it cannot."""
+    try:
+        with Image.open(path) as image:
+            image.size  # noqa: B018 (parsed with the header)
+        return None
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        return str(error) or type(error).__name__
+
+
+def _folder_and_indices(dataset):
+    """(the ImageFolder under `dataset`, the indices of it that `dataset` uses) or None."""
+    indices = None
+    while isinstance(dataset, tud.Subset):
+        indices = [dataset.indices[i] for i in (indices if indices is not None
+                                                else range(len(dataset)))]
+        dataset = dataset.dataset
+    if not isinstance(dataset, ImageFolder):
+        return None
+    return dataset, (range(len(dataset)) if indices is None else indices)
+
+
+def check_images(bundle, skip_bad, runtime):
+    """Opens and identifies (header only) every image file of both splits before the first
+    step: a bad file stops the run at once naming it, or with skip_bad is counted and
+    skipped. Returns the number skipped."""
+    splits = [_folder_and_indices(d) for d in (bundle.train, bundle.test) if d is not None]
+    splits = [s for s in splits if s is not None]
+    total = sum(len(indices) for _, indices in splits)
+    if not total:
+        return 0
+    from .progress import Progress
+    progress = Progress('Checking images', total, enabled=runtime.is_main and total >= 5000)
+    bad, done = [], 0
+    for folder, indices in splits:
+        for index in indices:
+            path = folder.samples[index][0]
+            reason = identify_image(path)
+            if reason is not None:
+                bad.append(f'{path} ({reason})')
+                folder.bad.add(index)
+            done += 1
+            if done % 100 == 0:
+                progress.update(done)
+    if total >= 5000:
+        progress.finish(f'{len(bad)} unreadable')
+    if bad and not skip_bad:
+        named = '; '.join(bad[:5]) + (f'; and {len(bad) - 5} more' if len(bad) > 5 else '')
+        if len(bad) == 1:
+            raise AbnError(f'cannot read image {named}: remove it, or pass --skip-bad-images '
+                           f'to skip unreadable images')
+        raise AbnError(f'cannot read {len(bad)} images: {named}: remove them, or pass '
+                       f'--skip-bad-images to skip unreadable images')
+    if bad:
+        runtime.print(f'    {len(bad)} unreadable images skipped: ' + '; '.join(bad[:5])
+                      + (f'; and {len(bad) - 5} more' if len(bad) > 5 else ''))
+    return len(bad)
 
 
 def image_folder_split(root, names, transform, skip_bad=False, role='validation'):
@@ -260,21 +336,26 @@ class EpochSampler(DistributedSampler):
     seed + epoch; with one process, a plain shuffle) that yields (epoch, index) keys and can
     start an epoch part-way, for resuming."""
 
-    def __init__(self, dataset, num_replicas, rank, seed):
+    def __init__(self, dataset, num_replicas, rank, seed, batch_size=None):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
                          seed=seed, drop_last=False)
         self.start = 0
+        # A last batch of one image would fail in BatchNorm wherever the maps are 1x1
+        # (imagenet.py --image-size 32): it is dropped; each epoch's shuffle drops another.
+        self.length = self.num_samples
+        if batch_size and batch_size > 1 and self.num_samples % batch_size == 1:
+            self.length -= 1
 
     def set_epoch(self, epoch, start=0):
         super().set_epoch(epoch)
         self.start = start
 
     def __iter__(self):
-        indices = list(super().__iter__())[self.start:]
+        indices = list(super().__iter__())[:self.length][self.start:]
         return iter([(self.epoch, i) for i in indices])
 
     def __len__(self):
-        return self.num_samples - self.start
+        return self.length - self.start
 
 
 class ShardSampler(tud.Sampler):
@@ -312,7 +393,8 @@ class Loader:
         self.loader = tud.DataLoader(
             dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
             pin_memory=pin_memory, drop_last=False, collate_fn=collate_dropping_none,
-            persistent_workers=workers > 0 and train, prefetch_factor=4 if workers else None)
+            persistent_workers=workers > 0 and train, prefetch_factor=4 if workers else None,
+            worker_init_fn=ignore_stop_signals)
 
     def set_epoch(self, epoch, start_step=0):
         if isinstance(self.sampler, EpochSampler):
@@ -322,14 +404,16 @@ class Loader:
         return len(self.loader)
 
     def __iter__(self):
-        for inputs, targets, dropped in self.loader:
+        with stop_signals_blocked():  # workers start with the signals held, then ignore them
+            batches = iter(self.loader)
+        for inputs, targets, dropped in batches:
             self.dropped += dropped
             if inputs is not None:
                 yield inputs, targets
 
 
 def make_train_loader(dataset, batch_size, runtime, seed, workers):
-    sampler = EpochSampler(dataset, runtime.world_size, runtime.rank, seed)
+    sampler = EpochSampler(dataset, runtime.world_size, runtime.rank, seed, batch_size)
     return Loader(SeededAugmentation(dataset, seed), batch_size, sampler, workers,
                   runtime.device.type == 'cuda', train=True)
 

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from .cli import AbnError
+from .errors import AbnError
 
 
 @dataclass

@@ -13,7 +13,7 @@ import json
 import os
 import random
 import re
-import shutil
+import shlex
 import signal
 import sys
 import time
@@ -27,8 +27,9 @@ import torch.nn as nn
 from torch.utils.data import default_collate
 
 from . import checkpoint as ckpt
+from .checkpoint import BEST, LAST, CheckpointPolicy
 from .cli import AbnError, apply_fast, check_training_arguments
-from .data import CorruptImageError, make_eval_loader, make_train_loader
+from .data import CorruptImageError, check_images, make_eval_loader, make_train_loader
 from .distributed import (Runtime, broadcast_object, gather_objects, local_main_first,
                           setup_runtime, shutdown, sync_batchnorm)
 from .logger import Logger
@@ -36,10 +37,10 @@ from .modelspec import (ModelSpec, build_model, check_script, describe, resolve_
                         spec_from_checkpoint)
 from .objectives import get_objective
 from .progress import Progress
+from .resume import AUTO, resolve_resume, resume_requested_auto
+from .tensorboard_log import open_log as open_tensorboard_log
 from .visualize import save_attention_images
 
-LAST = 'checkpoint.pth.tar'
-BEST = 'model_best.pth.tar'
 
 
 @dataclass
@@ -116,8 +117,11 @@ def set_rng_state(state):
 
 
 def resume_command(path):
-    """This process's command line with --resume pointing at `path`."""
+    """This process's command line with --resume pointing at `path` (or as it was, with
+    --resume auto)."""
     argv, out, skip = sys.argv[1:], [], False
+    if resume_requested_auto(argv):
+        path = AUTO
     for arg in argv:
         if skip:
             skip = False
@@ -129,8 +133,9 @@ def resume_command(path):
             continue
         out.append(arg)
     launcher = 'torchrun ... ' if 'LOCAL_RANK' in os.environ else 'python '
-    return ' '.join([launcher + os.path.basename(sys.argv[0] or 'cifar.py')] + out
-                    + ['--resume', path])
+    # quoted for a POSIX shell: a -c path with spaces still pastes as one argument
+    return launcher + shlex.join([os.path.basename(sys.argv[0] or 'cifar.py')] + out
+                                 + ['--resume', path])
 
 
 def corrupt_image_message(error):
@@ -198,8 +203,12 @@ class StopSignals:
             signal.signal(signum, handler)
 
     def _handle(self, signum, frame):
-        if self.signum is not None and signum == signal.SIGINT:
-            raise KeyboardInterrupt
+        if self.signum is not None:
+            # torchrun's agent forwards the signal the whole group already got: not a
+            # second Ctrl-C from the user
+            if signum == signal.SIGINT and not self.runtime.distributed:
+                raise KeyboardInterrupt
+            return
         self.signum = signum
         name = 'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'
         self.runtime.print(f'\n{name}: stopping after this step to save a checkpoint '
@@ -284,6 +293,7 @@ class Run:
         with local_main_first(runtime):  # torchrun: one download per machine, not N at once
             self.data = self.task.build_data(args, args.evaluate, normalization)
         data = self.data
+        check_images(data, args.skip_bad_images, runtime)  # a bad file stops us now, not later
         if self.legacy and normalization is not None:
             self.print(f'    authors\' checkpoint: inputs normalised as in their scripts '
                        f'(mean {list(normalization[0])}, std {list(normalization[1])})')
@@ -309,7 +319,8 @@ class Run:
             self.task.prepare_model(model, args, runtime)
         self.model = model
         self.attention = model.has_attention
-        self.checkpoint_dir = self.resolve_checkpoint_dir()
+        self.checkpoints = CheckpointPolicy(args, runtime, self.objective)
+        self.checkpoint_dir = self.checkpoints.directory
 
     def spec_of_flags(self, num_classes, data=None):
         """The ModelSpec the command line describes (new runs and the authors' files)."""
@@ -335,54 +346,6 @@ class Run:
             differ = sorted(set(names) ^ set(data.classes))
             raise AbnError(f"{path} was trained on other classes than this data "
                            f"set's ({', '.join(differ[:5])}): check --dataset/--data")
-
-    def resolve_checkpoint_dir(self):
-        args = self.args
-        directory = args.checkpoint or (os.path.dirname(os.path.abspath(args.resume))
-                                        if args.resume else 'checkpoint')
-        if os.path.exists(directory) and not os.path.isdir(directory):
-            raise AbnError(f'checkpoint directory {directory} is a file: choose another -c')
-        if not args.evaluate and not args.resume and not args.overwrite and os.path.isdir(directory):
-            held = [n for n in (LAST, BEST, 'log.txt') if os.path.exists(os.path.join(directory, n))]
-            if held:
-                raise AbnError(f'{directory} already holds a run ({", ".join(held)}): pass '
-                               f'--resume {os.path.join(directory, LAST)} to continue it, '
-                               f'--overwrite to replace it, or another -c')
-        return directory
-
-    def prepare_checkpoint_dir(self):
-        """Creates the directory and proves it writable before any training."""
-        if not self.runtime.is_main:
-            return
-        directory = self.checkpoint_dir
-        try:
-            os.makedirs(directory, exist_ok=True)
-            probe = os.path.join(directory, f'.write-test-{os.getpid()}')
-            with open(probe, 'wb') as f:
-                f.write(b'0' * 4096)
-                f.flush()
-                os.fsync(f.fileno())
-            os.unlink(probe)
-        except OSError as error:
-            raise AbnError(f'cannot write to checkpoint directory {directory}: '
-                           f'{error.strerror or error}') from None
-        ckpt.remove_stale_temporaries(directory)
-        self.check_free_space(directory)
-        if self.args.overwrite and not self.args.resume:
-            for name in (LAST, BEST, 'log.txt', 'log.png'):
-                path = os.path.join(directory, name)
-                if os.path.exists(path):
-                    os.unlink(path)
-
-    def check_free_space(self, directory):
-        """A checkpoint holds the weights and about as much optimizer state; writing one
-        needs room for a second copy until the rename."""
-        weights = sum(t.numel() * t.element_size() for t in self.model.state_dict().values())
-        needed = 3 * weights + (1 << 20)
-        free = shutil.disk_usage(directory).free
-        if free < needed:
-            raise AbnError(f'not enough free space in {directory}: saving checkpoints needs '
-                           f'about {needed / 2**20:.0f} MB, {free / 2**20:.0f} MB are free')
 
     def place_model(self):
         """Device, memory format, SyncBN, the parallel wrapper and torch.compile."""
@@ -425,11 +388,13 @@ class Run:
         return inputs, move_to(targets, device)
 
     # ---- checkpoints ----
-    def state(self, epoch, step, acc, best_acc, meter=None):
+    def state(self, epoch, step, meter=None):
+        """The checkpoint of this moment: the authors' keys (their 'acc' and 'best_acc' hold
+        the objective's metric), what an exact resume needs, and the model's spec."""
         data = self.data
         return {
-            'epoch': epoch, 'state_dict': self.net.state_dict(), 'acc': acc,
-            'best_acc': best_acc, 'optimizer': self.optimizer.state_dict(),
+            'epoch': epoch, 'state_dict': self.net.state_dict(), 'acc': self.checkpoints.last,
+            'best_acc': self.checkpoints.best, 'optimizer': self.optimizer.state_dict(),
             'step': step, 'scaler': self.scaler.state_dict(),
             # per process, like the random state: each resumes its own partial sums
             'epoch_meter': gather_objects(meter.state_dict(), self.runtime)
@@ -442,19 +407,6 @@ class Run:
             'model_spec': self.spec.to_dict(),
             'args': plain_args(self.args), 'format': ckpt.FORMAT,
         }
-
-    def save(self, state, is_best=False):
-        """model_best first, then checkpoint: a kill between the two leaves a consistent pair
-        (the resumed epoch recomputes the same weights and rewrites the same best)."""
-        if not self.runtime.is_main:
-            return
-        last = os.path.join(self.checkpoint_dir, LAST)
-        if is_best:
-            best = os.path.join(self.checkpoint_dir, BEST)
-            ckpt.save_checkpoint(state, best)
-            ckpt.copy_checkpoint(best, last)
-        else:
-            ckpt.save_checkpoint(state, last)
 
     def restore(self, saved):
         """Optimizer, scaler, epoch, step, best accuracy and random state of a resumed run."""
@@ -471,8 +423,7 @@ class Run:
             self.scaler.load_state_dict(saved['scaler'])
         self.start_epoch = int(saved.get('epoch', 0))
         self.start_step = int(saved.get('step', 0) or 0)
-        best = saved.get('best_acc')
-        self.best_acc = float(best) if best is not None else None
+        self.checkpoints.restore(saved)
         meters = saved.get('epoch_meter') if self.start_step else None
         self.resumed_meter = (meters[self.runtime.rank] if meters and
                               len(meters) == self.runtime.world_size else None)
@@ -536,7 +487,7 @@ class Run:
                 if stop_now and step < total:
                     raise StopRequested(epoch, step, meter)
                 if checkpoint_due and step < total:
-                    self.save(self.state(epoch, step, self.last_acc, self.best_acc, meter))
+                    self.checkpoints.save(self.state(epoch, step, meter))
             else:
                 progress.update(step)
         meter.all_reduce()
@@ -605,41 +556,54 @@ class Run:
         return out_dir
 
     # ---- the whole run ----
-    def run(self):
+    def prepare(self):
+        """Every step of the set-up `run` does before its loop, in an order that touches no
+        file before every input is checked: model, placement, AMP, optimizer, a resumed
+        state, the loaders and, for training, the checkpoint directory. Afterwards
+        `train_one_epoch(epoch, stop)` and `evaluate()` are ready to call (the benchmarks
+        do). Returns self."""
         args, runtime = self.args, self.runtime
         self.setup()
         self.place_model()
         self.setup_amp()
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=args.lr,
                                          momentum=args.momentum, weight_decay=args.weight_decay)
-        self.start_epoch, self.start_step = args.start_epoch, 0
-        self.best_acc, self.resumed_meter, self.last_acc = None, None, None
+        self.start_epoch, self.start_step, self.resumed_meter = args.start_epoch, 0, None
+        self.complete = False
         if self.resumed is not None:
             self.restore(self.resumed)
-            self.last_acc = self.resumed.get('acc')
-            self.last_acc = float(self.last_acc) if self.last_acc is not None else None
+        self.test_loader = self.make_loader(train=False)
+        if args.evaluate:
+            return self
+        if self.start_epoch >= args.epochs:  # a job wrapper re-running a finished job
+            self.complete = True
+            return self
+        self.checkpoints.prepare(self.net)
+        self.train_loader = self.make_loader(train=True)
+        return self
 
-        workers = args.workers
-        self.test_loader = None
-        if self.task.fast_eval_loader is not None:
-            self.test_loader = self.task.fast_eval_loader(args, self.data, runtime)
-        if self.test_loader is None:
-            self.test_loader = make_eval_loader(self.data.test, args.test_batch, runtime,
-                                                workers)
+    def make_loader(self, train):
+        """The task's fast loader where it has one for this data, else the standard one."""
+        args, runtime = self.args, self.runtime
+        fast = self.task.fast_train_loader if train else self.task.fast_eval_loader
+        loader = fast(args, self.data, runtime) if fast is not None else None
+        if loader is not None:
+            return loader
+        if train:
+            return make_train_loader(self.data.train, args.train_batch, runtime,
+                                     args.manualSeed, args.workers)
+        return make_eval_loader(self.data.test, args.test_batch, runtime, args.workers)
+
+    def run(self):
+        args, runtime = self.args, self.runtime
+        self.prepare()
         if args.evaluate:
             return self.run_evaluation()
-
-        self.prepare_checkpoint_dir()
-        if self.start_epoch >= args.epochs:
-            raise AbnError(f'{args.resume or "the run"} has already trained {self.start_epoch} '
-                           f'epochs of --epochs {args.epochs}: raise --epochs to train more')
-        self.train_loader = None
-        if self.task.fast_train_loader is not None:
-            self.train_loader = self.task.fast_train_loader(args, self.data, runtime)
-        if self.train_loader is None:
-            self.train_loader = make_train_loader(self.data.train, args.train_batch, runtime,
-                                                  args.manualSeed, workers)
+        if self.complete:
+            return self.report_complete()
         logger = None
+        self.tensorboard = runtime.is_main and open_tensorboard_log(args, self.checkpoint_dir,
+                                                                    self.start_epoch)
         if runtime.is_main:
             with open(os.path.join(self.checkpoint_dir, 'args.json'), 'w') as f:
                 json.dump(plain_args(args), f, indent=2, sort_keys=True)
@@ -671,16 +635,15 @@ class Run:
                 except CorruptImageError as error:
                     raise AbnError(corrupt_image_message(error)) from None
                 seconds = time.time() - started
-                acc = valid[self.objective.metric]
-                is_best = self.objective.is_better(acc, self.best_acc)
-                self.best_acc = acc if is_best else self.best_acc
-                self.last_acc = acc
+                is_best = self.checkpoints.record(valid[self.objective.metric])
                 self.print(f"    valid {self.objective.summary_text(valid, self.attention)} | "
-                           f"best {self.best_acc:.2f} | {seconds:.0f}s")
+                           f"best {self.checkpoints.best:.2f} | {seconds:.0f}s")
                 if logger is not None:
                     logger.append(self.objective.log_row(lr, train, valid, seconds))
                     logger.plot(os.path.join(self.checkpoint_dir, 'log.png'), title)
-                self.save(self.state(epoch + 1, 0, acc, self.best_acc), is_best)
+                    if self.tensorboard:
+                        self.tensorboard.log_epoch(logger.columns, logger.rows[-1], epoch + 1)
+                self.checkpoints.save(self.state(epoch + 1, 0), is_best)
                 if getattr(self.train_loader, 'dropped', 0):
                     self.print(f'    {self.train_loader.dropped} unreadable images skipped so far')
         return self.finish(title)
@@ -696,21 +659,31 @@ class Run:
         return f'{runtime.device} ({torch.cuda.get_device_name(runtime.device)})'
 
     def stop_and_save(self, stop, epoch, step, meter):
-        self.save(self.state(epoch, step, self.last_acc, self.best_acc, meter))
-        path = os.path.join(self.checkpoint_dir, LAST)
+        self.checkpoints.save(self.state(epoch, step, meter))
+        path = self.checkpoints.path(LAST)
         self.print(f'Saved {path} at epoch {epoch + 1}, step {step}. To continue:\n'
                    f'  {resume_command(path)}')
         return 143 if stop.signum == signal.SIGTERM else 130
 
+    def report_complete(self):
+        best = self.checkpoints.best
+        best = f'{best:.2f}' if best is not None else 'unknown'
+        self.print(f'The run in {self.checkpoint_dir} is complete: {self.start_epoch} epochs '
+                   f'of --epochs {self.args.epochs}, best {self.objective.metric_label} {best}. '
+                   f'Nothing to do (raise --epochs to train more); files: {self.checkpoint_dir}')
+        return 0
+
     def finish(self, title):
-        self.print('\n' + self.objective.best_text(self.best_acc))
-        best_path = os.path.join(self.checkpoint_dir, BEST)
+        self.print('\n' + self.objective.best_text(self.checkpoints.best))
+        best_path = self.checkpoints.path(BEST)
         if self.runtime.is_main and os.path.exists(best_path):
             best = ckpt.load_checkpoint(best_path)
             out = self.write_attention_images(best['state_dict'],
                                               title=f'{title}, best epoch {best["epoch"]}')
             if out:
                 self.print(f'Attention images of the best model: {out}')
+        if self.tensorboard:
+            self.tensorboard.finish(os.path.join(self.checkpoint_dir, 'attention', 'grid.png'))
         self.print(f'Log: {os.path.join(self.checkpoint_dir, "log.txt")}, plot: '
                    f'{os.path.join(self.checkpoint_dir, "log.png")}')
         return 0
@@ -738,6 +711,7 @@ class Run:
 def main(args, task, given=None):
     """Runs training or evaluation; returns the process exit status. `given`: the options
     the user typed (ArgumentParser.given_options); the others may come from --resume's file."""
+    resolve_resume(args)
     check_training_arguments(args)
     runtime = setup_runtime(args.gpu_id)
     apply_fast(args, runtime.device)

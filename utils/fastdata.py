@@ -177,9 +177,10 @@ class DeviceLoader:
         self.labels = _to(labels, self.device)
         self.normalize = Normalizer(augmentation.mean, augmentation.std, self.device)
         count = len(images)
-        self.sampler = (EpochSampler(range(count), runtime.world_size, runtime.rank, seed)
+        self.sampler = (EpochSampler(range(count), runtime.world_size, runtime.rank, seed,
+                                     batch_size)
                         if train else ShardSampler(count, runtime.world_size, runtime.rank))
-        self.samples = self.sampler.num_samples if train else len(self.sampler)
+        self.samples = self.sampler.length if train else len(self.sampler)
         self.generator = torch.Generator(device=self.device)
         self.epoch, self.start_step = 0, 0
 

@@ -4,14 +4,9 @@ import torch
 import torch.distributed as dist
 
 
-def accuracy(output, target, topk=(1,)):
-    """Precision@k in percent for each k, as the authors' `accuracy` (k is capped at the
-    number of classes, so top-5 of a 3-class problem is top-3)."""
-    correct = topk_correct(output, target, topk)
-    return [c.float() * (100.0 / target.size(0)) for c in correct]
-
-
 def topk_correct(output, target, topk):
+    """Hits among the top k for each k (k is capped at the number of classes, so top-5 of a
+    3-class problem is top-3, as in the authors' `accuracy`)."""
     maxk = min(max(topk), output.size(1))
     pred = output.topk(maxk, 1, True, True).indices
     hits = pred.eq(target.view(-1, 1))

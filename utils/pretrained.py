@@ -11,7 +11,7 @@ import os
 import torchvision
 
 from .checkpoint import clean_state_dict, load_checkpoint
-from .cli import AbnError
+from .errors import AbnError
 
 # The authors' names for the attention branch; the plain backbones have no such names.
 ATTENTION_PREFIXES = ('att_', 'bn_att')

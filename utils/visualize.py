@@ -14,6 +14,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
+from PIL import Image  # noqa: E402
 
 ALPHA = 0.5
 COLORMAP = 'jet'
@@ -40,7 +41,7 @@ def blend(image, attention_map, alpha=ALPHA, cmap=COLORMAP):
     return (1 - alpha) * image + alpha * heat
 
 
-def _label(names, index):
+def class_label(names, index):
     return names[index] if names is not None and 0 <= index < len(names) else str(index)
 
 
@@ -85,8 +86,8 @@ def save_attention_images(out_dir, images, maps, captions, mean, std, start_inde
 
 def save_grid(path, pictures, heat, targets, predictions, class_names, title='', columns=8):
     """Inputs over their overlays, `columns` images a row; wrong predictions in red."""
-    captions = [(_label(class_names, int(targets[i])) if targets is not None else None,
-                 _label(class_names, int(predictions[i])), None) for i in range(len(pictures))]
+    captions = [(class_label(class_names, int(targets[i])) if targets is not None else None,
+                 class_label(class_names, int(predictions[i])), None) for i in range(len(pictures))]
     return save_caption_grid(path, pictures, heat, captions, title, columns)
 
 
@@ -125,3 +126,74 @@ def safe_name(name):
 
 def as_uint8(image):
     return (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+
+
+# -- explain.py's pictures: one row per image, its maps and its top-k beside it
+
+def _draw_top_k(ax, ranking, true_class, title):
+    names = [r['name'] for r in ranking][::-1]
+    values = [100 * r['probability'] for r in ranking][::-1]
+    colours = ['tab:green' if r['class'] == true_class else 'tab:blue' for r in ranking][::-1]
+    ax.barh(range(len(names)), values, color=colours)
+    ax.set_yticks(range(len(names)))
+    ax.set_yticklabels(names, fontsize=8)
+    ax.set_xlim(0, 100)
+    ax.tick_params(axis='x', labelsize=7)
+    for y, v in enumerate(values):
+        ax.text(min(v + 2, 70), y, f'{v:.1f}%', va='center', fontsize=7)
+    ax.set_title(title, fontsize=9)
+
+
+def save_explanation(path, picture, panels, rankings, true_class, true_name):
+    """One row: the input, then `panels` (title, image array, colour range or None), then
+    one top-k chart per entry of `rankings` (title, ranking)."""
+    columns = 1 + len(panels) + len(rankings)
+    widths = [1] * (1 + len(panels)) + [1.5] * len(rankings)
+    fig, axes = plt.subplots(1, columns, figsize=(sum(widths) * 2.1, 2.5),
+                             gridspec_kw={'width_ratios': widths})
+    axes[0].imshow(picture, interpolation='nearest')
+    axes[0].set_title(f'input, true: {true_name}' if true_name else 'input', fontsize=9)
+    for ax, (title, image, value_range) in zip(axes[1:], panels):
+        if value_range is None:
+            ax.imshow(image, interpolation='bilinear')
+        else:
+            ax.imshow(image, cmap='jet', vmin=value_range[0], vmax=value_range[1])
+        ax.set_title(title, fontsize=9)
+    for ax in axes[:1 + len(panels)]:
+        ax.axis('off')
+    for ax, (title, ranking) in zip(axes[1 + len(panels):], rankings):
+        _draw_top_k(ax, ranking, true_class, title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_comparison_grid(path, pictures, heats, row_titles, title=''):
+    """Rows of images: the input and one overlay per map (`heats`: title -> (N, H, W))."""
+    rows, columns = len(pictures), 1 + len(heats)
+    fig, axes = plt.subplots(rows, columns, figsize=(1.55 * columns, 1.6 * rows + 0.4),
+                             squeeze=False)
+    for r in range(rows):
+        axes[r, 0].imshow(pictures[r], interpolation='nearest')
+        axes[r, 0].set_ylabel(row_titles[r], fontsize=7, rotation=0, ha='right', va='center')
+        for c, (name, heat) in enumerate(heats.items(), start=1):
+            axes[r, c].imshow(blend(pictures[r], heat[r]))
+            if r == 0:
+                axes[r, c].set_title(name, fontsize=8)
+        if r == 0:
+            axes[r, 0].set_title('input', fontsize=8)
+        for ax in axes[r]:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_map_image(path, attention_map):
+    """The model's map at its own resolution, as 8-bit grayscale: edit it, give it to --edit."""
+    Image.fromarray(as_uint8(attention_map.numpy())).save(path)

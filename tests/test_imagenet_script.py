@@ -173,13 +173,57 @@ def test_corrupt_images_are_named_or_skipped_and_counted(data_root, tmp_path, ca
         with open(path, 'wb') as f:
             f.write(b'not an image')
     argv = ['--data', root, '--epochs', '1'] + TINY + ['--save-attention', '2']
-    code, _, err = cli(argv + ['-c', str(tmp_path / 'stop')], capsys)
+    run_dir = str(tmp_path / 'run')
+    code, out, err = cli(argv + ['-c', run_dir], capsys)
+    # both found before the first step, the one in val/ too
     assert code == 1 and len(err.strip().splitlines()) == 1
-    assert f'error: cannot read image {bad} (' in err and 'pass --skip-bad-images' in err
-    code, out, _ = cli(argv + ['-c', str(tmp_path / 'skip'), '--skip-bad-images'], capsys)
-    assert code == 0
+    assert 'error: cannot read 2 images: ' in err and f'{bad} (' in err
+    assert 'val/cat/0.png (' in err and 'pass --skip-bad-images' in err
+    assert 'Epoch:' not in out
+    # the suggested rerun, in the same directory: nothing there blocks it
+    code, out, err = cli(argv + ['-c', run_dir, '--skip-bad-images'], capsys)
+    assert code == 0, err
+    assert '2 unreadable images skipped: ' in out
     assert '1 unreadable images skipped so far' in out
-    assert os.path.exists(tmp_path / 'skip' / 'attention' / 'grid.png')
+    assert os.path.exists(tmp_path / 'run' / 'attention' / 'grid.png')
+
+
+def test_a_run_that_died_before_its_first_checkpoint_does_not_block_a_new_start(
+        data_root, tmp_path, capsys):
+    run_dir = tmp_path / 'run'
+    run_dir.mkdir()
+    (run_dir / 'args.json').write_text('{}')
+    (run_dir / 'log.txt').write_text('Learning Rate\n')
+    argv = ['--data', data_root, '--epochs', '1', '-c', str(run_dir)] + TINY
+    code, out, err = cli(argv + ['--resume', 'auto'], capsys)
+    assert code == 0, err
+    assert 'resuming' not in out
+    code, out, err = cli(argv + ['--epochs', '2', '--resume', 'auto'], capsys)
+    assert code == 0, err
+    assert 'resuming at epoch 2' in out
+
+
+def test_a_last_batch_of_one_image_is_dropped(data_root, tmp_path, capsys):
+    """12 training images in batches of 11: a batch of 1 would fail in BatchNorm on the 1x1
+    maps of a 32 px ResNet-18."""
+    argv = ['--data', data_root, '--epochs', '1', '-c', str(tmp_path / 'run')] + TINY
+    code, out, err = cli(argv + ['--train-batch', '11'], capsys)
+    assert code == 0, err
+    assert 'Train 1 [1/1]' in out
+
+
+def test_gif_and_other_pil_formats_are_training_images(tmp_path, capsys):
+    root = image_folders(tmp_path / 'data')
+    for split in ('train', 'val'):
+        for name in CLASSES:
+            folder = os.path.join(root, split, name)
+            png = os.path.join(folder, '0.png')
+            from PIL import Image
+            Image.open(png).save(os.path.join(folder, 'extra.gif'))
+    args = imagenet.get_args_parser().parse_args(['--data', root, '--image-size', '32'])
+    data = imagenet.build_data(args, evaluate_only=False, normalization=None)
+    assert (len(data.train), len(data.test)) == (15, 9)
+    assert any(path.endswith('.gif') for path, _ in data.train.samples)
 
 
 # -- bad input --------------------------------------------------------------------------------

@@ -11,9 +11,9 @@ import torch
 
 import cifar
 from tests.fakedata import authors_checkpoint, write_cifar10, write_cifar100
-from tests.helpers import assert_refused, run_script
+from tests.helpers import assert_refused, file_states, run_script
 from utils import checkpoint as ckpt
-from utils.cli import run
+from utils.cli import check_training_arguments, run
 from utils.logger import AUTHORS_COLUMNS, COLUMNS
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -165,16 +165,26 @@ def bad_inputs(run_dir, data_root, tmp_path):
         'run directory taken': (cifar10 + ['-c', run_dir], 'already holds a run'),
         'checkpoint path is a file': (cifar10 + ['-c', str(a_file)], 'is a file'),
         'bad gpu id text': (cifar10 + ['--gpu-id', 'first', '-c', run_dir], "--gpu-id takes"),
-        'finished run': (cifar10 + ['--depth', '8', '--epochs', '2', '--resume',
-                                    os.path.join(run_dir, 'checkpoint.pth.tar')],
-                         'already trained 2 epochs'),
+        'negative momentum': (cifar10 + ['--momentum', '-1', '-c', run_dir],
+                              '--momentum must not be negative'),
+        'negative weight decay': (cifar10 + ['--wd', '-1', '-c', run_dir],
+                                  '--wd/--weight-decay must not be negative'),
+        'print frequency zero': (cifar10 + ['--print-freq', '0', '-c', run_dir],
+                                 '--print-freq must be at least 1'),
+        'negative gamma': (cifar10 + ['--gamma', '-0.1', '-c', run_dir],
+                           '--gamma must be positive'),
+        'schedule beyond epochs': (cifar10 + ['--epochs', '10', '--schedule', '5', '11', '-c',
+                                              run_dir],
+                                   '--schedule epoch 11 is beyond --epochs 10'),
     }
 
 
 CASES = ['unknown data set', 'unknown architecture', 'impossible depth', 'missing data',
          'unreadable checkpoint', 'other architecture', 'other class count',
          'schedule not increasing', 'evaluate without checkpoint', 'run directory taken',
-         'checkpoint path is a file', 'bad gpu id text', 'finished run']
+         'checkpoint path is a file', 'bad gpu id text', 'negative momentum',
+         'negative weight decay', 'print frequency zero', 'negative gamma',
+         'schedule beyond epochs']
 
 
 @pytest.mark.parametrize('case', CASES)
@@ -182,6 +192,23 @@ def test_bad_input_gives_one_line_and_changes_nothing(case, run_copy, cifar_root
                                                       capsys, offline):
     argv, expected = bad_inputs(run_copy, cifar_root, tmp_path)[case]
     assert_refused(cifar.main, argv + ['-j', '0'], expected, run_copy, capsys)
+
+
+def test_a_finished_run_says_it_is_complete_and_exits_0(run_copy, cifar_root, capsys):
+    """A job wrapper re-running the command of a finished run must not mark it failed."""
+    before = file_states(run_copy)
+    argv = ['--dataset', 'cifar10', '--data', cifar_root, '--depth', '8', '--epochs', '2',
+            '-j', '0', '--resume', os.path.join(run_copy, 'checkpoint.pth.tar')]
+    code, out, err = cli(argv, capsys)
+    assert code == 0, err
+    assert f'The run in {run_copy} is complete: 2 epochs of --epochs 2, best top-1 ' in out
+    assert 'Epoch:' not in out and file_states(run_copy) == before
+
+
+def test_a_default_schedule_beyond_a_short_run_is_fine():
+    args = cifar.get_args_parser().parse_args(['--epochs', '2'])
+    check_training_arguments(args)
+    assert args.schedule == [150, 225] and not hasattr(args, '_schedule_given')
 
 
 def test_unavailable_gpu_id(run_copy, cifar_root, monkeypatch, capsys):

@@ -1,0 +1,210 @@
+"""The attention editor end to end, in a real headless browser: `explain.py CHECKPOINT --serve`
+started as a command on localhost, Debian's Chromium driven by Selenium through its
+chromedriver. Load an image, see the maps, paint on the map, see the prediction change, save,
+read the saved file; bad input gives a message on the page and the server stays up.
+
+Needs /usr/bin/chromium and /usr/bin/chromedriver (`apt-get install -y chromium
+chromium-driver`; .ci/run installs them): without them the test fails, it is not skipped.
+
+The picture in docs/serve.md is this test's screenshot:
+    ABN_SERVE_CHECKPOINT=checkpoints/shapes/resnet-8/model_best.pth.tar ABN_SERVE_INDEX=1 \\
+    ABN_SERVE_SCREENSHOT=docs/images/serve.png python -m pytest tests/test_serve_browser.py
+(docs/serve.md has the training command of that checkpoint.)
+"""
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.test_explain import save_project_checkpoint, tiny_model
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+CHROMIUM, CHROMEDRIVER = '/usr/bin/chromium', '/usr/bin/chromedriver'
+WAIT = 120  # seconds: generous, for a busy 2-core machine; every wait is for an element
+FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
+         '--disable-background-networking', '--disable-component-update', '--disable-sync',
+         '--window-size=1400,1320')
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """`explain.py ... --serve` in its own process; its output collected by a thread."""
+
+    def __init__(self, argv, cwd):
+        self.port = free_port()
+        self.url = f'http://127.0.0.1:{self.port}/'
+        env = dict(os.environ, GRADIO_ANALYTICS_ENABLED='False', PYTHONUNBUFFERED='1',
+                   OMP_NUM_THREADS='1')
+        self.process = subprocess.Popen(
+            [sys.executable, os.path.join(ROOT, 'explain.py')] + argv
+            + ['--serve', '--port', str(self.port), '--gpu-id', 'cpu'],
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        self.lines = []
+        self.reader = threading.Thread(target=self._read, daemon=True)
+        self.reader.start()
+
+    def _read(self):
+        for line in self.process.stdout:
+            self.lines.append(line)
+
+    @property
+    def output(self):
+        return ''.join(self.lines)
+
+    def wait_until_up(self):
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                pytest.fail(f'the server stopped:\n{self.output}')
+            try:
+                with urllib.request.urlopen(self.url, timeout=5) as response:
+                    if response.status == 200:
+                        return
+            except OSError:
+                pass
+            time.sleep(0.5)
+        pytest.fail(f'the page did not come up in {WAIT} s:\n{self.output}')
+
+    def interrupt(self):
+        """Ctrl+C: the server closes and the command exits as interrupted."""
+        self.process.send_signal(signal.SIGINT)
+        return self.process.wait(timeout=WAIT)
+
+    def stop(self):
+        if self.process.poll() is not None:
+            return
+        self.process.terminate()
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.process.kill()
+            self.process.wait()
+        self.reader.join(timeout=10)
+
+
+def browser(tmp_path):
+    missing = [path for path in (CHROMIUM, CHROMEDRIVER) if not os.path.exists(path)]
+    if missing:
+        pytest.fail(f'the browser test needs {" and ".join(missing)}: apt-get install -y '
+                    f'chromium chromium-driver')
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = CHROMIUM
+    for flag in FLAGS + (f'--user-data-dir={tmp_path / "chromium-profile"}',):
+        options.add_argument(flag)
+    return webdriver.Chrome(service=Service(CHROMEDRIVER), options=options)
+
+
+def test_load_see_paint_predict_save_in_a_browser(tmp_path):
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    checkpoint = os.environ.get('ABN_SERVE_CHECKPOINT') or save_project_checkpoint(
+        tiny_model(gate='multiply'), str(tmp_path / 'abn.pth.tar'))
+    screenshot = os.environ.get('ABN_SERVE_SCREENSHOT')
+    index = int(os.environ.get('ABN_SERVE_INDEX', '0'))
+    out = tmp_path / 'out'
+    server = Server([os.path.abspath(checkpoint), '--dataset', 'shapes', '-o', 'out'],
+                    cwd=tmp_path)
+    driver = None
+    try:
+        server.wait_until_up()
+        driver = browser(tmp_path)
+        wait = WebDriverWait(driver, WAIT)
+
+        def text(element_id):
+            return driver.find_element(By.ID, element_id).text
+
+        def message_says(words):
+            wait.until(lambda d: words in text('message'),
+                       message=f"the page never said '{words}'")
+            return text('message')
+
+        driver.get(server.url)
+        # An image of the data set: the input, the ABN map, CAM and Grad-CAM, the top-5.
+        index_box = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, '#index input')))
+        index_box.clear()
+        index_box.send_keys(str(index))
+        driver.find_element(By.ID, 'load').click()
+        message_says(f'shapes-test-{index}')
+        for panel in ('input', 'abn-attention', 'cam', 'grad-cam'):
+            wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR,
+                                                         f'#panel-{panel} img')))
+        wait.until(lambda d: '%' in text('own-ranking'))
+        assert len(re.findall(r'\d+%', text('own-ranking'))) == 5
+        # Offline: everything the page loaded (scripts, styles, fonts) came from the server.
+        loaded = driver.execute_script(
+            "return performance.getEntriesByType('resource').map(e => e.name)")
+        assert loaded and all(url.startswith(server.url) for url in loaded), loaded
+
+        # Paint on the map with the black brush (remove attention): most of the map.
+        driver.find_element(By.CSS_SELECTOR, '#painter button[aria-label="Color"]').click()
+        wait.until(EC.element_to_be_clickable(
+            (By.CSS_SELECTOR, '#painter button.color[style*="rgb(0, 0, 0)"]'))).click()
+        canvas = [c for c in driver.find_elements(By.CSS_SELECTOR, '#painter canvas')
+                  if c.is_displayed()][-1]
+        strokes = ActionChains(driver, duration=50)
+        for y in range(-90, 91, 30):
+            strokes.move_to_element_with_offset(canvas, -90, y).click_and_hold()
+            strokes.move_to_element_with_offset(canvas, 90, y).release()
+        strokes.perform()
+        driver.find_element(By.ID, 'apply').click()
+        said = message_says('edited map')
+        own, edited = re.findall(r'map (\S+) ([\d.]+)%', said)
+        assert own != edited, said  # the perception branch answers the edit
+        wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, '#panel-edited img')))
+
+        # Save: DIR/<split>/<index>.png, grayscale at the map's resolution, painted black.
+        driver.find_element(By.ID, 'save').click()
+        message_says('Saved the edited map')
+        saved = out / 'edited_maps' / 'test' / f'{index}.png'
+        assert f'out/edited_maps/test/{index}.png' in text('saved').replace('\n', '')
+        with Image.open(saved) as image:
+            assert image.mode == 'L' and image.size == (16, 16)
+            pixels = np.asarray(image)
+        assert pixels[6:10, 6:10].max() == 0, pixels  # the centre was painted over
+        if screenshot:
+            driver.execute_script('window.scrollTo(0, 0)')
+            driver.save_screenshot(screenshot)
+
+        # Bad input: a message on the page, the server stays up, no traceback.
+        not_image = tmp_path / 'notes.png'
+        not_image.write_text('not a picture')
+        driver.find_element(By.CSS_SELECTOR, '#upload input[type=file]').send_keys(
+            str(not_image))
+        message_says('notes.png is not an image')
+        wrong_map = tmp_path / 'wide_map.png'
+        Image.new('L', (60, 10), 255).save(wrong_map)
+        driver.find_element(By.CSS_SELECTOR, '#map-upload input[type=file]').send_keys(
+            str(wrong_map))
+        message_says('a 60x10 map does not fit')
+        assert server.process.poll() is None
+        driver.quit()
+        driver = None
+        assert server.interrupt() == 130
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.stop()
+    server.reader.join(timeout=10)
+    assert 'Traceback' not in server.output, server.output
+    assert server.output.strip().splitlines()[-1] == 'explain.py: interrupted'
+
