@@ -183,3 +183,15 @@ def test_weights_start_a_plain_run_too(base, tmp_path, capsys):
     after = ckpt.load_checkpoint(str(tmp_path / 'on' / 'checkpoint.pth.tar'))['state_dict']
     assert torch.allclose(before['fc.weight'], after['fc.weight'], atol=1e-6)
     assert ckpt.load_checkpoint(str(tmp_path / 'on' / 'checkpoint.pth.tar'))['epoch'] == 1
+
+
+def test_unreadable_training_images_are_still_found_first(tmp_path, capsys):
+    from tests.fakedata import write_image_folder
+    write_image_folder(str(tmp_path / 'data'), splits=(('train', 2), ('val', 1)), size=32)
+    (tmp_path / 'data' / 'train' / 'dog' / '1.jpg').write_bytes(b'broken')
+    write_png(str(tmp_path / 'maps' / 'cat' / '0.png'), np.full((8, 8), 255))
+    argv = ['--dataset', 'imagefolder', '--data', str(tmp_path / 'data'), '--depth', '8',
+            '--epochs', '1', '-j', '0', '--gpu-id', 'cpu', '--attention-maps',
+            str(tmp_path / 'maps'), '-c', str(tmp_path / 'run')]
+    assert_refused(cifar.main, argv, 'dog/1.jpg', str(tmp_path / 'maps'), capsys)
+    assert not os.path.exists(tmp_path / 'run')  # before the run began, not in its first epoch

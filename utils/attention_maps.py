@@ -226,6 +226,7 @@ class WithAttentionMaps(tud.Dataset):
     copy of the base data set without its transform, whose steps this applies to the image
     and, from the same random state, to the map (resized first to the image's size): the same
     crop and the same flip. Images draw exactly what they draw without maps."""
+    wraps_split = True  # utils.data.check_images looks through it, at `dataset`
 
     def __init__(self, dataset, maps):
         self.dataset = dataset  # kept for the fast path (uint8_split)
