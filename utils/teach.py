@@ -15,8 +15,8 @@ Why the mean squared difference, and gamma = 10 (docs/teach.md has the measureme
   divided by the map's pixels, so that gamma means the same at 8x8, 16x16 or 14x14;
 - both maps are in [0, 1], so L_map is in [0, 1]: about 0.1 to 0.3 for an untaught map
   against object masks, while a trained model's L_att + L_per is about 0.1. gamma = 10 makes
-  the map the larger part of the loss until it is learnt (L_map ~ 0.01), without letting the
-  classification terms fall out of the gradient;
+  the map the larger part of the loss while it is learnt, and leaves the classification
+  terms a say (on `shapes`: gamma L_map 0.56 over the epoch, L_att + L_per 0.12);
 - it is averaged over the images that have a map, not over the batch, so the pull on each
   given map does not depend on how many images have one (1% of maps means fewer steps that
   teach, not weaker ones).
