@@ -5,6 +5,7 @@ set, or a folder of small images.
         --gamma 0.1 --wd 1e-4 --checkpoint checkpoints/cifar100/resnet-110 --gpu-id 0
     python cifar.py ... --evaluate --resume checkpoints/cifar100/resnet-110/model_best.pth.tar
     python cifar.py ... --fast                              # the fast path (BENCHMARKS.md)
+    python cifar.py ... --weights FILE --attention-maps DIR # teach the map (docs/teach.md)
     torchrun --standalone --nproc_per_node=4 cifar.py ...   # DistributedDataParallel
 """
 import sys
@@ -14,6 +15,7 @@ from utils.cli import ArgumentParser, add_architecture_arguments, add_training_a
 from utils.data import AUTHORS_NORMALIZATION, SMALL_IMAGE_DATASETS, build_small_image_data
 from utils.engine import Task, main as engine_main
 from utils.fastdata import device_loader
+from utils.teach import add_teach_arguments, check_teach_arguments, teaching_task
 
 DEFAULTS = dict(epochs=300, train_batch=128, test_batch=100, schedule=[150, 225],
                 weight_decay=5e-4)
@@ -38,6 +40,7 @@ def get_args_parser():
     fast.add_argument('--fast-data', action='store_true',
                       help='CIFAR/SVHN/shapes: hold the data on the training device and crop, '
                            'flip and normalise whole batches there (no worker processes)')
+    add_teach_arguments(parser)
     return parser
 
 
@@ -76,7 +79,8 @@ TASK = Task(name='cifar', registry=CIFAR_MODELS, build_data=build_data,
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    return engine_main(args, TASK, parser.given_options(argv))
+    check_teach_arguments(args)
+    return engine_main(args, teaching_task(TASK, args), parser.given_options(argv))
 
 
 if __name__ == '__main__':

@@ -33,10 +33,10 @@ from utils.cam import TITLES, Explainer, perception_probabilities, renormalize, 
 from utils.cli import AbnError, ArgumentParser, add_architecture_arguments, run
 from utils.data import AUTHORS_NORMALIZATION, NORMALIZATION, SMALL_IMAGE_DATASETS
 from utils.distributed import setup_runtime
+from utils.metrics import (ROAD_PERCENTILES, MetricTable, deletion_insertion, energy_inside,
+                           pointing_game, pointing_tolerance, road, write_report)
 from utils.modelspec import (ModelSpec, build_model, legacy_num_classes, registry_for,
                              spec_from_checkpoint)
-from utils.metrics import (MetricTable, deletion_insertion, energy_inside, pointing_game,
-                           pointing_tolerance, write_report)
 from utils.inputs import (DATASET_CLASS_COUNTS, KNOWN_CLASSES, build_inputs, read_class_names,
                           read_edited_maps)
 from utils.progress import Progress
@@ -81,6 +81,10 @@ def get_args_parser():
                           'pointing game (default: 15 at 224 px, scaled: 2 at 32 px)')
     out.add_argument('--steps', type=int, default=16, metavar='N',
                      help='deletion/insertion steps (default: %(default)s)')
+    out.add_argument('--road-percentiles', default=','.join(map(str, ROAD_PERCENTILES)),
+                     metavar='P,P,...',
+                     help="ROAD's percentiles, 1..99 ('none': no ROAD, the slowest measure; "
+                          "default: %(default)s)")
     out.add_argument('--edit', nargs='+', metavar='MAP',
                      help='grayscale map image(s) (white: attend) to run the perception branch '
                           'on instead of the model\'s own map: one for every input, or one per '
@@ -237,6 +241,16 @@ def check_arguments(args):
     args.save_images = parse_count(args.save_images, '--save-images')
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise AbnError(f'-o/--output {args.output} is a file: give a folder for the pictures')
+    text = str(args.road_percentiles).strip().lower()
+    try:
+        args.road_percentiles = [] if text == 'none' else [
+            int(part) for part in text.replace(',', ' ').split()]
+    except ValueError:
+        args.road_percentiles = None
+    if args.road_percentiles is None or not all(0 < p < 100 for p in args.road_percentiles) \
+            or (text != 'none' and not args.road_percentiles):
+        raise AbnError(f"--road-percentiles takes percentiles between 1 and 99 (e.g. "
+                       f"10,50,90) or 'none', got '{text}'")
 
 
 @dataclass
@@ -443,6 +457,9 @@ class ExplainRun:
             def predict(images):
                 return perception_probabilities(model, images)
 
+            def logits(images):
+                return model(images).perception_logits
+
             for method, heat in result.explanation.maps.items():
                 name = result.prefix + TITLES[method]
                 if masks is not None:
@@ -455,6 +472,10 @@ class ExplainRun:
                                                             seed=self.args.seed)
                 self.table.add(name, 'deletion_auc', deletion)
                 self.table.add(name, 'insertion_auc', insertion)
+                if self.args.road_percentiles:
+                    self.table.add(name, 'road', road(logits, result.inputs, heat, classes,
+                                                      self.args.road_percentiles,
+                                                      seed=self.args.seed))
 
     # ---- results ----
     def write_results(self):
@@ -475,7 +496,9 @@ class ExplainRun:
                     'images': len(self.inputs), 'source': args.dataset or 'image files',
                     'top-1 accuracy': None if accuracy is None else round(accuracy, 2),
                     'pointing tolerance (px)': self.radius,
-                    'deletion/insertion steps': args.steps, 'seed': args.seed}
+                    'deletion/insertion steps': args.steps,
+                    'ROAD percentiles': ','.join(map(str, args.road_percentiles)) or None,
+                    'seed': args.seed}
             paths = write_report(out, self.table, meta)
             with open(paths[1]) as f:
                 print('\n' + f.read())

@@ -20,6 +20,7 @@ from utils.data import NORMALIZATION, DataBundle, check_same_classes, first_n, i
 from utils.engine import Task, main as engine_main
 from utils.resume import resolve_resume
 from utils.pretrained import check_pretrained_arguments, init_pretrained
+from utils.teach import add_teach_arguments, check_teach_arguments, teaching_task
 
 IMAGENET_NORMALIZATION = NORMALIZATION['imagefolder']  # ImageNet's mean and std
 # The authors' defaults, except the schedule: theirs (150 225) never fires in 90 epochs.
@@ -53,6 +54,7 @@ def get_args_parser():
     start.add_argument('--weights', default=None, metavar='PATH',
                        help='start from a local file instead: a state_dict (torchvision\'s) '
                             'or a checkpoint')
+    add_teach_arguments(parser, weights=False)
     return parser
 
 
@@ -129,7 +131,8 @@ TASK = Task(name='imagenet', registry=IMAGENET_MODELS, build_data=build_data,
 def main(argv=None):
     parser = get_args_parser()
     args = parser.parse_args(argv)
-    return engine_main(args, TASK, parser.given_options(argv))
+    check_teach_arguments(args)
+    return engine_main(args, teaching_task(TASK, args), parser.given_options(argv))
 
 
 if __name__ == '__main__':

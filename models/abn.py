@@ -52,9 +52,16 @@ class AttentionBranchNetwork(nn.Module):
         self.gate = gate
         # The CIFAR ResNeXt defines bn_att but never applies it; kept for its checkpoints.
         self.uses_bn_att = True
+        # Modules kept fixed by freeze_feature_extractor (a tuple: not registered twice).
+        self.frozen_modules = ()
 
     # -- pieces a family provides ------------------------------------------------------
     def extract_features(self, x):
+        raise NotImplementedError
+
+    def feature_extractor_modules(self):
+        """The modules that `extract_features` runs, in order: what fine-tuning with
+        attention maps keeps fixed (freeze_feature_extractor)."""
         raise NotImplementedError
 
     @property
@@ -106,6 +113,12 @@ class AttentionBranchNetwork(nn.Module):
             return features * (1 + attention_map)
         return features * attention_map
 
+    def train(self, mode=True):
+        super().train(mode)
+        for module in self.frozen_modules:
+            module.eval()  # frozen BatchNorm layers keep their running statistics
+        return self
+
     def forward(self, x, attention=None):
         """attention: an (N, 1, h, w) map to use instead of the model's own (attention
         editing); it is resized to the feature resolution if needed and returned as the map."""
@@ -128,6 +141,19 @@ def _fit_map(attention_map, size):
         attention_map = F.interpolate(attention_map, size=tuple(size), mode='bilinear',
                                       align_corners=False)
     return attention_map
+
+
+def freeze_feature_extractor(model):
+    """Keeps the feature extractor fixed, as Mitsuhara et al. do when they fine-tune with
+    edited maps: its parameters get no gradients, and its layers stay in eval mode whatever
+    `model.train()` says, so BatchNorm running statistics and dropout do not change it either.
+    Returns the number of parameters frozen."""
+    modules = tuple(model.feature_extractor_modules())
+    for module in modules:
+        module.requires_grad_(False)
+    model.frozen_modules = modules
+    model.train(model.training)
+    return sum(p.numel() for module in modules for p in module.parameters())
 
 
 def init_conv_bn(model):

@@ -13,6 +13,7 @@ import torch
 
 from tests.helpers import ROOT, documentation
 from utils.cli import check_training_arguments
+from utils.teach import check_teach_arguments
 
 CLASSES = {'cifar10': 10, 'cifar100': 100, 'svhn': 10, 'shapes': 10, 'imagefolder': 7}
 COMMAND = re.compile(r'(?:^|\s)(?:python3?|torchrun(?:\s+--\S+)*)\s+(cifar|imagenet)\.py(\s.*)?$')
@@ -43,6 +44,7 @@ def test_documented_command_is_accepted(doc, script, argv):
     module = importlib.import_module(script)
     args = module.get_args_parser().parse_args(argv)
     check_training_arguments(args)
+    check_teach_arguments(args)
     if hasattr(module, 'check_arguments'):  # imagenet.py's own (image size, --depth)
         module.check_arguments(args)
     classes = CLASSES.get(getattr(args, 'dataset', None), 1000)

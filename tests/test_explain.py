@@ -20,7 +20,7 @@ from utils import checkpoint as ckpt
 from utils.cam import (Explainer, class_activation_maps, perception_probabilities,
                        scale_to_unit)
 from utils.data import AUTHORS_NORMALIZATION, NORMALIZATION
-from utils.metrics import deletion_insertion, energy_inside, pointing_game
+from utils.metrics import deletion_insertion, energy_inside, pointing_game, road
 from utils.shapes import SHAPE_CLASSES, generate_shapes
 from utils.visualize import upsample_maps
 
@@ -123,6 +123,7 @@ def test_dataset_split_with_compare_measure_and_baseline(files, tmp_path, capsys
     out = str(tmp_path / 'out')
     code, stdout, _ = cli([files['model'], '--dataset', 'shapes', '-n', '5', '--batch-size', '4',
                            '--compare', '--measure', '--steps', '2', '--save-images', '2',
+                           '--road-percentiles', '20,80',
                            '--baseline-checkpoint', files['baseline'], '-o', out] + CPU, capsys)
     assert code == 0
     result = read_json(os.path.join(out, 'metrics.json'))
@@ -130,9 +131,12 @@ def test_dataset_split_with_compare_measure_and_baseline(files, tmp_path, capsys
                                        'baseline CAM', 'baseline Grad-CAM']
     for scores in result['results'].values():
         assert set(scores) == {'pointing_game', 'pointing_game_tolerant', 'energy_inside',
-                               'deletion_auc', 'insertion_auc'}
-        assert all(entry['n'] == 5 and 0 <= entry['mean'] <= 1 for entry in scores.values())
+                               'deletion_auc', 'insertion_auc', 'road'}
+        assert all(entry['n'] == 5 and 0 <= entry['mean'] <= 1 for metric, entry
+                   in scores.items() if metric != 'road')
+        assert -1 <= scores['road']['mean'] <= 1  # a difference of probabilities
     assert result['meta']['images'] == 5 and result['meta']['pointing tolerance (px)'] == 2
+    assert result['meta']['ROAD percentiles'] == '20,80'
     assert result['metrics']['pointing_game_tolerant']['title'] == 'pointing game ±2 px'
     with open(os.path.join(out, 'metrics.md')) as f:
         table = f.read()
@@ -211,6 +215,9 @@ BAD = {
                                            f['single']], 'one per input'),
     'edit without attention': (lambda f, t: [f['baseline'], f['single'], '--edit',
                                              f['single']], 'attention branch'),
+    'ROAD percentile out of range': (lambda f, t: [f['model'], f['single'], '--measure',
+                                                   '--road-percentiles', '0,50'],
+                                     '--road-percentiles takes percentiles between 1 and 99'),
 }
 
 
@@ -334,6 +341,61 @@ def test_deletion_and_insertion_rank_good_maps_above_bad_ones():
     assert np.allclose(curves[0, :, 0][[0, 1, -1]], [1, 0, 0])  # 1/16 of 64 pixels = the object
     assert np.allclose(d_good, 1 / 32) and np.allclose(d_bad, 1 - 1 / 32)
     assert np.allclose(i_good, 1 - 1 / 32) and np.allclose(i_bad, 1 / 32)
+
+
+def test_road_ranks_good_maps_above_bad_ones():
+    """A toy model that sees the object's brightness: imputing the object away (the good map,
+    most relevant first) drops its confidence, imputing the background does not."""
+    mask = torch.from_numpy(square_mask(n=1)[0])
+    inputs = mask.float().expand(2, 3, 8, 8) * 4.0  # a bright square on 0
+
+    def logits(images):
+        inside = (images[:, 0] * mask).flatten(1).sum(1) / mask.sum()
+        return torch.stack([-inside + 2, inside - 2], 1)
+
+    ramp = np.linspace(0, 0.1, 64, dtype=np.float32).reshape(8, 8)  # no ties
+    good = np.stack([mask.numpy() + ramp] * 2)
+    bad = 1 - good
+    state = torch.get_rng_state()
+    good_scores = road(logits, inputs, good, [1, 1], percentiles=[50, 90], seed=1)
+    bad_scores = road(logits, inputs, bad, [1, 1], percentiles=[50, 90], seed=1)
+    assert torch.equal(state, torch.get_rng_state())  # its noise comes from its own seed
+    assert good_scores.shape == (2,) and (good_scores > 0.2).all() and (bad_scores < 0).all()
+    assert np.array_equal(good_scores, road(logits, inputs, good, [1, 1], [50, 90], seed=1))
+
+
+def test_pointing_game_and_energy_inside_agree_with_quantus():
+    """Quantus's PointingGame, RelevanceMassAccuracy and AttributionLocalisation compute the
+    same things on maps with one maximum and a minimum of 0 (ours also score ties and shift
+    the minimum to 0; on other maps they differ by design: utils/metrics.py)."""
+    quantus = pytest.importorskip('quantus', reason='pip install --no-deps -r '
+                                                    'requirements-quantus.txt')
+    rng = np.random.default_rng(0)
+    maps = rng.random((40, 1, 16, 16))
+    masks = np.zeros((40, 1, 16, 16))
+    for i, (top, left, size) in enumerate(rng.integers([0, 0, 2], [10, 10, 7], (40, 3))):
+        masks[i, 0, top:top + size, left:left + size] = 1
+    maps[::3] += 3 * masks[::3]  # some maps point at the object
+    maps -= maps.min(axis=(2, 3), keepdims=True)  # minimum 0: our shift changes nothing
+    x = rng.random((40, 3, 16, 16))
+
+    def score(metric):  # a copy each: Quantus may normalise the maps in place
+        return np.asarray(metric(model=None, x_batch=x, y_batch=np.zeros(40, int),
+                                 a_batch=maps.copy(), s_batch=masks.copy(),
+                                 channel_first=True), dtype=float)
+
+    theirs = {
+        'pointing': score(quantus.PointingGame(disable_warnings=True)),
+        'mass': score(quantus.RelevanceMassAccuracy(normalise=False, disable_warnings=True)),
+        'localisation': score(quantus.AttributionLocalisation(normalise=False,
+                                                              disable_warnings=True)),
+    }
+    hits = pointing_game(maps[:, 0], masks[:, 0] > 0)
+    assert 0 < hits.mean() < 1
+    assert np.array_equal(hits, theirs['pointing'])
+    energy = energy_inside(maps[:, 0], masks[:, 0] > 0)
+    assert np.allclose(energy, theirs['mass'], atol=1e-9)
+    assert np.allclose(energy, theirs['localisation'], atol=1e-9)
 
 
 # -- the docs -----------------------------------------------------------------------------------

@@ -186,7 +186,10 @@ def identify_image(path):
 def _folder_and_indices(dataset):
     """(the ImageFolder under `dataset`, the indices of it that `dataset` uses) or None."""
     indices = None
-    while isinstance(dataset, tud.Subset):
+    while isinstance(dataset, tud.Subset) or getattr(dataset, 'wraps_split', False):
+        if not isinstance(dataset, tud.Subset):  # the same items in the same order
+            dataset = dataset.dataset
+            continue
         indices = [dataset.indices[i] for i in (indices if indices is not None
                                                 else range(len(dataset)))]
         dataset = dataset.dataset

@@ -62,6 +62,11 @@ class Task:
     fast_eval_loader: Optional[Callable] = None
     # the registry name of what is optimised and measured (utils.objectives)
     objective: str = 'single-label'
+    # args -> {keyword: value} for that objective's constructor (e.g. a loss weight)
+    objective_options: Optional[Callable] = None
+    # (model, args, runtime) -> None: once the weights are in (a new, resumed or pretrained
+    # run) and before the model is placed on its device, e.g. to freeze part of it
+    prepare_model: Optional[Callable] = None
     # args -> None: the script's own checks, once a resumed file's options are applied
     check_arguments: Optional[Callable] = None
 
@@ -239,7 +244,18 @@ class Run:
         every option as typed, so none is taken from a resumed file over the flags."""
         self.args, self.task, self.runtime, self.given = args, task, runtime, given
         self.print = runtime.print
-        self.objective = get_objective(task.objective)
+        self.objective = self.make_objective(task.objective)
+
+    def make_objective(self, name):
+        """The objective `name`, with the task's options when it is the task's own."""
+        options = self.task.objective_options
+        if options is not None and name != self.task.objective:
+            raise AbnError(f"{self.args.resume} is a run of the objective '{name}', not "
+                           f"'{self.task.objective}': start a new run from its weights with "
+                           f"--weights {self.args.resume}")
+        if options is None or name != self.task.objective:
+            return get_objective(name)
+        return get_objective(name, **options(self.args))
 
     # ---- set-up, in an order that touches no file before every input is checked ----
     def setup(self):
@@ -251,7 +267,7 @@ class Run:
         if self.file_spec is not None:
             check_script(self.file_spec, self.task.name, args.resume)
             resolve_flags(self.file_spec, args, self.given, self.task.model_flags, args.resume)
-            self.objective = get_objective(self.file_spec.objective)
+            self.objective = self.make_objective(self.file_spec.objective)
         if self.task.check_arguments is not None:
             self.task.check_arguments(args)
         saved_args = (self.resumed or {}).get('args') or {}
@@ -299,6 +315,8 @@ class Run:
             ckpt.load_model_state(model, self.resumed, args.resume, self.description)
         elif self.task.init_pretrained is not None:
             self.task.init_pretrained(model, args, runtime)
+        if self.task.prepare_model is not None:
+            self.task.prepare_model(model, args, runtime)
         self.model = model
         self.attention = model.has_attention
         self.checkpoints = CheckpointPolicy(args, runtime, self.objective)

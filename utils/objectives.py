@@ -146,12 +146,13 @@ def register_objective(objective_class):
     return objective_class
 
 
-def get_objective(name):
-    """A new instance of the objective registered as `name`; ValueError names the known ones."""
+def get_objective(name, **options):
+    """A new instance of the objective registered as `name` (`options` go to its
+    constructor); ValueError names the known ones."""
     if name not in OBJECTIVES:
         raise ValueError(f"unknown objective '{name}': choose one of "
                          f"{', '.join(sorted(OBJECTIVES))}")
-    return OBJECTIVES[name]()
+    return OBJECTIVES[name](**options)
 
 
 register_objective(SingleLabelObjective)

@@ -74,6 +74,9 @@ class CifarDenseNet(AttentionBranchNetwork):
         self.fc = nn.Linear(channels, num_classes)
         init_conv_bn(self)
 
+    def feature_extractor_modules(self):
+        return [self.conv1, self.dense1, self.trans1, self.dense2, self.trans2]
+
     def extract_features(self, x):
         x = self.conv1(x)
         x = self.trans1(self.dense1(x))

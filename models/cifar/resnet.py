@@ -35,6 +35,9 @@ class CifarResNet(AttentionBranchNetwork):
         self.fc = nn.Linear(width, num_classes)
         init_conv_bn(self)
 
+    def feature_extractor_modules(self):
+        return [self.conv1, self.bn1, self.layer1, self.layer2]
+
     def extract_features(self, x):
         x = F.relu(self.bn1(self.conv1(x)))
         return self.layer2(self.layer1(x))

@@ -71,6 +71,9 @@ class CifarResNeXt(AttentionBranchNetwork):
         nn.init.kaiming_normal_(self.classifier.weight)
         nn.init.zeros_(self.classifier.bias)
 
+    def feature_extractor_modules(self):
+        return [self.conv_1_3x3, self.bn_1, self.stage_1, self.stage_2]
+
     def extract_features(self, x):
         x = F.relu(self.bn_1(self.conv_1_3x3(x)))
         return self.stage_2(self.stage_1(x))

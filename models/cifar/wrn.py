@@ -69,6 +69,9 @@ class WideResNet(AttentionBranchNetwork):
         init_conv_bn(self)
         nn.init.zeros_(self.fc.bias)
 
+    def feature_extractor_modules(self):
+        return [self.conv1, self.block1, self.block2]
+
     def extract_features(self, x):
         return self.block2(self.block1(self.conv1(x)))
 

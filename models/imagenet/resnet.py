@@ -47,6 +47,9 @@ class ImageNetResNet(ImageNetABN):
         self.fc = nn.Linear(512 * e, num_classes)
         init_conv_bn(self)
 
+    def feature_extractor_modules(self):
+        return [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3]
+
     def extract_features(self, x):
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), kernel_size=3, stride=2, padding=1)
         return self.layer3(self.layer2(self.layer1(x)))

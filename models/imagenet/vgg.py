@@ -41,6 +41,9 @@ class ImageNetVGG(ImageNetABN):
             # stage starts as a stage of its own, not a clone of conv5
             init_conv_bn(self)
 
+    def feature_extractor_modules(self):
+        return list(self.features[:self.pool4 + 1])
+
     def extract_features(self, x):
         return self.features[:self.pool4 + 1](x)
 

@@ -1,0 +1,371 @@
+"""Attention maps given by a person (or by ground truth) for fine-tuning: `--attention-maps`.
+
+Mitsuhara et al. ("Embedding Human Knowledge into Deep Neural Network via Attention Map",
+the authors' follow-up) fine-tune an ABN so that its map matches maps a person edited. This
+module reads such maps and attaches them to the training images:
+
+- a folder of grayscale images, white = attend, black = not, any size, laid out like the
+  training data: `DIR/<class>/<image stem>.<ext>` for image folders, `DIR/<index>.<ext>` for
+  the built-in sets (the index into the full training split). Images without a map train
+  with the classification losses only. The maps explain.py writes (`maps/`) are such images.
+- `shapes-masks:P%`: the ground-truth object masks of a seeded P% of the `shapes` training
+  images, as if a person had drawn them (`python -m utils.attention_maps DIR --percent P`
+  writes the same maps as a folder).
+
+Each training item's target becomes {'label', 'map' (1, H, W) float in [0, 1] at the input's
+resolution, 'has_map'}. The map goes through the same random crop and flip as its image: the
+transform's geometric steps are replayed on the map from the same random state (the faithful
+path), or the map rides as a fourth channel through the device-side crop and flip (--fast).
+"""
+import argparse
+import copy
+import os
+import sys
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torch.utils.data as tud
+import torchvision.transforms as T
+from PIL import Image, UnidentifiedImageError
+
+from .cli import AbnError
+from .fastdata import DeviceLoader, augmentation_of, uint8_split
+
+IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm')
+SHAPES_MASKS = 'shapes-masks'
+# The subset of `shapes-masks:P%` is drawn with this seed, not --manualSeed: every run of
+# every seed teaches with the same images' masks.
+SHAPES_MASKS_SEED = 20190617
+# Steps of a training transform that move pixels (replayed on the map), and steps that only
+# convert or normalise the image (skipped for the map).
+GEOMETRIC = (T.RandomCrop, T.RandomHorizontalFlip, T.RandomResizedCrop, T.Resize, T.CenterCrop)
+PIXEL_ONLY = (T.ToTensor, T.Normalize)
+
+
+# -- the maps -------------------------------------------------------------------------------
+
+class MapSet:
+    """Maps by index into the base training split. `get(index)` returns a float32 array
+    (h, w) in [0, 1] or None; `source` says where they came from, `keys` which images
+    (stems or indices) have one, for the record."""
+
+    def __init__(self, source, maps=None, paths=None, keys=None):
+        self.source = source
+        self.maps = maps or {}  # index -> array (shapes masks: held in memory)
+        self.paths = paths or {}  # index -> file (folders: read when the item is)
+        self.keys = keys or {}  # index -> how the run's record names the image
+
+    def __len__(self):
+        return len(self.maps) + len(self.paths)
+
+    def __contains__(self, index):
+        return index in self.maps or index in self.paths
+
+    def indices(self):
+        return sorted(set(self.maps) | set(self.paths))
+
+    def get(self, index):
+        if index in self.maps:
+            return self.maps[index]
+        if index in self.paths:
+            return read_map(self.paths[index])
+        return None
+
+    def record(self):
+        """What a run keeps of its maps (args.json, the checkpoint): enough to know which."""
+        return {'source': self.source, 'count': len(self),
+                'images': [self.keys.get(i, i) for i in self.indices()]}
+
+
+def read_map(path):
+    """A map file as float32 (h, w) in [0, 1]: grayscale (colour is converted; an alpha
+    channel is ignored). Raises AbnError naming the file when it cannot be decoded."""
+    try:
+        with Image.open(path) as image:
+            image.load()
+            gray = image.convert('L') if image.mode not in ('L', 'I;16', 'I', 'F') else image
+            array = np.asarray(gray, dtype=np.float32)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+        raise AbnError(f'--attention-maps: cannot read {path} ({error})') from None
+    if gray.mode == 'L':
+        return array / 255
+    high = float(array.max()) if array.size else 0.0
+    return array / (65535 if gray.mode.startswith('I') and high > 255 else
+                    255 if high > 1 else 1)
+
+
+def _map_files(folder):
+    """Every image file under `folder`, as (relative path without extension, path)."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+        for name in sorted(files):
+            stem, ext = os.path.splitext(name)
+            if name.startswith('.') or ext.lower() not in IMAGE_EXTENSIONS:
+                continue
+            relative = os.path.relpath(os.path.join(root, stem), folder)
+            found.append((relative.replace(os.sep, '/'), os.path.join(root, name)))
+    return found
+
+
+def parse_source(text):
+    """('shapes-masks', percent) for `shapes-masks:P%`, else ('folder', path)."""
+    if text.startswith(SHAPES_MASKS + ':') or text == SHAPES_MASKS:
+        value = text[len(SHAPES_MASKS) + 1:].strip().rstrip('%')
+        try:
+            percent = float(value)
+        except ValueError:
+            raise AbnError(f"--attention-maps {text}: write shapes-masks:P% with P a "
+                           f"percentage, e.g. shapes-masks:10%") from None
+        if not 0 < percent <= 100:
+            raise AbnError(f'--attention-maps {text}: the percentage must be in (0, 100]')
+        return SHAPES_MASKS, percent
+    return 'folder', text
+
+
+def shapes_mask_subset(count, percent):
+    """The indices (sorted) of the seeded `percent`% of `count` training images, at least
+    one: the same for every run."""
+    chosen = max(1, round(count * percent / 100))
+    order = np.random.default_rng(SHAPES_MASKS_SEED).permutation(count)
+    return sorted(int(i) for i in order[:chosen])
+
+
+def load_map_set(text, dataset, dataset_name):
+    """The maps of `--attention-maps text` for the training split `dataset` (a DataBundle's
+    train: any Subset of a base split). Raises AbnError for a file that cannot be read or
+    that names no training image."""
+    kind, value = parse_source(text)
+    base, indices = flatten_subsets(dataset)
+    if kind == SHAPES_MASKS:
+        masks = getattr(base, 'masks', None)
+        if dataset_name != 'shapes' or masks is None:
+            raise AbnError(f'--attention-maps {text}: the ground-truth masks exist only for '
+                           f'--dataset shapes')
+        chosen = [indices[i] for i in shapes_mask_subset(len(indices), value)]
+        return MapSet(text, maps={i: masks[i].astype(np.float32) for i in chosen})
+    folder = value
+    if not os.path.isdir(folder):
+        raise AbnError(f'--attention-maps {folder}: no such folder')
+    files = _map_files(folder)
+    if not files:
+        raise AbnError(f'--attention-maps {folder}: no map images in it (grayscale PNG or JPEG '
+                       f'files laid out like the training images)')
+    samples = getattr(base, 'samples', None)
+    if samples is not None:  # an image folder: DIR/<class>/<stem>
+        by_key = {}
+        for index, (path, class_index) in enumerate(samples):
+            stem = os.path.splitext(os.path.basename(path))[0]
+            by_key.setdefault(f'{base.classes[class_index]}/{stem}', []).append(index)
+        layout = '<class>/<image stem>.png'
+    else:  # a built-in set: DIR/<index>
+        by_key = {str(i): [i] for i in range(len(base))}
+        layout = f'<index>.png with index 0..{len(base) - 1}'
+    used = set(indices)
+    paths, keys, unused = {}, {}, 0
+    for key, path in files:
+        targets = by_key.get(key)
+        if targets is None and samples is None and key.isdigit():
+            targets = by_key.get(str(int(key)))  # 0007.png is image 7
+        if targets is None:
+            raise AbnError(f'--attention-maps: {path} names no training image (the maps of '
+                           f'this data set are {os.path.join(folder, layout)})')
+        read_map(path)  # refuse an unreadable file now, not in the middle of an epoch
+        for index in targets:
+            if index in used:
+                paths[index], keys[index] = path, key
+            else:
+                unused += 1
+    if not paths:
+        raise AbnError(f'--attention-maps {folder}: none of its {len(files)} maps is of an '
+                       f'image this run trains on (see --train-size)')
+    maps = MapSet(folder, paths=paths, keys=keys)
+    maps.unused = unused
+    return maps
+
+
+def flatten_subsets(dataset):
+    """(the base data set, the base index of each of `dataset`'s items) through Subsets."""
+    indices = None
+    while isinstance(dataset, tud.Subset):
+        inner = list(dataset.indices)
+        indices = inner if indices is None else [inner[i] for i in indices]
+        dataset = dataset.dataset
+    return dataset, (list(range(len(dataset))) if indices is None else indices)
+
+
+# -- training items with their maps ---------------------------------------------------------
+
+def geometric_steps(transform):
+    """The steps of `transform` that move pixels; AbnError if it has a step this module
+    cannot replay on a map (a colour change is harmless but draws random numbers too)."""
+    steps = list(transform.transforms) if isinstance(transform, T.Compose) else [transform]
+    moving = []
+    for step in steps:
+        if isinstance(step, GEOMETRIC):
+            moving.append(step)
+        elif not isinstance(step, PIXEL_ONLY):
+            raise AbnError(f'--attention-maps cannot move the maps with the training transform '
+                           f'step {type(step).__name__}')
+    return moving
+
+
+def _resize(array_map, size):
+    """(h, w) array -> (1, H, W) tensor at `size` (H, W), bilinear (area when shrinking)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array_map, dtype=np.float32))[None, None]
+    if tuple(tensor.shape[-2:]) != tuple(size):
+        shrinking = tensor.shape[-2] >= size[0] and tensor.shape[-1] >= size[1]
+        tensor = F.interpolate(tensor, size=tuple(size), mode='area' if shrinking else 'bilinear',
+                               align_corners=None if shrinking else False)
+    return tensor[0].clamp_(0, 1)
+
+
+class WithAttentionMaps(tud.Dataset):
+    """A training split whose targets are {'label', 'map', 'has_map'}. Built on a shallow
+    copy of the base data set without its transform, whose steps this applies to the image
+    and, from the same random state, to the map (resized first to the image's size): the same
+    crop and the same flip. Images draw exactly what they draw without maps."""
+    wraps_split = True  # utils.data.check_images looks through it, at `dataset`
+
+    def __init__(self, dataset, maps):
+        self.dataset = dataset  # kept for the fast path (uint8_split)
+        base, self.indices = flatten_subsets(dataset)
+        self.transform = base.transform
+        self.geometric = geometric_steps(self.transform) if self.transform is not None else []
+        self.base = copy.copy(base)
+        self.base.transform = None
+        self.maps = maps
+
+    def __len__(self):
+        return len(self.indices)
+
+    def __getitem__(self, index):
+        base_index = self.indices[index]
+        item = self.base[base_index]
+        if item is None:  # an unreadable image, skipped (--skip-bad-images)
+            return None
+        image, label = item
+        state = torch.get_rng_state()
+        inputs = self.transform(image) if self.transform is not None else image
+        array_map = self.maps.get(base_index)
+        if array_map is None:
+            attention = torch.zeros((1,) + tuple(inputs.shape[-2:]))
+        else:
+            after = torch.get_rng_state()
+            torch.set_rng_state(state)  # the image's draws, replayed on the map
+            width, height = image.size
+            attention = _resize(array_map, (height, width))
+            for step in self.geometric:
+                attention = step(attention)
+            torch.set_rng_state(after)
+        return inputs, {'label': label, 'map': attention.float(),
+                        'has_map': array_map is not None}
+
+
+class MapDeviceLoader(DeviceLoader):
+    """The fast path's loader (utils.fastdata) with maps: they are held on the device as
+    uint8 next to the images and cropped and flipped with them, as a fourth channel."""
+
+    def __init__(self, images, labels, maps, has_map, augmentation, batch_size, runtime,
+                 seed=0):
+        super().__init__(images, labels, augmentation, batch_size, runtime, seed, train=True)
+        self.maps = maps.to(self.device)
+        self.has_map = has_map.to(self.device)
+
+    def batch(self, order, step):
+        index = order[step * self.batch_size:(step + 1) * self.batch_size]
+        images = self.images.index_select(0, index)
+        maps = self.maps.index_select(0, index)
+        both = self.augment(torch.cat([images, maps], 1), step)
+        channels = images.shape[1]
+        target = {'label': self.labels.index_select(0, index),
+                  'map': both[:, channels:].float().div_(255),
+                  'has_map': self.has_map.index_select(0, index)}
+        return self.normalize(both[:, :channels]), target
+
+
+def map_device_loader(dataset, batch_size, runtime, seed=0):
+    """(MapDeviceLoader, None) for a WithAttentionMaps over CIFAR/SVHN/shapes, or (None, the
+    reason) where the fast path cannot reproduce the data set."""
+    split = uint8_split(dataset.dataset)
+    if split is None:
+        return None, 'it supports CIFAR-10/100, SVHN and shapes'
+    images, labels, transform = split
+    augmentation = augmentation_of(transform) if transform is not None else None
+    if augmentation is None or augmentation.crop_size not in (None, tuple(images.shape[2:])):
+        return None, f'it cannot reproduce the transform {transform}'
+    size = tuple(images.shape[2:])
+    maps = torch.zeros((len(images), 1) + size, dtype=torch.uint8)
+    has_map = torch.zeros(len(images), dtype=torch.bool)
+    for row, base_index in enumerate(dataset.indices):
+        array_map = dataset.maps.get(base_index)
+        if array_map is not None:
+            maps[row] = (_resize(array_map, size) * 255).round().to(torch.uint8)
+            has_map[row] = True
+    return MapDeviceLoader(images, labels, maps, has_map, augmentation, batch_size, runtime,
+                           seed), None
+
+
+# -- the loss -------------------------------------------------------------------------------
+
+def fit_to(given, size):
+    """Given maps (N, C, H, W) at the input's resolution, at the model map's `size` (h, w):
+    the mean over each cell (area) when shrinking, so a cell half on the object is 0.5;
+    bilinear otherwise."""
+    if tuple(given.shape[-2:]) == tuple(size):
+        return given
+    if given.shape[-2] >= size[0] and given.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(given, tuple(size))
+    return F.interpolate(given, size=tuple(size), mode='bilinear', align_corners=False)
+
+
+def map_loss(attention_map, given, has_map):
+    """||M'(x) - M(x)||_2^2 / (h w) per image, the mean squared difference between the model's
+    map M (N, C, h, w) and the given map M' (N, C, H, W, resized to h x w), averaged over the
+    images that have a map (`has_map`, (N,) bool). A batch without any gives 0, still
+    connected to the graph; nothing here reads the device (no host sync)."""
+    target = fit_to(given.to(attention_map.dtype), attention_map.shape[-2:])
+    per_image = (attention_map - target).pow(2).flatten(1).mean(1)
+    weights = has_map.to(per_image.dtype)
+    return (per_image * weights).sum() / weights.sum().clamp_min(1)
+
+
+# -- export of the shapes masks -------------------------------------------------------------
+
+def export_shapes_masks(folder, percent, train_size=None):
+    """Writes the masks of `shapes-masks:P%` as a maps folder (`<index>.png`, 0 or 255);
+    returns the number written."""
+    from .shapes import ShapesDataset
+
+    train = ShapesDataset(train=True, size=train_size)
+    os.makedirs(folder, exist_ok=True)
+    chosen = shapes_mask_subset(len(train), percent)
+    for index in chosen:
+        Image.fromarray(train.masks[index].astype(np.uint8) * 255).save(
+            os.path.join(folder, f'{index}.png'))
+    return len(chosen)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(
+        prog='python -m utils.attention_maps',
+        description='write the ground-truth masks of a seeded share of the shapes training '
+                    'images as a folder for --attention-maps (the same maps as '
+                    'shapes-masks:P%%)')
+    parser.add_argument('folder', metavar='DIR')
+    parser.add_argument('--percent', type=float, default=10,
+                        help='share of the training images (default: %(default)s)')
+    parser.add_argument('--train-size', type=int, metavar='N',
+                        help='as the training run\'s --train-size (the share is of these)')
+    args = parser.parse_args(argv)
+    parse_source(f'{SHAPES_MASKS}:{args.percent}')
+    count = export_shapes_masks(args.folder, args.percent, args.train_size)
+    print(f'{count} masks written to {args.folder}')
+    return 0
+
+
+if __name__ == '__main__':
+    from .cli import run
+
+    sys.exit(run(main))

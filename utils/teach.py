@@ -1,0 +1,270 @@
+"""Teaching the map: fine-tune an ABN so that its attention map follows maps a person gave
+(Mitsuhara et al., "Embedding Human Knowledge into Deep Neural Network via Attention Map",
+the authors' follow-up). cifar.py and imagenet.py take `--attention-maps`:
+
+    loss = L_att + L_per + gamma * L_map,  L_map = ||M'(x) - M(x)||_2^2 / (h w)
+
+M the model's map, M' the given one (utils.attention_maps), over the training images that
+have a map; the others train with L_att + L_per only. As in the paper the feature extractor
+stays fixed (`--train-feature-extractor` trains it too) and the run starts from trained
+weights (`--weights FILE`, or `--resume` of a fine-tuning run).
+
+Why the mean squared difference, and gamma = 10 (docs/teach.md has the measurements):
+- it is the paper's L2 norm, squared so that its gradient shrinks to 0 at the target (the
+  plain norm's gradient has length gamma everywhere, and jitters around the target), and
+  divided by the map's pixels, so that gamma means the same at 8x8, 16x16 or 14x14;
+- both maps are in [0, 1], so L_map is in [0, 1]: about 0.1 to 0.3 for an untaught map
+  against object masks, while a trained model's L_att + L_per is about 0.1. gamma = 10 makes
+  the map the larger part of the loss while it is learnt, and leaves the classification
+  terms a say (on `shapes`: gamma L_map 0.56 over the epoch, L_att + L_per 0.12);
+- it is averaged over the images that have a map, not over the batch, so the pull on each
+  given map does not depend on how many images have one (1% of maps means fewer steps that
+  teach, not weaker ones).
+"""
+import dataclasses
+import os
+
+import torch
+import torch.distributed as dist
+
+from . import checkpoint as ckpt
+from .attention_maps import WithAttentionMaps, load_map_set, map_device_loader, map_loss
+from .cli import AbnError
+from .modelspec import spec_from_checkpoint
+from .objectives import SingleLabelObjective, register_objective
+
+DEFAULT_MAP_LOSS_WEIGHT = 10.0
+NAME = 'attention-maps'
+
+
+class MapMeter:
+    """The single-label meter plus the epoch's map loss (per image that has a map)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.device = inner.sums.device
+        self.sums = inner.sums.new_zeros(2)  # (sum of map loss x maps, maps), float64
+        self.map_nonfinite = inner.nonfinite_step.new_full((), -1)
+
+    @property
+    def nonfinite_step(self):
+        """The first step at which either meter saw a non-finite loss (-1: none)."""
+        never = torch.iinfo(torch.long).max
+        inner, mine = self.inner.nonfinite_step, self.map_nonfinite
+        step = torch.minimum(inner.where(inner >= 0, never), mine.where(mine >= 0, never))
+        return step.where(step < never, -1)
+
+    def update(self, step, output, target, losses):
+        labels = target['label'] if isinstance(target, dict) else target
+        self.inner.update(step, output, labels, losses)
+        if 'map_loss' not in losses:
+            return
+        maps = target['has_map'].sum().double()
+        value = losses['map_loss'].detach().double()
+        self.sums += torch.stack([value * maps, maps])
+        bad = ~torch.isfinite(value)
+        self.map_nonfinite = torch.where(bad & (self.map_nonfinite < 0),
+                                         self.map_nonfinite.new_full((), step),
+                                         self.map_nonfinite)
+
+    def all_reduce(self):
+        self.inner.all_reduce()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.sums)
+            step = self.map_nonfinite.clone()
+            step[step < 0] = torch.iinfo(torch.long).max
+            dist.all_reduce(step, op=dist.ReduceOp.MIN)
+            step[step == torch.iinfo(torch.long).max] = -1
+            self.map_nonfinite = step
+
+    def first_nonfinite_step(self):
+        step = int(self.nonfinite_step.item())
+        return None if step < 0 else step
+
+    def summary(self):
+        out = self.inner.summary()
+        total, maps = self.sums.tolist()
+        if maps:
+            out['map_loss'] = total / maps
+            out['maps'] = int(maps)
+        return out
+
+    def state_dict(self):
+        return {'inner': self.inner.state_dict(), 'map': self.sums.cpu()}
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state['inner'])
+        self.sums = state['map'].to(device=self.device, dtype=torch.float64)
+
+
+@register_objective
+class AttentionMapObjective(SingleLabelObjective):
+    """The authors' two cross-entropies plus `weight` x the map loss, on targets
+    {'label', 'map', 'has_map'} (training with --attention-maps); plain class indices
+    (evaluation) get the two cross-entropies alone. Accuracy and model_best as single-label."""
+    name = NAME
+    log_columns = SingleLabelObjective.log_columns + ['Train Map Loss']
+
+    def __init__(self, weight=DEFAULT_MAP_LOSS_WEIGHT):
+        self.weight = weight
+
+    def losses(self, output, target):
+        if not isinstance(target, dict):
+            return super().losses(output, target)
+        losses = super().losses(output, target['label'])
+        if output.attention_map is not None:
+            losses['map_loss'] = self.weight * map_loss(output.attention_map.float(),
+                                                        target['map'], target['has_map'])
+        return losses
+
+    def new_meter(self, device):
+        return MapMeter(super().new_meter(device))
+
+    def summary_text(self, summary, attention):
+        text = super().summary_text(summary, attention)
+        if 'map_loss' in summary:
+            text += f" | map loss {summary['map_loss']:.4f} ({summary['maps']} maps)"
+        return text
+
+    def log_row(self, lr, train, valid, seconds):
+        return super().log_row(lr, train, valid, seconds) + [train.get('map_loss', 0.0)]
+
+    def captions(self, predictions, scores, target, class_names):
+        if isinstance(target, dict):
+            target = target['label']
+        return super().captions(predictions, scores, target, class_names)
+
+
+# -- the command line and the task ----------------------------------------------------------
+
+def add_teach_arguments(parser, weights=True):
+    """--attention-maps, --map-loss-weight, --train-feature-extractor (and --weights, for a
+    script that has none)."""
+    group = parser.add_argument_group(
+        'teaching the map (fine-tuning with given attention maps, Mitsuhara et al.)')
+    group.add_argument('--attention-maps', metavar='DIR',
+                       help='grayscale maps (white: attend) for some training images, laid out '
+                            'like them: DIR/<class>/<image stem>.png for image folders, '
+                            'DIR/<index>.png for the built-in sets; any size. shapes-masks:P%% '
+                            'takes the shapes object masks of a seeded P%% of the images')
+    group.add_argument('--map-loss-weight', type=float, metavar='GAMMA',
+                       help=f'gamma of the map loss (default: {DEFAULT_MAP_LOSS_WEIGHT:g})')
+    group.add_argument('--train-feature-extractor', action='store_true',
+                       help='also train the feature extractor (default: fixed, as in the paper)')
+    if weights:
+        group.add_argument('--weights', metavar='PATH',
+                           help='start a new run from the weights of a checkpoint (of this '
+                                'project or the authors\'), with a fresh optimizer and epoch 0')
+    return parser
+
+
+def check_teach_arguments(args):
+    """One-line refusals of options that cannot work together; sets the weight's default."""
+    teaching = bool(args.attention_maps)
+    if not teaching:
+        for flag, value in (('--map-loss-weight', args.map_loss_weight),
+                            ('--train-feature-extractor', args.train_feature_extractor)):
+            if value:
+                raise AbnError(f'{flag} needs --attention-maps')
+        return
+    if args.baseline:
+        raise AbnError('--attention-maps needs an attention branch: drop --baseline')
+    if args.evaluate:
+        raise AbnError('--attention-maps is for training; evaluate without it')
+    if args.map_loss_weight is None:
+        args.map_loss_weight = DEFAULT_MAP_LOSS_WEIGHT
+    if args.map_loss_weight < 0:
+        raise AbnError('--map-loss-weight must not be negative')
+
+
+def teaching_task(task, args):
+    """`task` with --weights (cifar.py: the file's weights and input normalisation) and, with
+    --attention-maps, the maps attached to its training data, the map objective and the
+    frozen feature extractor."""
+    build_data, fast_train = task.build_data, task.fast_train_loader
+    own_weights = task.init_pretrained is None  # cifar.py: --weights is this module's
+
+    def build(args, evaluate_only, normalization):
+        if normalization is None and own_weights and getattr(args, 'weights', None) \
+                and not args.resume:
+            normalization = weights_normalization(args.weights, task.legacy_normalization)
+        bundle = build_data(args, evaluate_only, normalization)
+        if bundle.train is not None and args.attention_maps:
+            maps = load_map_set(args.attention_maps, bundle.train, bundle.name)
+            bundle.train = WithAttentionMaps(bundle.train, maps)
+            record = maps.record()
+            args.attention_maps_count = record['count']
+            args.attention_maps_images = [str(key) for key in record['images']]
+            unused = getattr(maps, 'unused', 0)
+            print(f'    attention maps: {record["count"]} of {len(bundle.train)} training '
+                  f'images, from {record["source"]}'
+                  + (f' ({unused} more name images outside --train-size)' if unused else ''))
+        return bundle
+
+    def fast_train_loader(args, bundle, runtime):
+        if not args.fast_data or not isinstance(bundle.train, WithAttentionMaps):
+            return fast_train(args, bundle, runtime) if fast_train else None
+        loader, reason = map_device_loader(bundle.train, args.train_batch, runtime,
+                                           args.manualSeed)
+        if loader is None:
+            runtime.print(f'note: --fast-data is ignored for training ({reason})')
+        return loader
+
+    def prepare_model(model, args, runtime):
+        if not args.train_feature_extractor:
+            from models.abn import freeze_feature_extractor
+            try:
+                count = freeze_feature_extractor(model)
+            except NotImplementedError:
+                raise AbnError(f'{type(model).__name__} does not list its feature extractor: '
+                               f'pass --train-feature-extractor') from None
+            runtime.print(f'    feature extractor fixed: {count / 1e6:.2f}M parameters')
+
+    started = dataclasses.replace(task, build_data=build,
+                                  init_pretrained=init_from_weights(task.init_pretrained))
+    if not args.attention_maps:
+        return started
+    return dataclasses.replace(
+        started, fast_train_loader=fast_train_loader, objective=NAME,
+        objective_options=lambda args: {'weight': args.map_loss_weight},
+        prepare_model=prepare_model)
+
+
+def weights_normalization(path, legacy_normalization):
+    """The input normalisation the model in `path` was trained with: the authors' for their
+    files, the recorded one for this project's (None: the data set's own)."""
+    if not os.path.isfile(path):
+        raise AbnError(f'--weights {path}: no such file')
+    saved = ckpt.load_checkpoint(path)
+    if ckpt.is_legacy(saved):
+        return legacy_normalization
+    spec = spec_from_checkpoint(saved)
+    return spec.normalization if spec is not None else None
+
+
+def init_from_weights(init_pretrained):
+    """A new run's start: the task's own (imagenet.py's --pretrained/--weights), else the
+    strict load of --weights (cifar.py)."""
+    def init(model, args, runtime):
+        if init_pretrained is not None:
+            return init_pretrained(model, args, runtime)
+        return load_weights(model, args, runtime)
+    return init
+
+
+def load_weights(model, args, runtime):
+    """cifar.py --weights: every weight of the checkpoint, which must fit the model."""
+    path = getattr(args, 'weights', None)
+    if not path:
+        return
+    if not os.path.isfile(path):
+        raise AbnError(f'--weights {path}: no such file')
+    saved = ckpt.load_checkpoint(path)
+    spec = spec_from_checkpoint(saved)
+    gate = spec.model_args.get('gate', 'residual') if spec is not None else None
+    if gate is not None and gate != model.gate:  # not in the weights: they would load
+        raise AbnError(f'--weights {path} was trained with --gate {gate}, not {model.gate}: '
+                       f'pass --gate {gate}')
+    ckpt.load_model_state(model, saved, path, type(model).__name__)
+    runtime.print(f'==> Weights: {path}')
+
