@@ -53,7 +53,8 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
     treats its input (N*T, C, H, W), sample-major, as T separate batches of N: each task is
     normalised with its own batch statistics, and the running statistics receive the T updates
     the authors' loop makes one after another, r <- (1 - m) r + m s_t for t = 1..T, in closed
-    form. With tasks == 1, or in eval mode, it is nn.BatchNorm2d."""
+    form. With tasks == 1, or in eval mode, it is nn.BatchNorm2d. (SyncBatchNorm conversion, or
+    momentum=None, replaces the trick by statistics pooled over all N*T samples.)"""
 
     tasks = 1
 
@@ -72,7 +73,8 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
         with torch.no_grad():
             # copy_t = (1 - m) r0 + m s_t; the loop ends at (1 - m)^T r0 + sum_t
             # (1 - m)^(T-1-t) m s_t.
-            decay = (1 - m) ** torch.arange(t - 1, -1, -1, dtype=x.dtype, device=x.device)
+            decay = (1 - m) ** torch.arange(t - 1, -1, -1, dtype=self.running_mean.dtype,
+                                            device=x.device)
             for running, copies in ((self.running_mean, mean_copies),
                                     (self.running_var, var_copies)):
                 steps = copies.view(t, c) - (1 - m) * running
