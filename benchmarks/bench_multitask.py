@@ -91,8 +91,9 @@ def main(argv=None):
         print(f'{kind:5s}: folded {median["folded", kind] * 1000:8.1f} ms, '
               f'loop {median["loop", kind] * 1000:8.1f} ms, '
               f'loop/folded {median["loop", kind] / median["folded", kind]:.2f}x')
-    print(f'ratio loop/folded: training step {median["loop", "train"] / median["folded", "train"]:.2f}x, '
-          f'evaluation {median["loop", "eval"] / median["folded", "eval"]:.2f}x')
+    ratio = {kind: median['loop', kind] / median['folded', kind] for kind in ('train', 'eval')}
+    print(f'ratio loop/folded: training step {ratio["train"]:.2f}x, '
+          f'evaluation {ratio["eval"]:.2f}x')
 
 
 if __name__ == '__main__':

@@ -114,7 +114,8 @@ def test_attribute_folder(tmp_path):
 
 
 @pytest.mark.parametrize('rows,header,split,expected', [
-    (['a.png,train,1,0', 'd.png,train,0,1'], None, 'train', 'image .*d.png \\(split train\\) does not exist'),
+    (['a.png,train,1,0', 'd.png,train,0,1'], None, 'train',
+     'image .*d.png \\(split train\\) does not exist'),
     (['a.png,train,1,2'], None, 'train', 'row 2: hat is "2", not 0 or 1'),
     (['a.png,train,1,yes'], None, 'train', 'row 2: hat is "yes"'),
     (['a.png,1,0'], 'file,smiling,hat', 'train', 'no "split" column'),
