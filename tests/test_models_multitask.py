@@ -1,6 +1,7 @@
 """Multi-task ABN V1 (small inputs keep it fast): outputs equal the authors' per-task loop
-(tests/reference.py), the folded layer4 call equals the loop in eval and in training mode (BatchNorm statistics included), their
-checkpoint format loads strictly, and the multi-label baseline is torchvision's ResNet."""
+(tests/reference.py), the folded layer4 call equals the loop in eval and in training mode
+(BatchNorm statistics included), their checkpoint format loads strictly, and the multi-label
+baseline is torchvision's ResNet."""
 import io
 import zipfile
 
