@@ -158,10 +158,14 @@ class MultitaskABN(nn.Module):
         bias = torch.cat([head.bias for head in self.output_per])
         return (pooled * weight).sum(-1) + bias
 
-    def forward(self, x):
+    def forward(self, x, attention=None):
+        """`attention`: (N, T, h, w) maps to gate the perception branch with instead of the
+        model's own (an edited map, as the single-task models take it); the outputs' maps and
+        attention logits stay the model's own."""
         features = self.extract_features(x)
         attention_logits, maps = self.attention_branch(features)
-        return AbnOutput(attention_logits, self.perceive(features, maps), maps)
+        gates = maps if attention is None else attention.to(maps.dtype)
+        return AbnOutput(attention_logits, self.perceive(features, gates), maps)
 
 
 class MultiLabelResNet(torchvision.models.ResNet):

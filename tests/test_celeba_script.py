@@ -171,3 +171,52 @@ def test_checkpoints_of_the_other_scripts_are_refused(trained, tmp_path, capsys)
     assert code == 0
     assert_refused(celeba.main, TINY + ['-e', '--resume', str(single / 'model_best.pth.tar')],
                    'is a checkpoint of cifar.py', single, capsys)
+
+
+# -- explain.py and its page with a real multi-task checkpoint --------------------------------
+
+def test_explain_measures_the_pointing_game_per_attribute(trained, tmp_path, capsys):
+    import explain
+    out = tmp_path / 'explain'
+    code, stdout, _ = run_script(explain.main, [str(trained / 'model_best.pth.tar'),
+                                                '--dataset', 'shapes-multi', '-n', '6',
+                                                '--measure', '--task', 'circle,plus',
+                                                '--save-images', '2', '-o', str(out),
+                                                '--gpu-id', 'cpu'], capsys)
+    assert code == 0, stdout
+    import json
+    scores = json.loads((out / 'metrics.json').read_text())['scores']['pointing game']
+    assert set(scores) == {'ABN', 'CAM', 'Grad-CAM', 'random'}
+    assert set(scores['ABN']) <= {'circle', 'plus', 'mean'} and 'mean' in scores['ABN']
+    assert (out / '0000_tasks.png').exists() and (out / 'grid.png').exists()
+    code, _, err = run_script(explain.main, [str(trained / 'model_best.pth.tar'), '--dataset',
+                                             'shapes-multi', '--task', 'hat', '-o', str(out),
+                                             '--gpu-id', 'cpu'], capsys)
+    assert code == 1 and "--task hat: the model's tasks are circle, triangle" in err
+
+
+def test_the_map_editor_page_takes_a_real_multitask_checkpoint(trained, tmp_path):
+    import explain
+    from utils.serve import MapEditor
+    args = explain.get_args_parser().parse_args([str(trained / 'model_best.pth.tar'),
+                                                 '--gpu-id', 'cpu'])
+    editor = MapEditor(explain.load_model(args.checkpoint, args), torch.device('cpu'),
+                       str(tmp_path / 'maps'))
+    try:
+        assert editor.multitask and editor.names == ['circle', 'triangle', 'plus', 'frame']
+        path = tmp_path / 'shape.png'
+        Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(path)
+        picture = editor.picture_from_file(str(path))
+        explained = editor.explain(picture, 'plus')
+        assert explained.attribute == 2 and explained.own_map.shape == (4, 2, 2)
+        with torch.no_grad():
+            logits = editor.model(picture.tensor[None]).perception_logits[0]
+        assert explained.ranking['plus'] == pytest.approx(float(torch.sigmoid(logits[2])))
+        unchanged = editor.predict(explained, explained.own_map[2])
+        assert unchanged['frame'] == pytest.approx(explained.ranking['frame'], abs=1e-5)
+        edited = editor.predict(explained, np.full((2, 2), 5.0, np.float32))
+        assert edited['frame'] == pytest.approx(explained.ranking['frame'], abs=1e-5)
+        assert edited['plus'] != pytest.approx(explained.ranking['plus'], abs=1e-5)
+        assert os.path.exists(editor.save(explained, explained.own_map[2]))
+    finally:
+        editor.close()
