@@ -130,6 +130,8 @@ def check_arguments(args):
     if args.image_size is not None and args.image_size < 32:
         raise AbnError(f'--image-size {args.image_size} is too small: the models take images '
                        f'of at least 32 px')
+    if 'gate' not in MULTITASK_MODELS.options_of(args.arch):
+        args.baseline = True  # resnet18..152: the authors' plain multi-label baseline
     if args.map_tasks < 1:
         raise AbnError('--map-tasks must be at least 1')
     if not args.resume:

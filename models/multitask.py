@@ -222,7 +222,10 @@ def _register(depth):
 
 
 def _register_baseline(depth):
-    def builder(num_classes=40):
+    def builder(num_classes=40, attention=False):  # `attention` recorded: a baseline
+        if attention:
+            raise ValueError(f'resnet{depth} is the plain multi-label baseline: use '
+                             f'mtabn_v1_resnet{depth} for the attention branch')
         return build_mtabn(depth, num_classes, None, None, False, True)
     builder.__name__ = builder.__qualname__ = f'resnet{depth}'
     builder.__doc__ = (f"The authors' multi-label baseline: torchvision's ResNet-{depth} with "
