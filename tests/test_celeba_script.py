@@ -220,3 +220,25 @@ def test_the_map_editor_page_takes_a_real_multitask_checkpoint(trained, tmp_path
         assert os.path.exists(editor.save(explained, explained.own_map[2]))
     finally:
         editor.close()
+
+
+# -- the documented offline demo (minutes) ------------------------------------------------------
+
+def demo_command():
+    """The demo's celeba.py command in docs/multitask.md (the line under '## The offline demo')."""
+    from tests.helpers import documentation
+    text = dict(documentation())['docs/multitask.md'].split('## The offline demo', 1)[1]
+    line = next(line for line in text.splitlines()
+                if 'celeba.py --dataset shapes-multi' in line)
+    return shlex.split(line.split('celeba.py', 1)[1])
+
+
+@pytest.mark.slow
+def test_the_documented_demo_reaches_its_accuracy(tmp_path):
+    argv = demo_command()
+    at = argv.index('-c')
+    argv[at + 1] = str(tmp_path / 'demo')
+    assert celeba.main(argv + ['--overwrite']) == 0
+    with open(tmp_path / 'demo' / 'per_attribute.csv') as f:
+        mean = next(row for row in csv.reader(f) if row[0] == 'mean')
+    assert float(mean[1]) >= 95.0  # the perception branch's mean accuracy on test
