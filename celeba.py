@@ -13,9 +13,9 @@ import torchvision.transforms as T
 
 from models import MULTITASK_MODELS
 from utils import objectives_multilabel  # noqa: F401  (registers the multi-label objectives)
-from utils.attributes import (ATTRIBUTES_CSV, MULTI_IMAGE_SIZE, MULTI_SPLIT_SEEDS, AttributeFolder,
-                              CelebAAttributes, ShapesMultiDataset, read_attribute_csv)
-from utils.attributes import MAP_MODES
+from utils.attributes import (ATTRIBUTES_CSV, MAP_MODES, MULTI_IMAGE_SIZE, MULTI_SPLIT_SEEDS,
+                              AttributeFolder, CelebAAttributes, ShapesMultiDataset,
+                              read_attribute_csv)
 from utils.cli import (AbnError, ArgumentParser, add_architecture_arguments,
                        add_training_arguments, run)
 from utils.data import DataBundle, first_n

@@ -139,7 +139,8 @@ class MultitaskExplainRun:
             if count:
                 chosen = output.attention_map[:count][:, self.tasks].float().cpu()
                 save_task_attention_images(
-                    args.output, x[:count].cpu(), chosen, probabilities[:count][:, self.tasks].cpu(),
+                    args.output, x[:count].cpu(), chosen,
+                    probabilities[:count][:, self.tasks].cpu(),
                     None if targets is None else targets[start:start + count][:, self.tasks],
                     [self.names[t] for t in self.tasks], self.mean, self.std, start_index=start,
                     grid_name='grid.png' if start == 0 else None, title=self.spec.describe(),
