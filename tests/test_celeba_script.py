@@ -250,3 +250,20 @@ def test_the_documented_demo_reaches_its_accuracy(tmp_path):
     with open(tmp_path / 'demo' / 'per_attribute.csv') as f:
         mean = next(row for row in csv.reader(f) if row[0] == 'mean')
     assert float(mean[1]) >= 95.0  # the perception branch's mean accuracy on test
+
+
+def test_an_authors_multitask_file_evaluates(tmp_path, capsys):
+    """Their checkpoint layout: model_state_dict with DataParallel's `module.` keys, no spec;
+    the architecture comes from -a, the gate from the default (multiply, as their file)."""
+    from models import MULTITASK_MODELS
+    torch.manual_seed(0)
+    model = MULTITASK_MODELS.create('mtabn_v1_resnet18', num_classes=4, gate='multiply')
+    path = tmp_path / 'checkpoint-best.pt'
+    torch.save({'epoch': 10, 'iteration': 1, 'best_score': 0.9,
+                'model_state_dict': {'module.' + k: v for k, v in model.state_dict().items()},
+                'optimizer_state_dict': {}, 'scheduler_state_dict': {}}, path)
+    code, stdout, _ = run_script(celeba.main, TINY + ['-a', 'mtabn_v1_resnet18', '-e',
+                                                      '--resume', str(path), '-c',
+                                                      str(tmp_path / 'eval')], capsys)
+    assert code == 0, stdout
+    assert (tmp_path / 'eval' / 'per_attribute.md').exists()
