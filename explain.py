@@ -37,6 +37,7 @@ from utils.metrics import (ROAD_PERCENTILES, MetricTable, deletion_insertion, en
                            pointing_game, pointing_tolerance, road, write_report)
 from utils.modelspec import (ModelSpec, build_model, legacy_num_classes, registry_for,
                              spec_from_checkpoint)
+from utils.explain_multitask import explain_multitask, is_multitask_checkpoint
 from utils.inputs import (DATASET_CLASS_COUNTS, KNOWN_CLASSES, build_inputs, read_class_names,
                           read_edited_maps)
 from utils.progress import Progress
@@ -55,7 +56,7 @@ def get_args_parser():
     parser.add_argument('inputs', nargs='*', metavar='IMAGE',
                         help='image files and folders (searched recursively)')
     source = parser.add_argument_group('inputs')
-    source.add_argument('-d', '--dataset', choices=SMALL_IMAGE_DATASETS,
+    source.add_argument('-d', '--dataset', choices=SMALL_IMAGE_DATASETS + ('shapes-multi',),
                         help="explain this data set's test split instead of image files (its "
                              "class count also serves the authors' checkpoints)")
     source.add_argument('--data', default='./data', metavar='DIR',
@@ -79,6 +80,12 @@ def get_args_parser():
     out.add_argument('--pointing-tolerance', type=int, metavar='PX',
                      help='pixels around the object that still count as a hit in the tolerant '
                           'pointing game (default: 15 at 224 px, scaled: 2 at 32 px)')
+    out.add_argument('--task', default='all', metavar='NAME',
+                     help="checkpoints of celeba.py: the task (attribute) whose maps are drawn "
+                          "and measured, a comma-separated list, or all (default: %(default)s)")
+    out.add_argument('--map-style', default='pos', choices=('pos', 'neg', 'both'),
+                     help="checkpoints of celeba.py: the authors' picture of the unbounded "
+                          "maps (default: %(default)s)")
     out.add_argument('--steps', type=int, default=16, metavar='N',
                      help='deletion/insertion steps (default: %(default)s)')
     out.add_argument('--road-percentiles', default=','.join(map(str, ROAD_PERCENTILES)),
@@ -526,6 +533,9 @@ def main(argv=None):
     if args.serve:  # the attention editor's page: utils/serve.py
         from utils.serve import serve_command
         return serve_command(args)
+    if is_multitask_checkpoint(_read_checkpoint(args.checkpoint)):  # celeba.py's: one map a task
+        check_arguments(args)
+        return explain_multitask(args)
     return ExplainRun(args).run()
 
 

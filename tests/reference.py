@@ -168,3 +168,24 @@ def imagenet_resnet(w, x, layers, bottleneck, mode='residual', se=False):
     logits, attention = head(w, _resnet_layer(w, x, 'att_layer4', layers[3], 1, bottleneck, se))
     rx = _resnet_layer(w, gate(x, attention, mode), 'layer4', layers[3], 2, bottleneck, se)
     return logits, w.linear(rx.mean((2, 3)), 'fc'), attention
+
+
+def multitask_resnet(w, x, layers, bottleneck, residual_attention=True):
+    """The authors' MtABNResNetV1 (MultitaskABN, mtabn/models/resnet_mtabn_v1.py), with their
+    per-task Python loop: conv_att's T maps are unbounded, the attention logits their means;
+    task t runs the shared layer4 on the features gated by map t, then its own output_per.<t>.
+    Returned in this project's order (attention, perception, maps); theirs was
+    (perception, attention, maps)."""
+    x = F.max_pool2d(F.relu(w.bn(w.conv(x, 'conv1', 2, 3), 'bn1')), 3, 2, 1)
+    for i, stride in enumerate((1, 2, 2)):
+        x = _resnet_layer(w, x, f'layer{i + 1}', layers[i], stride, bottleneck)
+    maps = w.conv(_resnet_layer(w, x, 'layer4_att', layers[3], 1, bottleneck), 'conv_att')
+    attention_logits = maps.mean((2, 3))
+    per_task = []
+    for t in range(maps.shape[1]):
+        task_map = maps[:, t:t + 1]
+        gated = x * (task_map + 1) if residual_attention else x * task_map
+        rx = _resnet_layer(w, gated, 'layer4', layers[3], 2, bottleneck)
+        per_task.append(w.linear(rx.mean((2, 3)), f'output_per.{t}'))  # (N, 1)
+    perception_logits = torch.stack(per_task).permute(1, 2, 0).squeeze(1)
+    return attention_logits, perception_logits, maps

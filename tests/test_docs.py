@@ -15,8 +15,10 @@ from tests.helpers import ROOT, documentation
 from utils.cli import check_training_arguments
 from utils.teach import check_teach_arguments
 
-CLASSES = {'cifar10': 10, 'cifar100': 100, 'svhn': 10, 'shapes': 10, 'imagefolder': 7}
-COMMAND = re.compile(r'(?:^|\s)(?:python3?|torchrun(?:\s+--\S+)*)\s+(cifar|imagenet)\.py(\s.*)?$')
+CLASSES = {'cifar10': 10, 'cifar100': 100, 'svhn': 10, 'shapes': 10, 'imagefolder': 7,
+           'celeba': 40, 'attributes': 40, 'shapes-multi': 4}
+COMMAND = re.compile(r'(?:^|\s)(?:python3?|torchrun(?:\s+--\S+)*)\s+(cifar|imagenet|celeba)\.py'
+                     r'(\s.*)?$')
 
 
 def documented_commands():
@@ -48,9 +50,10 @@ def test_documented_command_is_accepted(doc, script, argv):
     if hasattr(module, 'check_arguments'):  # imagenet.py's own (image size, --depth)
         module.check_arguments(args)
     classes = CLASSES.get(getattr(args, 'dataset', None), 1000)
-    options = module.TASK.model_options(args)
+    task = module.TASK if hasattr(module, 'TASK') else module.make_task(args)  # celeba.py's
+    options = task.model_options(args)
     with torch.device('meta'):
-        model = module.TASK.registry.create(args.arch, **options, num_classes=classes,
+        model = task.registry.create(args.arch, **options, num_classes=classes,
                                             attention=not args.baseline, gate=args.gate)
     assert model.has_attention != args.baseline
 

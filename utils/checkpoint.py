@@ -5,6 +5,10 @@ A checkpoint is one dict. The authors' keys come first ('epoch', 'state_dict', '
 self-describing file need ('step', 'rng', 'arch', 'model_args', 'num_classes',
 'class_names', 'normalization', 'args', 'format'). Files load with `weights_only=True`: a
 checkpoint from the internet can hold tensors and plain values, never code to run.
+
+The authors' multi-task ABN files (MultitaskABN) are dicts {'epoch', 'iteration', 'best_score',
+'model_state_dict', 'optimizer_state_dict', 'scheduler_state_dict'}; they load too, their
+weights offered as 'state_dict'.
 """
 import glob
 import os
@@ -14,6 +18,7 @@ import shutil
 import tempfile
 import zipfile
 
+import numpy as np
 import torch
 
 from .errors import AbnError
@@ -87,6 +92,15 @@ def remove_stale_temporaries(directory):
             pass
 
 
+def _numpy_scalar_globals():
+    """What a pickled numpy float needs (the MultitaskABN files' best_score is a numpy float64):
+    numpy's scalar constructor under its numpy 1 and numpy 2 module names, and float dtypes.
+    They build numbers, never run code."""
+    scalar = np._core.multiarray.scalar if hasattr(np, '_core') else np.core.multiarray.scalar
+    return [(scalar, 'numpy.core.multiarray.scalar'), (scalar, 'numpy._core.multiarray.scalar'),
+            np.dtype, type(np.dtype(np.float64)), type(np.dtype(np.float32))]
+
+
 def _unsafe_globals(path):
     try:
         return torch.serialization.get_unsafe_globals_in_checkpoint(path)
@@ -104,7 +118,8 @@ def load_checkpoint(path):
         raise AbnError(f'{path} is a directory: give --resume the checkpoint file in it, '
                        f'e.g. {os.path.join(path, "checkpoint.pth.tar")}')
     try:
-        checkpoint = torch.load(path, map_location='cpu', weights_only=True)
+        with torch.serialization.safe_globals(_numpy_scalar_globals()):
+            checkpoint = torch.load(path, map_location='cpu', weights_only=True)
     except pickle.UnpicklingError as error:
         names = _unsafe_globals(path)
         found = re.findall(r'GLOBAL ([\w.]+)', str(error))
@@ -124,6 +139,8 @@ def load_checkpoint(path):
                        f'checkpoint ({reason})') from None
     if isinstance(checkpoint, dict) and 'state_dict' in checkpoint:
         return checkpoint
+    if isinstance(checkpoint, dict) and isinstance(checkpoint.get('model_state_dict'), dict):
+        return {**checkpoint, 'state_dict': checkpoint['model_state_dict']}  # MultitaskABN
     if isinstance(checkpoint, dict) and checkpoint and all(
             isinstance(v, torch.Tensor) for v in checkpoint.values()):
         return {'state_dict': checkpoint}  # a bare state_dict
@@ -153,7 +170,8 @@ def clean_state_dict(state_dict):
 def checkpoint_num_classes(checkpoint):
     if 'num_classes' in checkpoint:
         return int(checkpoint['num_classes'])
-    weight = clean_state_dict(checkpoint['state_dict']).get('att_conv2.weight')
+    state = clean_state_dict(checkpoint['state_dict'])
+    weight = state.get('att_conv2.weight', state.get('conv_att.weight'))  # conv_att: multi-task
     return int(weight.shape[0]) if weight is not None else None
 
 

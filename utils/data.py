@@ -49,6 +49,9 @@ class DataBundle:
     extras: dict = field(default_factory=dict)
     # imagenet.py: evaluation resizes the shorter side to this before the centre crop
     resize_size: Optional[int] = None
+    # a validation split: when present, it picks model_best each epoch, and the best model
+    # is evaluated once on `test` at the end (celeba.py); else `test` picks model_best
+    valid: object = None
 
 
 # -- transforms -----------------------------------------------------------------------------

@@ -39,7 +39,6 @@ from .objectives import get_objective
 from .progress import Progress
 from .resume import AUTO, resolve_resume, resume_requested_auto
 from .tensorboard_log import open_log as open_tensorboard_log
-from .visualize import save_attention_images
 
 
 
@@ -251,8 +250,9 @@ class Run:
         options = self.task.objective_options
         if options is not None and name != self.task.objective:
             raise AbnError(f"{self.args.resume} is a run of the objective '{name}', not "
-                           f"'{self.task.objective}': start a new run from its weights with "
-                           f"--weights {self.args.resume}")
+                           f"'{self.task.objective}' as these options ask: give the options of "
+                           f"its run, or start a new run from its weights with --weights "
+                           f"{self.args.resume}")
         if options is None or name != self.task.objective:
             return get_objective(name)
         return get_objective(name, **options(self.args))
@@ -294,11 +294,13 @@ class Run:
             self.data = self.task.build_data(args, args.evaluate, normalization)
         data = self.data
         check_images(data, args.skip_bad_images, runtime)  # a bad file stops us now, not later
+        self.objective.bind(data)
         if self.legacy and normalization is not None:
             self.print(f'    authors\' checkpoint: inputs normalised as in their scripts '
                        f'(mean {list(normalization[0])}, std {list(normalization[1])})')
-        sizes = f'test {len(data.test)}' if data.train is None else \
-            f'train {len(data.train)}, test {len(data.test)}'
+        sizes = ', '.join(f'{split} {len(part)}' for split, part in (
+            ('train', data.train), ('valid', data.valid), ('test', data.test))
+            if part is not None)
         self.print(f'    {sizes} images, {len(data.classes)} classes')
 
         if self.file_spec is not None:
@@ -497,12 +499,16 @@ class Run:
         return meter, summary, total
 
     @torch.no_grad()
-    def evaluate(self, stop=None, title='Test'):
+    def evaluate(self, stop=None, title=None, loader=None):
+        """The meter's summary over `loader` (default: the split that picks model_best, the
+        validation split where the data has one, else test)."""
         runtime = self.runtime
         self.wrapped.eval()
+        loader = loader or self.valid_loader
+        title = title or ('Valid' if loader is not self.test_loader else 'Test')
         meter = self.objective.new_meter(runtime.device)
-        progress = Progress(title, len(self.test_loader), enabled=runtime.is_main)
-        for step, (inputs, targets) in enumerate(self.test_loader):
+        progress = Progress(title, len(loader), enabled=runtime.is_main)
+        for step, (inputs, targets) in enumerate(loader):
             inputs, targets = self.to_device(inputs, targets)
             output, losses = self.forward_losses(inputs, targets)
             meter.update(step, output, targets, losses)
@@ -545,13 +551,9 @@ class Run:
                 device_inputs = device_inputs.contiguous(memory_format=torch.channels_last)
             with self.autocast():
                 output = net(device_inputs)
-            predictions, scores = self.objective.predict(output.perception_logits)
-            captions = self.objective.captions(predictions.cpu(), scores.cpu(), targets,
-                                               self.data.classes)
-            save_attention_images(out_dir, inputs, output.attention_map.float().cpu(), captions,
-                                  self.data.mean, self.data.std, start_index=start,
-                                  grid_name='grid.png' if start == 0 else f'grid_{b:03d}.png',
-                                  title=title)
+            self.objective.save_attention(
+                out_dir, inputs, output, targets, self.data, start_index=start,
+                grid_name='grid.png' if start == 0 else f'grid_{b:03d}.png', title=title)
             progress.update(b + 1)
         return out_dir
 
@@ -573,6 +575,11 @@ class Run:
         if self.resumed is not None:
             self.restore(self.resumed)
         self.test_loader = self.make_loader(train=False)
+        # model_best is picked on the validation split where the data has one
+        self.valid_loader = self.test_loader
+        if getattr(self.data, 'valid', None) is not None and not args.evaluate:
+            self.valid_loader = make_eval_loader(self.data.valid, args.test_batch, runtime,
+                                                 args.workers)
         if args.evaluate:
             return self
         if self.start_epoch >= args.epochs:  # a job wrapper re-running a finished job
@@ -676,6 +683,8 @@ class Run:
     def finish(self, title):
         self.print('\n' + self.objective.best_text(self.checkpoints.best))
         best_path = self.checkpoints.path(BEST)
+        if self.valid_loader is not self.test_loader and os.path.exists(best_path):
+            self.test_best(best_path)
         if self.runtime.is_main and os.path.exists(best_path):
             best = ckpt.load_checkpoint(best_path)
             out = self.write_attention_images(best['state_dict'],
@@ -687,6 +696,25 @@ class Run:
         self.print(f'Log: {os.path.join(self.checkpoint_dir, "log.txt")}, plot: '
                    f'{os.path.join(self.checkpoint_dir, "log.png")}')
         return 0
+
+    def test_best(self, best_path):
+        """With a validation split: the best model (picked on it) once on the test split."""
+        best = ckpt.load_checkpoint(best_path)
+        self.net.load_state_dict(best['state_dict'])
+        self.print(f'==> The best model (epoch {best["epoch"]}) on the test split')
+        try:
+            summary = self.evaluate(loader=self.test_loader, title='Test')
+        except CorruptImageError as error:
+            raise AbnError(corrupt_image_message(error)) from None
+        self.print(self.objective.evaluation_text(summary, self.attention))
+        self.write_evaluation(summary)
+        self.test_summary = summary
+
+    def write_evaluation(self, summary):
+        if self.runtime.is_main:
+            for path in self.objective.write_evaluation(summary, self.checkpoint_dir,
+                                                        list(self.data.classes)):
+                self.print(f'    {path}')
 
     def run_evaluation(self):
         self.print('\nEvaluation only')
@@ -700,6 +728,7 @@ class Run:
                 os.makedirs(self.checkpoint_dir, exist_ok=True)
             except OSError as error:
                 raise AbnError(f'cannot create {self.checkpoint_dir}: {error.strerror}') from None
+            self.write_evaluation(summary)
             out = self.write_attention_images(
                 title=f'{self.task.name} {self.data.name}: {self.description}')
             if out:

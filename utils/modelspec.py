@@ -18,13 +18,15 @@ import torch
 from .checkpoint import clean_state_dict, is_legacy, load_model_state
 from .cli import AbnError
 
-SCRIPTS = {'cifar': 'cifar.py', 'imagenet': 'imagenet.py'}
+SCRIPTS = {'cifar': 'cifar.py', 'imagenet': 'imagenet.py', 'celeba': 'celeba.py'}
 
 
 def registry_for(script):
-    """The model registry of a script ('cifar' or 'imagenet')."""
-    from models import CIFAR_MODELS, IMAGENET_MODELS  # models import nothing from utils
-    registries = {'cifar': CIFAR_MODELS, 'imagenet': IMAGENET_MODELS}
+    """The model registry of a script ('cifar', 'imagenet' or 'celeba')."""
+    # models import nothing from utils
+    from models import CIFAR_MODELS, IMAGENET_MODELS, MULTITASK_MODELS
+    registries = {'cifar': CIFAR_MODELS, 'imagenet': IMAGENET_MODELS,
+                  'celeba': MULTITASK_MODELS}
     if script not in registries:
         raise AbnError(f"unknown model family '{script}' in the checkpoint: choose one of "
                        f"{', '.join(sorted(registries))}")
@@ -34,7 +36,7 @@ def registry_for(script):
 def describe(arch, options, attention):
     """e.g. 'resnet (depth 110, 100 classes, ABN)'."""
     details = [f'{k} {v}' for k, v in options.items()
-               if k not in ('num_classes', 'attention', 'gate')]
+               if k not in ('num_classes', 'attention', 'gate', 'fold_tasks') and v is not None]
     details.append(f"{options.get('num_classes')} classes")
     if not attention:
         details.append('baseline, no attention branch')
@@ -46,7 +48,7 @@ def describe(arch, options, attention):
 
 @dataclass
 class ModelSpec:
-    script: str  # whose registry builds it: 'cifar' (cifar.py) or 'imagenet' (imagenet.py)
+    script: str  # whose registry builds it: 'cifar', 'imagenet' or 'celeba' (the .py)
     arch: str
     model_args: dict  # every builder argument: num_classes, attention, gate, depth, ...
     class_names: Optional[list] = None

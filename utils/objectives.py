@@ -71,6 +71,26 @@ class Objective:
     def total_loss(self, losses):
         return sum(losses.values())
 
+    def bind(self, data):
+        """Called once the run's DataBundle is built (an objective that reads the data, such
+        as a loss weighted by the training split's label shares)."""
+
+    def save_attention(self, out_dir, inputs, output, targets, data, start_index, grid_name,
+                       title):
+        """The attention pictures of one batch (`inputs` on the CPU, `output` the model's):
+        by default one picture per image of the map's first channel, and a grid."""
+        from .visualize import save_attention_images
+        predictions, scores = self.predict(output.perception_logits)
+        captions = self.captions(predictions.cpu(), scores.cpu(), targets, data.classes)
+        return save_attention_images(out_dir, inputs, output.attention_map.float().cpu(),
+                                     captions, data.mean, data.std, start_index=start_index,
+                                     grid_name=grid_name, title=title)
+
+    def write_evaluation(self, summary, directory, class_names, split='test'):
+        """Files an evaluation writes beside the printed lines (none by default); returns
+        their paths."""
+        return []
+
 
 class SingleLabelObjective(Objective):
     """The authors' objective: CE(attention logits, y) + CE(perception logits, y) with y a

@@ -106,3 +106,36 @@ def init_pretrained(model, args, runtime):
     else:
         return
     runtime.print(f'==> Pretrained: {load_pretrained(model, state_dict, source, args.arch)}')
+
+
+# The multi-task model's own parts, which the authors' --pretrained leaves at their
+# initialisation (they load torchvision's weights with strict=False).
+MULTITASK_FRESH = ('layer4_att.', 'conv_att.', 'output_per.', 'fc.')
+
+
+def init_multitask_pretrained(model, args, runtime):
+    """Task.init_pretrained of celeba.py: the backbone (conv1, bn1, layer1..layer4) from
+    --weights FILE or torchvision's weights (--pretrained); layer4_att, conv_att and the task
+    heads start fresh, as in the authors' script. A backbone weight missing or of another
+    shape is refused in one line."""
+    if args.weights:
+        state_dict, source = load_checkpoint(args.weights)['state_dict'], args.weights
+    elif args.pretrained:
+        name = model.torchvision_name
+        state_dict = download(name, show_progress=runtime.is_main)
+        source = f"torchvision's {name} ImageNet weights"
+    else:
+        return
+    weights = clean_state_dict(state_dict)
+    chosen, misfits = {}, []
+    for key, own in model.state_dict().items():
+        if key in weights and weights[key].shape == own.shape:
+            chosen[key] = weights[key]
+        elif not key.startswith(MULTITASK_FRESH) and not key.endswith('num_batches_tracked'):
+            misfits.append(key)
+    if misfits:
+        raise AbnError(f'{source} does not fit {args.arch}: {len(misfits)} backbone weights '
+                       f'missing or of another shape (e.g. {misfits[0]}). Check -a')
+    model.load_state_dict(chosen, strict=False)
+    runtime.print(f'==> Pretrained: {source}: {len(chosen)} tensors loaded; starting fresh: '
+                  f'the attention branch and the task heads')

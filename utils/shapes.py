@@ -77,8 +77,9 @@ def generate_shapes(n, seed, size=IMAGE_SIZE):
             np.concatenate(masks)[:n])
 
 
-def _draw(labels, rng, size):
-    n = len(labels)
+def _clutter(n, rng, size):
+    """Background and clutter of n images: (images float (n, size, size, 3), background colours
+    (n, 1, 1, 3), pixel x and y coordinates). Shared with the multi-label generator."""
     ys, xs = np.mgrid[0:size, 0:size].astype(np.float32) + 0.5
 
     # Clutter, independent of the class: a background colour, pixel noise, a few strokes
@@ -101,6 +102,12 @@ def _draw(labels, rng, size):
         radius = rng.uniform(0.8, 2.0, (n, 1, 1))
         blob = np.hypot(xs - cx, ys - cy) < radius
         images = np.where(blob[..., None], _mix(colour, images), images)
+    return images, background, xs, ys
+
+
+def _draw(labels, rng, size):
+    n = len(labels)
+    images, background, xs, ys = _clutter(n, rng, size)
 
     # The object: random scale and position fully inside the image, and a colour that
     # differs clearly from the background.

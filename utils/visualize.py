@@ -197,3 +197,80 @@ def save_comparison_grid(path, pictures, heats, row_titles, title=''):
 def save_map_image(path, attention_map):
     """The model's map at its own resolution, as 8-bit grayscale: edit it, give it to --edit."""
     Image.fromarray(as_uint8(attention_map.numpy())).save(path)
+
+
+# -- multi-task maps (N, T, h, w): one panel per task -----------------------------------------
+
+def task_heat(maps, size, map_style='pos'):
+    """(N, T, h, w) unbounded multi-task maps -> (N, T, H, W) arrays in [0, 1]: the authors'
+    picture `map_style` ('pos', 'neg', 'both'; scaled over all T maps of an image), upsampled
+    bilinearly to the image."""
+    from .attributes import map_picture
+    pictures = map_picture(maps.detach().float(), map_style)
+    if tuple(pictures.shape[-2:]) != tuple(size):
+        pictures = F.interpolate(pictures, size=tuple(size), mode='bilinear',
+                                 align_corners=False)
+    return pictures.clamp(0, 1).cpu().numpy()
+
+
+def _task_title(name, probability, truth):
+    """'circle 0.97 (1)': the task's probability and, when known, its truth; wrong in red."""
+    text = f'{name} {probability:.2f}'
+    if truth is None:
+        return text, 'black'
+    wrong = (probability >= 0.5) != (truth > 0.5)
+    return f'{text} ({int(truth > 0.5)})', 'red' if wrong else 'black'
+
+
+def save_task_attention_images(out_dir, images, maps, probabilities, targets, task_names, mean,
+                               std, start_index=0, grid_name='grid.png', title='',
+                               map_style='pos', max_tasks=8, grid_images=8):
+    """Multi-task ABN pictures. Per image, `NNNN_tasks.png`: the input, then the overlay of
+    each task's map (the first `max_tasks` tasks), titled with the task's probability and its
+    truth (1/0; red when the prediction at 0.5 is wrong). `grid_name`: the first
+    `grid_images` images, one a row, the same panels. Returns the paths written."""
+    os.makedirs(out_dir, exist_ok=True)
+    pictures = denormalize(images, mean, std)
+    heat = task_heat(maps, images.shape[-2:], map_style)
+    shown = min(max_tasks, heat.shape[1])
+    names = [class_label(task_names, t) for t in range(shown)]
+    probabilities = probabilities.float().numpy()
+    truths = targets.float().numpy() if targets is not None else None
+    paths = []
+
+    def draw_row(axes, i):
+        axes[0].imshow(pictures[i], interpolation='nearest')
+        axes[0].set_title('input', fontsize=8)
+        for t in range(shown):
+            axes[1 + t].imshow(blend(pictures[i], heat[i, t]))
+            text, colour = _task_title(names[t], float(probabilities[i, t]),
+                                       None if truths is None else float(truths[i, t]))
+            axes[1 + t].set_title(text, fontsize=8, color=colour)
+        for ax in axes:
+            ax.set_xticks([])
+            ax.set_yticks([])
+
+    for i in range(len(pictures)):
+        fig, axes = plt.subplots(1, 1 + shown, figsize=(1.6 * (1 + shown), 2.0), squeeze=False)
+        draw_row(axes[0], i)
+        more = f' (first {shown} of {heat.shape[1]} tasks)' if shown < heat.shape[1] else ''
+        fig.suptitle(f'{map_style} maps{more}', fontsize=8)
+        fig.tight_layout()
+        path = os.path.join(out_dir, f'{start_index + i:04d}_tasks.png')
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    if grid_name:
+        rows = min(grid_images, len(pictures))
+        fig, axes = plt.subplots(rows, 1 + shown, figsize=(1.6 * (1 + shown), 1.75 * rows + 0.4),
+                                 squeeze=False)
+        for i in range(rows):
+            draw_row(axes[i], i)
+        if title:
+            fig.suptitle(f'{title} ({map_style} maps)', fontsize=9)
+        fig.tight_layout()
+        path = os.path.join(out_dir, grid_name)
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths

@@ -1,0 +1,219 @@
+"""explain.py for checkpoints of celeba.py: one attention map per task (attribute).
+
+For each image and each chosen task t (`--task NAME` or `all`): the ABN map of task t (the
+authors' `pos` picture by default), and with --compare/--measure the CAM and Grad-CAM of the
+perception branch for task t (layer4 on the features gated by map t, head t) and a seeded
+random map. `--measure` on shapes-multi scores the pointing game of every task's maps against
+the mask of its own kind, over the images where that kind is present, and averages the
+attributes; results in metrics.json and metrics.md.
+"""
+import json
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+import torchvision.transforms as T
+
+from . import checkpoint as ckpt
+from .attributes import MULTI_SPLIT_SEEDS, ShapesMultiDataset, map_picture
+from .cli import AbnError
+from .metrics import pointing_game, pointing_tolerance
+from .modelspec import model_from_checkpoint, spec_from_checkpoint
+from .multilabel import predict
+from .visualize import save_task_attention_images
+
+METHODS = ('ABN', 'CAM', 'Grad-CAM', 'random')
+
+
+def is_multitask_checkpoint(saved):
+    spec = spec_from_checkpoint(saved)
+    return spec is not None and spec.script == 'celeba'
+
+
+def chosen_tasks(task, names):
+    """Indices of `--task` (a name, a comma-separated list, or 'all')."""
+    if task in (None, 'all'):
+        return list(range(len(names)))
+    wanted = [name.strip() for name in task.split(',')]
+    unknown = [name for name in wanted if name not in names]
+    if unknown:
+        raise AbnError(f"--task {unknown[0]}: the model's tasks are {', '.join(names)} (or all)")
+    return [names.index(name) for name in wanted]
+
+
+def task_cams(model, inputs, tasks):
+    """(CAM, Grad-CAM) of the perception branch for each task in `tasks`: (N, K, h, w) each.
+    Task t's perception is layer4 on the features gated by map t, pooled, then head t; CAM
+    weighs layer4's channels by head t's weights, Grad-CAM by the pooled gradient of logit t
+    (for pooling + one linear layer it is ReLU(CAM) up to a factor: computed anyway)."""
+    with torch.no_grad():
+        features = model.extract_features(inputs)
+        _, maps = model.attention_branch(features)
+    cams, grad_cams = [], []
+    for t in tasks:
+        stage = model.layer4(model.gated(features, maps[:, t:t + 1])).detach().requires_grad_()
+        head = model.output_per[t]
+        logit = head(stage.mean((2, 3)))[:, 0]
+        gradient, = torch.autograd.grad(logit.sum(), stage)
+        cams.append(torch.einsum('nchw,c->nhw', stage.detach(), head.weight[0].detach()))
+        grad_cams.append(F.relu((gradient.mean((2, 3), keepdim=True) * stage.detach()).sum(1)))
+    return torch.stack(cams, 1), torch.stack(grad_cams, 1)
+
+
+def upsample(maps, size):
+    """(N, K, h, w) -> (N, K, H, W) numpy, bilinear (the pointing game's and pictures' scale)."""
+    return F.interpolate(maps.float(), size=size, mode='bilinear',
+                         align_corners=False).cpu().numpy()
+
+
+class MultitaskExplainRun:
+    def __init__(self, args, saved):
+        self.args = args
+        device = 'cpu' if args.gpu_id == 'cpu' or not torch.cuda.is_available() else \
+            f'cuda:{args.gpu_id}'
+        self.device = torch.device(device)
+        self.model, self.spec = model_from_checkpoint(saved, args.checkpoint)
+        self.model.eval().to(self.device)
+        if not self.model.has_attention:
+            raise AbnError(f'{args.checkpoint} holds a plain multi-label baseline: no maps to '
+                           f'explain')
+        self.names = list(self.spec.class_names or range(self.model.num_classes))
+        self.tasks = chosen_tasks(args.task, self.names)
+        if args.dataset not in (None, 'shapes-multi'):
+            raise AbnError(f'--dataset {args.dataset} is not a multi-task data set: use '
+                           f'--dataset shapes-multi, or give image files')
+        if args.dataset is None and not args.inputs:
+            raise AbnError('give image files or --dataset shapes-multi')
+        size = int(self.spec.image_size or 224)
+        self.mean, self.std = self.spec.normalization or ((0., 0., 0.), (1., 1., 1.))
+        steps = [T.Resize((size, size)), T.ToTensor()]
+        if tuple(self.std) != (1.0, 1.0, 1.0) or any(self.mean):
+            steps.append(T.Normalize(self.mean, self.std))
+        self.transform = T.Compose(steps)
+        self.size = size
+
+    def images(self):
+        """(inputs (N, 3, S, S), targets (N, T) or None, masks (N, T, S, S) or None)."""
+        args = self.args
+        if args.dataset == 'shapes-multi':
+            data = ShapesMultiDataset(train=False, size=args.num_images or 500,
+                                      transform=self.transform, seed=MULTI_SPLIT_SEEDS['test'])
+            inputs = torch.stack([data[i][0] for i in range(len(data))])
+            masks = torch.from_numpy(data.masks)
+            if masks.shape[-1] != self.size:
+                masks = F.interpolate(masks.float(), size=(self.size, self.size),
+                                      mode='nearest') > 0.5
+            return inputs, data.targets, masks.numpy()
+        from .data import load_rgb
+        from .inputs import find_images
+        files = find_images(args.inputs)[:args.num_images]
+        return torch.stack([self.transform(load_rgb(f)) for f in files]), None, None
+
+    def run(self):
+        args = self.args
+        os.makedirs(args.output, exist_ok=True)
+        inputs, targets, masks = self.images()
+        generator = torch.Generator().manual_seed(args.seed)
+        measure = args.measure and masks is not None
+        if args.measure and masks is None:
+            print('note: --measure scores the pointing game on data with masks '
+                  '(--dataset shapes-multi); image files have none')
+        totals = {method: {self.names[t]: [] for t in self.tasks} for method in METHODS}
+        radius = args.pointing_tolerance
+        radius = pointing_tolerance(self.size) if radius is None else radius
+        tolerant = {method: {self.names[t]: [] for t in self.tasks} for method in METHODS}
+        records = []
+        drawn = 0
+        for start in range(0, len(inputs), args.batch_size):
+            x = inputs[start:start + args.batch_size].to(self.device)
+            with torch.no_grad():
+                output = self.model(x)
+            _, probabilities = predict(output.perception_logits.float())
+            for i in range(len(x)):
+                records.append({'index': start + i, 'probabilities': {
+                    self.names[t]: round(float(probabilities[i, t]), 4)
+                    for t in range(len(self.names))}})
+            limit = len(inputs) if args.save_images is None else args.save_images
+            count = max(0, min(len(x), limit - start))
+            if count:
+                chosen = output.attention_map[:count][:, self.tasks].float().cpu()
+                save_task_attention_images(
+                    args.output, x[:count].cpu(), chosen,
+                    probabilities[:count][:, self.tasks].cpu(),
+                    None if targets is None else targets[start:start + count][:, self.tasks],
+                    [self.names[t] for t in self.tasks], self.mean, self.std, start_index=start,
+                    grid_name='grid.png' if start == 0 else None, title=self.spec.describe(),
+                    map_style=args.map_style, max_tasks=len(self.tasks))
+                drawn += count
+            if not measure:
+                continue
+            size = (self.size, self.size)
+            maps = {'ABN': upsample(map_picture(output.attention_map[:, self.tasks], 'pos',
+                                                dims=(-2, -1)), size)}
+            if args.compare or args.measure:
+                cam, grad_cam = task_cams(self.model, x, self.tasks)
+                maps['CAM'], maps['Grad-CAM'] = upsample(cam, size), upsample(grad_cam, size)
+            maps['random'] = upsample(torch.rand(len(x), len(self.tasks), *cam.shape[-2:],
+                                                 generator=generator), size)
+            batch_masks = masks[start:start + len(x)]
+            for k, t in enumerate(self.tasks):
+                present = batch_masks[:, t].reshape(len(x), -1).any(1)
+                if not present.any():
+                    continue
+                for method, heat in maps.items():
+                    totals[method][self.names[t]].extend(
+                        pointing_game(heat[present, k], batch_masks[present, t]))
+                    tolerant[method][self.names[t]].extend(
+                        pointing_game(heat[present, k], batch_masks[present, t], radius=radius))
+        with open(os.path.join(args.output, 'predictions.json'), 'w') as f:
+            json.dump({'model': self.spec.describe(), 'checkpoint': args.checkpoint,
+                       'tasks': [self.names[t] for t in self.tasks], 'images': records}, f,
+                      indent=2)
+        if measure:
+            self.write_measures(totals, tolerant, radius, len(inputs))
+        print(f'Results in {args.output}: predictions.json'
+              + (', metrics.json, metrics.md' if measure else '')
+              + f', and per-task pictures of {drawn} images')
+        return 0
+
+    def write_measures(self, totals, tolerant, radius, images):
+        """metrics.json/.md: the pointing game per attribute (over the images where it is
+        present) and its mean over the attributes, per method; also with ±radius px."""
+        table = {}
+        for title, source in (('pointing game', totals), (f'pointing game ±{radius} px',
+                                                          tolerant)):
+            table[title] = {}
+            for method, per_task in source.items():
+                scores = {name: float(np.mean(v)) for name, v in per_task.items() if v}
+                scores['mean'] = float(np.mean(list(scores.values()))) if scores else None
+                table[title][method] = scores
+        counts = {name: len(v) for name, v in totals['ABN'].items()}
+        with open(os.path.join(self.args.output, 'metrics.json'), 'w') as f:
+            json.dump({'model': self.spec.describe(), 'checkpoint': self.args.checkpoint,
+                       'images': images, 'images with the attribute': counts,
+                       'pointing tolerance (px)': radius, 'seed': self.args.seed,
+                       'scores': table}, f, indent=2)
+        names = [n for n in counts if counts[n]]
+        lines = []
+        for title, methods in table.items():
+            lines.append(f'{title} (share of the map\'s peak on the shape of its own kind, '
+                         f'%; images with the attribute)\n')
+            lines.append('| method | ' + ' | '.join(f'{n} ({counts[n]})' for n in names)
+                         + ' | mean |')
+            lines.append('|' + '---|' * (len(names) + 2))
+            for method, scores in methods.items():
+                lines.append(f'| {method} | ' + ' | '.join(f'{100 * scores[n]:.1f}'
+                                                            for n in names)
+                             + f" | {100 * scores['mean']:.1f} |")
+            lines.append('')
+        text = '\n'.join(lines)
+        with open(os.path.join(self.args.output, 'metrics.md'), 'w') as f:
+            f.write(f'{self.spec.describe()}, {images} images\n\n{text}')
+        print('\n' + text)
+
+
+def explain_multitask(args):
+    """explain.py's entry for a checkpoint of celeba.py; returns the exit status."""
+    saved = ckpt.load_checkpoint(args.checkpoint)
+    return MultitaskExplainRun(args, saved).run()
