@@ -241,7 +241,8 @@ def test_the_demo_command_is_documented():
 
 @pytest.mark.slow
 @pytest.mark.xfail(reason='docs/multitask.md: the demo recipe does not reach 95% yet (60.65% '
-                          'on valid after two epochs)', strict=True)  # passes once the demo is fixed: then drop the mark
+                          'on valid after two epochs); strict: a fixed demo fails this mark, '
+                          'which is then dropped', strict=True)
 def test_the_documented_demo_reaches_its_accuracy(tmp_path):
     argv = demo_command()
     at = argv.index('-c')
