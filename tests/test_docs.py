@@ -46,7 +46,8 @@ def test_documented_command_is_accepted(doc, script, argv):
     module = importlib.import_module(script)
     args = module.get_args_parser().parse_args(argv)
     check_training_arguments(args)
-    check_teach_arguments(args)
+    if hasattr(args, 'attention_maps'):  # cifar.py and imagenet.py teach maps
+        check_teach_arguments(args)
     if hasattr(module, 'check_arguments'):  # imagenet.py's own (image size, --depth)
         module.check_arguments(args)
     classes = CLASSES.get(getattr(args, 'dataset', None), 1000)
