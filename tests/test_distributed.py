@@ -3,6 +3,7 @@ global batch, evaluation counts every test image once, only rank 0 writes or pri
 run resumes under torchrun. Real processes, launched as a user launches them."""
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import textwrap
@@ -17,6 +18,7 @@ import cifar
 from utils import checkpoint as ckpt
 from utils.cli import run
 from utils.distributed import GlooSyncBatchNorm, sync_batchnorm
+from tests.test_reliability import wait_for
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 64 training images: one global batch of 32 per step, 2 steps an epoch; 33 test images, an
@@ -205,3 +207,98 @@ def test_gloo_sync_batchnorm_gives_the_global_batchs_gradients(tmp_path):
             torch.testing.assert_close(got, expected, rtol=0, atol=1e-12)
         for name, value in net.state_dict().items():
             torch.testing.assert_close(saved['state'][name], value, rtol=0, atol=1e-12, msg=name)
+
+
+# -- torchrun restarts and signals, through real processes ---------------------------------
+
+# 4 steps an epoch (8 images per process), 2 epochs, deterministic kernels on the CPU.
+ELASTIC = COMMON + ['--train-batch', '8', '--sync-bn', '--epochs', '2', '--deterministic']
+UNATTENDED = ['--resume', 'auto', '--save-every-steps', '1']
+
+
+def start_torchrun(argv, workdir, *launcher):
+    """torchrun in a session of its own (as a scheduler starts a job); output as it comes."""
+    env = dict(os.environ, PYTHONPATH=ROOT, OMP_NUM_THREADS='1', MPLBACKEND='Agg',
+               PYTHONUNBUFFERED='1')
+    return subprocess.Popen(
+        [sys.executable, '-m', 'torch.distributed.run', '--standalone', '--nproc_per_node=2',
+         *launcher, os.path.join(ROOT, 'cifar.py')] + argv,
+        cwd=workdir, env=env, text=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        start_new_session=True)
+
+
+def worker_pid(torchrun_pid, rank):
+    """The pid of torchrun's worker of `rank`: a child of the launcher with RANK=rank."""
+    children = []
+    for task in os.listdir(f'/proc/{torchrun_pid}/task'):
+        with open(f'/proc/{torchrun_pid}/task/{task}/children') as f:
+            children += [int(pid) for pid in f.read().split()]
+    for pid in children:
+        with open(f'/proc/{pid}/environ', 'rb') as f:
+            if f'RANK={rank}'.encode() in f.read().split(b'\0'):
+                return pid
+    raise AssertionError(f'no worker of rank {rank} among {children}')
+
+
+@pytest.fixture(scope='module')
+def uninterrupted_pair(tmp_path_factory):
+    root = tmp_path_factory.mktemp('uninterrupted')
+    process = start_torchrun(ELASTIC + ['-c', 'run'], root)
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, out[-3000:]
+    return root / 'run'
+
+
+def assert_bitwise_equal(a, b):
+    ours, theirs = (ckpt.load_checkpoint(os.path.join(d, 'checkpoint.pth.tar')) for d in (a, b))
+    assert (ours['epoch'], ours['step']) == (theirs['epoch'], theirs['step']) == (2, 0)
+    assert ours['state_dict'].keys() == theirs['state_dict'].keys()
+    for name in ours['state_dict']:
+        assert torch.equal(ours['state_dict'][name], theirs['state_dict'][name]), name
+    for x, y in zip(ours['optimizer']['state'].values(), theirs['optimizer']['state'].values(),
+                    strict=True):
+        assert torch.equal(x['momentum_buffer'], y['momentum_buffer'])
+
+
+@pytest.mark.skipif(not os.path.exists('/proc/self/task'), reason='finds the worker in /proc')
+def test_torchrun_restarts_a_killed_worker_and_the_run_ends_bitwise_the_same(
+        uninterrupted_pair, tmp_path):
+    """SIGKILL to rank 1 mid-epoch (when rank 0 has printed step 2 of 4; read from the job's
+    output, never a timer): torchrun stops rank 0, starts both again with the same command,
+    they continue from the last checkpoint of the same -c, and the job exits 0 with the
+    weights of a run that was never interrupted."""
+    process = start_torchrun(ELASTIC + UNATTENDED + ['-c', 'run'], tmp_path, '--max-restarts=3')
+    seen = wait_for(process, 'Train 1 [2/4]')
+    os.kill(worker_pid(process.pid, rank=1), signal.SIGKILL)
+    out, _ = process.communicate(timeout=300)
+    out = seen + out
+    assert process.returncode == 0, out[-5000:]
+    assert out.count('==> Training on 2 processes') == 2  # the first start and one restart
+    assert 'resuming at epoch ' in out.split('==> Training on')[2]
+    assert out.count('Best acc:') == 1
+    assert_bitwise_equal(tmp_path / 'run', uninterrupted_pair)
+    assert not [n for n in os.listdir(tmp_path / 'run') if n.endswith('.tmp')]
+
+
+def test_sigterm_to_a_torchrun_job_saves_once_and_resumes_bitwise(uninterrupted_pair, tmp_path):
+    """As a scheduler stops a torchrun job: SIGTERM to the launcher's process group (its
+    workers are in sessions of their own: the agent forwards the signal to them). Both
+    workers stop at the same step, rank 0 saves and prints once, the workers exit 143; the
+    same command then finishes the run with the uninterrupted run's weights."""
+    process = start_torchrun(ELASTIC + UNATTENDED + ['-c', 'run'], tmp_path)
+    seen = wait_for(process, 'Train 1 [2/4]')
+    os.killpg(process.pid, signal.SIGTERM)
+    out, _ = process.communicate(timeout=300)
+    out = seen + out
+    assert process.returncode != 0, out[-5000:]  # torchrun reports the signal it got
+    assert out.count('SIGTERM: stopping after this step') == 1, out[-5000:]
+    assert 'Ctrl-C' not in out, out[-5000:]
+    assert out.count('To continue:') == 1, out[-5000:]
+    assert out.split('To continue:')[1].strip().splitlines()[0].startswith('torchrun ... ')
+    saved = ckpt.load_checkpoint(os.path.join(tmp_path, 'run', 'checkpoint.pth.tar'))
+    assert saved['epoch'] == 0 and 2 <= saved['step'] < 4 or saved['epoch'] == 1, \
+        (saved['epoch'], saved['step'])
+    process = start_torchrun(ELASTIC + UNATTENDED + ['-c', 'run'], tmp_path)
+    out, _ = process.communicate(timeout=300)
+    assert process.returncode == 0, out[-5000:]
+    assert_bitwise_equal(tmp_path / 'run', uninterrupted_pair)

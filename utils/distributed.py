@@ -32,6 +32,25 @@ def launched_by_torchrun():
     return 'RANK' in os.environ and 'WORLD_SIZE' in os.environ and 'LOCAL_RANK' in os.environ
 
 
+def restart_safe_rendezvous():
+    """init_process_group's store under torchrun, kept apart per restart of the group.
+
+    The workers of every start of the group (--max-restarts) share the agent's store, and
+    this torch's env:// rendezvous no longer adds the restart count to its keys (it once
+    did: '/worker/attempt_N'): a restarted group then reads the addresses its killed
+    predecessors published and fails to connect, so every restart fails. The prefix is
+    put back here. Elsewhere (no agent store) env:// is left as it is."""
+    if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != str(True):
+        return {}
+    from torch.distributed.constants import default_pg_timeout
+    world_size = int(os.environ['WORLD_SIZE'])
+    store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']),
+                          world_size, is_master=False, timeout=default_pg_timeout)
+    attempt = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')
+    return {'store': dist.PrefixStore(f'/worker/attempt_{attempt}', store),
+            'rank': int(os.environ['RANK']), 'world_size': world_size}
+
+
 def setup_runtime(gpu_id):
     """Picks the device(s). Under torchrun: one process per device (CUDA, else CPU with gloo).
     Otherwise --gpu-id: 'cpu', one id, or several (DataParallel)."""
@@ -46,7 +65,7 @@ def setup_runtime(gpu_id):
         else:
             device, backend = torch.device('cpu'), 'gloo'
         if not dist.is_initialized():
-            dist.init_process_group(backend=backend)
+            dist.init_process_group(backend=backend, **restart_safe_rendezvous())
         return Runtime(device=device, device_ids=[], rank=dist.get_rank(),
                        world_size=dist.get_world_size(), local_rank=local_rank,
                        distributed=True)

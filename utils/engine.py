@@ -209,9 +209,14 @@ class StopSignals:
                 raise KeyboardInterrupt
             return
         self.signum = signum
-        name = 'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'
-        self.runtime.print(f'\n{name}: stopping after this step to save a checkpoint '
-                           f'(Ctrl-C again to quit at once)')
+        if signum == signal.SIGINT and not self.runtime.distributed:
+            self.runtime.print('\nCtrl-C: stopping after this step to save a checkpoint '
+                               '(Ctrl-C again to quit at once)')
+        else:  # a scheduler's signal (or Ctrl-C under torchrun): nobody to press it again
+            name = 'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'
+            status = 143 if signum == signal.SIGTERM else 130
+            self.runtime.print(f'\n{name}: stopping after this step to save a checkpoint, '
+                               f'then exiting with status {status}')
 
     def requested(self):
         return self.signum is not None
