@@ -24,3 +24,13 @@ def offline(monkeypatch):
 
     monkeypatch.setattr(urllib.request, 'urlopen', refuse)
     monkeypatch.setattr(urllib.request.OpenerDirector, 'open', refuse)
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test (tiny models: the fastest, and far faster on a busy
+    machine); modules opt in with pytestmark = pytest.mark.usefixtures('one_thread')."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -24,13 +24,8 @@ from utils.shapes import ShapesDataset
 CPU = Runtime(device=torch.device('cpu'))
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These are tiny models: one thread is fastest, and on a busy machine, far faster."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+# Tiny models: one thread is fastest, and on a busy machine far faster.
+pytestmark = pytest.mark.usefixtures('one_thread')
 
 
 # -- the loss -------------------------------------------------------------------------------

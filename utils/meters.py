@@ -13,6 +13,16 @@ def topk_correct(output, target, topk):
     return [hits[:, :min(k, maxk)].any(1).sum() for k in topk]
 
 
+def earliest_step_of_all(step):
+    """The earliest of every process's step tensor, -1 (none) counting as never."""
+    never = torch.iinfo(torch.long).max
+    step = step.clone()
+    step[step < 0] = never
+    dist.all_reduce(step, op=dist.ReduceOp.MIN)
+    step[step == never] = -1
+    return step
+
+
 class SingleLabelMeter:
     """The single-label objective's epoch sums: samples, the total loss and each branch's,
     and each branch's top-1/top-5 hits. Values are fetched (one host sync) only when
@@ -54,11 +64,7 @@ class SingleLabelMeter:
             sums = self.sums.to(torch.float64)
             dist.all_reduce(sums)
             self.sums = sums
-            step = self.nonfinite_step.clone()
-            step[step < 0] = torch.iinfo(torch.long).max
-            dist.all_reduce(step, op=dist.ReduceOp.MIN)
-            step[step == torch.iinfo(torch.long).max] = -1
-            self.nonfinite_step = step
+            self.nonfinite_step = earliest_step_of_all(self.nonfinite_step)
 
     def first_nonfinite_step(self):
         step = int(self.nonfinite_step.item())

@@ -14,6 +14,7 @@ import torch
 import torch.distributed as dist
 
 from . import multilabel as ml
+from .meters import earliest_step_of_all
 from .objectives import AUTHORS_COLUMNS, Objective, register_objective
 
 BRANCHES = ('att', 'per')  # attention branch, perception branch
@@ -52,11 +53,7 @@ class MultiLabelMeter:
             dist.all_reduce(self.sums)
             if self.counts is not None:
                 dist.all_reduce(self.counts)
-            step = self.nonfinite_step.clone()
-            step[step < 0] = torch.iinfo(torch.long).max
-            dist.all_reduce(step, op=dist.ReduceOp.MIN)
-            step[step == torch.iinfo(torch.long).max] = -1
-            self.nonfinite_step = step
+            self.nonfinite_step = earliest_step_of_all(self.nonfinite_step)
 
     def first_nonfinite_step(self):
         step = int(self.nonfinite_step.item())
