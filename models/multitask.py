@@ -35,21 +35,13 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-from torchvision.models.resnet import BasicBlock, Bottleneck
 
 from .abn import AbnOutput, init_conv_bn
+from .imagenet.resnet import BLOCKS  # depth -> (block, blocks per stage)
 from .registry import ModelRegistry
 from .stages import resnet_stage
 
 MULTITASK_MODELS = ModelRegistry('multi-task')
-
-BLOCKS = {
-    18: (BasicBlock, [2, 2, 2, 2]),
-    34: (BasicBlock, [3, 4, 6, 3]),
-    50: (Bottleneck, [3, 4, 6, 3]),
-    101: (Bottleneck, [3, 4, 23, 3]),
-    152: (Bottleneck, [3, 8, 36, 3]),
-}
 
 
 class TaskBatchNorm2d(nn.BatchNorm2d):

@@ -97,15 +97,23 @@ def load_pretrained(model, state_dict, source, model_name):
 def init_pretrained(model, args, runtime):
     """Task.init_pretrained of imagenet.py: a new run starts from --weights FILE, else from
     torchvision's weights with --pretrained, else from scratch."""
-    if args.weights:
-        state_dict, source = load_checkpoint(args.weights)['state_dict'], args.weights
-    elif args.pretrained:
-        name = model.torchvision_name
-        state_dict = download(name, show_progress=runtime.is_main)
-        source = f"torchvision's {name} ImageNet weights"
-    else:
+    start = starting_weights(model, args, runtime)
+    if start is None:
         return
+    state_dict, source = start
     runtime.print(f'==> Pretrained: {load_pretrained(model, state_dict, source, args.arch)}')
+
+
+def starting_weights(model, args, runtime):
+    """(state_dict, where it came from) of --weights FILE, else of torchvision's ImageNet
+    weights with --pretrained; None for a start from scratch."""
+    if args.weights:
+        return load_checkpoint(args.weights)['state_dict'], args.weights
+    if args.pretrained:
+        name = model.torchvision_name
+        return (download(name, show_progress=runtime.is_main),
+                f"torchvision's {name} ImageNet weights")
+    return None
 
 
 # The multi-task model's own parts, which the authors' --pretrained leaves at their
@@ -118,14 +126,10 @@ def init_multitask_pretrained(model, args, runtime):
     --weights FILE or torchvision's weights (--pretrained); layer4_att, conv_att and the task
     heads start fresh, as in the authors' script. A backbone weight missing or of another
     shape is refused in one line."""
-    if args.weights:
-        state_dict, source = load_checkpoint(args.weights)['state_dict'], args.weights
-    elif args.pretrained:
-        name = model.torchvision_name
-        state_dict = download(name, show_progress=runtime.is_main)
-        source = f"torchvision's {name} ImageNet weights"
-    else:
+    start = starting_weights(model, args, runtime)
+    if start is None:
         return
+    state_dict, source = start
     weights = clean_state_dict(state_dict)
     chosen, misfits = {}, []
     for key, own in model.state_dict().items():
