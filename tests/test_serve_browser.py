@@ -167,16 +167,22 @@ def test_load_see_paint_predict_save_in_a_browser(tmp_path):
             strokes.move_to_element_with_offset(canvas, 90, y).release()
         strokes.perform()
         driver.find_element(By.ID, 'apply').click()
-        said = message_says('edited map')
-        own, edited = re.findall(r'map (\S+) ([\d.]+)%', said)
-        assert own != edited, said  # the perception branch answers the edit
+        # The perception branch answers the edit. Reruns answer strokes as they arrive, so
+        # the first 'edited map' line may come from before the last stroke: wait for the edit.
+        def edit_answered(d):
+            found = re.findall(r'map (\S+) ([\d.]+)%', text('message'))
+            return 'edited map' in text('message') and len(found) == 2 and found[0] != found[1]
+        wait.until(edit_answered, message='the edited map never changed the prediction')
         wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, '#panel-edited img')))
 
         # Save: DIR/<split>/<index>.png, grayscale at the map's resolution, painted black.
         driver.find_element(By.ID, 'save').click()
-        message_says('Saved the edited map')
+        # The saved path stays in #saved; the message box may already show a stroke's late
+        # rerun (strokes answer as they arrive), so it is not where to look.
+        saved_path = f'out/edited_maps/test/{index}.png'
+        wait.until(lambda d: saved_path in text('saved').replace('\n', ''),
+                   message="the page never showed the saved map's path")
         saved = out / 'edited_maps' / 'test' / f'{index}.png'
-        assert f'out/edited_maps/test/{index}.png' in text('saved').replace('\n', '')
         with Image.open(saved) as image:
             assert image.mode == 'L' and image.size == (16, 16)
             pixels = np.asarray(image)
