@@ -28,6 +28,7 @@ DATASETS = ('celeba', 'attributes', 'shapes-multi')
 DEFAULTS = dict(epochs=10, train_batch=8, test_batch=64, schedule=[4, 8], weight_decay=1e-4)
 NO_NORMALIZATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
 SHAPES_MULTI_VALID_SEED = MULTI_SPLIT_SEEDS['test'] + 1  # a third generated split
+MODEL_FLAGS = dict(width='width')
 
 
 def get_args_parser():
@@ -47,7 +48,8 @@ def get_args_parser():
     add_training_arguments(parser, DEFAULTS)
     parser.set_defaults(lr=0.01)
     add_architecture_arguments(
-        parser, sorted(MULTITASK_MODELS), arch='mtabn_v1_resnet18', gate='multiply', sizes={},
+        parser, sorted(MULTITASK_MODELS), arch='mtabn_v1_resnet18', gate='multiply',
+        sizes={'width': None},
         helps={'gate': 'how map t gates the features for task t: multiply g*M_t (the authors\' '
                        'default and their published checkpoint) or residual g*(1+M_t)'})
     parser.add_argument('--residual-attention', action='store_true',
@@ -132,11 +134,17 @@ def check_arguments(args):
                        f'of at least 32 px')
     if 'gate' not in MULTITASK_MODELS.options_of(args.arch):
         args.baseline = True  # resnet18..152: the authors' plain multi-label baseline
+    if args.width is not None and (args.baseline or args.width < 1):
+        raise AbnError(f'--width {args.width}: ' + ('the plain baseline is torchvision\'s ResNet, '
+                       'whose width is 64' if args.baseline else 'give a positive number'))
+    if args.width not in (None, 64) and args.pretrained and not args.resume:
+        raise AbnError(f"--pretrained: torchvision's ImageNet weights are for --width 64, not "
+                       f"{args.width}")
     if args.map_tasks < 1:
         raise AbnError('--map-tasks must be at least 1')
     if not args.resume:
         with torch.device('meta'):
-            model = MULTITASK_MODELS.create(args.arch, num_classes=2,
+            model = MULTITASK_MODELS.create(args.arch, num_classes=2, width=args.width,
                                             attention=not args.baseline, gate=args.gate)
         check_pretrained_arguments(args, model)
 
@@ -153,7 +161,7 @@ def resolve_gate(args, given):
 
 
 def make_task(args):
-    return Task(name='celeba', registry=MULTITASK_MODELS, build_data=build_data, model_flags={},
+    return Task(name='celeba', registry=MULTITASK_MODELS, build_data=build_data, model_flags=MODEL_FLAGS,
                 legacy_normalization=NO_NORMALIZATION, init_pretrained=init_multitask_pretrained,
                 objective='multi-label-focal' if args.focal_loss else 'multi-label',
                 objective_options=lambda args: dict(map_style=args.map_style,

@@ -99,22 +99,24 @@ class MultitaskABN(nn.Module):
     last_stage, classifier_name = 'layer4', 'output_per'
     has_attention = True
 
-    def __init__(self, block, layers, num_classes=40, residual_attention=True, fold_tasks=True):
+    def __init__(self, block, layers, num_classes=40, residual_attention=True, fold_tasks=True,
+                 width=64):
         super().__init__()
         self.num_classes = num_classes
         self.residual_attention = residual_attention
         self.gate = 'residual' if residual_attention else 'multiply'
         self.fold_tasks = fold_tasks
         e = block.expansion
-        self.conv1 = nn.Conv2d(3, 64, kernel_size=7, stride=2, padding=3, bias=False)
-        self.bn1 = nn.BatchNorm2d(64)
-        self.layer1 = resnet_stage(block, 64, 64, layers[0])
-        self.layer2 = resnet_stage(block, 64 * e, 128, layers[1], stride=2)
-        self.layer3 = resnet_stage(block, 128 * e, 256, layers[2], stride=2)
-        self.layer4 = _task_norms(resnet_stage(block, 256 * e, 512, layers[3], stride=2))
-        self.output_per = nn.ModuleList(nn.Linear(512 * e, 1) for _ in range(num_classes))
-        self.layer4_att = resnet_stage(block, 256 * e, 512, layers[3], stride=1)
-        self.conv_att = nn.Conv2d(512 * e, num_classes, kernel_size=1, bias=False)
+        w = width
+        self.conv1 = nn.Conv2d(3, w, kernel_size=7, stride=2, padding=3, bias=False)
+        self.bn1 = nn.BatchNorm2d(w)
+        self.layer1 = resnet_stage(block, w, w, layers[0])
+        self.layer2 = resnet_stage(block, w * e, 2 * w, layers[1], stride=2)
+        self.layer3 = resnet_stage(block, 2 * w * e, 4 * w, layers[2], stride=2)
+        self.layer4 = _task_norms(resnet_stage(block, 4 * w * e, 8 * w, layers[3], stride=2))
+        self.output_per = nn.ModuleList(nn.Linear(8 * w * e, 1) for _ in range(num_classes))
+        self.layer4_att = resnet_stage(block, 4 * w * e, 8 * w, layers[3], stride=1)
+        self.conv_att = nn.Conv2d(8 * w * e, num_classes, kernel_size=1, bias=False)
         init_conv_bn(self)
 
     def extract_features(self, x):
@@ -187,13 +189,13 @@ def _resolve_gate(residual_attention, gate):
     return True if residual_attention is None else bool(residual_attention)
 
 
-def build_mtabn(depth, num_classes, residual_attention, gate, attention, fold_tasks):
+def build_mtabn(depth, num_classes, residual_attention, gate, attention, fold_tasks, width=64):
     block, layers = BLOCKS[depth]
     if not attention:
         model = MultiLabelResNet(block, layers, num_classes)
     else:
         model = MultitaskABN(block, layers, num_classes, _resolve_gate(residual_attention, gate),
-                             fold_tasks)
+                             fold_tasks, width)
     model.torchvision_name = f'resnet{depth}'
     return model
 
@@ -206,8 +208,9 @@ _DOC = """Multi-task ABN V1 with a ResNet-{depth} backbone (the authors' builder
 
 def _register(depth):
     def builder(num_classes=40, residual_attention=None, gate=None, attention=True,
-                fold_tasks=True):
-        return build_mtabn(depth, num_classes, residual_attention, gate, attention, fold_tasks)
+                fold_tasks=True, width=64):
+        return build_mtabn(depth, num_classes, residual_attention, gate, attention, fold_tasks,
+                           width)
     builder.__name__ = builder.__qualname__ = f'mtabn_v1_resnet{depth}'
     builder.__doc__ = _DOC.format(depth=depth)
     return MULTITASK_MODELS.register(builder)

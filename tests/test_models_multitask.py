@@ -206,5 +206,21 @@ def test_gate_alias_and_defaults():
     args = MULTITASK_MODELS.model_args('mtabn_v1_resnet18', num_classes=5, gate='multiply',
                                        depth=20)
     assert args == dict(num_classes=5, residual_attention=None, gate='multiply', attention=True,
-                        fold_tasks=True)
+                        fold_tasks=True, width=64)
     assert not MULTITASK_MODELS.create('mtabn_v1_resnet18', **args).residual_attention
+
+
+def test_a_narrower_model_has_the_same_names_and_scaled_channels():
+    """--width: every stage's channels scale with the first's (64, the authors'); the
+    parameter names stay theirs."""
+    wide = MULTITASK_MODELS.create('mtabn_v1_resnet18', num_classes=3).state_dict()
+    torch.manual_seed(0)
+    model = MULTITASK_MODELS.create('mtabn_v1_resnet18', num_classes=3, width=8)
+    narrow = model.state_dict()
+    assert list(narrow) == list(wide)
+    assert narrow['conv1.weight'].shape == (8, 3, 7, 7)
+    assert narrow['layer3.0.conv1.weight'].shape == (32, 16, 3, 3)
+    assert narrow['conv_att.weight'].shape == (3, 64, 1, 1)
+    assert narrow['output_per.2.weight'].shape == (1, 64)
+    output = model.eval()(torch.randn(2, 3, 64, 64))
+    assert output.perception_logits.shape == (2, 3) and output.attention_map.shape == (2, 3, 4, 4)
