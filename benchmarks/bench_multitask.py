@@ -8,6 +8,7 @@ and, as its last line, the ratio loop/folded (above 1: folding is faster).
 
     python benchmarks/bench_multitask.py                      # ResNet-18, 8 tasks, 4 x 64 px
     python benchmarks/bench_multitask.py --tasks 40 --image-size 224 --batch 8 --device cuda
+    python benchmarks/bench_multitask.py --tasks 4 --width 8 --image-size 128 --batch 32  # demo
 """
 import argparse
 import os
@@ -33,6 +34,8 @@ def parse_args(argv=None):
     parser.add_argument('--tasks', type=int, default=8, help='T (CelebA: 40)')
     parser.add_argument('--batch', type=int, default=4)
     parser.add_argument('--image-size', type=int, default=64)
+    parser.add_argument('--width', type=int, default=64,
+                        help="channels of the first stage (default: 64, the authors')")
     parser.add_argument('--rounds', type=int, default=5, help='timed rounds after one warm-up')
     parser.add_argument('--threads', type=int, default=None, help='torch threads (CPU)')
     parser.add_argument('--device', default='cpu', help="'cpu' or 'cuda' (default: cpu)")
@@ -69,11 +72,12 @@ def main(argv=None):
         torch.set_num_threads(args.threads)
     device = torch.device(args.device)
     torch.manual_seed(0)
-    model = MULTITASK_MODELS.create(args.arch, num_classes=args.tasks).to(device)
+    model = MULTITASK_MODELS.create(args.arch, num_classes=args.tasks, width=args.width).to(device)
     x = torch.randn(args.batch, 3, args.image_size, args.image_size, device=device)
     target = (torch.rand(args.batch, args.tasks, device=device) < 0.5).float()
     print(machine())
-    print(f'{args.arch}, {args.tasks} tasks, batch {args.batch}, {args.image_size} px, '
+    print(f'{args.arch} (width {args.width}), {args.tasks} tasks, batch {args.batch}, '
+          f'{args.image_size} px, '
           f'{args.rounds} rounds on {device}')
     times = {(setup, kind): [] for setup in ('folded', 'loop') for kind in ('train', 'eval')}
     for round_ in range(args.rounds + 1):  # round 0 warms up
