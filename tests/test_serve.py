@@ -3,6 +3,7 @@ load an image, explain it, edit the map, save it where `--attention-maps` reads 
 multi-task stand-in model; bad input answered with one line. The page itself is driven in a
 real browser by tests/test_serve_browser.py."""
 import builtins
+import os
 import socket
 
 import numpy as np
@@ -278,3 +279,19 @@ def test_a_taken_port_is_one_line(checkpoints, tmp_path):
         with pytest.raises(AbnError, match=f'cannot serve on 127.0.0.1:{port} '
                                            r'\(is the port taken'):
             serve(args, load(checkpoints['multiply']), CPU, port=port)
+
+
+def test_ctrl_c_ends_the_command_even_when_something_keeps_it_open():
+    """exit_at_the_latest_after: a thread that never ends (a server stuck closing) cannot keep
+    the interrupted command alive; the process exits with the status given."""
+    import subprocess
+    import sys
+    code = ('import threading, time\n'
+            'from utils.serve import exit_at_the_latest_after\n'
+            'threading.Thread(target=lambda: time.sleep(3600)).start()  # not a daemon\n'
+            'exit_at_the_latest_after(1, 130)\n')
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    process = subprocess.run([sys.executable, '-c', code], cwd=root, capture_output=True,
+                             text=True, timeout=300)
+    assert process.returncode == 130, process.stderr
+    assert 'did not close within 1 s' in process.stdout

@@ -82,7 +82,10 @@ class Server:
     def interrupt(self):
         """Ctrl+C: the server closes and the command exits as interrupted."""
         self.process.send_signal(signal.SIGINT)
-        return self.process.wait(timeout=WAIT)
+        try:
+            return self.process.wait(timeout=WAIT)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f'Ctrl+C did not end the server in {WAIT} s:\n{self.output}')
 
     def stop(self):
         if self.process.poll() is not None:

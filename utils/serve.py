@@ -549,11 +549,29 @@ def serve(args, loaded, device, host='127.0.0.1', port=7860):
         try:
             while page.is_running:
                 time.sleep(0.5)
+        except KeyboardInterrupt:
+            exit_at_the_latest_after(CLOSE_SECONDS, 130)
+            raise
         finally:
             page.close()
     finally:
         editor.close()
     return 0
+
+
+CLOSE_SECONDS = 15
+
+
+def exit_at_the_latest_after(seconds, status):
+    """Ctrl+C must end the command: the page's server normally closes at once, but a request
+    still running on a loaded machine has kept it open for minutes (the browser test under
+    the full suite). After `seconds` the process exits with `status` whatever is still open."""
+    def force():
+        print(f'note: the page did not close within {seconds} s; exiting', flush=True)
+        os._exit(status)
+    timer = threading.Timer(seconds, force)
+    timer.daemon = True
+    timer.start()
 
 
 def serve_command(args):
