@@ -41,6 +41,14 @@ def free_port():
         return s.getsockname()[1]
 
 
+def as_from_a_terminal():
+    """The server's signals as a command typed in a terminal has them: SIGINT and SIGTERM
+    delivered and at their defaults, whatever earlier tests left in this process."""
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
 class Server:
     """`explain.py ... --serve` in its own process; its output collected by a thread."""
 
@@ -49,10 +57,15 @@ class Server:
         self.url = f'http://127.0.0.1:{self.port}/'
         env = dict(os.environ, GRADIO_ANALYTICS_ENABLED='False', PYTHONUNBUFFERED='1',
                    OMP_NUM_THREADS='1')
+        # What this test process's main thread does with SIGINT, which the server inherits
+        # (a blocked or ignored SIGINT survives exec): reported if Ctrl+C fails.
+        self.parent_sigint = (signal.getsignal(signal.SIGINT),
+                              signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
         self.process = subprocess.Popen(
             [sys.executable, os.path.join(ROOT, 'explain.py')] + argv
             + ['--serve', '--port', str(self.port), '--gpu-id', 'cpu'],
-            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+            preexec_fn=as_from_a_terminal)
         self.lines = []
         self.reader = threading.Thread(target=self._read, daemon=True)
         self.reader.start()
@@ -85,7 +98,8 @@ class Server:
         try:
             return self.process.wait(timeout=WAIT)
         except subprocess.TimeoutExpired:
-            pytest.fail(f'Ctrl+C did not end the server in {WAIT} s:\n{self.output}')
+            pytest.fail(f'Ctrl+C did not end the server in {WAIT} s (this process\'s SIGINT '
+                        f'handler and blocked: {self.parent_sigint}):\n{self.output}')
 
     def stop(self):
         if self.process.poll() is not None:
