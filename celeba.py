@@ -134,9 +134,11 @@ def check_arguments(args):
                        f'of at least 32 px')
     if 'gate' not in MULTITASK_MODELS.options_of(args.arch):
         args.baseline = True  # resnet18..152: the authors' plain multi-label baseline
-    if args.width is not None and (args.baseline or args.width < 1):
-        raise AbnError(f'--width {args.width}: ' + ('the plain baseline is torchvision\'s ResNet, '
-                       'whose width is 64' if args.baseline else 'give a positive number'))
+    if args.width is not None and args.baseline:
+        raise AbnError(f"--width {args.width}: the plain baseline is torchvision's ResNet, whose "
+                       f"width is 64")
+    if args.width is not None and args.width < 1:
+        raise AbnError(f'--width must be positive, got {args.width}')
     if args.width not in (None, 64) and args.pretrained and not args.resume:
         raise AbnError(f"--pretrained: torchvision's ImageNet weights are for --width 64, not "
                        f"{args.width}")
@@ -161,7 +163,8 @@ def resolve_gate(args, given):
 
 
 def make_task(args):
-    return Task(name='celeba', registry=MULTITASK_MODELS, build_data=build_data, model_flags=MODEL_FLAGS,
+    return Task(name='celeba', registry=MULTITASK_MODELS, build_data=build_data,
+                model_flags=MODEL_FLAGS,
                 legacy_normalization=NO_NORMALIZATION, init_pretrained=init_multitask_pretrained,
                 objective='multi-label-focal' if args.focal_loss else 'multi-label',
                 objective_options=lambda args: dict(map_style=args.map_style,

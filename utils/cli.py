@@ -38,7 +38,7 @@ SIZE_OPTIONS = {
     'growthRate': ('--growthRate', 'growth rate for DenseNet'),
     'compressionRate': ('--compressionRate', 'compression rate (theta) for DenseNet'),
     'width': ('--width', "channels of the multi-task ResNet's first stage (default: 64, the "
-                         "authors'; 16 is about 10x faster on a CPU)"),
+                         "authors'; 16 trains about 9x faster on a CPU)"),
 }
 
 
