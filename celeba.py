@@ -12,15 +12,16 @@ import torch
 import torchvision.transforms as T
 
 from models import MULTITASK_MODELS
-from utils import objectives_multilabel  # noqa: F401  (registers the multi-label objectives)
-from utils.attributes import (ATTRIBUTES_CSV, MAP_MODES, MULTI_IMAGE_SIZE, MULTI_SPLIT_SEEDS,
-                              AttributeFolder, CelebAAttributes, ShapesMultiDataset,
-                              read_attribute_csv)
-from utils.cli import (AbnError, ArgumentParser, add_architecture_arguments,
-                       add_training_arguments, run)
-from utils.data import DataBundle, first_n
-from utils.engine import Task, main as engine_main
-from utils.pretrained import check_pretrained_arguments, init_multitask_pretrained
+from utils.cli import ArgumentParser, add_architecture_arguments, run
+from utils.data.attributes import (ATTRIBUTES_CSV, MAP_MODES, MULTI_IMAGE_SIZE, MULTI_SPLIT_SEEDS,
+                                   AttributeFolder, CelebAAttributes, ShapesMultiDataset,
+                                   read_attribute_csv)
+from utils.data.datasets import DataBundle, first_n
+from utils.errors import AbnError
+from utils.train.engine import main as engine_main
+from utils.train.options import add_training_arguments
+from utils.train.task import Task
+from utils.weights.pretrained import check_pretrained_arguments, init_multitask_pretrained
 
 DATASETS = ('celeba', 'attributes', 'shapes-multi')
 # The authors' recipe (their reproduction script): SGD lr 0.01, momentum 0.9, wd 1e-4, 10

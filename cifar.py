@@ -11,11 +11,13 @@ set, or a folder of small images.
 import sys
 
 from models import CIFAR_MODELS
-from utils.cli import ArgumentParser, add_architecture_arguments, add_training_arguments, run
-from utils.data import AUTHORS_NORMALIZATION, SMALL_IMAGE_DATASETS, build_small_image_data
-from utils.engine import Task, main as engine_main
-from utils.fastdata import device_loader
-from utils.teach import add_teach_arguments, check_teach_arguments, teaching_task
+from utils.cli import ArgumentParser, add_architecture_arguments, run
+from utils.data.datasets import AUTHORS_NORMALIZATION, SMALL_IMAGE_DATASETS, build_small_image_data
+from utils.data.fastdata import device_loader
+from utils.teach.fine_tune import add_teach_arguments, check_teach_arguments, teaching_task
+from utils.train.engine import main as engine_main
+from utils.train.options import add_training_arguments
+from utils.train.task import Task
 
 DEFAULTS = dict(epochs=300, train_batch=128, test_batch=100, schedule=[150, 225],
                 weight_decay=5e-4)

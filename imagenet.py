@@ -14,13 +14,16 @@ import torch
 import torchvision.transforms as T
 
 from models import IMAGENET_MODELS
-from utils.cli import (AbnError, ArgumentParser, add_architecture_arguments,
-                       add_training_arguments, run)
-from utils.data import NORMALIZATION, DataBundle, check_same_classes, first_n, image_folder_split
-from utils.engine import Task, main as engine_main
-from utils.resume import resolve_resume
-from utils.pretrained import check_pretrained_arguments, init_pretrained
-from utils.teach import add_teach_arguments, check_teach_arguments, teaching_task
+from utils.cli import ArgumentParser, add_architecture_arguments, run
+from utils.data.datasets import (NORMALIZATION, DataBundle, check_same_classes, first_n,
+                                 image_folder_split)
+from utils.errors import AbnError
+from utils.teach.fine_tune import add_teach_arguments, check_teach_arguments, teaching_task
+from utils.train.engine import main as engine_main
+from utils.train.options import add_training_arguments
+from utils.train.task import Task
+from utils.weights.pretrained import check_pretrained_arguments, init_pretrained
+from utils.weights.resume import resolve_resume
 
 IMAGENET_NORMALIZATION = NORMALIZATION['imagefolder']  # ImageNet's mean and std
 # The authors' defaults, except the schedule: theirs (150 225) never fires in 90 epochs.

@@ -16,10 +16,10 @@ import torch
 
 from harness import build_data, cifar, machine, median, synchronize
 
-from utils.cli import check_training_arguments
-from utils.data import make_train_loader
+from utils.data.fastdata import device_loader
+from utils.data.loaders import make_train_loader
 from utils.distributed import setup_runtime
-from utils.fastdata import device_loader
+from utils.train.options import check_training_arguments
 
 
 def parse():

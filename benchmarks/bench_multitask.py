@@ -24,7 +24,7 @@ import torch  # noqa: E402
 
 from benchmarks.harness import machine  # noqa: E402
 from models import MULTITASK_MODELS  # noqa: E402
-from utils.multilabel import bce_losses  # noqa: E402
+from utils.objectives.per_attribute import bce_losses  # noqa: E402
 
 
 def parse_args(argv=None):

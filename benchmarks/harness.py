@@ -22,11 +22,12 @@ import torch.utils.data as tud  # noqa: E402
 from PIL import Image  # noqa: E402
 
 import cifar  # noqa: E402
-from utils.cli import apply_fast, check_training_arguments  # noqa: E402
-from utils.data import (NORMALIZATION, DataBundle, build_small_image_data,  # noqa: E402
-                        small_image_transforms)
+from utils.data.datasets import (NORMALIZATION, DataBundle, build_small_image_data,  # noqa: E402
+                                 small_image_transforms)
 from utils.distributed import setup_runtime  # noqa: E402
-from utils.engine import Run, StopSignals  # noqa: E402
+from utils.signals import StopSignals  # noqa: E402
+from utils.train.engine import Run  # noqa: E402
+from utils.train.options import apply_fast, check_training_arguments  # noqa: E402
 
 
 def machine():

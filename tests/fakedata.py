@@ -11,7 +11,7 @@ import scipy.io
 import torch
 from PIL import Image
 
-from utils.shapes import SHAPE_CLASSES, generate_shapes
+from utils.data.shapes import SHAPE_CLASSES, generate_shapes
 
 
 def _pickle(path, obj):

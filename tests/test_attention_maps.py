@@ -1,4 +1,4 @@
-"""Teaching the map (utils/attention_maps.py, models.abn.freeze_feature_extractor): maps read
+"""Teaching the map (utils/teach/attention_maps.py, models.abn.freeze_feature_extractor): maps read
 from folders or the shapes masks, moved with their images' crops and flips, the map loss on
 hand-made maps, and a frozen feature extractor that does not move."""
 import os
@@ -12,14 +12,16 @@ from PIL import Image
 from models import CIFAR_MODELS, IMAGENET_MODELS
 from models.abn import freeze_feature_extractor
 from tests.fakedata import write_cifar10, write_image_folder
-from utils.attention_maps import (MapDeviceLoader, WithAttentionMaps, load_map_set,
-                                  map_device_loader, map_loss, parse_source, read_map,
-                                  shapes_mask_subset)
-from utils.attention_maps import main as export_main
-from utils.cli import AbnError
-from utils.data import build_small_image_data, make_train_loader
+from utils.data.datasets import build_small_image_data
+from utils.data.loaders import make_train_loader
+from utils.data.shapes import ShapesDataset
 from utils.distributed import Runtime
-from utils.shapes import ShapesDataset
+from utils.errors import AbnError
+from utils.objectives.attention_map import map_loss
+from utils.teach.attention_maps import (MapDeviceLoader, WithAttentionMaps, load_map_set,
+                                        map_device_loader, parse_source, read_map,
+                                        shapes_mask_subset)
+from utils.teach.attention_maps import main as export_main
 
 CPU = Runtime(device=torch.device('cpu'))
 
@@ -206,7 +208,7 @@ def test_image_folder_maps_by_class_and_stem(tmp_path):
 def channel_map_set(images, channel):
     """Maps equal to one colour channel of each image: after a crop and flip, the map must
     still equal that channel of the augmented image."""
-    from utils.attention_maps import MapSet
+    from utils.teach.attention_maps import MapSet
     return MapSet('test', maps={i: images[i, :, :, channel].astype(np.float32) / 255
                                 for i in range(len(images))})
 

@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from utils import attributes as attr
-from utils.cli import AbnError
+from utils.data import attributes as attr
+from utils.errors import AbnError
 
 CELEBA_NAMES = ('5_o_Clock_Shadow Arched_Eyebrows Attractive Bags_Under_Eyes Bald Bangs Big_Lips '
                 'Big_Nose Black_Hair Blond_Hair Blurry Brown_Hair Bushy_Eyebrows Chubby '

@@ -14,10 +14,10 @@ import celeba
 import cifar
 from models import AbnOutput
 from tests.helpers import assert_refused, run_script
-from utils import checkpoint as ckpt
-from utils import multilabel as ml
 from utils.objectives import get_objective
-from utils.objectives_multilabel import MultiLabelObjective
+from utils.objectives import per_attribute as ml
+from utils.objectives.multi_label import MultiLabelObjective
+from utils.weights import checkpoint as ckpt
 
 TINY = ['--dataset', 'shapes-multi', '--image-size', '32', '--train-size', '16',
         '--test-size', '8', '--epochs', '1', '--train-batch', '8', '--test-batch', '8',
@@ -208,10 +208,13 @@ def test_explain_measures_the_pointing_game_per_attribute(trained, tmp_path, cap
 
 def test_the_map_editor_page_takes_a_real_multitask_checkpoint(trained, tmp_path):
     import explain
-    from utils.serve import MapEditor
+    from utils.explain.run import architecture_options
+    from utils.serve.editor import MapEditor
+    from utils.weights.loading import load_model
     args = explain.get_args_parser().parse_args([str(trained / 'model_best.pth.tar'),
                                                  '--gpu-id', 'cpu'])
-    editor = MapEditor(explain.load_model(args.checkpoint, args), torch.device('cpu'),
+    editor = MapEditor(load_model(args.checkpoint, **architecture_options(args)),
+                       torch.device('cpu'),
                        str(tmp_path / 'maps'))
     try:
         assert editor.multitask and editor.names == ['circle', 'triangle', 'plus', 'frame']

@@ -9,8 +9,8 @@ import torch
 from models import CIFAR_MODELS
 from tests import reference
 from tests.fakedata import authors_checkpoint, randomise
-from utils import checkpoint as ckpt
-from utils.cli import AbnError
+from utils.errors import AbnError
+from utils.weights import checkpoint as ckpt
 
 FAMILIES = [
     ('resnet', dict(depth=20), reference.cifar_resnet, dict(depth=20)),
@@ -145,9 +145,10 @@ def test_the_checkpoint_policy_keeps_the_best_by_the_objectives_direction(tmp_pa
     from types import SimpleNamespace
 
     from utils.objectives import SingleLabelObjective
+    from utils.train.checkpoints import CheckpointPolicy
     args = Namespace(checkpoint=str(tmp_path / 'run'), resume='', evaluate=False,
                      overwrite=False)
-    policy = ckpt.CheckpointPolicy(args, SimpleNamespace(is_main=True), SingleLabelObjective())
+    policy = CheckpointPolicy(args, SimpleNamespace(is_main=True), SingleLabelObjective())
     policy.prepare(torch.nn.Linear(2, 2))
     assert policy.record(50.0) and not policy.record(40.0)
     assert (policy.best, policy.last) == (50.0, 40.0)
@@ -157,8 +158,8 @@ def test_the_checkpoint_policy_keeps_the_best_by_the_objectives_direction(tmp_pa
     class Error(SingleLabelObjective):
         higher_is_better = False
     with pytest.raises(AbnError, match='already holds a run'):  # the directory is now taken
-        ckpt.CheckpointPolicy(args, SimpleNamespace(is_main=True), Error())
+        CheckpointPolicy(args, SimpleNamespace(is_main=True), Error())
     args.checkpoint = str(tmp_path / 'other')
-    lower = ckpt.CheckpointPolicy(args, SimpleNamespace(is_main=True), Error())
+    lower = CheckpointPolicy(args, SimpleNamespace(is_main=True), Error())
     assert lower.record(2.0) and lower.record(1.0) and not lower.record(1.5)
     assert lower.best == 1.0

@@ -12,9 +12,11 @@ import torch
 import cifar
 from tests.fakedata import authors_checkpoint, write_cifar10, write_cifar100
 from tests.helpers import assert_refused, file_states, run_script
-from utils import checkpoint as ckpt
-from utils.cli import check_training_arguments, run
-from utils.logger import AUTHORS_COLUMNS, COLUMNS
+from utils.cli import run
+from utils.objectives.base import AUTHORS_COLUMNS
+from utils.train.logger import COLUMNS
+from utils.train.options import check_training_arguments
+from utils.weights import checkpoint as ckpt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ['-a', 'resnet', '--depth', '8', '--train-batch', '16', '--test-batch', '16', '-j', '0',

@@ -9,11 +9,12 @@ import torch
 import torchvision.transforms as T
 
 from tests.fakedata import write_cifar10, write_cifar100, write_image_folder, write_svhn
-from utils.cli import AbnError
-from utils.data import (NORMALIZATION, CorruptImageError, ShardSampler, base_dataset,
-                        build_small_image_data, make_eval_loader, make_train_loader)
+from utils.data.datasets import NORMALIZATION, base_dataset, build_small_image_data
+from utils.data.images import CorruptImageError
+from utils.data.loaders import ShardSampler, make_eval_loader, make_train_loader
+from utils.data.shapes import SHAPE_CLASSES, ShapesDataset, generate_shapes
 from utils.distributed import Runtime
-from utils.shapes import SHAPE_CLASSES, ShapesDataset, generate_shapes
+from utils.errors import AbnError
 
 CPU = Runtime(device=torch.device('cpu'))
 

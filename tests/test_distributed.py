@@ -15,10 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import cifar
-from utils import checkpoint as ckpt
+from tests.test_reliability import wait_for
 from utils.cli import run
 from utils.distributed import GlooSyncBatchNorm, sync_batchnorm
-from tests.test_reliability import wait_for
+from utils.weights import checkpoint as ckpt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 64 training images: one global batch of 32 per step, 2 steps an epoch; 33 test images, an

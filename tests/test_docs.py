@@ -12,8 +12,8 @@ import pytest
 import torch
 
 from tests.helpers import ROOT, documentation
-from utils.cli import check_training_arguments
-from utils.teach import check_teach_arguments
+from utils.teach.fine_tune import check_teach_arguments
+from utils.train.options import check_training_arguments
 
 CLASSES = {'cifar10': 10, 'cifar100': 100, 'svhn': 10, 'shapes': 10, 'imagefolder': 7,
            'celeba': 40, 'attributes': 40, 'shapes-multi': 4}

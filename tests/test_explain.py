@@ -16,13 +16,13 @@ import explain
 from models import CIFAR_MODELS
 from tests.fakedata import authors_checkpoint, randomise
 from tests.helpers import documentation, run_script
-from utils import checkpoint as ckpt
-from utils.cam import (Explainer, class_activation_maps, perception_probabilities,
-                       scale_to_unit)
-from utils.data import AUTHORS_NORMALIZATION, NORMALIZATION
-from utils.metrics import deletion_insertion, energy_inside, pointing_game, road
-from utils.shapes import SHAPE_CLASSES, generate_shapes
+from utils.data.datasets import AUTHORS_NORMALIZATION, NORMALIZATION
+from utils.data.shapes import SHAPE_CLASSES, generate_shapes
+from utils.explain.cam import (Explainer, class_activation_maps, perception_probabilities,
+                               scale_to_unit)
+from utils.explain.measures import deletion_insertion, energy_inside, pointing_game, road
 from utils.visualize import upsample_maps
+from utils.weights import checkpoint as ckpt
 
 CPU = ['--gpu-id', 'cpu']
 
@@ -367,7 +367,7 @@ def test_road_ranks_good_maps_above_bad_ones():
 def test_pointing_game_and_energy_inside_agree_with_quantus():
     """Quantus's PointingGame, RelevanceMassAccuracy and AttributionLocalisation compute the
     same things on maps with one maximum and a minimum of 0 (ours also score ties and shift
-    the minimum to 0; on other maps they differ by design: utils/metrics.py)."""
+    the minimum to 0; on other maps they differ by design: utils/explain/measures.py)."""
     quantus = pytest.importorskip('quantus', reason='pip install --no-deps -r '
                                                     'requirements-quantus.txt')
     rng = np.random.default_rng(0)

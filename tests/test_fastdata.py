@@ -1,4 +1,4 @@
-"""The fast path's device-resident loader (utils/fastdata.py): the faithful path's pixels,
+"""The fast path's device-resident loader (utils/data/fastdata.py): the faithful path's pixels,
 order and augmentation distribution, and batches that are a pure function of
 (seed, epoch, step) whatever the number of processes."""
 import json
@@ -14,12 +14,14 @@ from scipy.stats import chi2_contingency, chisquare
 import cifar
 import imagenet
 from tests.fakedata import write_cifar10, write_svhn
-from utils.cli import apply_fast, run
-from utils.data import build_small_image_data, make_train_loader, small_image_transforms
+from utils.cli import run
+from utils.data.datasets import build_small_image_data, small_image_transforms
+from utils.data.fastdata import (Augmentation, DeviceLoader, augmentation_of, crop_flip,
+                                 device_loader, draw_crops, uint8_split)
+from utils.data.loaders import make_train_loader
+from utils.data.shapes import ShapesDataset
 from utils.distributed import Runtime
-from utils.fastdata import (Augmentation, DeviceLoader, augmentation_of, crop_flip, device_loader,
-                            draw_crops, uint8_split)
-from utils.shapes import ShapesDataset
+from utils.train.options import apply_fast
 
 CPU = Runtime(device=torch.device('cpu'))
 NORM = ((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))

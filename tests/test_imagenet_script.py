@@ -13,9 +13,11 @@ import imagenet
 from models import IMAGENET_MODELS
 from tests.fakedata import authors_checkpoint, write_image_folder
 from tests.helpers import assert_refused, run_script
-from utils import checkpoint as ckpt
-from utils.cli import AbnError, check_training_arguments, run
-from utils.pretrained import load_pretrained
+from utils.cli import run
+from utils.errors import AbnError
+from utils.train.options import check_training_arguments
+from utils.weights import checkpoint as ckpt
+from utils.weights.pretrained import load_pretrained
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CLASSES = ('cat', 'dog', 'fox')

@@ -1,6 +1,7 @@
 """log.txt and log.png: the columns (the authors' five first), truncation on resume, the plot."""
-from utils.logger import AUTHORS_COLUMNS, COLUMNS, Logger
 from utils.objectives import SingleLabelObjective
+from utils.objectives.base import AUTHORS_COLUMNS
+from utils.train.logger import COLUMNS, Logger
 
 epoch_row = SingleLabelObjective().log_row
 

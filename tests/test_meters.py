@@ -1,10 +1,11 @@
-"""utils/meters.py: an epoch's sums from hand-made logits, exactly, and their state_dict."""
+"""utils/objectives/meters.py: an epoch's sums from hand-made logits, exactly, and their state_dict."""
 import math
 
 import torch
 
 from models.abn import AbnOutput
-from utils.meters import SingleLabelMeter as EpochMeter, topk_correct
+from utils.objectives.meters import SingleLabelMeter as EpochMeter
+from utils.objectives.meters import topk_correct
 
 # Six classes; every row ranks the classes 0 > 1 > ... > 5 (perception) or the reverse
 # (attention), so which targets are hits is plain to see.

@@ -3,7 +3,7 @@ authors' forward pass (tests/reference.py) for the same weights."""
 import pytest
 import torch
 
-from models import AbnOutput, CIFAR_MODELS, count_parameters
+from models import CIFAR_MODELS, AbnOutput, count_parameters
 from tests import reference
 from tests.fakedata import randomise
 

@@ -9,7 +9,7 @@ import torchvision
 from models import IMAGENET_MODELS, count_parameters
 from tests import reference
 from tests.fakedata import authors_checkpoint, randomise
-from utils import checkpoint as ckpt
+from utils.weights import checkpoint as ckpt
 
 R18 = dict(layers=[2, 2, 2, 2], bottleneck=False)
 R50 = dict(layers=[3, 4, 6, 3], bottleneck=True)

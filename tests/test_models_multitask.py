@@ -15,8 +15,8 @@ from models import MULTITASK_MODELS, AbnOutput
 from models.multitask import TaskBatchNorm2d
 from tests import reference
 from tests.fakedata import randomise
-from utils import checkpoint as ckpt
-from utils.cli import AbnError
+from utils.errors import AbnError
+from utils.weights import checkpoint as ckpt
 
 R18 = dict(layers=[2, 2, 2, 2], bottleneck=False)
 R50 = dict(layers=[3, 4, 6, 3], bottleneck=True)

@@ -2,19 +2,18 @@
 that training, evaluation, explain.py and the pretrained start share; the flags a user did
 not type come from the file, and a typed flag that contradicts it is refused in one line."""
 import pytest
-import torch
 
 import cifar
 import imagenet
 from models import CIFAR_MODELS
 from tests.fakedata import authors_checkpoint, randomise, write_image_folder
 from tests.helpers import run_script
-from utils import checkpoint as ckpt
-from utils.cli import AbnError
-from utils.data import NORMALIZATION
-from utils.modelspec import (ModelSpec, build_model, model_from_checkpoint, resolve_flags,
-                             spec_from_checkpoint)
-from utils.shapes import SHAPE_CLASSES
+from utils.data.datasets import NORMALIZATION
+from utils.data.shapes import SHAPE_CLASSES
+from utils.errors import AbnError
+from utils.weights import checkpoint as ckpt
+from utils.weights.loading import model_from_checkpoint
+from utils.weights.modelspec import ModelSpec, build_model, resolve_flags, spec_from_checkpoint
 
 SHAPES = ['--dataset', 'shapes', '--test-size', '16', '-j', '0', '--save-attention', '0']
 

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from models import AbnOutput
-from utils import multilabel as ml
+from utils.objectives import per_attribute as ml
 
 
 def bce(logit, y):

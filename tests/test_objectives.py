@@ -6,9 +6,9 @@ import pytest
 import torch
 
 from models.abn import AbnOutput
-from utils.logger import COLUMNS
 from utils.objectives import (AUTHORS_COLUMNS, OBJECTIVES, Objective, SingleLabelObjective,
                               get_objective, register_objective)
+from utils.train.logger import COLUMNS
 
 
 def test_single_label_losses_are_each_branch_cross_entropy():
@@ -90,7 +90,7 @@ def test_log_columns_are_the_authors_five_then_each_branch():
 
 
 def test_a_new_objective_is_one_class_and_its_registration(monkeypatch):
-    monkeypatch.setattr('utils.objectives.OBJECTIVES', dict(OBJECTIVES))
+    monkeypatch.setattr('utils.objectives.base.OBJECTIVES', dict(OBJECTIVES))
 
     @register_objective
     class Halved(SingleLabelObjective):

@@ -3,8 +3,8 @@ weights, a NaN stops the run without touching the last good checkpoint, and a fu
 unwritable disk fails clearly without damaging earlier checkpoints."""
 import os
 import resource
-import shutil
 import shlex
+import shutil
 import signal
 import subprocess
 import sys
@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from tests.fakedata import write_image_folder
-from utils import checkpoint as ckpt
+from utils.weights import checkpoint as ckpt
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 12 steps an epoch, 2 epochs, deterministic: small enough for seconds, long enough to hit.

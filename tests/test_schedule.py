@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from utils.engine import step_schedule_lr
+from utils.train.engine import step_schedule_lr
 
 
 def lr_at(epoch, lr=0.1, schedule=(150, 225), gamma=0.1):

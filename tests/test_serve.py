@@ -1,4 +1,4 @@
-"""The functions behind the attention editor (`explain.py --serve`, utils/serve.py), as units:
+"""The functions behind the attention editor (`explain.py --serve`, utils/serve), as units:
 load an image, explain it, edit the map, save it where `--attention-maps` reads it; a
 multi-task stand-in model; bad input answered with one line. The page itself is driven in a
 real browser by tests/test_serve_browser.py."""
@@ -16,9 +16,12 @@ import explain
 from models.abn import AbnOutput
 from tests.helpers import run_script
 from tests.test_explain import save_project_checkpoint, tiny_model
-from utils.cli import AbnError
-from utils.serve import INSTALL_HINT, MapEditor, require_gradio, serve
-from utils.shapes import SHAPE_CLASSES, generate_shapes
+from utils.data.shapes import SHAPE_CLASSES, generate_shapes
+from utils.errors import AbnError
+from utils.explain.run import architecture_options
+from utils.serve.editor import MapEditor
+from utils.serve.page import INSTALL_HINT, require_gradio, serve
+from utils.weights.loading import LoadedModel, load_model
 
 CPU = torch.device('cpu')
 
@@ -29,7 +32,7 @@ pytestmark = pytest.mark.usefixtures('one_thread')
 
 def load(path, *argv):
     args = explain.get_args_parser().parse_args([path, '--gpu-id', 'cpu', *argv])
-    return explain.load_model(args.checkpoint, args)
+    return load_model(args.checkpoint, **architecture_options(args))
 
 
 @pytest.fixture(scope='module')
@@ -200,9 +203,9 @@ class TinyMultitask(nn.Module):
 
 
 def multitask_loaded():
-    return explain.LoadedModel(TinyMultitask().eval(), 'tiny multi-task stand-in',
-                               ['smiling', 'eyeglasses', 'bald'], ((0.5,) * 3, (0.25,) * 3),
-                               32, False, None)
+    return LoadedModel(TinyMultitask().eval(), 'tiny multi-task stand-in',
+                       ['smiling', 'eyeglasses', 'bald'], ((0.5,) * 3, (0.25,) * 3), 32, False,
+                       None)
 
 
 def test_multitask_maps_choose_the_attribute_and_show_every_probability(tmp_path):
@@ -287,7 +290,7 @@ def test_ctrl_c_ends_the_command_even_when_something_keeps_it_open():
     import subprocess
     import sys
     code = ('import threading, time\n'
-            'from utils.serve import exit_at_the_latest_after\n'
+            'from utils.serve.page import exit_at_the_latest_after\n'
             'threading.Thread(target=lambda: time.sleep(3600)).start()  # not a daemon\n'
             'exit_at_the_latest_after(1, 130)\n')
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

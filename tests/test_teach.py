@@ -13,11 +13,11 @@ import cifar
 import imagenet
 from models.abn import AbnOutput
 from tests.helpers import assert_refused, run_script
-from utils import checkpoint as ckpt
-from utils.attention_maps import export_shapes_masks
 from utils.cli import run
 from utils.objectives import get_objective
-from utils.teach import AttentionMapObjective
+from utils.objectives.attention_map import AttentionMapObjective
+from utils.teach.attention_maps import export_shapes_masks
+from utils.weights import checkpoint as ckpt
 
 TINY = ['--dataset', 'shapes', '--depth', '8', '--train-size', '64', '--test-size', '32',
         '--train-batch', '16', '--test-batch', '32', '-j', '0', '--manualSeed', '3',

@@ -7,8 +7,8 @@ import pytest
 
 import cifar
 from tests.helpers import run_script
-from utils.logger import COLUMNS
-from utils.tensorboard_log import GRID_TAG, TAGS
+from utils.train.logger import COLUMNS
+from utils.train.tensorboard_log import GRID_TAG, TAGS
 
 pytest.importorskip('tensorboard')
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
@@ -72,7 +72,7 @@ def test_missing_package_is_one_line_before_anything_runs(tmp_path, capsys, monk
 
 
 def test_columns_of_other_objectives_get_tags_of_their_own():
-    from utils.tensorboard_log import tag_of
+    from utils.train.tensorboard_log import tag_of
     assert tag_of('Valid Acc.') == TAGS['Valid Acc.']
     assert tag_of('Valid Map Loss') == 'valid_map_loss'
     assert tag_of('Valid Att Mean Acc. (%)') == 'valid_att_mean_acc'

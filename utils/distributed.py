@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
-from .errors import AbnError
+from utils.errors import AbnError
 
 
 @dataclass

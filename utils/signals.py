@@ -2,7 +2,7 @@
 every process of the job, a terminal's Ctrl-C sends SIGINT to the whole foreground group.
 Only the main process acts on them (it stops at a step boundary, saves and shuts its data
 workers down); a data worker that died of the signal first would turn the stop into a
-crash, so workers ignore both."""
+crash, so workers ignore both. `StopSignals` is how the main process hears them."""
 import atexit
 import multiprocessing
 import signal
@@ -42,3 +42,45 @@ def _end_data_workers():
         if child.daemon:
             child.kill()
             child.join()
+
+
+class StopSignals:
+    """Turns the first SIGTERM/SIGINT into a request to stop at the next step boundary; a
+    second Ctrl-C interrupts at once."""
+
+    def __init__(self, runtime):
+        self.runtime = runtime
+        self.signum = None
+        self.previous = {}
+
+    def __enter__(self):
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self.previous[signum] = signal.signal(signum, self._handle)
+            except ValueError:  # not the main thread
+                pass
+        return self
+
+    def __exit__(self, *exc):
+        for signum, handler in self.previous.items():
+            signal.signal(signum, handler)
+
+    def _handle(self, signum, frame):
+        if self.signum is not None:
+            # torchrun's agent forwards the signal the whole group already got: not a
+            # second Ctrl-C from the user
+            if signum == signal.SIGINT and not self.runtime.distributed:
+                raise KeyboardInterrupt
+            return
+        self.signum = signum
+        if signum == signal.SIGINT and not self.runtime.distributed:
+            self.runtime.print('\nCtrl-C: stopping after this step to save a checkpoint '
+                               '(Ctrl-C again to quit at once)')
+        else:  # a scheduler's signal (or Ctrl-C under torchrun): nobody to press it again
+            name = 'SIGTERM' if signum == signal.SIGTERM else 'Ctrl-C'
+            status = 143 if signum == signal.SIGTERM else 130
+            self.runtime.print(f'\n{name}: stopping after this step to save a checkpoint, '
+                               f'then exiting with status {status}')
+
+    def requested(self):
+        return self.signum is not None

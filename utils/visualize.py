@@ -205,7 +205,7 @@ def task_heat(maps, size, map_style='pos'):
     """(N, T, h, w) unbounded multi-task maps -> (N, T, H, W) arrays in [0, 1]: the authors'
     picture `map_style` ('pos', 'neg', 'both'; scaled over all T maps of an image), upsampled
     bilinearly to the image."""
-    from .attributes import map_picture
+    from utils.data.attributes import map_picture
     pictures = map_picture(maps.detach().float(), map_style)
     if tuple(pictures.shape[-2:]) != tuple(size):
         pictures = F.interpolate(pictures, size=tuple(size), mode='bilinear',

@@ -21,7 +21,7 @@ import zipfile
 import numpy as np
 import torch
 
-from .errors import AbnError
+from utils.errors import AbnError
 
 FORMAT = 'abn-pytorch/1'
 WRAPPER_PREFIXES = ('module.', '_orig_mod.')  # DataParallel/DDP, torch.compile
@@ -203,96 +203,6 @@ def load_model_state(model, checkpoint, path, description):
     model.load_state_dict(state, strict=True)
 
 
+# The file names of a run's checkpoints (the authors').
 LAST = 'checkpoint.pth.tar'
 BEST = 'model_best.pth.tar'
-
-
-class CheckpointPolicy:
-    """A run's checkpoints, beside the loop: which directory (and whether it may be used),
-    proving it writable with room to spare, how files are written, and which epoch is best
-    by the objective's metric and direction. The loop asks it to `save`."""
-
-    def __init__(self, args, runtime, objective):
-        self.args, self.runtime, self.objective = args, runtime, objective
-        self.best = None  # the best value of the objective's metric so far
-        self.last = None  # the metric of the last finished epoch
-        self.directory = self.resolve_checkpoint_dir()
-
-    def path(self, name=LAST):
-        return os.path.join(self.directory, name)
-
-    def resolve_checkpoint_dir(self):
-        args = self.args
-        directory = args.checkpoint or (os.path.dirname(os.path.abspath(args.resume))
-                                        if args.resume else 'checkpoint')
-        if os.path.exists(directory) and not os.path.isdir(directory):
-            raise AbnError(f'checkpoint directory {directory} is a file: choose another -c')
-        if not args.evaluate and not args.resume and not args.overwrite and os.path.isdir(directory):
-            # args.json/log.txt alone are a run that died before its first checkpoint
-            held = [n for n in (LAST, BEST) if os.path.exists(os.path.join(directory, n))]
-            if held:
-                raise AbnError(f'{directory} already holds a run ({", ".join(held)}): pass '
-                               f'--resume {os.path.join(directory, LAST)} (or --resume auto) '
-                               f'to continue it, --overwrite to replace it, or another -c')
-        return directory
-
-    def prepare(self, model):
-        """Creates the directory and proves it writable before any training."""
-        if not self.runtime.is_main:
-            return
-        directory = self.directory
-        try:
-            os.makedirs(directory, exist_ok=True)
-            probe = os.path.join(directory, f'.write-test-{os.getpid()}')
-            with open(probe, 'wb') as f:
-                f.write(b'0' * 4096)
-                f.flush()
-                os.fsync(f.fileno())
-            os.unlink(probe)
-        except OSError as error:
-            raise AbnError(f'cannot write to checkpoint directory {directory}: '
-                           f'{error.strerror or error}') from None
-        remove_stale_temporaries(directory)
-        self.check_free_space(directory, model)
-        if self.args.overwrite and not self.args.resume:
-            for name in (LAST, BEST, 'log.txt', 'log.png'):
-                path = os.path.join(directory, name)
-                if os.path.exists(path):
-                    os.unlink(path)
-
-    @staticmethod
-    def check_free_space(directory, model):
-        """A checkpoint holds the weights and about as much optimizer state; writing one
-        needs room for a second copy until the rename."""
-        weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
-        needed = 3 * weights + (1 << 20)
-        free = shutil.disk_usage(directory).free
-        if free < needed:
-            raise AbnError(f'not enough free space in {directory}: saving checkpoints needs '
-                           f'about {needed / 2**20:.0f} MB, {free / 2**20:.0f} MB are free')
-
-    def restore(self, saved):
-        """The metric of a resumed file's last and best epochs (the authors' 'acc' and
-        'best_acc' keys, whatever the objective's metric)."""
-        last, best = saved.get('acc'), saved.get('best_acc')
-        self.last = float(last) if last is not None else None
-        self.best = float(best) if best is not None else None
-
-    def record(self, value):
-        """An epoch's metric; returns whether it is the best so far."""
-        is_best = self.objective.is_better(value, self.best)
-        if is_best:
-            self.best = value
-        self.last = value
-        return is_best
-
-    def save(self, state, is_best=False):
-        """model_best first, then checkpoint: a kill between the two leaves a consistent pair
-        (the resumed epoch recomputes the same weights and rewrites the same best)."""
-        if not self.runtime.is_main:
-            return
-        if is_best:
-            save_checkpoint(state, self.path(BEST))
-            copy_checkpoint(self.path(BEST), self.path(LAST))
-        else:
-            save_checkpoint(state, self.path(LAST))

@@ -4,8 +4,9 @@
 checkpoint)."""
 import os
 
+from utils.weights.checkpoint import LAST
+
 AUTO = 'auto'
-LAST = 'checkpoint.pth.tar'
 
 
 def resolve_resume(args):

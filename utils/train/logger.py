@@ -13,7 +13,7 @@ matplotlib.use('Agg')
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.ticker import MaxNLocator  # noqa: E402
 
-from .objectives import AUTHORS_COLUMNS, SingleLabelObjective
+from utils.objectives import AUTHORS_COLUMNS, SingleLabelObjective
 
 # The single-label objective's columns (each objective defines its own `log_columns`).
 COLUMNS = SingleLabelObjective.log_columns

@@ -27,7 +27,7 @@ import torch.utils.data as tud
 import torchvision.datasets as tvd
 import torchvision.transforms as T
 
-from .data import EpochSampler, ShardSampler, _mix64
+from utils.data.loaders import EpochSampler, ShardSampler, _mix64
 
 
 @dataclass(frozen=True)

@@ -10,8 +10,8 @@ import os
 
 import torchvision
 
-from .checkpoint import clean_state_dict, load_checkpoint
-from .errors import AbnError
+from utils.errors import AbnError
+from utils.weights.checkpoint import clean_state_dict, load_checkpoint
 
 # The authors' names for the attention branch; the plain backbones have no such names.
 ATTENTION_PREFIXES = ('att_', 'bn_att')

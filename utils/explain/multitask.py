@@ -15,20 +15,14 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 
-from . import checkpoint as ckpt
-from .attributes import MULTI_SPLIT_SEEDS, ShapesMultiDataset, map_picture
-from .cli import AbnError
-from .metrics import pointing_game, pointing_tolerance
-from .modelspec import model_from_checkpoint, spec_from_checkpoint
-from .multilabel import predict
-from .visualize import save_task_attention_images
+from utils.data.attributes import MULTI_SPLIT_SEEDS, ShapesMultiDataset, map_picture
+from utils.data.images import find_images, load_rgb
+from utils.errors import AbnError
+from utils.explain.measures import pointing_game, pointing_tolerance
+from utils.objectives.per_attribute import predict
+from utils.visualize import save_task_attention_images
 
 METHODS = ('ABN', 'CAM', 'Grad-CAM', 'random')
-
-
-def is_multitask_checkpoint(saved):
-    spec = spec_from_checkpoint(saved)
-    return spec is not None and spec.script == 'celeba'
 
 
 def chosen_tasks(task, names):
@@ -68,12 +62,13 @@ def upsample(maps, size):
 
 
 class MultitaskExplainRun:
-    def __init__(self, args, saved):
+    def __init__(self, args, loaded):
+        """`loaded`: the checkpoint's model (utils.weights.loading.load_model)."""
         self.args = args
         device = 'cpu' if args.gpu_id == 'cpu' or not torch.cuda.is_available() else \
             f'cuda:{args.gpu_id}'
         self.device = torch.device(device)
-        self.model, self.spec = model_from_checkpoint(saved, args.checkpoint)
+        self.model, self.spec = loaded.model, loaded.spec
         self.model.eval().to(self.device)
         if not self.model.has_attention:
             raise AbnError(f'{args.checkpoint} holds a plain multi-label baseline: no maps to '
@@ -105,8 +100,6 @@ class MultitaskExplainRun:
                 masks = F.interpolate(masks.float(), size=(self.size, self.size),
                                       mode='nearest') > 0.5
             return inputs, data.targets, masks.numpy()
-        from .data import load_rgb
-        from .inputs import find_images
         files = find_images(args.inputs)[:args.num_images]
         return torch.stack([self.transform(load_rgb(f)) for f in files]), None, None
 
@@ -213,7 +206,6 @@ class MultitaskExplainRun:
         print('\n' + text)
 
 
-def explain_multitask(args):
+def explain_multitask(args, loaded):
     """explain.py's entry for a checkpoint of celeba.py; returns the exit status."""
-    saved = ckpt.load_checkpoint(args.checkpoint)
-    return MultitaskExplainRun(args, saved).run()
+    return MultitaskExplainRun(args, loaded).run()

@@ -24,115 +24,13 @@ Why the mean squared difference, and gamma = 10 (docs/teach.md has the measureme
 import dataclasses
 import os
 
-import torch
-import torch.distributed as dist
-
-from . import checkpoint as ckpt
-from .attention_maps import WithAttentionMaps, load_map_set, map_device_loader, map_loss
-from .cli import AbnError
-from .modelspec import spec_from_checkpoint
-from .objectives import SingleLabelObjective, register_objective
+from utils.errors import AbnError
+from utils.teach.attention_maps import WithAttentionMaps, load_map_set, map_device_loader
+from utils.weights import checkpoint as ckpt
+from utils.weights.modelspec import spec_from_checkpoint
 
 DEFAULT_MAP_LOSS_WEIGHT = 10.0
 NAME = 'attention-maps'
-
-
-class MapMeter:
-    """The single-label meter plus the epoch's map loss (per image that has a map)."""
-
-    def __init__(self, inner):
-        self.inner = inner
-        self.device = inner.sums.device
-        self.sums = inner.sums.new_zeros(2)  # (sum of map loss x maps, maps), float64
-        self.map_nonfinite = inner.nonfinite_step.new_full((), -1)
-
-    @property
-    def nonfinite_step(self):
-        """The first step at which either meter saw a non-finite loss (-1: none)."""
-        never = torch.iinfo(torch.long).max
-        inner, mine = self.inner.nonfinite_step, self.map_nonfinite
-        step = torch.minimum(inner.where(inner >= 0, never), mine.where(mine >= 0, never))
-        return step.where(step < never, -1)
-
-    def update(self, step, output, target, losses):
-        labels = target['label'] if isinstance(target, dict) else target
-        self.inner.update(step, output, labels, losses)
-        if 'map_loss' not in losses:
-            return
-        maps = target['has_map'].sum().double()
-        value = losses['map_loss'].detach().double()
-        self.sums += torch.stack([value * maps, maps])
-        bad = ~torch.isfinite(value)
-        self.map_nonfinite = torch.where(bad & (self.map_nonfinite < 0),
-                                         self.map_nonfinite.new_full((), step),
-                                         self.map_nonfinite)
-
-    def all_reduce(self):
-        self.inner.all_reduce()
-        if dist.is_available() and dist.is_initialized():
-            dist.all_reduce(self.sums)
-            step = self.map_nonfinite.clone()
-            step[step < 0] = torch.iinfo(torch.long).max
-            dist.all_reduce(step, op=dist.ReduceOp.MIN)
-            step[step == torch.iinfo(torch.long).max] = -1
-            self.map_nonfinite = step
-
-    def first_nonfinite_step(self):
-        step = int(self.nonfinite_step.item())
-        return None if step < 0 else step
-
-    def summary(self):
-        out = self.inner.summary()
-        total, maps = self.sums.tolist()
-        if maps:
-            out['map_loss'] = total / maps
-            out['maps'] = int(maps)
-        return out
-
-    def state_dict(self):
-        return {'inner': self.inner.state_dict(), 'map': self.sums.cpu()}
-
-    def load_state_dict(self, state):
-        self.inner.load_state_dict(state['inner'])
-        self.sums = state['map'].to(device=self.device, dtype=torch.float64)
-
-
-@register_objective
-class AttentionMapObjective(SingleLabelObjective):
-    """The authors' two cross-entropies plus `weight` x the map loss, on targets
-    {'label', 'map', 'has_map'} (training with --attention-maps); plain class indices
-    (evaluation) get the two cross-entropies alone. Accuracy and model_best as single-label."""
-    name = NAME
-    log_columns = SingleLabelObjective.log_columns + ['Train Map Loss']
-
-    def __init__(self, weight=DEFAULT_MAP_LOSS_WEIGHT):
-        self.weight = weight
-
-    def losses(self, output, target):
-        if not isinstance(target, dict):
-            return super().losses(output, target)
-        losses = super().losses(output, target['label'])
-        if output.attention_map is not None:
-            losses['map_loss'] = self.weight * map_loss(output.attention_map.float(),
-                                                        target['map'], target['has_map'])
-        return losses
-
-    def new_meter(self, device):
-        return MapMeter(super().new_meter(device))
-
-    def summary_text(self, summary, attention):
-        text = super().summary_text(summary, attention)
-        if 'map_loss' in summary:
-            text += f" | map loss {summary['map_loss']:.4f} ({summary['maps']} maps)"
-        return text
-
-    def log_row(self, lr, train, valid, seconds):
-        return super().log_row(lr, train, valid, seconds) + [train.get('map_loss', 0.0)]
-
-    def captions(self, predictions, scores, target, class_names):
-        if isinstance(target, dict):
-            target = target['label']
-        return super().captions(predictions, scores, target, class_names)
 
 
 # -- the command line and the task ----------------------------------------------------------

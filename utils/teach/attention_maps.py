@@ -9,7 +9,7 @@ module reads such maps and attaches them to the training images:
   the built-in sets (the index into the full training split). Images without a map train
   with the classification losses only. The maps explain.py writes (`maps/`) are such images.
 - `shapes-masks:P%`: the ground-truth object masks of a seeded P% of the `shapes` training
-  images, as if a person had drawn them (`python -m utils.attention_maps DIR --percent P`
+  images, as if a person had drawn them (`python -m utils.teach.attention_maps DIR --percent P`
   writes the same maps as a folder).
 
 Each training item's target becomes {'label', 'map' (1, H, W) float in [0, 1] at the input's
@@ -29,10 +29,10 @@ import torch.utils.data as tud
 import torchvision.transforms as T
 from PIL import Image, UnidentifiedImageError
 
-from .cli import AbnError
-from .fastdata import DeviceLoader, augmentation_of, uint8_split
+from utils.data.fastdata import DeviceLoader, augmentation_of, uint8_split
+from utils.data.images import IMAGE_EXTENSIONS
+from utils.errors import AbnError
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm')
 SHAPES_MASKS = 'shapes-masks'
 # The subset of `shapes-masks:P%` is drawn with this seed, not --manualSeed: every run of
 # every seed teaches with the same images' masks.
@@ -307,36 +307,12 @@ def map_device_loader(dataset, batch_size, runtime, seed=0):
                            seed), None
 
 
-# -- the loss -------------------------------------------------------------------------------
-
-def fit_to(given, size):
-    """Given maps (N, C, H, W) at the input's resolution, at the model map's `size` (h, w):
-    the mean over each cell (area) when shrinking, so a cell half on the object is 0.5;
-    bilinear otherwise."""
-    if tuple(given.shape[-2:]) == tuple(size):
-        return given
-    if given.shape[-2] >= size[0] and given.shape[-1] >= size[1]:
-        return F.adaptive_avg_pool2d(given, tuple(size))
-    return F.interpolate(given, size=tuple(size), mode='bilinear', align_corners=False)
-
-
-def map_loss(attention_map, given, has_map):
-    """||M'(x) - M(x)||_2^2 / (h w) per image, the mean squared difference between the model's
-    map M (N, C, h, w) and the given map M' (N, C, H, W, resized to h x w), averaged over the
-    images that have a map (`has_map`, (N,) bool). A batch without any gives 0, still
-    connected to the graph; nothing here reads the device (no host sync)."""
-    target = fit_to(given.to(attention_map.dtype), attention_map.shape[-2:])
-    per_image = (attention_map - target).pow(2).flatten(1).mean(1)
-    weights = has_map.to(per_image.dtype)
-    return (per_image * weights).sum() / weights.sum().clamp_min(1)
-
-
 # -- export of the shapes masks -------------------------------------------------------------
 
 def export_shapes_masks(folder, percent, train_size=None):
     """Writes the masks of `shapes-masks:P%` as a maps folder (`<index>.png`, 0 or 255);
     returns the number written."""
-    from .shapes import ShapesDataset
+    from utils.data.shapes import ShapesDataset
 
     train = ShapesDataset(train=True, size=train_size)
     os.makedirs(folder, exist_ok=True)
@@ -349,10 +325,10 @@ def export_shapes_masks(folder, percent, train_size=None):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(
-        prog='python -m utils.attention_maps',
+        prog='python -m utils.teach.attention_maps',
         description='write the ground-truth masks of a seeded share of the shapes training '
                     'images as a folder for --attention-maps (the same maps as '
-                    'shapes-masks:P%%)')
+                    'shapes-masks:P%)')
     parser.add_argument('folder', metavar='DIR')
     parser.add_argument('--percent', type=float, default=10,
                         help='share of the training images (default: %(default)s)')
@@ -366,6 +342,6 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
-    from .cli import run
+    from utils.errors import run
 
     sys.exit(run(main))

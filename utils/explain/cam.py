@@ -24,8 +24,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models.abn import AttentionBranchNetwork
-
-from .visualize import upsample_maps
+from utils.visualize import upsample_maps
 
 TITLES = {'abn': 'ABN attention', 'cam': 'CAM', 'gradcam': 'Grad-CAM', 'random': 'random'}
 

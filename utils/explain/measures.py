@@ -126,6 +126,24 @@ def road(logits, inputs, maps, classes, percentiles=ROAD_PERCENTILES, seed=0):
 
 # -- accumulation and the report -------------------------------------------------------------
 
+def measure_maps(table, name, maps, inputs, classes, predict, logits, masks=None, radius=0,
+                 steps=16, road_percentiles=ROAD_PERCENTILES, seed=0):
+    """Adds every measure of `maps` (N, H, W) of `inputs` to `table` under `name`: the
+    pointing game (strict and within `radius`) and energy inside where object `masks` exist,
+    deletion/insertion AUC and ROAD always, each for its explained `classes`. `predict`:
+    images -> probabilities; `logits`: images -> logits (ROAD's)."""
+    if masks is not None:
+        table.add(name, 'pointing_game', pointing_game(maps, masks))
+        table.add(name, 'pointing_game_tolerant', pointing_game(maps, masks, radius=radius))
+        table.add(name, 'energy_inside', energy_inside(maps, masks))
+    deletion, insertion, _ = deletion_insertion(predict, inputs, maps, classes, steps=steps,
+                                                seed=seed)
+    table.add(name, 'deletion_auc', deletion)
+    table.add(name, 'insertion_auc', insertion)
+    if road_percentiles:
+        table.add(name, 'road', road(logits, inputs, maps, classes, road_percentiles, seed=seed))
+
+
 METRICS = {
     # key: (title, better, unit)
     'pointing_game': ('pointing game', 'higher', '%'),

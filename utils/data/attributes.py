@@ -22,8 +22,8 @@ import torchvision.datasets as tvd
 import torchvision.transforms as T
 from PIL import Image, UnidentifiedImageError
 
-from .cli import AbnError
-from .shapes import MIN_CONTRAST, _clutter, _inside
+from utils.data.shapes import MIN_CONTRAST, _clutter, _inside
+from utils.errors import AbnError
 
 # -- shapes-multi -----------------------------------------------------------------------------
 

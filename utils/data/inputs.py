@@ -8,11 +8,11 @@ import numpy as np
 import torch
 import torchvision.transforms as T
 
-from .data import CorruptImageError, base_dataset, build_small_image_data, first_n, load_rgb
-from .errors import AbnError
-from .shapes import SHAPE_CLASSES
+from utils.data.datasets import base_dataset, build_small_image_data, first_n
+from utils.data.images import CorruptImageError, find_images, load_rgb
+from utils.data.shapes import SHAPE_CLASSES
+from utils.errors import AbnError
 
-IMAGE_EXTENSIONS = ('.png', '.jpg', '.jpeg', '.bmp', '.gif', '.webp', '.tif', '.tiff', '.ppm')
 # Class names of the sets whose names do not come with files (checkpoints of cifar.py carry
 # their own; CIFAR-100's come from its files through --dataset cifar100 --data DIR).
 KNOWN_CLASSES = {
@@ -77,23 +77,6 @@ def image_transform(loaded):
     head = ([T.Resize(loaded.resize_size), T.CenterCrop(size)] if loaded.imagenet
             else [T.Resize((size, size))])
     return T.Compose(head + [T.ToTensor(), T.Normalize(*loaded.normalization)])
-
-
-def find_images(paths):
-    found = []
-    for path in paths:
-        if os.path.isdir(path):
-            for folder, subfolders, names in os.walk(path):
-                subfolders.sort()
-                found += [os.path.join(folder, n) for n in sorted(names)
-                          if n.lower().endswith(IMAGE_EXTENSIONS)]
-        elif os.path.isfile(path):
-            found.append(path)
-        else:
-            raise AbnError(f'no image or folder at {path}')
-    if not found:
-        raise AbnError(f'no images ({", ".join(IMAGE_EXTENSIONS)}) in {", ".join(paths)}')
-    return found
 
 
 def build_inputs(args, loaded):

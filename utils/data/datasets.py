@@ -1,27 +1,22 @@
-"""Data sets, transforms and loaders.
+"""Data sets and transforms.
 
 Small-image sets (cifar.py): CIFAR-10/100 and SVHN through torchvision (downloaded into
---data when missing), the offline `shapes` set, and image folders. Loaders are built so that an
-epoch's data is a pure function of (seed, epoch): the order comes from a sampler seeded by
-the epoch, and each sample's augmentation from its own seed (seed, epoch, index). A run
-resumed mid-epoch therefore sees exactly the batches it would have seen, whatever the number
-of worker processes.
+--data when missing), the offline `shapes` set, and image folders; the image-folder splits
+of imagenet.py; the check of every image file before the first step.
 """
 import os
 import pickle
 from dataclasses import dataclass, field
 from typing import Optional
 
-import torch
 import torch.utils.data as tud
 import torchvision.datasets as tvd
 import torchvision.transforms as T
-from PIL import Image, UnidentifiedImageError
-from torch.utils.data.distributed import DistributedSampler
 
-from .errors import AbnError
-from .shapes import ShapesDataset
-from .signals import ignore_stop_signals, stop_signals_blocked
+from utils.data.images import CorruptImageError, identify_image, is_image_file, load_rgb
+from utils.data.shapes import ShapesDataset
+from utils.errors import AbnError
+from utils.progress import Progress
 
 # Per-data-set channel statistics. CIFAR-10's are the authors' values (used for every data
 # set in their script, so also for their published checkpoints: see AUTHORS_NORMALIZATION).
@@ -129,31 +124,6 @@ def _torchvision_split(name, root, train, transform):
                        f'Offline? Put {files} into that folder (or pass --data DIR)') from None
 
 
-class CorruptImageError(Exception):
-    """An image file that cannot be decoded; the message names the file."""
-
-
-def load_rgb(path):
-    try:
-        with open(path, 'rb') as f:
-            image = Image.open(f)
-            return image.convert('RGB')
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        raise CorruptImageError(f'cannot read image {path} ({error})') from None
-
-
-def readable_extensions():
-    """Every file extension PIL can open (.gif, .webp, .tif, ...), as explain.py reads."""
-    Image.init()
-    # stubs that need an outside handler (HDF5, GRIB, ...) or program (EPS: Ghostscript)
-    foreign = {'BUFR', 'GRIB', 'HDF5', 'WMF', 'MPEG', 'EPS', 'FITS'}
-    return tuple(sorted(ext.lower() for ext, fmt in Image.registered_extensions().items()
-                        if fmt in Image.OPEN and fmt not in foreign))
-
-
-IMAGE_EXTENSIONS = readable_extensions()
-
-
 class ImageFolder(tvd.ImageFolder):
     """torchvision's ImageFolder of every format PIL reads, whose unreadable images raise
     CorruptImageError naming the file, or, with skip_bad=True, come back as None to be
@@ -161,7 +131,7 @@ class ImageFolder(tvd.ImageFolder):
 
     def __init__(self, root, transform=None, skip_bad=False):
         super().__init__(root, transform=transform, loader=load_rgb,
-                         is_valid_file=lambda path: path.lower().endswith(IMAGE_EXTENSIONS))
+                         is_valid_file=is_image_file)
         self.skip_bad = skip_bad
         self.bad = set()  # indices found unreadable by check_images, skipped unread
 
@@ -174,16 +144,6 @@ class ImageFolder(tvd.ImageFolder):
             if self.skip_bad:
                 return None
             raise
-
-
-def identify_image(path):
-    """None when PIL identifies the file from its header, else the reason it cannot."""
-    try:
-        with Image.open(path) as image:
-            image.size  # noqa: B018 (parsed with the header)
-        return None
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
-        return str(error) or type(error).__name__
 
 
 def _folder_and_indices(dataset):
@@ -210,7 +170,6 @@ def check_images(bundle, skip_bad, runtime):
     total = sum(len(indices) for _, indices in splits)
     if not total:
         return 0
-    from .progress import Progress
     progress = Progress('Checking images', total, enabled=runtime.is_main and total >= 5000)
     bad, done = [], 0
     for folder, indices in splits:
@@ -304,127 +263,3 @@ def base_dataset(dataset):
     while isinstance(dataset, tud.Subset):
         dataset = dataset.dataset
     return dataset
-
-
-# -- loaders --------------------------------------------------------------------------------
-
-def _mix64(*values):
-    """SplitMix64 over the values: well-spread seeds from (seed, epoch, index)."""
-    h = 0x9E3779B97F4A7C15
-    for v in values:
-        h = (h ^ (int(v) & 0xFFFFFFFFFFFFFFFF)) & 0xFFFFFFFFFFFFFFFF
-        h = (h + 0x9E3779B97F4A7C15) & 0xFFFFFFFFFFFFFFFF
-        h = ((h ^ (h >> 30)) * 0xBF58476D1CE4E5B9) & 0xFFFFFFFFFFFFFFFF
-        h = ((h ^ (h >> 27)) * 0x94D049BB133111EB) & 0xFFFFFFFFFFFFFFFF
-        h ^= h >> 31
-    return h & 0x7FFFFFFFFFFFFFFF
-
-
-class SeededAugmentation(tud.Dataset):
-    """Items are fetched with keys (epoch, index); each draws its random augmentation from
-    the seed (seed, epoch, index), leaving the process's own generator untouched."""
-
-    def __init__(self, dataset, seed):
-        self.dataset, self.seed = dataset, seed
-
-    def __len__(self):
-        return len(self.dataset)
-
-    def __getitem__(self, key):
-        epoch, index = key
-        with torch.random.fork_rng(devices=[]):
-            torch.default_generator.manual_seed(_mix64(self.seed, epoch, index))
-            return self.dataset[index]
-
-
-class EpochSampler(DistributedSampler):
-    """torch's DistributedSampler (one shard per process, reshuffled each epoch from
-    seed + epoch; with one process, a plain shuffle) that yields (epoch, index) keys and can
-    start an epoch part-way, for resuming."""
-
-    def __init__(self, dataset, num_replicas, rank, seed, batch_size=None):
-        super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
-                         seed=seed, drop_last=False)
-        self.start = 0
-        # A last batch of one image would fail in BatchNorm wherever the maps are 1x1
-        # (imagenet.py --image-size 32): it is dropped; each epoch's shuffle drops another.
-        self.length = self.num_samples
-        if batch_size and batch_size > 1 and self.num_samples % batch_size == 1:
-            self.length -= 1
-
-    def set_epoch(self, epoch, start=0):
-        super().set_epoch(epoch)
-        self.start = start
-
-    def __iter__(self):
-        indices = list(super().__iter__())[:self.length][self.start:]
-        return iter([(self.epoch, i) for i in indices])
-
-    def __len__(self):
-        return self.length - self.start
-
-
-class ShardSampler(tud.Sampler):
-    """Evaluation shard: every index exactly once across processes, no padding."""
-
-    def __init__(self, length, num_replicas=1, rank=0):
-        self.indices = range(rank, length, num_replicas)
-
-    def __iter__(self):
-        return iter(self.indices)
-
-    def __len__(self):
-        return len(self.indices)
-
-
-def collate_dropping_none(batch):
-    """Default collation after dropping unreadable images (None); returns (inputs, targets,
-    dropped)."""
-    kept = [item for item in batch if item is not None]
-    dropped = len(batch) - len(kept)
-    if not kept:
-        return None, None, dropped
-    inputs, targets = tud.default_collate(kept)
-    return inputs, targets, dropped
-
-
-class Loader:
-    """A DataLoader with an epoch: `set_epoch(epoch, start_step)` then iterate
-    (inputs, targets). Counts images dropped as unreadable in `dropped`."""
-
-    def __init__(self, dataset, batch_size, sampler, workers, pin_memory, train):
-        self.batch_size = batch_size
-        self.sampler = sampler
-        self.dropped = 0
-        self.loader = tud.DataLoader(
-            dataset, batch_size=batch_size, sampler=sampler, num_workers=workers,
-            pin_memory=pin_memory, drop_last=False, collate_fn=collate_dropping_none,
-            persistent_workers=workers > 0 and train, prefetch_factor=4 if workers else None,
-            worker_init_fn=ignore_stop_signals)
-
-    def set_epoch(self, epoch, start_step=0):
-        if isinstance(self.sampler, EpochSampler):
-            self.sampler.set_epoch(epoch, start_step * self.batch_size)
-
-    def __len__(self):
-        return len(self.loader)
-
-    def __iter__(self):
-        with stop_signals_blocked():  # workers start with the signals held, then ignore them
-            batches = iter(self.loader)
-        for inputs, targets, dropped in batches:
-            self.dropped += dropped
-            if inputs is not None:
-                yield inputs, targets
-
-
-def make_train_loader(dataset, batch_size, runtime, seed, workers):
-    sampler = EpochSampler(dataset, runtime.world_size, runtime.rank, seed, batch_size)
-    return Loader(SeededAugmentation(dataset, seed), batch_size, sampler, workers,
-                  runtime.device.type == 'cuda', train=True)
-
-
-def make_eval_loader(dataset, batch_size, runtime, workers):
-    sampler = ShardSampler(len(dataset), runtime.world_size, runtime.rank)
-    return Loader(dataset, batch_size, sampler, workers, runtime.device.type == 'cuda',
-                  train=False)

@@ -8,7 +8,8 @@ import re
 import numpy as np
 from PIL import Image
 
-from .errors import AbnError
+from utils.errors import AbnError
+
 # log.txt's column -> TensorBoard tag; a tag's '/' groups the train and valid curves.
 TAGS = {
     'Learning Rate': 'learning_rate',

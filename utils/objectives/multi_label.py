@@ -13,9 +13,9 @@ import os
 import torch
 import torch.distributed as dist
 
-from . import multilabel as ml
-from .meters import earliest_step_of_all
-from .objectives import AUTHORS_COLUMNS, Objective, register_objective
+from utils.objectives import per_attribute as ml
+from utils.objectives.base import AUTHORS_COLUMNS, Objective, register_objective
+from utils.objectives.meters import earliest_step_of_all
 
 BRANCHES = ('att', 'per')  # attention branch, perception branch
 
@@ -160,7 +160,7 @@ class MultiLabelObjective(Objective):
     def save_attention(self, out_dir, inputs, output, targets, data, start_index, grid_name,
                        title):
         """One picture per image with a panel per task (the first `max_tasks`), and a grid."""
-        from .visualize import save_task_attention_images
+        from utils.visualize import save_task_attention_images
         _, probabilities = self.predict(output.perception_logits)
         return save_task_attention_images(
             out_dir, inputs, output.attention_map.float().cpu(), probabilities.cpu(), targets,

@@ -4,7 +4,8 @@ A `ModelSpec` holds whatever rebuilding a run's model needs: which script's regi
 it, the architecture and every builder argument (depth, gate, attention, classes, ...), the
 class names, the input normalisation, the training and evaluation sizes, and the objective.
 Training, `-e --resume`, `--resume`, explain.py and the pretrained start all build through
-`build_model(spec)`; a checkpoint's spec is read by `spec_from_checkpoint(saved)`.
+`build_model(spec)`; a checkpoint's spec is read by `spec_from_checkpoint(saved)`, and
+utils.weights.loading turns a checkpoint file into its model.
 
 On the command line, the flags a user did not type come from the file, and a typed flag that
 contradicts the file is refused (`resolve_flags`). The authors' checkpoints record nothing:
@@ -15,8 +16,8 @@ from typing import Optional
 
 import torch
 
-from .checkpoint import clean_state_dict, is_legacy, load_model_state
-from .cli import AbnError
+from utils.errors import AbnError
+from utils.weights.checkpoint import clean_state_dict, is_legacy
 
 SCRIPTS = {'cifar': 'cifar.py', 'imagenet': 'imagenet.py', 'celeba': 'celeba.py'}
 
@@ -137,18 +138,6 @@ def build_model(spec, meta=False):
         raise AbnError(str(error)) from None
 
 
-def model_from_checkpoint(saved, path, spec=None):
-    """(model with the checkpoint's weights, its spec); `spec` is required for the authors'
-    files, which record none."""
-    spec = spec or spec_from_checkpoint(saved)
-    if spec is None:
-        raise AbnError(f"{path} is one of the authors' checkpoints, which do not record their "
-                       f"model: give the architecture options")
-    model = build_model(spec)
-    load_model_state(model, saved, path, spec.describe())
-    return model, spec
-
-
 def check_script(spec, script, path):
     """Refuses a checkpoint of the other script with a line that names the right one."""
     if spec.script != script:
@@ -208,5 +197,5 @@ def legacy_num_classes(saved, spec_without_classes):
 
 
 __all__ = ['ModelSpec', 'SCRIPTS', 'build_model', 'check_script', 'describe',
-           'legacy_num_classes', 'model_from_checkpoint', 'recorded_flags', 'registry_for',
+           'legacy_num_classes', 'recorded_flags', 'registry_for',
            'resolve_flags', 'script_of', 'spec_from_checkpoint']

@@ -1,0 +1,132 @@
+"""Teaching the map (utils.teach): the authors' two cross-entropies plus gamma x the map loss,
+L_map = ||M'(x) - M(x)||_2^2 / (h w) between the model's map M and a given map M'
+(docs/teach.md says why this form and gamma = 10)."""
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+
+from utils.objectives.base import register_objective
+from utils.objectives.single_label import SingleLabelObjective
+
+DEFAULT_MAP_LOSS_WEIGHT = 10.0
+NAME = 'attention-maps'
+
+
+def fit_to(given, size):
+    """Given maps (N, C, H, W) at the input's resolution, at the model map's `size` (h, w):
+    the mean over each cell (area) when shrinking, so a cell half on the object is 0.5;
+    bilinear otherwise."""
+    if tuple(given.shape[-2:]) == tuple(size):
+        return given
+    if given.shape[-2] >= size[0] and given.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(given, tuple(size))
+    return F.interpolate(given, size=tuple(size), mode='bilinear', align_corners=False)
+
+
+def map_loss(attention_map, given, has_map):
+    """||M'(x) - M(x)||_2^2 / (h w) per image, the mean squared difference between the model's
+    map M (N, C, h, w) and the given map M' (N, C, H, W, resized to h x w), averaged over the
+    images that have a map (`has_map`, (N,) bool). A batch without any gives 0, still
+    connected to the graph; nothing here reads the device (no host sync)."""
+    target = fit_to(given.to(attention_map.dtype), attention_map.shape[-2:])
+    per_image = (attention_map - target).pow(2).flatten(1).mean(1)
+    weights = has_map.to(per_image.dtype)
+    return (per_image * weights).sum() / weights.sum().clamp_min(1)
+
+
+class MapMeter:
+    """The single-label meter plus the epoch's map loss (per image that has a map)."""
+
+    def __init__(self, inner):
+        self.inner = inner
+        self.device = inner.sums.device
+        self.sums = inner.sums.new_zeros(2)  # (sum of map loss x maps, maps), float64
+        self.map_nonfinite = inner.nonfinite_step.new_full((), -1)
+
+    @property
+    def nonfinite_step(self):
+        """The first step at which either meter saw a non-finite loss (-1: none)."""
+        never = torch.iinfo(torch.long).max
+        inner, mine = self.inner.nonfinite_step, self.map_nonfinite
+        step = torch.minimum(inner.where(inner >= 0, never), mine.where(mine >= 0, never))
+        return step.where(step < never, -1)
+
+    def update(self, step, output, target, losses):
+        labels = target['label'] if isinstance(target, dict) else target
+        self.inner.update(step, output, labels, losses)
+        if 'map_loss' not in losses:
+            return
+        maps = target['has_map'].sum().double()
+        value = losses['map_loss'].detach().double()
+        self.sums += torch.stack([value * maps, maps])
+        bad = ~torch.isfinite(value)
+        self.map_nonfinite = torch.where(bad & (self.map_nonfinite < 0),
+                                         self.map_nonfinite.new_full((), step),
+                                         self.map_nonfinite)
+
+    def all_reduce(self):
+        self.inner.all_reduce()
+        if dist.is_available() and dist.is_initialized():
+            dist.all_reduce(self.sums)
+            step = self.map_nonfinite.clone()
+            step[step < 0] = torch.iinfo(torch.long).max
+            dist.all_reduce(step, op=dist.ReduceOp.MIN)
+            step[step == torch.iinfo(torch.long).max] = -1
+            self.map_nonfinite = step
+
+    def first_nonfinite_step(self):
+        step = int(self.nonfinite_step.item())
+        return None if step < 0 else step
+
+    def summary(self):
+        out = self.inner.summary()
+        total, maps = self.sums.tolist()
+        if maps:
+            out['map_loss'] = total / maps
+            out['maps'] = int(maps)
+        return out
+
+    def state_dict(self):
+        return {'inner': self.inner.state_dict(), 'map': self.sums.cpu()}
+
+    def load_state_dict(self, state):
+        self.inner.load_state_dict(state['inner'])
+        self.sums = state['map'].to(device=self.device, dtype=torch.float64)
+
+
+@register_objective
+class AttentionMapObjective(SingleLabelObjective):
+    """The authors' two cross-entropies plus `weight` x the map loss, on targets
+    {'label', 'map', 'has_map'} (training with --attention-maps); plain class indices
+    (evaluation) get the two cross-entropies alone. Accuracy and model_best as single-label."""
+    name = NAME
+    log_columns = SingleLabelObjective.log_columns + ['Train Map Loss']
+
+    def __init__(self, weight=DEFAULT_MAP_LOSS_WEIGHT):
+        self.weight = weight
+
+    def losses(self, output, target):
+        if not isinstance(target, dict):
+            return super().losses(output, target)
+        losses = super().losses(output, target['label'])
+        if output.attention_map is not None:
+            losses['map_loss'] = self.weight * map_loss(output.attention_map.float(),
+                                                        target['map'], target['has_map'])
+        return losses
+
+    def new_meter(self, device):
+        return MapMeter(super().new_meter(device))
+
+    def summary_text(self, summary, attention):
+        text = super().summary_text(summary, attention)
+        if 'map_loss' in summary:
+            text += f" | map loss {summary['map_loss']:.4f} ({summary['maps']} maps)"
+        return text
+
+    def log_row(self, lr, train, valid, seconds):
+        return super().log_row(lr, train, valid, seconds) + [train.get('map_loss', 0.0)]
+
+    def captions(self, predictions, scores, target, class_names):
+        if isinstance(target, dict):
+            target = target['label']
+        return super().captions(predictions, scores, target, class_names)

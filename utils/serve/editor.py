@@ -1,0 +1,347 @@
+"""The attention editor: a local web page to look at, edit and correct attention maps.
+
+    python explain.py CHECKPOINT --serve [--dataset shapes] [IMAGE ...] [--port 7860]
+
+`MapEditor` holds the functions behind the page and knows nothing of the page: load an image
+(`picture_from_split`, `picture_from_file`), explain it (`explain`: the input, the ABN map,
+CAM and Grad-CAM, the top-5), run the perception branch on an edited map (`predict`) and save
+the edited map where `--attention-maps DIR` reads it (`save`). `build_page` puts them on a
+Gradio page; `serve` starts it on localhost.
+
+Editing: the map is shown as a grayscale picture (white: attend) at a whole multiple of its
+own resolution; a person paints on it with the white brush (add) or the black one (remove) and
+any brush size; the painted picture is averaged back over each cell of the map (so a stroke
+that covers half a cell moves it half way). Multi-task maps (T > 1 channels, unbounded values)
+are shown as M / (2 max|M|) + 0.5 (their authors' "both" picture) and read back the same way.
+
+Saved maps (grayscale PNG at the map's resolution, the layout of `--attention-maps`):
+- images of a built-in data set: `DIR/<split>/<index>.png`, the index within that split, so
+  `--attention-maps DIR/train` reads the training split's corrections and corrections of test
+  images stay apart from training data;
+- image files, image folders and uploads: `DIR/<class>/<image stem>.png`, the class chosen on
+  the page (by default the image's folder when it names a class, else the prediction);
+- multi-task models: `DIR/<attribute>/<split>/<index>.png` and `DIR/<attribute>/<image
+  stem>.png` (no class folder: attributes are not classes).
+"""
+import os
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from utils.data.datasets import SMALL_IMAGE_DATASETS, base_dataset, build_small_image_data
+from utils.data.images import IMAGE_EXTENSIONS, CorruptImageError, find_images, load_rgb
+from utils.data.inputs import image_transform
+from utils.errors import AbnError
+from utils.explain.cam import Explainer, supports_cam
+
+# explain.py's model loading (the model-spec function with its refusals) and top-5 ranking.
+from utils.explain.run import top_k  # noqa: I001
+from utils.visualize import as_uint8, blend, safe_name
+
+DISPLAY = 256  # pixels the pictures on the page are drawn at, at least
+
+
+@dataclass
+class Picture:
+    """One image on the page, as the model sees it."""
+    tensor: torch.Tensor  # (3, H, W), normalised as in the model's training
+    name: str  # shown on the page and used as the saved map's stem
+    label: int = -1  # the true class, -1 when unknown
+    split: str = None  # 'train' or 'test' for images of a built-in data set
+    index: int = None  # the image's index within that split
+    note: str = ''  # e.g. that the image was resized
+
+
+@dataclass
+class Explained:
+    """What the page shows for one picture."""
+    picture: Picture
+    own_map: np.ndarray  # (T, h, w) the model's map, as the model computed it
+    scale: float  # None: a map in [0, 1]; else max|M| of the chosen channel (see module doc)
+    attribute: int  # the channel shown (0 for single-task models)
+    panels: dict  # title -> (D, D, 3) uint8: the input and the overlays
+    editor_image: np.ndarray  # (E, E) uint8 grayscale: the map to paint on
+    ranking: dict  # name -> probability: top-5 (or every attribute's probability)
+    true_name: str = None
+
+
+def to_gray(channel, scale):
+    """A map channel as gray levels in [0, 1] (white: attend): a map in [0, 1] as it is
+    (`scale` None), an unbounded one as M / (2 scale) + 0.5."""
+    if scale is None:
+        return np.clip(channel, 0, 1)
+    return np.clip(channel / (2 * scale) + 0.5, 0, 1)
+
+
+def from_gray(gray, scale):
+    return gray if scale is None else (gray - 0.5) * 2 * scale
+
+
+def read_painted_map(image, height, width, scale=None):
+    """A painted or uploaded map picture (any size with the map's aspect ratio, gray or
+    colour) -> (height, width) map values, each cell the mean over its pixels; `scale` as
+    in to_gray."""
+    if image is None:
+        raise AbnError('no map to read')
+    if isinstance(image, np.ndarray):
+        array = image
+        if array.dtype != np.uint8:
+            array = as_uint8(array.astype(np.float32) / (255.0 if array.max() > 1 else 1.0))
+        image = Image.fromarray(array)
+    if image.mode in ('RGBA', 'LA', 'P'):  # transparent parts are black (no attention)
+        image = image.convert('RGBA')
+        black = Image.new('RGBA', image.size, (0, 0, 0, 255))
+        image = Image.alpha_composite(black, image)
+    gray = image.convert('L')
+    w, h = gray.size
+    if abs(w * height - h * width) > max(w, h) * 0.02 * max(
+            height, width):
+        raise AbnError(f'a {w}x{h} map does not fit this model\'s {width}x'
+                       f'{height} map: give one of the same shape (any size)')
+    small = gray.resize((width, height), Image.BOX)
+    values = np.asarray(small, np.float32) / 255
+    return from_gray(values, scale).astype(np.float32)
+
+
+class MapEditor:
+    """The model, loaded once, and the operations of the page."""
+
+    def __init__(self, loaded, device, maps_dir, dataset=None, data_root='./data', files=()):
+        self.loaded, self.device, self.maps_dir = loaded, device, maps_dir
+        self.model = loaded.model.to(device).eval()
+        self.transform = image_transform(loaded)
+        self.size = loaded.image_size
+        self.lock = threading.Lock()  # Grad-CAM's hooks serve one request at a time
+        with torch.no_grad():
+            probe = self.model(torch.zeros(1, 3, self.size, self.size, device=device))
+        if probe.attention_map is None:
+            raise AbnError(f'--serve edits attention maps: {loaded.description} is a plain '
+                           f'baseline without attention branch')
+        self.tasks, self.map_height, self.map_width = probe.attention_map.shape[1:]
+        count = probe.perception_logits.shape[1]
+        self.names = (list(loaded.class_names) if loaded.class_names
+                      and len(loaded.class_names) == count
+                      else [f'attribute {i}' if self.multitask else str(i) for i in range(count)])
+        methods = ['abn']
+        if not self.multitask:  # CAM and Grad-CAM explain one softmax over classes
+            methods += (['cam'] if supports_cam(self.model) else []) + ['gradcam']
+        self.explainer = Explainer(self.model, methods)
+        self.files = find_images(list(files)) if files else []
+        self.dataset = dataset
+        self.splits = {}
+        if dataset:
+            self._open_dataset(dataset, data_root)
+
+    @property
+    def multitask(self):
+        return self.tasks > 1
+
+    def close(self):
+        self.explainer.close()
+
+    # ---- the images ----
+    def _open_dataset(self, name, root):
+        if name not in SMALL_IMAGE_DATASETS:
+            raise AbnError(f"unknown data set '{name}'")
+        if self.loaded.imagenet:
+            raise AbnError('--dataset holds small-image sets; give an ImageNet model image '
+                           'files or folders, or upload them on the page')
+        self._data_args = (name, root)
+        self.splits['test'] = None  # built on first use: the page starts at once
+        self.splits['train'] = None
+        self.split('test')  # the test split now: a missing data set is a start-up error
+
+    def split(self, name):
+        """The split's images through the evaluation transform (no augmentation)."""
+        if name not in self.splits:
+            raise AbnError(f"no split '{name}': this page serves "
+                           f"{', '.join(self.splits) or 'uploaded images only'}")
+        if self.splits[name] is None:
+            dataset, root = self._data_args
+            bundle = build_small_image_data(dataset, root, evaluate_only=name == 'test',
+                                            image_size=self.size,
+                                            normalization=self.loaded.normalization)
+            names = self.loaded.class_names
+            if not self.multitask and names is not None and list(bundle.classes) != list(names):
+                raise AbnError(f'the model was trained on other classes ({", ".join(names[:4])}'
+                               f', ...) than {dataset} has ({", ".join(bundle.classes[:4])}, ...)')
+            chosen = bundle.test if name == 'test' else bundle.train
+            base_dataset(chosen).transform = base_dataset(bundle.test).transform
+            self.splits[name] = chosen
+            if self.loaded.class_names is None and len(bundle.classes) == len(self.names):
+                self.names = list(bundle.classes)
+        return self.splits[name]
+
+    def picture_from_split(self, split, index):
+        data = self.split(split)
+        try:
+            index = int(index)
+        except (TypeError, ValueError):
+            raise AbnError(f'the image index must be a whole number, got {index!r}') from None
+        if not 0 <= index < len(data):
+            raise AbnError(f'the {split} split has images 0 to {len(data) - 1}, not {index}')
+        try:
+            tensor, label = data[index]
+        except CorruptImageError as error:
+            raise AbnError(str(error)) from None
+        name = f'{self.dataset}-{split}-{index}'
+        base = base_dataset(data)
+        samples = getattr(base, 'samples', None)  # image folders: the file's own name
+        if samples is not None:
+            name = os.path.splitext(os.path.basename(samples[index][0]))[0]
+        return Picture(tensor, name, int(label), split, index)
+
+    def picture_from_file(self, path, label=None):
+        """Any image file, as explain.py reads files: resized to the model's input."""
+        if not path or not os.path.isfile(path):
+            raise AbnError('no file was given')
+        try:
+            image = load_rgb(path)
+        except CorruptImageError:
+            raise AbnError(f'{os.path.basename(path)} is not an image this page can read '
+                           f'({", ".join(IMAGE_EXTENSIONS)})') from None
+        except Image.DecompressionBombError:
+            raise AbnError(f'{os.path.basename(path)} is too large an image') from None
+        if label is None:  # an image in a folder named after a class has that label
+            folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
+            label = self.names.index(folder) if folder in self.names else -1
+        note = ''
+        if image.size != (self.size, self.size):
+            how = 'resized and centre-cropped' if self.loaded.imagenet else 'resized'
+            note = (f'{image.size[0]}x{image.size[1]} image {how} to the model\'s '
+                    f'{self.size}x{self.size}')
+        stem = os.path.splitext(os.path.basename(path))[0]
+        return Picture(self.transform(image), stem, label, note=note)
+
+    # ---- explain ----
+    def explain(self, picture, attribute=0):
+        attribute = self._attribute(attribute)
+        x = picture.tensor[None].to(self.device)
+        with self.lock:
+            if self.multitask:
+                with torch.no_grad():
+                    out = self.model(x)
+                maps, logits = {}, out.perception_logits.float().cpu()
+                own = out.attention_map[0].float().cpu()
+            else:
+                explanation = self.explainer(x)
+                maps, logits = explanation.maps, explanation.logits
+                own = explanation.feature_maps['abn'][0]
+        own = own.numpy()
+        channel = own[attribute]
+        scale = None
+        if channel.min() < 0 or channel.max() > 1:
+            scale = float(np.abs(channel).max()) or 1.0
+        pixels = self.pixels(picture)
+        panels = {'input': as_uint8(pixels)}
+        shown_map = to_gray(channel, scale)
+        panels['ABN attention'] = self.overlay(pixels, shown_map)
+        for method, title in (('cam', 'CAM'), ('gradcam', 'Grad-CAM')):
+            if method in maps:
+                panels[title] = self.overlay(pixels, maps[method][0])
+        editor = np.kron(as_uint8(shown_map), np.ones((self.cell(), self.cell()), np.uint8))
+        true_name = self.names[picture.label] if 0 <= picture.label < len(self.names) else None
+        return Explained(picture, own, scale, attribute, panels, editor,
+                         self.ranking(logits[0]), true_name)
+
+    def display_size(self):
+        return self.size * max(1, -(-DISPLAY // self.size))
+
+    def cell(self):
+        """Editor pixels per map cell: the editor shows the map at a whole multiple."""
+        return max(1, -(-DISPLAY // max(self.map_height, self.map_width)))
+
+    def pixels(self, picture):
+        """The input as the model sees it, enlarged without smoothing, (D, D, 3) float."""
+        mean, std = self.loaded.normalization
+        image = (picture.tensor.float().cpu() * torch.tensor(std).view(3, 1, 1)
+                 + torch.tensor(mean).view(3, 1, 1)).clamp(0, 1).permute(1, 2, 0).numpy()
+        factor = self.display_size() // self.size
+        return np.kron(image, np.ones((factor, factor, 1), np.float32))
+
+    def overlay(self, pixels, heat):
+        """A map in [0, 1] (any size) blended over the enlarged input, upsampled bilinearly."""
+        heat = torch.as_tensor(np.asarray(heat, np.float32))[None, None]
+        heat = F.interpolate(heat, size=pixels.shape[:2], mode='bilinear', align_corners=False)
+        return as_uint8(blend(pixels, heat[0, 0].clamp(0, 1).numpy()))
+
+    def ranking(self, logits):
+        """Top-5 classes (softmax), or every attribute's probability (sigmoid)."""
+        if self.multitask:
+            return {name: float(p) for name, p in zip(self.names, torch.sigmoid(logits.float()))}
+        return {r['name']: r['probability']
+                for r in top_k(torch.softmax(logits.float(), 0), self.names)}
+
+    def headline(self, ranking, attribute=None):
+        """'**cat** 87.5%': the top class, or the chosen attribute's probability."""
+        name = (self.names[attribute] if attribute is not None and self.multitask
+                else max(ranking, key=ranking.get))
+        return f'**{name}** {100 * ranking[name]:.1f}%'
+
+    def _attribute(self, attribute):
+        if isinstance(attribute, str):
+            if attribute not in self.names:
+                raise AbnError(f"no attribute '{attribute}'")
+            attribute = self.names.index(attribute)
+        attribute = int(attribute or 0)
+        if not 0 <= attribute < self.tasks:
+            raise AbnError(f'the map has {self.tasks} channels, not {attribute + 1}')
+        return attribute
+
+    # ---- edit ----
+    def map_from_image(self, image, scale=None):
+        """A painted or uploaded map picture -> (h, w) map values (read_painted_map)."""
+        return read_painted_map(image, self.map_height, self.map_width, scale)
+
+    def predict(self, explained, edited):
+        """The perception branch on the edited map (h, w) of the chosen channel; returns the
+        ranking as `explain` does."""
+        edited = np.asarray(edited, np.float32)
+        if edited.shape != (self.map_height, self.map_width):
+            raise AbnError(f'an edited map must be {self.map_width}x{self.map_height}, got '
+                           f'{edited.shape[-1]}x{edited.shape[0]}')
+        maps = torch.from_numpy(explained.own_map.copy())
+        maps[explained.attribute] = torch.from_numpy(edited)
+        x = explained.picture.tensor[None].to(self.device)
+        with self.lock, torch.no_grad():
+            out = self.model(x, attention=maps[None].to(self.device))
+        return self.ranking(out.perception_logits[0].float().cpu())
+
+    def edited_overlay(self, explained, edited):
+        pixels = self.pixels(explained.picture)
+        return self.overlay(pixels, to_gray(np.asarray(edited), explained.scale))
+
+    # ---- save ----
+    def save_path(self, explained, class_name=None):
+        picture = explained.picture
+        folder = self.maps_dir
+        if self.multitask:
+            folder = os.path.join(folder, safe_name(self.names[explained.attribute]))
+        if picture.split is not None and self.dataset != 'imagefolder':
+            return os.path.join(folder, picture.split, f'{picture.index}.png')
+        if self.multitask:  # attributes are not classes: no class folder
+            return os.path.join(folder, f'{picture.name}.png')
+        if class_name is None:
+            class_name = explained.true_name or max(explained.ranking,
+                                                    key=explained.ranking.get)
+        if class_name not in self.names:
+            raise AbnError(f"'{class_name}' is not one of the model's classes")
+        return os.path.join(folder, class_name, f'{picture.name}.png')
+
+    def save(self, explained, edited, class_name=None):
+        """Writes the edited map as 8-bit grayscale at the map's resolution; returns the
+        path."""
+        path = self.save_path(explained, class_name)
+        gray = as_uint8(to_gray(np.asarray(edited, np.float32), explained.scale))
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        partial = path + '.partial'
+        try:
+            Image.fromarray(gray).save(partial, format='PNG')
+            os.replace(partial, path)
+        except OSError as error:
+            raise AbnError(f'cannot write {path}: {error.strerror}') from None
+        return path

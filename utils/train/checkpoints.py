@@ -1,0 +1,217 @@
+"""A training run's checkpoints: which directory and which epoch is best
+(`CheckpointPolicy`, which the loop asks to save), what a checkpoint of this moment holds
+(`run_state`) and how a resumed run gets all of it back (`restore_run`)."""
+import os
+import random
+import shlex
+import shutil
+import sys
+
+import numpy as np
+import torch
+
+from utils.distributed import gather_objects
+from utils.errors import AbnError
+from utils.weights import checkpoint as ckpt
+from utils.weights.checkpoint import (BEST, LAST, copy_checkpoint, remove_stale_temporaries,
+                                      save_checkpoint)
+from utils.weights.resume import AUTO, resume_requested_auto
+
+
+class CheckpointPolicy:
+    """A run's checkpoints, beside the loop: which directory (and whether it may be used),
+    proving it writable with room to spare, how files are written, and which epoch is best
+    by the objective's metric and direction. The loop asks it to `save`."""
+
+    def __init__(self, args, runtime, objective):
+        self.args, self.runtime, self.objective = args, runtime, objective
+        self.best = None  # the best value of the objective's metric so far
+        self.last = None  # the metric of the last finished epoch
+        self.directory = self.resolve_checkpoint_dir()
+
+    def path(self, name=LAST):
+        return os.path.join(self.directory, name)
+
+    def resolve_checkpoint_dir(self):
+        args = self.args
+        directory = args.checkpoint or (os.path.dirname(os.path.abspath(args.resume))
+                                        if args.resume else 'checkpoint')
+        if os.path.exists(directory) and not os.path.isdir(directory):
+            raise AbnError(f'checkpoint directory {directory} is a file: choose another -c')
+        if not args.evaluate and not args.resume and not args.overwrite and os.path.isdir(directory):
+            # args.json/log.txt alone are a run that died before its first checkpoint
+            held = [n for n in (LAST, BEST) if os.path.exists(os.path.join(directory, n))]
+            if held:
+                raise AbnError(f'{directory} already holds a run ({", ".join(held)}): pass '
+                               f'--resume {os.path.join(directory, LAST)} (or --resume auto) '
+                               f'to continue it, --overwrite to replace it, or another -c')
+        return directory
+
+    def prepare(self, model):
+        """Creates the directory and proves it writable before any training."""
+        if not self.runtime.is_main:
+            return
+        directory = self.directory
+        try:
+            os.makedirs(directory, exist_ok=True)
+            probe = os.path.join(directory, f'.write-test-{os.getpid()}')
+            with open(probe, 'wb') as f:
+                f.write(b'0' * 4096)
+                f.flush()
+                os.fsync(f.fileno())
+            os.unlink(probe)
+        except OSError as error:
+            raise AbnError(f'cannot write to checkpoint directory {directory}: '
+                           f'{error.strerror or error}') from None
+        remove_stale_temporaries(directory)
+        self.check_free_space(directory, model)
+        if self.args.overwrite and not self.args.resume:
+            for name in (LAST, BEST, 'log.txt', 'log.png'):
+                path = os.path.join(directory, name)
+                if os.path.exists(path):
+                    os.unlink(path)
+
+    @staticmethod
+    def check_free_space(directory, model):
+        """A checkpoint holds the weights and about as much optimizer state; writing one
+        needs room for a second copy until the rename."""
+        weights = sum(t.numel() * t.element_size() for t in model.state_dict().values())
+        needed = 3 * weights + (1 << 20)
+        free = shutil.disk_usage(directory).free
+        if free < needed:
+            raise AbnError(f'not enough free space in {directory}: saving checkpoints needs '
+                           f'about {needed / 2**20:.0f} MB, {free / 2**20:.0f} MB are free')
+
+    def restore(self, saved):
+        """The metric of a resumed file's last and best epochs (the authors' 'acc' and
+        'best_acc' keys, whatever the objective's metric)."""
+        last, best = saved.get('acc'), saved.get('best_acc')
+        self.last = float(last) if last is not None else None
+        self.best = float(best) if best is not None else None
+
+    def record(self, value):
+        """An epoch's metric; returns whether it is the best so far."""
+        is_best = self.objective.is_better(value, self.best)
+        if is_best:
+            self.best = value
+        self.last = value
+        return is_best
+
+    def save(self, state, is_best=False):
+        """model_best first, then checkpoint: a kill between the two leaves a consistent pair
+        (the resumed epoch recomputes the same weights and rewrites the same best)."""
+        if not self.runtime.is_main:
+            return
+        if is_best:
+            save_checkpoint(state, self.path(BEST))
+            copy_checkpoint(self.path(BEST), self.path(LAST))
+        else:
+            save_checkpoint(state, self.path(LAST))
+
+
+def rng_state():
+    state = np.random.get_state()
+    return {
+        'python': random.getstate(),
+        'numpy': [state[0], torch.from_numpy(state[1].astype(np.int64)), state[2], state[3],
+                  state[4]],
+        'torch': torch.get_rng_state(),
+        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+
+
+def set_rng_state(state):
+    random.setstate(_tuples(state['python']))
+    numpy = state['numpy']
+    np.random.set_state((numpy[0], numpy[1].numpy().astype(np.uint32), int(numpy[2]),
+                         int(numpy[3]), float(numpy[4])))
+    torch.set_rng_state(state['torch'])
+    if state.get('cuda') and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state['cuda'])
+
+
+def _tuples(value):
+    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
+
+
+def plain_args(args):
+    """args as JSON-safe primitives (stored in checkpoints and args.json)."""
+    out = {}
+    for key, value in vars(args).items():
+        if isinstance(value, (str, int, float, bool)) or value is None:
+            out[key] = value
+        elif isinstance(value, (list, tuple)):
+            out[key] = list(value)
+        else:
+            out[key] = str(value)
+    return out
+
+
+def resume_command(path):
+    """This process's command line with --resume pointing at `path` (or as it was, with
+    --resume auto)."""
+    argv, out, skip = sys.argv[1:], [], False
+    if resume_requested_auto(argv):
+        path = AUTO
+    for arg in argv:
+        if skip:
+            skip = False
+            continue
+        if arg == '--resume':
+            skip = True
+            continue
+        if arg.startswith('--resume='):
+            continue
+        out.append(arg)
+    launcher = 'torchrun ... ' if 'LOCAL_RANK' in os.environ else 'python '
+    # quoted for a POSIX shell: a -c path with spaces still pastes as one argument
+    return launcher + shlex.join([os.path.basename(sys.argv[0] or 'cifar.py')] + out
+                                 + ['--resume', path])
+
+
+def run_state(run, epoch, step, meter=None):
+    """The checkpoint of this moment: the authors' keys (their 'acc' and 'best_acc' hold
+    the objective's metric), what an exact resume needs, and the model's spec."""
+    data = run.data
+    return {
+        'epoch': epoch, 'state_dict': run.net.state_dict(), 'acc': run.checkpoints.last,
+        'best_acc': run.checkpoints.best, 'optimizer': run.optimizer.state_dict(),
+        'step': step, 'scaler': run.scaler.state_dict(),
+        # per process, like the random state: each resumes its own partial sums
+        'epoch_meter': gather_objects(meter.state_dict(), run.runtime)
+        if meter is not None else None,
+        'rng': gather_objects(rng_state(), run.runtime),
+        'arch': run.spec.arch, 'model_args': run.model_args,
+        'num_classes': len(data.classes), 'class_names': list(data.classes),
+        'dataset': data.name, 'image_size': data.image_size,
+        'normalization': {'mean': list(data.mean), 'std': list(data.std)},
+        'model_spec': run.spec.to_dict(),
+        'args': plain_args(run.args), 'format': ckpt.FORMAT,
+    }
+
+
+def restore_run(run, saved):
+    """Optimizer, scaler, epoch, step, best accuracy and random state of a resumed run."""
+    args = run.args
+    if 'optimizer' in saved and saved['optimizer'] and not args.evaluate:
+        try:
+            run.optimizer.load_state_dict(saved['optimizer'])
+        except (ValueError, KeyError, RuntimeError) as error:
+            raise AbnError(f'the optimizer state in {args.resume} does not fit this model '
+                           f'({error})') from None
+        for group in run.optimizer.param_groups:  # flags follow this run's options
+            group['momentum'], group['weight_decay'] = args.momentum, args.weight_decay
+    if saved.get('scaler'):
+        run.scaler.load_state_dict(saved['scaler'])
+    run.start_epoch = int(saved.get('epoch', 0))
+    run.start_step = int(saved.get('step', 0) or 0)
+    run.checkpoints.restore(saved)
+    meters = saved.get('epoch_meter') if run.start_step else None
+    run.resumed_meter = (meters[run.runtime.rank] if meters and
+                         len(meters) == run.runtime.world_size else None)
+    states = saved.get('rng') or []
+    if len(states) == run.runtime.world_size:
+        set_rng_state(states[run.runtime.rank])
+    elif states:
+        run.print('note: the checkpoint was saved by a different number of processes; '
+                  'the random state starts afresh')

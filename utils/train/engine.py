@@ -1,0 +1,311 @@
+"""The engine shared by cifar.py, imagenet.py and celeba.py: the training and evaluation loops
+over a set-up run (utils.train.setup), with its checkpoints (utils.train.checkpoints), logs and
+attention images. A script supplies a `Task` (utils.train.task: its model registry and how it
+builds its data) and calls `main(args, task)`.
+
+Training follows the authors: SGD with momentum and weight decay, the learning rate
+multiplied by gamma at each epoch of --schedule, and `model_best` the epoch with the best
+test metric. What is optimised and measured is the task's `Objective` (utils.objectives; the
+authors' CE(attention logits) + CE(perception logits) and perception top-1 for cifar.py and
+imagenet.py): the loop never looks inside a target.
+"""
+import bisect
+import json
+import os
+import re
+import signal
+import time
+from contextlib import contextmanager
+
+import torch
+
+from utils.data.images import CorruptImageError
+from utils.distributed import setup_runtime, shutdown
+from utils.errors import AbnError
+from utils.progress import Progress
+from utils.signals import StopSignals
+from utils.train.attention_images import write_attention_images
+from utils.train.checkpoints import plain_args, resume_command, run_state
+from utils.train.logger import Logger
+from utils.train.options import apply_fast, check_training_arguments
+from utils.train.setup import RunSetup
+from utils.train.task import Task
+from utils.train.tensorboard_log import open_log as open_tensorboard_log
+from utils.weights import checkpoint as ckpt
+from utils.weights.checkpoint import BEST, LAST
+from utils.weights.resume import resolve_resume
+
+
+class NonFiniteLoss(AbnError):
+    pass
+
+
+class StopRequested(Exception):
+    """SIGTERM or Ctrl-C: stop at the next step boundary and save."""
+
+
+def step_schedule_lr(args, epoch):
+    """The authors' schedule in closed form: lr * gamma^(milestones reached by `epoch`)."""
+    return args.lr * args.gamma ** bisect.bisect_right(args.schedule, epoch)
+
+
+def set_lr(optimizer, lr):
+    for group in optimizer.param_groups:
+        group['lr'] = lr
+
+
+def corrupt_image_message(error):
+    """The one line of a CorruptImageError, also when re-raised from a loader worker (whose
+    message carries the worker's traceback)."""
+    last = str(error).strip().splitlines()[-1]
+    last = re.sub(r'^[\w.]*CorruptImageError: ', '', last)
+    return f'{last}: remove it, or pass --skip-bad-images to skip unreadable images'
+
+
+@contextmanager
+def images_readable():
+    """An unreadable image met by a loader becomes the one-line error that names it."""
+    try:
+        yield
+    except CorruptImageError as error:
+        raise AbnError(corrupt_image_message(error)) from None
+
+
+def agree(runtime, stop, meter):
+    """(stop requested, first non-finite step) as all processes see them, in one collective
+    (a rank that stopped or raised alone would leave the others waiting forever)."""
+    stop_flag = stop.requested()
+    if not runtime.distributed:
+        return stop_flag, meter.first_nonfinite_step()
+    import torch.distributed as dist
+    never = torch.iinfo(torch.long).max
+    bad = meter.nonfinite_step.clone()
+    bad[bad < 0] = never
+    box = torch.stack([bad.new_full((), 0 if stop_flag else 1), bad])
+    dist.all_reduce(box, op=dist.ReduceOp.MIN)
+    stop_flag, step = box.tolist()
+    return stop_flag == 0, (None if step == never else step)
+
+
+class Run(RunSetup):
+    """One invocation: the set-up (RunSetup), the loops that use it, and the whole run."""
+
+    def forward_losses(self, inputs, targets):
+        """(the model's AbnOutput, the objective's named losses)."""
+        with self.autocast():
+            output = self.wrapped(inputs)
+            losses = self.objective.losses(output, targets)
+        return output, losses
+
+    def check_finite(self, bad_step, epoch):
+        if bad_step is None:
+            return
+        last = os.path.join(self.checkpoint_dir, LAST)
+        kept = (f'the last good checkpoint, {last}, is kept' if os.path.exists(last)
+                else 'no checkpoint was written')
+        raise NonFiniteLoss(f'the loss became NaN or infinite at epoch {epoch + 1}, step '
+                            f'{bad_step + 1} (lr {self.optimizer.param_groups[0]["lr"]:g}); '
+                            f'training stopped and {kept}. Try a lower --lr')
+
+    def train_one_epoch(self, epoch, stop):
+        args, runtime = self.args, self.runtime
+        self.wrapped.train()
+        loader = self.train_loader
+        loader.set_epoch(epoch, self.start_step)
+        total = self.start_step + len(loader)
+        meter = self.objective.new_meter(runtime.device)
+        if self.resumed_meter is not None:
+            meter.load_state_dict(self.resumed_meter)
+            self.resumed_meter = None
+        progress = Progress(f'Train {epoch + 1}', total, enabled=runtime.is_main)
+        step = self.start_step
+        self.start_step = 0
+        for inputs, targets in loader:
+            inputs, targets = self.to_device(inputs, targets)
+            output, losses = self.forward_losses(inputs, targets)
+            loss = self.objective.total_loss(losses)
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            meter.update(step, output, targets, losses)
+            step += 1
+            # The device is read (a host sync) only every --print-freq steps and at
+            # checkpoints; one process also looks at its stop flag, a Python bool, each step.
+            checkpoint_due = args.save_every_steps and step % args.save_every_steps == 0
+            shown = step % args.print_freq == 0 or step == total
+            if shown or checkpoint_due or (not runtime.distributed and stop.requested()):
+                stop_now, bad_step = agree(runtime, stop, meter)
+                self.check_finite(bad_step, epoch)
+                progress.update(step, self.objective.summary_text(meter.summary(), self.attention)
+                                if shown else None)
+                if stop_now and step < total:
+                    raise StopRequested(epoch, step, meter)
+                if checkpoint_due and step < total:
+                    self.checkpoints.save(run_state(self, epoch, step, meter))
+            else:
+                progress.update(step)
+        meter.all_reduce()
+        self.check_finite(meter.first_nonfinite_step(), epoch)
+        summary = meter.summary()
+        progress.finish(self.objective.summary_text(summary, self.attention))
+        return meter, summary, total
+
+    @torch.no_grad()
+    def evaluate(self, stop=None, title=None, loader=None):
+        """The meter's summary over `loader` (default: the split that picks model_best, the
+        validation split where the data has one, else test)."""
+        runtime = self.runtime
+        self.wrapped.eval()
+        loader = loader or self.valid_loader
+        title = title or ('Valid' if loader is not self.test_loader else 'Test')
+        meter = self.objective.new_meter(runtime.device)
+        progress = Progress(title, len(loader), enabled=runtime.is_main)
+        for step, (inputs, targets) in enumerate(loader):
+            inputs, targets = self.to_device(inputs, targets)
+            output, losses = self.forward_losses(inputs, targets)
+            meter.update(step, output, targets, losses)
+            progress.update(step + 1)
+            if stop is not None and not runtime.distributed and stop.requested():
+                return None
+        meter.all_reduce()
+        summary = meter.summary()
+        progress.finish(self.objective.summary_text(summary, self.attention))
+        return summary
+
+    # ---- the whole run ----
+    def run(self):
+        args, runtime = self.args, self.runtime
+        self.prepare()
+        if args.evaluate:
+            return self.run_evaluation()
+        if self.complete:
+            return self.report_complete()
+        logger = None
+        self.tensorboard = runtime.is_main and open_tensorboard_log(args, self.checkpoint_dir,
+                                                                    self.start_epoch)
+        if runtime.is_main:
+            with open(os.path.join(self.checkpoint_dir, 'args.json'), 'w') as f:
+                json.dump(plain_args(args), f, indent=2, sort_keys=True)
+            objective = self.objective
+            logger = Logger(os.path.join(self.checkpoint_dir, 'log.txt'), objective.log_columns,
+                            resume_epochs=self.start_epoch if self.resumed is not None else None,
+                            metric_label=objective.metric_label,
+                            higher_is_better=objective.higher_is_better)
+        self.print(f'==> Training on {self.describe_device()}, seed {args.manualSeed}, '
+                   f'checkpoints in {self.checkpoint_dir}')
+        if self.start_epoch or self.start_step:
+            self.print(f'    resuming at epoch {self.start_epoch + 1}'
+                       + (f', step {self.start_step + 1}' if self.start_step else ''))
+
+        title = f'{self.task.name} {self.data.name}: {self.description}'
+        with StopSignals(runtime) as stop:
+            for epoch in range(self.start_epoch, args.epochs):
+                lr = step_schedule_lr(args, epoch)
+                set_lr(self.optimizer, lr)
+                self.print(f'\nEpoch: [{epoch + 1} | {args.epochs}] LR: {lr:f}')
+                started = time.time()
+                try:
+                    with images_readable():
+                        train_meter, train, steps = self.train_one_epoch(epoch, stop)
+                        valid = self.evaluate(stop)
+                    if valid is None:  # stopped during evaluation: redo only that on resume
+                        raise StopRequested(epoch, steps, train_meter)
+                except StopRequested as request:
+                    return self.stop_and_save(stop, *request.args)
+                seconds = time.time() - started
+                is_best = self.checkpoints.record(valid[self.objective.metric])
+                self.print(f"    valid {self.objective.summary_text(valid, self.attention)} | "
+                           f"best {self.checkpoints.best:.2f} | {seconds:.0f}s")
+                if logger is not None:
+                    logger.append(self.objective.log_row(lr, train, valid, seconds))
+                    logger.plot(os.path.join(self.checkpoint_dir, 'log.png'), title)
+                    if self.tensorboard:
+                        self.tensorboard.log_epoch(logger.columns, logger.rows[-1], epoch + 1)
+                self.checkpoints.save(run_state(self, epoch + 1, 0), is_best)
+                if getattr(self.train_loader, 'dropped', 0):
+                    self.print(f'    {self.train_loader.dropped} unreadable images skipped so far')
+        return self.finish(title)
+
+    def stop_and_save(self, stop, epoch, step, meter):
+        self.checkpoints.save(run_state(self, epoch, step, meter))
+        path = self.checkpoints.path(LAST)
+        self.print(f'Saved {path} at epoch {epoch + 1}, step {step}. To continue:\n'
+                   f'  {resume_command(path)}')
+        return 143 if stop.signum == signal.SIGTERM else 130
+
+    def report_complete(self):
+        best = self.checkpoints.best
+        best = f'{best:.2f}' if best is not None else 'unknown'
+        self.print(f'The run in {self.checkpoint_dir} is complete: {self.start_epoch} epochs '
+                   f'of --epochs {self.args.epochs}, best {self.objective.metric_label} {best}. '
+                   f'Nothing to do (raise --epochs to train more); files: {self.checkpoint_dir}')
+        return 0
+
+    def finish(self, title):
+        self.print('\n' + self.objective.best_text(self.checkpoints.best))
+        best_path = self.checkpoints.path(BEST)
+        if self.valid_loader is not self.test_loader and os.path.exists(best_path):
+            self.test_best(best_path)
+        if self.runtime.is_main and os.path.exists(best_path):
+            best = ckpt.load_checkpoint(best_path)
+            out = write_attention_images(self, best['state_dict'],
+                                         title=f'{title}, best epoch {best["epoch"]}')
+            if out:
+                self.print(f'Attention images of the best model: {out}')
+        if self.tensorboard:
+            self.tensorboard.finish(os.path.join(self.checkpoint_dir, 'attention', 'grid.png'))
+        self.print(f'Log: {os.path.join(self.checkpoint_dir, "log.txt")}, plot: '
+                   f'{os.path.join(self.checkpoint_dir, "log.png")}')
+        return 0
+
+    def test_best(self, best_path):
+        """With a validation split: the best model (picked on it) once on the test split."""
+        best = ckpt.load_checkpoint(best_path)
+        self.net.load_state_dict(best['state_dict'])
+        self.print(f'==> The best model (epoch {best["epoch"]}) on the test split')
+        with images_readable():
+            summary = self.evaluate(loader=self.test_loader, title='Test')
+        self.print(self.objective.evaluation_text(summary, self.attention))
+        self.write_evaluation(summary)
+        self.test_summary = summary
+
+    def write_evaluation(self, summary):
+        if self.runtime.is_main:
+            for path in self.objective.write_evaluation(summary, self.checkpoint_dir,
+                                                        list(self.data.classes)):
+                self.print(f'    {path}')
+
+    def run_evaluation(self):
+        self.print('\nEvaluation only')
+        with images_readable():
+            summary = self.evaluate()
+        self.print(self.objective.evaluation_text(summary, self.attention))
+        if self.runtime.is_main:
+            try:
+                os.makedirs(self.checkpoint_dir, exist_ok=True)
+            except OSError as error:
+                raise AbnError(f'cannot create {self.checkpoint_dir}: {error.strerror}') from None
+            self.write_evaluation(summary)
+            out = write_attention_images(
+                self, title=f'{self.task.name} {self.data.name}: {self.description}')
+            if out:
+                self.print(f'Attention images: {out}')
+        self.summary = summary
+        return 0
+
+
+def main(args, task, given=None):
+    """Runs training or evaluation; returns the process exit status. `given`: the options
+    the user typed (ArgumentParser.given_options); the others may come from --resume's file."""
+    resolve_resume(args)
+    check_training_arguments(args)
+    runtime = setup_runtime(args.gpu_id)
+    apply_fast(args, runtime.device)
+    try:
+        return Run(args, task, runtime, given).run()
+    finally:
+        shutdown(runtime)
+
+
+__all__ = ['Run', 'Task', 'main', 'step_schedule_lr']

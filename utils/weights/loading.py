@@ -1,0 +1,141 @@
+"""One way from a checkpoint file to a model, for every script, the attention editor and the
+Python API: `model_from_checkpoint` builds the model a checkpoint's spec describes and loads
+its weights (training's `--resume` and `-e` use it too); `load_model` adds what explaining an
+image needs (normalisation, sizes, class names), and accepts the authors' files, which
+describe nothing, with their architecture options."""
+import os
+from dataclasses import dataclass
+
+import torch
+
+from models import CIFAR_MODELS, IMAGENET_MODELS
+from utils.data.datasets import AUTHORS_NORMALIZATION, NORMALIZATION, SMALL_IMAGE_DATASETS
+from utils.data.inputs import DATASET_CLASS_COUNTS, KNOWN_CLASSES, read_class_names
+from utils.errors import AbnError
+from utils.weights import checkpoint as ckpt
+from utils.weights.modelspec import (ModelSpec, build_model, legacy_num_classes, registry_for,
+                                     spec_from_checkpoint)
+
+# The size options of the authors' CIFAR families, as builder arguments.
+ARCH_OPTIONS = ('depth', 'cardinality', 'widen_factor', 'growthRate', 'compressionRate')
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module
+    description: str
+    class_names: list  # or None: classes shown by number
+    normalization: tuple  # (mean, std)
+    image_size: int
+    imagenet: bool  # ImageNet-style preprocessing (resize, centre crop)
+    dataset: str  # the data set it was trained on, when known
+    resize_size: int = None  # ImageNet: the shorter side before the centre crop
+    spec: ModelSpec = None  # what rebuilds it
+
+    @property
+    def multitask(self):
+        return self.spec is not None and self.spec.script == 'celeba'
+
+
+def architecture_family(arch, dataset=None):
+    """The script whose registry builds `arch` ('cifar' or 'imagenet'); the training data set
+    settles a name in both."""
+    in_cifar, in_imagenet = arch in CIFAR_MODELS, arch in IMAGENET_MODELS
+    if in_cifar and (not in_imagenet or dataset in SMALL_IMAGE_DATASETS):
+        return 'cifar'
+    if in_imagenet:
+        return 'imagenet'
+    raise AbnError(f"unknown architecture '{arch}' in the checkpoint")
+
+
+def read_checkpoint(path):
+    """A checkpoint file's contents (utils.weights.checkpoint.load_checkpoint), after a clear
+    line for a missing path or a directory."""
+    if not os.path.exists(path):
+        raise AbnError(f'no checkpoint at {path}')
+    if os.path.isdir(path):
+        raise AbnError(f'{path} is a directory: give the checkpoint file in it, e.g. '
+                       f'{os.path.join(path, "model_best.pth.tar")}')
+    return ckpt.load_checkpoint(path)
+
+
+def model_from_checkpoint(saved, path, spec=None):
+    """(model with the checkpoint's weights, its spec); `spec` is required for the authors'
+    files, which record none."""
+    spec = spec or spec_from_checkpoint(saved)
+    if spec is None:
+        raise AbnError(f"{path} is one of the authors' checkpoints, which do not record their "
+                       f"model: give the architecture options")
+    model = build_model(spec)
+    ckpt.load_model_state(model, saved, path, spec.describe())
+    return model, spec
+
+
+def load_model(path, role='model', saved=None, arch=None, gate=None, num_classes=None,
+               dataset=None, class_names=None, image_size=None, **sizes):
+    """The model a checkpoint file holds, with its weights, in evaluation mode, and what its
+    inputs need (LoadedModel). Checkpoints of the scripts describe themselves; the authors'
+    files need their architecture options as keywords, as their flags: `arch` (-a), `gate`,
+    the sizes (depth=110, ...), and `num_classes` or a `dataset` that implies it.
+    `class_names`: a text file of names, one per line; `image_size`: another input size.
+    For a self-describing file, options that contradict it are refused with role='model' and
+    ignored with any other role (a baseline beside the model). `saved`: the file's contents,
+    when already read. Raises AbnError when the file or the options do not fit."""
+    unknown = sorted(set(sizes) - set(ARCH_OPTIONS))
+    if unknown:
+        raise TypeError(f'load_model() got unknown options: {", ".join(unknown)}')
+    checkpoint = saved if saved is not None else read_checkpoint(path)
+    given = {k: v for k, v in dict(sizes, gate=gate).items() if v is not None}
+    spec = spec_from_checkpoint(checkpoint)
+    if spec is not None:
+        if role == 'model':
+            # Options given for a file that describes itself must agree with it.
+            contradicted = [f"--{k.replace('_', '-')}" for k, v in given.items()
+                            if k in spec.model_args and spec.model_args[k] != v]
+            if arch and arch != spec.arch:
+                contradicted.insert(0, '--arch')
+            if contradicted:
+                raise AbnError(f'{path} holds {spec.describe()}, not what '
+                               f'{", ".join(contradicted)} says: leave the architecture options '
+                               f'out for checkpoints of the scripts (they describe themselves)')
+        imagenet = spec.script == 'imagenet'
+        normalization = spec.normalization or NORMALIZATION.get(spec.dataset,
+                                                                NORMALIZATION['imagefolder'])
+        names = list(spec.class_names) if spec.class_names else None
+        size = int(spec.image_size or (224 if imagenet else 32))
+        resize_size = spec.resize_size
+    else:
+        spec = authors_spec(checkpoint, path, arch, given, num_classes, dataset)
+        imagenet = spec.script == 'imagenet'
+        normalization = NORMALIZATION['imagefolder'] if imagenet else AUTHORS_NORMALIZATION
+        names = KNOWN_CLASSES.get(dataset)
+        size, resize_size = (224 if imagenet else 32), None
+        spec.dataset = dataset
+    if image_size and role == 'model':
+        size, resize_size = image_size, None
+    model, spec = model_from_checkpoint(checkpoint, path, spec)
+    if class_names and role == 'model':
+        names = read_class_names(class_names, model.num_classes)
+    if names is not None and len(names) != model.num_classes:
+        names = None
+    return LoadedModel(model.eval(), spec.describe(), names, normalization, size, imagenet,
+                       spec.dataset, resize_size or round(size * 256 / 224), spec)
+
+
+def authors_spec(checkpoint, path, arch, given, num_classes, dataset):
+    """The ModelSpec of an authors' file, which records none: from their flags (`given`: the
+    sizes and gate), and the class count from `num_classes`, the data set, or the file's
+    classifier."""
+    arch = arch or 'resnet'
+    script = architecture_family(arch)
+    state = ckpt.clean_state_dict(checkpoint['state_dict'])
+    attention = 'att_conv.weight' in state  # the authors' baselines have no head
+    spec = ModelSpec(script, arch, dict(given, attention=attention))
+    num_classes = num_classes or DATASET_CLASS_COUNTS.get(dataset)
+    if num_classes is None:  # read it off the classifier's weight
+        num_classes = legacy_num_classes(checkpoint, spec)
+        if num_classes is None:
+            raise AbnError(f'{path} does not fit {arch}: pass -a and --num-classes')
+    spec.model_args = registry_for(script).model_args(arch, **spec.model_args,
+                                                      num_classes=num_classes)
+    return spec
