@@ -129,6 +129,7 @@ def browser(tmp_path):
 
 
 def test_load_see_paint_predict_save_in_a_browser(tmp_path):
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.action_chains import ActionChains
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
@@ -151,8 +152,11 @@ def test_load_see_paint_predict_save_in_a_browser(tmp_path):
             return driver.find_element(By.ID, element_id).text
 
         def message_says(words):
-            wait.until(lambda d: words in text('message'),
-                       message=f"the page never said '{words}'")
+            try:
+                wait.until(lambda d: words in text('message'))
+            except TimeoutException:
+                pytest.fail(f"the page never said '{words}'; it says '{text('message')}'; "
+                            f'the server printed:\n{server.output}')
             return text('message')
 
         driver.get(server.url)
@@ -171,6 +175,19 @@ def test_load_see_paint_predict_save_in_a_browser(tmp_path):
         loaded = driver.execute_script(
             "return performance.getEntriesByType('resource').map(e => e.name)")
         assert loaded and all(url.startswith(server.url) for url in loaded), loaded
+
+        # Bad input: a message on the page, the image shown stays, no traceback. Checked
+        # before painting: a stroke's late rerun also writes the message box.
+        not_image = tmp_path / 'notes.png'
+        not_image.write_text('not a picture')
+        driver.find_element(By.CSS_SELECTOR, '#upload input[type=file]').send_keys(
+            str(not_image))
+        message_says('notes.png is not an image')
+        wrong_map = tmp_path / 'wide_map.png'
+        Image.new('L', (60, 10), 255).save(wrong_map)
+        driver.find_element(By.CSS_SELECTOR, '#map-upload input[type=file]').send_keys(
+            str(wrong_map))
+        message_says('a 60x10 map does not fit')
 
         # Paint on the map with the black brush (remove attention): most of the map.
         driver.find_element(By.CSS_SELECTOR, '#painter button[aria-label="Color"]').click()
@@ -208,17 +225,6 @@ def test_load_see_paint_predict_save_in_a_browser(tmp_path):
             driver.execute_script('window.scrollTo(0, 0)')
             driver.save_screenshot(screenshot)
 
-        # Bad input: a message on the page, the server stays up, no traceback.
-        not_image = tmp_path / 'notes.png'
-        not_image.write_text('not a picture')
-        driver.find_element(By.CSS_SELECTOR, '#upload input[type=file]').send_keys(
-            str(not_image))
-        message_says('notes.png is not an image')
-        wrong_map = tmp_path / 'wide_map.png'
-        Image.new('L', (60, 10), 255).save(wrong_map)
-        driver.find_element(By.CSS_SELECTOR, '#map-upload input[type=file]').send_keys(
-            str(wrong_map))
-        message_says('a 60x10 map does not fit')
         assert server.process.poll() is None
         driver.quit()
         driver = None
