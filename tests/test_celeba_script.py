@@ -292,3 +292,10 @@ def test_an_authors_multitask_file_evaluates(tmp_path, capsys):
                                                       str(tmp_path / 'eval')], capsys)
     assert code == 0, stdout
     assert (tmp_path / 'eval' / 'per_attribute.md').exists()
+
+
+def test_dropout_is_refused_for_its_models_which_have_none(tmp_path, capsys):
+    run_dir = tmp_path / 'run'
+    assert_refused(celeba.main, TINY + ['--width', '8', '--drop', '0.3', '-c', str(run_dir)],
+                   '-a mtabn_v1_resnet18 has no dropout', run_dir, capsys)
+    assert not run_dir.exists()

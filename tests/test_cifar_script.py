@@ -178,6 +178,10 @@ def bad_inputs(run_dir, data_root, tmp_path):
         'schedule beyond epochs': (cifar10 + ['--epochs', '10', '--schedule', '5', '11', '-c',
                                               run_dir],
                                    '--schedule epoch 11 is beyond --epochs 10'),
+        'dropout where the model has none': (cifar10 + ['--drop', '0.3', '-c',
+                                                        str(tmp_path / 'new')],
+                                             '-a resnet has no dropout, so --drop 0.3 would be '
+                                             'ignored'),
     }
 
 
@@ -186,7 +190,7 @@ CASES = ['unknown data set', 'unknown architecture', 'impossible depth', 'missin
          'schedule not increasing', 'evaluate without checkpoint', 'run directory taken',
          'checkpoint path is a file', 'bad gpu id text', 'negative momentum',
          'negative weight decay', 'print frequency zero', 'negative gamma',
-         'schedule beyond epochs']
+         'schedule beyond epochs', 'dropout where the model has none']
 
 
 @pytest.mark.parametrize('case', CASES)

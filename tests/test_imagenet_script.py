@@ -280,13 +280,16 @@ def bad_inputs(run_dir, data_root, folders, tmp_path):
         'unknown architecture': (mine + ['-a', 'resnet20'], 'invalid choice'),
         'no data folder given': (['-c', run_dir], 'the following arguments are required'),
         'run directory taken': (mine, 'already holds a run'),
+        'dropout where the model has none': (mine + ['--drop', '0.2'],
+                                             '-a resnet18 has no dropout'),
     }
 
 
 CASES = ['no train folder', 'no val folder', 'empty class folder', 'other class count',
          'other class names', 'image too small', 'resize below crop',
          'depth contradicts the name', 'missing weights file', 'no torchvision weights',
-         'unknown architecture', 'no data folder given', 'run directory taken']
+         'unknown architecture', 'no data folder given', 'run directory taken',
+         'dropout where the model has none']
 
 
 @pytest.mark.parametrize('case', CASES)

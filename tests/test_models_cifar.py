@@ -3,9 +3,10 @@ authors' forward pass (tests/reference.py) for the same weights."""
 import pytest
 import torch
 
-from models import CIFAR_MODELS, AbnOutput, count_parameters
+from models import CIFAR_MODELS, IMAGENET_MODELS, MULTITASK_MODELS, AbnOutput, count_parameters
 from tests import reference
 from tests.fakedata import randomise
+from utils.train.options import DROPOUT_MODELS
 
 # (family, options, reference function, reference options); tiny depths for speed.
 SMALL = [
@@ -137,6 +138,23 @@ def test_invalid_depth_is_refused(family, depth, message):
 def test_resnext_refuses_dropout_it_would_ignore():
     with pytest.raises(ValueError, match='no dropout'):
         CIFAR_MODELS.create('resnext', depth=11, num_classes=10, dropRate=0.3)
+
+
+def test_drop_applies_to_the_models_with_dropout():
+    """The scripts' --drop refusal names DROPOUT_MODELS: the builders that take dropRate
+    (ResNeXt takes it only to refuse it); no ImageNet or multi-task builder takes it."""
+    takes = {name for name in CIFAR_MODELS if 'dropRate' in CIFAR_MODELS.options_of(name)}
+    assert takes - {'resnext'} == set(DROPOUT_MODELS)
+    for registry in (IMAGENET_MODELS, MULTITASK_MODELS):
+        assert not [name for name in registry if 'dropRate' in registry.options_of(name)]
+    for name in DROPOUT_MODELS:
+        model = CIFAR_MODELS.create(name, depth=10, num_classes=10, dropRate=0.5)
+        model.train()
+        x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+        # Dropout draws differ between two training-mode passes; eval mode is repeatable.
+        assert not torch.equal(model(x).perception_logits, model(x).perception_logits), name
+        model.eval()
+        assert torch.equal(model(x).perception_logits, model(x).perception_logits), name
 
 
 def test_unknown_architecture():

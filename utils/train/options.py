@@ -45,7 +45,8 @@ def add_training_arguments(parser, defaults):
     optim.add_argument('--lr', '--learning-rate', default=0.1, type=float, metavar='LR',
                        help='initial learning rate (default: %(default)s)')
     optim.add_argument('--drop', '--dropout', default=0, type=float, metavar='Dropout',
-                       help='dropout ratio (WRN, DenseNet)')
+                       help="dropout ratio of cifar.py's -a densenet and -a wrn (refused "
+                            'for models without dropout)')
     optim.add_argument('--schedule', type=int, nargs='+', default=defaults['schedule'],
                        action=_GivenSchedule,
                        help='decrease learning rate at these epochs (default: %(default)s)')
@@ -112,6 +113,19 @@ def apply_fast(args, device):
         args.fast_data = True
     if device.type == 'cuda':
         args.amp = args.compile = True
+
+
+# The models with dropout (--drop): ResNeXt takes the authors' dropRate only to refuse it.
+DROPOUT_MODELS = ('densenet', 'wrn')
+
+
+def check_dropout(args, registry):
+    """--drop only where the model has dropout: the authors' scripts took it for every model
+    and ignored it for most."""
+    if args.drop and 'dropRate' not in registry.options_of(args.arch):
+        raise AbnError(f'-a {args.arch} has no dropout, so --drop {args.drop:g} would be '
+                       f"ignored: leave it out (it applies to cifar.py's -a "
+                       f'{" and -a ".join(DROPOUT_MODELS)})')
 
 
 def check_training_arguments(args):

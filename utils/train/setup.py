@@ -16,6 +16,7 @@ from utils.distributed import broadcast_object, local_main_first, sync_batchnorm
 from utils.errors import AbnError
 from utils.objectives import get_objective
 from utils.train.checkpoints import CheckpointPolicy, restore_run
+from utils.train.options import check_dropout
 from utils.weights import checkpoint as ckpt
 from utils.weights.loading import model_from_checkpoint
 from utils.weights.modelspec import (ModelSpec, build_model, check_script, resolve_flags,
@@ -75,6 +76,7 @@ class RunSetup:
             self.objective = self.make_objective(self.file_spec.objective)
         if self.task.check_arguments is not None:
             self.task.check_arguments(args)
+        check_dropout(args, self.task.registry)
         saved_args = (self.resumed or {}).get('args') or {}
         if not args.evaluate and saved_args.get('manualSeed') is not None:
             args.manualSeed = saved_args['manualSeed']  # the resumed run's data order
