@@ -208,7 +208,7 @@ BAD = {
     'missing image': (lambda f, t: [f['model'], str(t / 'nothing.png')], 'no image or folder'),
     'nothing to explain': (lambda f, t: [f['model']], 'nothing to explain'),
     'contradicting option': (lambda f, t: [f['model'], f['single'], '--depth', '20'],
-                             'holds resnet (depth 8'),
+                             'which --depth 20 contradicts: leave these options out'),
     'authors file, wrong depth': (lambda f, t: [f['authors'], f['single'], '--depth', '14'],
                                   'does not fit resnet (depth 14'),
     'edit maps miscounted': (lambda f, t: [f['model'], f['folder'], '--edit', f['single'],

@@ -13,8 +13,8 @@ from utils.data.datasets import AUTHORS_NORMALIZATION, NORMALIZATION, SMALL_IMAG
 from utils.data.inputs import DATASET_CLASS_COUNTS, KNOWN_CLASSES, read_class_names
 from utils.errors import AbnError
 from utils.weights import checkpoint as ckpt
-from utils.weights.modelspec import (ModelSpec, build_model, legacy_num_classes, registry_for,
-                                     spec_from_checkpoint)
+from utils.weights.modelspec import (ModelSpec, build_model, flag_name, legacy_num_classes,
+                                     registry_for, spec_from_checkpoint)
 
 # The size options of the authors' CIFAR families, as builder arguments.
 ARCH_OPTIONS = ('depth', 'cardinality', 'widen_factor', 'growthRate', 'compressionRate')
@@ -90,14 +90,15 @@ def load_model(path, role='model', saved=None, arch=None, gate=None, num_classes
     if spec is not None:
         if role == 'model':
             # Options given for a file that describes itself must agree with it.
-            contradicted = [f"--{k.replace('_', '-')}" for k, v in given.items()
+            contradicted = [f"{flag_name(k)} {v}" for k, v in given.items()
                             if k in spec.model_args and spec.model_args[k] != v]
             if arch and arch != spec.arch:
-                contradicted.insert(0, '--arch')
+                contradicted.insert(0, f'-a {arch}')
             if contradicted:
-                raise AbnError(f'{path} holds {spec.describe()}, not what '
-                               f'{", ".join(contradicted)} says: leave the architecture options '
-                               f'out for checkpoints of the scripts (they describe themselves)')
+                # The same words as the training scripts' refusal (modelspec.resolve_flags).
+                raise AbnError(f'{path} holds {spec.describe()}, which {", ".join(contradicted)}'
+                               f' contradict{"s" if len(contradicted) == 1 else ""}: leave '
+                               f'these options out (the file records them)')
         imagenet = spec.script == 'imagenet'
         normalization = spec.normalization or NORMALIZATION.get(spec.dataset,
                                                                 NORMALIZATION['imagefolder'])
