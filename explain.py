@@ -105,7 +105,8 @@ def get_args_parser():
         sizes=dict.fromkeys(ARCH_OPTIONS),
         helps={'arch': 'model architecture (default: resnet)',
                'gate': "how the map gates the features (default: residual, the authors')"},
-        title="architecture of the authors' checkpoints (those of cifar.py describe themselves)")
+        title="architecture of the authors' checkpoints (those of cifar.py, imagenet.py and "
+              "celeba.py describe themselves)")
     arch.add_argument('--num-classes', type=int, metavar='K',
                       help='number of classes (default: from --dataset, else from the file)')
     arch.add_argument('--class-names', metavar='FILE',

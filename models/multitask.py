@@ -15,7 +15,7 @@ There is no `fc` and no pooling module with weights: the keys are conv1, bn1, la
 output_per.<t>, layer4_att, conv_att (their torchvision-style block names inside). Their
 checkpoint files (`checkpoint-best.pt`: epoch, iteration, best_score, model_state_dict with
 `module.` keys, optimizer_state_dict, scheduler_state_dict) load safely with
-`utils.checkpoint.load_checkpoint(path)` (weights_only; the weights under 'state_dict') and
+`utils.weights.checkpoint.load_checkpoint(path)` (weights_only; the weights under 'state_dict') and
 `load_model_state(model, checkpoint, path, name)` (strict).
 
 forward returns `AbnOutput(attention_logits (N, T), perception_logits (N, T),

@@ -1,6 +1,7 @@
-"""Every cifar.py/imagenet.py command in README.md, TRAINING.md and docs/*.md is accepted: it
-parses, passes the scripts' argument checks, and its model builds (on the meta device: no
-memory)."""
+"""Every cifar.py, imagenet.py, celeba.py and explain.py command in README.md, TRAINING.md and
+docs/*.md is accepted: it parses and passes the script's argument checks, and a training
+command's model builds (on the meta device: no memory). docs/testing.md names every test
+file, and CI runs the README's test command."""
 import importlib
 import os
 import re
@@ -12,13 +13,14 @@ import pytest
 import torch
 
 from tests.helpers import ROOT, documentation
+from utils.explain.run import check_arguments as check_explain_arguments
 from utils.teach.fine_tune import check_teach_arguments
 from utils.train.options import check_training_arguments
 
 CLASSES = {'cifar10': 10, 'cifar100': 100, 'svhn': 10, 'shapes': 10, 'imagefolder': 7,
            'celeba': 40, 'attributes': 40, 'shapes-multi': 4}
-COMMAND = re.compile(r'(?:^|\s)(?:python3?|torchrun(?:\s+--\S+)*)\s+(cifar|imagenet|celeba)\.py'
-                     r'(\s.*)?$')
+COMMAND = re.compile(r'(?:^|\s)(?:python3?|torchrun(?:\s+--\S+)*)\s+'
+                     r'(cifar|imagenet|celeba|explain)\.py(\s.*)?$')
 
 
 def documented_commands():
@@ -38,6 +40,7 @@ COMMANDS = documented_commands()
 def test_the_docs_have_commands():
     scripts = [script for _, script, _ in COMMANDS]
     assert scripts.count('cifar') >= 20 and scripts.count('imagenet') >= 15
+    assert scripts.count('celeba') >= 3 and scripts.count('explain') >= 10
 
 
 @pytest.mark.parametrize('doc,script,argv', COMMANDS,
@@ -45,6 +48,9 @@ def test_the_docs_have_commands():
 def test_documented_command_is_accepted(doc, script, argv):
     module = importlib.import_module(script)
     args = module.get_args_parser().parse_args(argv)
+    if script == 'explain':
+        check_explain_arguments(args)
+        return
     check_training_arguments(args)
     if hasattr(args, 'attention_maps'):  # cifar.py and imagenet.py teach maps
         check_teach_arguments(args)
@@ -57,6 +63,16 @@ def test_documented_command_is_accepted(doc, script, argv):
         model = task.registry.create(args.arch, **options, num_classes=classes,
                                             attention=not args.baseline, gate=args.gate)
     assert model.has_attention != args.baseline
+
+
+def test_testing_md_names_every_test_file():
+    """docs/testing.md's table: each tests/test_*.py once at least, and no file that is gone."""
+    with open(os.path.join(ROOT, 'docs', 'testing.md')) as f:
+        named = set(re.findall(r'`(test_\w+\.py)`', f.read()))
+    files = {name for name in os.listdir(os.path.join(ROOT, 'tests'))
+             if name.startswith('test_') and name.endswith('.py')}
+    assert not files - named, f'docs/testing.md does not name {sorted(files - named)}'
+    assert not named - files, f'docs/testing.md names missing files {sorted(named - files)}'
 
 
 def quick_start():

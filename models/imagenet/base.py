@@ -7,9 +7,9 @@ class ImageNetABN(AttentionBranchNetwork):
     # The total stride: below 32 px the last stage has less than a pixel of image to see
     # (and VGG's fifth max pool fails outright).
     min_image_size = 32
-    # For pretrained weights (utils.pretrained): the attention stage `att_<last_stage>` starts
-    # as a copy of `<last_stage>`, and `<classifier_name>` is re-initialised when the class
-    # count differs from the file's.
+    # For pretrained weights (utils.weights.pretrained): the attention stage
+    # `att_<last_stage>` starts as a copy of `<last_stage>`, and `<classifier_name>` is
+    # re-initialised when the class count differs from the file's.
     last_stage = None
     classifier_name = None
     # torchvision's model with this backbone, whose ImageNet weights --pretrained downloads

@@ -13,7 +13,7 @@
 
 CAM and Grad-CAM explain the class the perception branch predicts (the model's answer).
 Every map comes back as (N, H, W) float arrays in [0, 1] at the input's size, upsampled
-bilinearly; the metrics in utils/metrics.py only compare values within one map, so the
+bilinearly; the measures in utils/explain/measures.py only compare values within one map, so the
 scaling does not change them.
 """
 from dataclasses import dataclass

@@ -68,7 +68,7 @@ class ModelResult:
     """One model's answers for a batch."""
     prefix: str  # '' for the model, 'baseline ' for the baseline
     loaded: LoadedModel
-    explanation: object  # utils.cam.Explanation
+    explanation: object  # utils.explain.cam.Explanation
     probabilities: torch.Tensor  # (N, K) perception softmax, on the CPU
     inputs: torch.Tensor  # the batch in this model's normalisation, on the device
 
