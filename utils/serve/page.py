@@ -32,14 +32,14 @@ def require_gradio():
     return gradio
 
 
-def build_page(editor, gr):
-    """The Gradio page over `editor`. Every handler answers bad input with a message on the
-    page (never a traceback in the terminal)."""
-    skip = gr.skip
-    ranked = editor.tasks if editor.multitask else 5
-    ranking_label = 'P(attribute)' if editor.multitask else 'top-5'
+class Handlers:
+    """What the page's events run: widget values in, widget updates out, through the
+    MapEditor. `guarded` turns an error into the message box's text (never a traceback)."""
 
-    def guarded(handler, outputs):
+    def __init__(self, editor, gr, panel_titles):
+        self.editor, self.gr, self.panel_titles = editor, gr, panel_titles
+
+    def guarded(self, handler, outputs):
         """Runs `handler`; on an error, the message box says why and the rest stays."""
         def run(*values):
             try:
@@ -49,8 +49,86 @@ def build_page(editor, gr):
             except Exception as error:  # noqa: BLE001 - the page must stay up and say why
                 text = f'{type(error).__name__}: {error}'
                 print(f'serve: error: {text}', flush=True)
-            return [f'**Error:** {text}'] + [skip()] * (len(outputs) - 1)
+            return [f'**Error:** {text}'] + [self.gr.skip()] * (len(outputs) - 1)
         return run
+
+    def show(self, picture, chosen_attribute):
+        editor = self.editor
+        explained = editor.explain(picture, chosen_attribute)
+        note = f' ({picture.note})' if picture.note else ''
+        true = f', true class **{explained.true_name}**' if explained.true_name else ''
+        text = f'Showing **{picture.name}**{true}{note}.'
+        if explained.scale is not None:
+            text += (f' Map values in [-{explained.scale:.3g}, {explained.scale:.3g}]: '
+                     'gray is 0.')
+        class_update = self.gr.update(
+            visible=not editor.multitask and (picture.split is None
+                                              or editor.dataset == 'imagefolder'),
+            value=explained.true_name or max(explained.ranking, key=explained.ranking.get))
+        return ([text, explained] + [explained.panels[t] for t in self.panel_titles]
+                + [explained.ranking, Image.fromarray(explained.editor_image).convert('RGB'),
+                   explained.panels['ABN attention'], explained.ranking, class_update])
+
+    def show_split(self, chosen_split, chosen_index, chosen_attribute):
+        return self.show(self.editor.picture_from_split(chosen_split, chosen_index),
+                         chosen_attribute)
+
+    def show_file(self, path, chosen_attribute):
+        return self.show(self.editor.picture_from_file(path), chosen_attribute)
+
+    def reshow(self, explained, chosen_attribute):
+        if explained is None:
+            raise AbnError('pick an image first')
+        return self.show(explained.picture, chosen_attribute)
+
+    def painted_map(self, explained, value):
+        if explained is None:
+            raise AbnError('pick an image first')
+        picture = None
+        if isinstance(value, dict):
+            picture = value.get('composite') or value.get('background')
+        elif value is not None:
+            picture = value
+        if picture is None:
+            raise AbnError('the map editor is empty: pick an image first')
+        return self.editor.map_from_image(picture, explained.scale)
+
+    def run_edit(self, explained, value):
+        editor = self.editor
+        edited = self.painted_map(explained, value)
+        ranking = editor.predict(explained, edited)
+        own = editor.headline(explained.ranking, explained.attribute)
+        new = editor.headline(ranking, explained.attribute)
+        return [f'Perception branch: own map {own}; edited map {new}.',
+                editor.edited_overlay(explained, edited), ranking]
+
+    def load_map(self, explained, path):
+        editor = self.editor
+        if explained is None:
+            raise AbnError('pick an image first')
+        if not path:
+            return [self.gr.skip()] * 4
+        try:
+            image = load_rgb(path)
+        except CorruptImageError:
+            raise AbnError(f'{os.path.basename(path)} is not an image') from None
+        edited = editor.map_from_image(image, explained.scale)
+        gray = as_uint8(to_gray(edited, explained.scale))
+        enlarged = np.kron(gray, np.ones((editor.cell(), editor.cell()), np.uint8))
+        return ['Map loaded: run the perception branch on it, or paint on it.',
+                Image.fromarray(enlarged).convert('RGB'),
+                editor.edited_overlay(explained, edited), self.gr.skip()]
+
+    def save_edit(self, explained, value, chosen_class):
+        edited = self.painted_map(explained, value)
+        path = self.editor.save(explained, edited, chosen_class or None)
+        return [f'Saved the edited map to `{path}`.', f'Saved: `{path}`']
+
+
+def build_page(editor, gr):
+    """The Gradio page over `editor`: the widgets, and their events wired to Handlers."""
+    ranked = editor.tasks if editor.multitask else 5
+    ranking_label = 'P(attribute)' if editor.multitask else 'top-5'
 
     with gr.Blocks(title='ABN attention editor') as page:
         state = gr.State(None)
@@ -112,91 +190,26 @@ def build_page(editor, gr):
         shown = [message, state] + list(images.values()) + [own_ranking, painter, edited_image,
                                                             edited_ranking, class_name]
 
-        def show(picture, chosen_attribute):
-            explained = editor.explain(picture, chosen_attribute)
-            note = f' ({picture.note})' if picture.note else ''
-            true = f', true class **{explained.true_name}**' if explained.true_name else ''
-            text = f'Showing **{picture.name}**{true}{note}.'
-            if explained.scale is not None:
-                text += (f' Map values in [-{explained.scale:.3g}, {explained.scale:.3g}]: '
-                         'gray is 0.')
-            class_update = gr.update(visible=not editor.multitask and (
-                                         picture.split is None
-                                         or editor.dataset == 'imagefolder'),
-                                     value=explained.true_name
-                                     or max(explained.ranking, key=explained.ranking.get))
-            return ([text, explained] + [explained.panels[t] for t in images]
-                    + [explained.ranking, Image.fromarray(explained.editor_image).convert('RGB'),
-                       explained.panels['ABN attention'], explained.ranking, class_update])
-
-        def show_split(chosen_split, chosen_index, chosen_attribute):
-            return show(editor.picture_from_split(chosen_split, chosen_index), chosen_attribute)
-
-        def show_file(path, chosen_attribute):
-            return show(editor.picture_from_file(path), chosen_attribute)
-
-        def reshow(explained, chosen_attribute):
-            if explained is None:
-                raise AbnError('pick an image first')
-            return show(explained.picture, chosen_attribute)
-
-        def painted_map(explained, value):
-            if explained is None:
-                raise AbnError('pick an image first')
-            picture = None
-            if isinstance(value, dict):
-                picture = value.get('composite') or value.get('background')
-            elif value is not None:
-                picture = value
-            if picture is None:
-                raise AbnError('the map editor is empty: pick an image first')
-            return editor.map_from_image(picture, explained.scale)
-
-        def run_edit(explained, value):
-            edited = painted_map(explained, value)
-            ranking = editor.predict(explained, edited)
-            own = editor.headline(explained.ranking, explained.attribute)
-            new = editor.headline(ranking, explained.attribute)
-            return [f'Perception branch: own map {own}; edited map {new}.',
-                    editor.edited_overlay(explained, edited), ranking]
-
-        def load_map(explained, path):
-            if explained is None:
-                raise AbnError('pick an image first')
-            if not path:
-                return [skip()] * 4
-            try:
-                image = load_rgb(path)
-            except CorruptImageError:
-                raise AbnError(f'{os.path.basename(path)} is not an image') from None
-            edited = editor.map_from_image(image, explained.scale)
-            gray = as_uint8(to_gray(edited, explained.scale))
-            enlarged = np.kron(gray, np.ones((editor.cell(), editor.cell()), np.uint8))
-            return ['Map loaded: run the perception branch on it, or paint on it.',
-                    Image.fromarray(enlarged).convert('RGB'),
-                    editor.edited_overlay(explained, edited), skip()]
-
-        def save_edit(explained, value, chosen_class):
-            edited = painted_map(explained, value)
-            path = editor.save(explained, edited, chosen_class or None)
-            return [f'Saved the edited map to `{path}`.', f'Saved: `{path}`']
-
+        on = Handlers(editor, gr, list(images))
         attribute_inputs = [attribute]
         if editor.splits:
-            load.click(guarded(show_split, shown), [split, index] + attribute_inputs, shown)
+            load.click(on.guarded(on.show_split, shown), [split, index] + attribute_inputs,
+                       shown)
         if editor.files:
-            load_file.click(guarded(show_file, shown), [chosen_file] + attribute_inputs, shown)
-        upload.upload(guarded(show_file, shown), [upload] + attribute_inputs, shown)
-        attribute.change(guarded(reshow, shown), [state] + attribute_inputs, shown)
+            load_file.click(on.guarded(on.show_file, shown), [chosen_file] + attribute_inputs,
+                            shown)
+        upload.upload(on.guarded(on.show_file, shown), [upload] + attribute_inputs, shown)
+        attribute.change(on.guarded(on.reshow, shown), [state] + attribute_inputs, shown)
         edit_outputs = [message, edited_image, edited_ranking]
-        apply.click(guarded(run_edit, edit_outputs), [state, painter], edit_outputs)
+        apply.click(on.guarded(on.run_edit, edit_outputs), [state, painter], edit_outputs)
         # Each stroke answers too; strokes faster than the model queue up as the latest one.
-        painter.input(guarded(run_edit, edit_outputs), [state, painter], edit_outputs,
+        painter.input(on.guarded(on.run_edit, edit_outputs), [state, painter], edit_outputs,
                       trigger_mode='always_last', show_progress='hidden')
         map_outputs = [message, painter, edited_image, edited_ranking]
-        map_file.upload(guarded(load_map, map_outputs), [state, map_file], map_outputs)
+        map_file.upload(on.guarded(on.load_map, map_outputs), [state, map_file], map_outputs)
         save_outputs = [message, saved]
-        save.click(guarded(save_edit, save_outputs), [state, painter, class_name], save_outputs)
+        save.click(on.guarded(on.save_edit, save_outputs), [state, painter, class_name],
+                   save_outputs)
     return page
 
 
