@@ -229,9 +229,9 @@ class DeviceLoader:
                          augmentation.padding)
 
 
-def device_loader(dataset, batch_size, runtime, seed=0, train=True):
-    """(DeviceLoader over `dataset`, None), or (None, the reason) when the fast path cannot
-    reproduce that data set or its transform; `dataset` is a DataBundle's train or test."""
+def reproducible_split(dataset):
+    """((uint8 images, labels, Augmentation), None) of a CIFAR/SVHN/shapes split whose
+    transform the fast path reproduces, or (None, the reason) where it cannot."""
     split = uint8_split(dataset) if dataset is not None else None
     if split is None:
         return None, 'it supports CIFAR-10/100, SVHN and shapes'
@@ -239,6 +239,16 @@ def device_loader(dataset, batch_size, runtime, seed=0, train=True):
     augmentation = augmentation_of(transform) if transform is not None else None
     if augmentation is None or augmentation.crop_size not in (None, tuple(images.shape[2:])):
         return None, f'it cannot reproduce the transform {transform}'
+    return (images, labels, augmentation), None
+
+
+def device_loader(dataset, batch_size, runtime, seed=0, train=True):
+    """(DeviceLoader over `dataset`, None), or (None, the reason) when the fast path cannot
+    reproduce that data set or its transform; `dataset` is a DataBundle's train or test."""
+    split, reason = reproducible_split(dataset)
+    if split is None:
+        return None, reason
+    images, labels, augmentation = split
     if not train and (augmentation.padding or augmentation.flip_p):
         return None, 'evaluation transforms do not augment'
     return DeviceLoader(images, labels, augmentation, batch_size, runtime, seed, train), None

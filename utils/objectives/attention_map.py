@@ -6,6 +6,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from utils.objectives.base import register_objective
+from utils.objectives.meters import earliest_step_of_all, first_nonfinite, step_or_none
 from utils.objectives.single_label import SingleLabelObjective
 
 DEFAULT_MAP_LOSS_WEIGHT = 10.0
@@ -59,24 +60,16 @@ class MapMeter:
         maps = target['has_map'].sum().double()
         value = losses['map_loss'].detach().double()
         self.sums += torch.stack([value * maps, maps])
-        bad = ~torch.isfinite(value)
-        self.map_nonfinite = torch.where(bad & (self.map_nonfinite < 0),
-                                         self.map_nonfinite.new_full((), step),
-                                         self.map_nonfinite)
+        self.map_nonfinite = first_nonfinite(self.map_nonfinite, value, step)
 
     def all_reduce(self):
         self.inner.all_reduce()
         if dist.is_available() and dist.is_initialized():
             dist.all_reduce(self.sums)
-            step = self.map_nonfinite.clone()
-            step[step < 0] = torch.iinfo(torch.long).max
-            dist.all_reduce(step, op=dist.ReduceOp.MIN)
-            step[step == torch.iinfo(torch.long).max] = -1
-            self.map_nonfinite = step
+            self.map_nonfinite = earliest_step_of_all(self.map_nonfinite)
 
     def first_nonfinite_step(self):
-        step = int(self.nonfinite_step.item())
-        return None if step < 0 else step
+        return step_or_none(self.nonfinite_step)
 
     def summary(self):
         out = self.inner.summary()

@@ -23,6 +23,19 @@ def earliest_step_of_all(step):
     return step
 
 
+def first_nonfinite(first, loss, step):
+    """`first` (a device tensor: the first step with a NaN or infinite loss, -1 while none)
+    after `loss` at `step`, without waiting for the device."""
+    # new_full launches a fill on the device; torch.tensor(..., device) would sync.
+    return torch.where(~torch.isfinite(loss) & (first < 0), first.new_full((), step), first)
+
+
+def step_or_none(first):
+    """A first_nonfinite tensor as a step number, or None (one host sync)."""
+    step = int(first.item())
+    return None if step < 0 else step
+
+
 class SingleLabelMeter:
     """The single-label objective's epoch sums: samples, the total loss and each branch's,
     and each branch's top-1/top-5 hits. Values are fetched (one host sync) only when
@@ -53,11 +66,7 @@ class SingleLabelMeter:
             loss.new_full((), n, dtype=torch.float64), loss.double() * n, att_loss.double() * n,
             per_loss.double() * n, att1.double(), att5.double(), per1.double(), per5.double()])
         self.sums += values
-        # Remember the first step with a non-finite loss without waiting for the device.
-        bad = ~torch.isfinite(loss)
-        self.nonfinite_step = torch.where(bad & (self.nonfinite_step < 0),
-                                          self.nonfinite_step.new_full((), step),
-                                          self.nonfinite_step)
+        self.nonfinite_step = first_nonfinite(self.nonfinite_step, loss, step)
 
     def all_reduce(self):
         if dist.is_available() and dist.is_initialized():
@@ -67,8 +76,7 @@ class SingleLabelMeter:
             self.nonfinite_step = earliest_step_of_all(self.nonfinite_step)
 
     def first_nonfinite_step(self):
-        step = int(self.nonfinite_step.item())
-        return None if step < 0 else step
+        return step_or_none(self.nonfinite_step)
 
     def summary(self):
         """Averages: losses per sample, accuracies in percent."""

@@ -15,7 +15,7 @@ import torch.distributed as dist
 
 from utils.objectives import per_attribute as ml
 from utils.objectives.base import AUTHORS_COLUMNS, Objective, register_objective
-from utils.objectives.meters import earliest_step_of_all
+from utils.objectives.meters import earliest_step_of_all, first_nonfinite, step_or_none
 
 BRANCHES = ('att', 'per')  # attention branch, perception branch
 
@@ -43,10 +43,7 @@ class MultiLabelMeter:
                if output.attention_logits is not None else torch.zeros_like(per))
         counts = torch.stack([att, per])
         self.counts = counts if self.counts is None else self.counts + counts
-        bad = ~torch.isfinite(loss)
-        self.nonfinite_step = torch.where(bad & (self.nonfinite_step < 0),
-                                          self.nonfinite_step.new_full((), step),
-                                          self.nonfinite_step)
+        self.nonfinite_step = first_nonfinite(self.nonfinite_step, loss, step)
 
     def all_reduce(self):
         if dist.is_available() and dist.is_initialized():
@@ -56,8 +53,7 @@ class MultiLabelMeter:
             self.nonfinite_step = earliest_step_of_all(self.nonfinite_step)
 
     def first_nonfinite_step(self):
-        step = int(self.nonfinite_step.item())
-        return None if step < 0 else step
+        return step_or_none(self.nonfinite_step)
 
     def summary(self):
         """Losses per sample; `per_acc`/`att_acc`: each branch's mean attribute accuracy in

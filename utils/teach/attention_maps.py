@@ -29,7 +29,7 @@ import torch.utils.data as tud
 import torchvision.transforms as T
 from PIL import Image, UnidentifiedImageError
 
-from utils.data.fastdata import DeviceLoader, augmentation_of, uint8_split
+from utils.data.fastdata import DeviceLoader, reproducible_split
 from utils.data.images import IMAGE_EXTENSIONS
 from utils.errors import AbnError
 
@@ -229,7 +229,7 @@ class WithAttentionMaps(tud.Dataset):
     wraps_split = True  # utils.data.check_images looks through it, at `dataset`
 
     def __init__(self, dataset, maps):
-        self.dataset = dataset  # kept for the fast path (uint8_split)
+        self.dataset = dataset  # kept for the fast path (reproducible_split)
         base, self.indices = flatten_subsets(dataset)
         self.transform = base.transform
         self.geometric = geometric_steps(self.transform) if self.transform is not None else []
@@ -288,13 +288,10 @@ class MapDeviceLoader(DeviceLoader):
 def map_device_loader(dataset, batch_size, runtime, seed=0):
     """(MapDeviceLoader, None) for a WithAttentionMaps over CIFAR/SVHN/shapes, or (None, the
     reason) where the fast path cannot reproduce the data set."""
-    split = uint8_split(dataset.dataset)
+    split, reason = reproducible_split(dataset.dataset)
     if split is None:
-        return None, 'it supports CIFAR-10/100, SVHN and shapes'
-    images, labels, transform = split
-    augmentation = augmentation_of(transform) if transform is not None else None
-    if augmentation is None or augmentation.crop_size not in (None, tuple(images.shape[2:])):
-        return None, f'it cannot reproduce the transform {transform}'
+        return None, reason
+    images, labels, augmentation = split
     size = tuple(images.shape[2:])
     maps = torch.zeros((len(images), 1) + size, dtype=torch.uint8)
     has_map = torch.zeros(len(images), dtype=torch.bool)
