@@ -14,8 +14,8 @@ from models import CIFAR_MODELS
 from utils.cli import ArgumentParser, add_architecture_arguments, run
 from utils.data.datasets import AUTHORS_NORMALIZATION, SMALL_IMAGE_DATASETS, build_small_image_data
 from utils.data.fastdata import device_loader
-from utils.teach.fine_tune import add_teach_arguments, check_teach_arguments, teaching_task
-from utils.train.engine import main as engine_main
+from utils.teach.fine_tune import add_teach_arguments
+from utils.teach.fine_tune import main as teachable_main
 from utils.train.options import add_training_arguments
 from utils.train.task import Task
 
@@ -79,10 +79,7 @@ TASK = Task(name='cifar', registry=CIFAR_MODELS, build_data=build_data,
 
 
 def main(argv=None):
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    check_teach_arguments(args)
-    return engine_main(args, teaching_task(TASK, args), parser.given_options(argv))
+    return teachable_main(get_args_parser(), TASK, argv)
 
 
 if __name__ == '__main__':

@@ -15,11 +15,16 @@ import torchvision.transforms as T
 
 from models import IMAGENET_MODELS
 from utils.cli import ArgumentParser, add_architecture_arguments, run
-from utils.data.datasets import (NORMALIZATION, DataBundle, check_same_classes, first_n,
-                                 image_folder_split)
+from utils.data.datasets import (
+    NORMALIZATION,
+    DataBundle,
+    check_same_classes,
+    first_n,
+    image_folder_split,
+)
 from utils.errors import AbnError
-from utils.teach.fine_tune import add_teach_arguments, check_teach_arguments, teaching_task
-from utils.train.engine import main as engine_main
+from utils.teach.fine_tune import add_teach_arguments
+from utils.teach.fine_tune import main as teachable_main
 from utils.train.options import add_training_arguments
 from utils.train.task import Task
 from utils.weights.pretrained import check_pretrained_arguments, init_pretrained
@@ -132,10 +137,7 @@ TASK = Task(name='imagenet', registry=IMAGENET_MODELS, build_data=build_data,
 
 
 def main(argv=None):
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    check_teach_arguments(args)
-    return engine_main(args, teaching_task(TASK, args), parser.given_options(argv))
+    return teachable_main(get_args_parser(), TASK, argv)
 
 
 if __name__ == '__main__':

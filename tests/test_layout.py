@@ -116,7 +116,8 @@ def test_relative_and_function_level_imports_are_seen(tmp_path):
 
 def test_the_graph_sees_the_project():
     graph = import_graph()
-    assert 'utils.train.engine' in graph['cifar']
+    assert 'utils.train.engine' in graph['utils.teach.fine_tune']
+    assert 'utils.teach.fine_tune' in graph['cifar']
     assert 'utils.objectives.base' in graph['utils.objectives']
     assert {'cifar', 'imagenet', 'celeba', 'explain'} <= scripts(graph)
 

@@ -26,6 +26,7 @@ import os
 
 from utils.errors import AbnError
 from utils.teach.attention_maps import WithAttentionMaps, load_map_set, map_device_loader
+from utils.train.engine import main as engine_main
 from utils.weights import checkpoint as ckpt
 from utils.weights.modelspec import spec_from_checkpoint
 
@@ -126,6 +127,14 @@ def teaching_task(task, args):
         started, fast_train_loader=fast_train_loader, objective=NAME,
         objective_options=lambda args: {'weight': args.map_loss_weight},
         prepare_model=prepare_model)
+
+
+def main(parser, task, argv=None):
+    """The `main` of cifar.py and imagenet.py: their options parsed, the map teaching set up
+    where --attention-maps asks for it, then the engine."""
+    args = parser.parse_args(argv)
+    check_teach_arguments(args)
+    return engine_main(args, teaching_task(task, args), parser.given_options(argv))
 
 
 def weights_normalization(path, legacy_normalization):
