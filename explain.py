@@ -24,20 +24,20 @@ The work is done in utils/explain; this file is the command line.
 import sys
 
 from models import CIFAR_MODELS, IMAGENET_MODELS
-from utils.cli import ArgumentParser, add_architecture_arguments, run
+from utils.cli import ArgumentParser, add_authors_architecture_arguments, run
 from utils.data.datasets import SMALL_IMAGE_DATASETS
 from utils.explain.measures import ROAD_PERCENTILES
 from utils.explain.multitask import explain_multitask
-from utils.explain.run import ExplainRun, architecture_options, check_arguments
-from utils.weights.loading import ARCH_OPTIONS, load_model
+from utils.explain.run import ExplainRun, check_arguments
+from utils.weights.loading import architecture_options, load_model
 
 
 def get_args_parser():
     parser = ArgumentParser(description='Attention maps, CAM and Grad-CAM of an ABN for any '
                                         'image, and measures of them')
     parser.add_argument('checkpoint', metavar='CHECKPOINT',
-                        help="a checkpoint of cifar.py, imagenet.py or celeba.py, or one of the "
-                             "authors'")
+                        help="a checkpoint of cifar.py, imagenet.py or celeba.py, a .safetensors "
+                             "file of export.py, or one of the authors' checkpoints")
     parser.add_argument('inputs', nargs='*', metavar='IMAGE',
                         help='image files and folders (searched recursively)')
     source = parser.add_argument_group('inputs')
@@ -100,20 +100,7 @@ def get_args_parser():
     page.add_argument('--port', type=int, default=7860,
                       help='port of the page (default: %(default)s)')
 
-    arch = add_architecture_arguments(
-        parser, sorted(set(CIFAR_MODELS) | set(IMAGENET_MODELS)), baseline=False,
-        sizes=dict.fromkeys(ARCH_OPTIONS),
-        helps={'arch': 'model architecture (default: resnet)',
-               'gate': "how the map gates the features (default: residual, the authors')"},
-        title="architecture of the authors' checkpoints (those of cifar.py, imagenet.py and "
-              "celeba.py describe themselves)")
-    arch.add_argument('--num-classes', type=int, metavar='K',
-                      help='number of classes (default: from --dataset, else from the file)')
-    arch.add_argument('--class-names', metavar='FILE',
-                      help='a text file with one class name per line, in class order')
-    arch.add_argument('--image-size', type=int, metavar='PX',
-                      help='input size (default: from the checkpoint; authors\': 32 CIFAR, '
-                           '224 ImageNet)')
+    add_authors_architecture_arguments(parser, sorted(set(CIFAR_MODELS) | set(IMAGENET_MODELS)))
     return parser
 
 

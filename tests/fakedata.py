@@ -12,6 +12,8 @@ import torch
 from PIL import Image
 
 from utils.data.shapes import SHAPE_CLASSES, generate_shapes
+from utils.weights import checkpoint as ckpt
+from utils.weights.modelspec import build_model
 
 
 def _pickle(path, obj):
@@ -119,4 +121,13 @@ def authors_checkpoint(model, path, epoch=300, acc=77.5, legacy=True, cuda=True)
         assert b'cuda:0' in data
     with open(path, 'wb') as f:
         f.write(data)
+    return path
+
+
+def save_run_checkpoint(spec, path, seed=0):
+    """A checkpoint as the engine writes it: weights, the spec and the format."""
+    model = randomise(build_model(spec), seed)
+    ckpt.save_checkpoint({'epoch': 1, 'state_dict': model.state_dict(), 'acc': 10.0,
+                          'best_acc': 10.0, 'model_spec': spec.to_dict(), 'arch': spec.arch,
+                          'model_args': spec.model_args, 'format': ckpt.FORMAT}, path)
     return path

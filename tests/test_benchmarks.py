@@ -61,3 +61,13 @@ def test_profile_step_ends_with_the_layout_ratio(monkeypatch, capsys):
                                       '--rounds', '1', '--gpu-id', 'cpu'], monkeypatch, capsys)
     assert any('convolution' in line for line in lines)  # the profiler's table
     assert re.fullmatch(r'channels-last/NCHW training images/s: \d+\.\d\dx', lines[-1])
+
+
+def test_bench_export_ends_with_the_ratios_to_eager(monkeypatch, capsys):
+    pytest.importorskip('onnxruntime', reason='pip install -r requirements-export.txt')
+    import bench_export
+    lines = run_script(bench_export, ['--cases', 'resnet8:32:2', '--rounds', '1',
+                                      '--seconds', '0.01'], monkeypatch, capsys)
+    assert [line.split()[0] for line in lines[2:5]] == ['eager', 'pt2', 'onnxruntime']
+    assert re.fullmatch(r'resnet8 32px batch 2: pt2/eager \d+\.\d\dx, '
+                        r'onnxruntime/eager \d+\.\d\dx', lines[-1])

@@ -208,7 +208,7 @@ def test_explain_measures_the_pointing_game_per_attribute(trained, tmp_path, cap
 
 def test_the_map_editor_page_takes_a_real_multitask_checkpoint(trained, tmp_path):
     import explain
-    from utils.explain.run import architecture_options
+    from utils.weights.loading import architecture_options
     from utils.serve.editor import MapEditor
     from utils.weights.loading import load_model
     args = explain.get_args_parser().parse_args([str(trained / 'model_best.pth.tar'),

@@ -1,6 +1,6 @@
 """Checkpoints outlive the code that wrote them. Files of format 'abn-pytorch/1' (written by
 cifar.py, imagenet.py and celeba.py) and the authors' files must load after any change of
-the project's layout: `-e --resume`, `--resume` and explain.py work on them.
+the project's layout: `-e --resume`, `--resume`, explain.py and utils.api work on them.
 
 What makes a file survive a move of modules is that it pickles no class of the project, only
 plain types: each file here loads with `weights_only=True`, and its keys are the ones the
@@ -18,6 +18,7 @@ import imagenet
 from models import CIFAR_MODELS
 from tests.fakedata import authors_checkpoint, randomise, write_image_folder
 from tests.helpers import run_script
+from utils.api import load
 
 # The keys of format 'abn-pytorch/1' as the scripts wrote them before the layout change:
 # the same for the three scripts and for the best and the last checkpoint.
@@ -84,6 +85,11 @@ def test_the_scripts_checkpoints_keep_format_1_and_work_after_the_move(name, fol
                                                '--gpu-id', 'cpu'], capsys)
     assert code == 0, err
     assert any(f.endswith('.png') for _, _, files in os.walk(maps) for f in files)
+    # The Python API reads it too: an answer and a map for a picture of any size.
+    result = load(best).explain(torch.rand(1, 3, 37, 45))
+    assert result.maps[0].shape[-2:] == (37, 45) and len(result.classes) == 1
+    if name == 'celeba':
+        assert result.maps[0].shape[0] == result.probabilities.shape[1]  # one per attribute
 
 
 def test_the_authors_checkpoint_still_evaluates_and_explains(tmp_path, capsys):

@@ -1,7 +1,7 @@
-"""Every cifar.py, imagenet.py, celeba.py and explain.py command in README.md, TRAINING.md and
-docs/*.md is accepted: it parses and passes the script's argument checks, and a training
-command's model builds (on the meta device: no memory). docs/testing.md names every test
-file, and CI runs the README's test command."""
+"""Every cifar.py, imagenet.py, celeba.py, explain.py and export.py command in README.md,
+TRAINING.md and docs/*.md is accepted: it parses and passes the script's argument checks,
+and a training command's model builds (on the meta device: no memory). docs/testing.md
+names every test file, and CI runs the README's test command."""
 import importlib
 import os
 import re
@@ -20,7 +20,7 @@ from utils.train.options import check_training_arguments
 CLASSES = {'cifar10': 10, 'cifar100': 100, 'svhn': 10, 'shapes': 10, 'imagefolder': 7,
            'celeba': 40, 'attributes': 40, 'shapes-multi': 4}
 COMMAND = re.compile(r'(?:^|\s)(?:python3?|torchrun(?:\s+--\S+)*)\s+'
-                     r'(cifar|imagenet|celeba|explain)\.py(\s.*)?$')
+                     r'(cifar|imagenet|celeba|explain|export)\.py(\s.*)?$')
 
 
 def documented_commands():
@@ -41,6 +41,7 @@ def test_the_docs_have_commands():
     scripts = [script for _, script, _ in COMMANDS]
     assert scripts.count('cifar') >= 20 and scripts.count('imagenet') >= 15
     assert scripts.count('celeba') >= 3 and scripts.count('explain') >= 10
+    assert scripts.count('export') >= 3
 
 
 @pytest.mark.parametrize('doc,script,argv', COMMANDS,
@@ -50,6 +51,9 @@ def test_documented_command_is_accepted(doc, script, argv):
     args = module.get_args_parser().parse_args(argv)
     if script == 'explain':
         check_explain_arguments(args)
+        return
+    if script == 'export':
+        module.output_and_format(args)  # -o's suffix and --format agree
         return
     check_training_arguments(args)
     if hasattr(args, 'attention_maps'):  # cifar.py and imagenet.py teach maps

@@ -6,14 +6,15 @@ import pytest
 import cifar
 import imagenet
 from models import CIFAR_MODELS
-from tests.fakedata import authors_checkpoint, randomise, write_image_folder
+from tests.fakedata import (authors_checkpoint, randomise, save_run_checkpoint,
+                            write_image_folder)
 from tests.helpers import run_script
 from utils.data.datasets import NORMALIZATION
 from utils.data.shapes import SHAPE_CLASSES
 from utils.errors import AbnError
 from utils.weights import checkpoint as ckpt
 from utils.weights.loading import model_from_checkpoint
-from utils.weights.modelspec import ModelSpec, build_model, resolve_flags, spec_from_checkpoint
+from utils.weights.modelspec import ModelSpec, resolve_flags, spec_from_checkpoint
 
 SHAPES = ['--dataset', 'shapes', '--test-size', '16', '-j', '0', '--save-attention', '0']
 
@@ -24,15 +25,6 @@ def cifar_spec(gate='multiply', depth=8):
         'resnet', depth=depth, num_classes=10, attention=True, gate=gate),
         class_names=list(SHAPE_CLASSES), normalization=(mean, std), image_size=32,
         dataset='shapes')
-
-
-def save_run_checkpoint(spec, path, seed=0):
-    """A checkpoint as the engine writes it: weights, the spec and the format."""
-    model = randomise(build_model(spec), seed)
-    ckpt.save_checkpoint({'epoch': 1, 'state_dict': model.state_dict(), 'acc': 10.0,
-                          'best_acc': 10.0, 'model_spec': spec.to_dict(), 'arch': spec.arch,
-                          'model_args': spec.model_args, 'format': ckpt.FORMAT}, path)
-    return path
 
 
 def test_the_spec_round_trips_through_a_safe_checkpoint(tmp_path):

@@ -18,10 +18,9 @@ from tests.helpers import run_script
 from tests.test_explain import save_project_checkpoint, tiny_model
 from utils.data.shapes import SHAPE_CLASSES, generate_shapes
 from utils.errors import AbnError
-from utils.explain.run import architecture_options
 from utils.serve.editor import MapEditor
 from utils.serve.page import INSTALL_HINT, require_gradio, serve
-from utils.weights.loading import LoadedModel, load_model
+from utils.weights.loading import LoadedModel, architecture_options, load_model
 
 CPU = torch.device('cpu')
 

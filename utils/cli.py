@@ -68,3 +68,24 @@ def add_architecture_arguments(parser, arch_names, sizes, arch=None, gate=None, 
             text += ' (default: %(default)s)'
         group.add_argument(flag, dest=dest, type=int, default=default, help=text)
     return group
+
+
+def add_authors_architecture_arguments(parser, arch_names):
+    """The options that describe one of the authors' checkpoints, which record nothing (-a,
+    --gate, the sizes, --num-classes, --class-names, --image-size): explain.py's and
+    export.py's. Returns the group."""
+    from utils.weights.loading import ARCH_OPTIONS
+    arch = add_architecture_arguments(
+        parser, arch_names, baseline=False, sizes=dict.fromkeys(ARCH_OPTIONS),
+        helps={'arch': 'model architecture (default: resnet)',
+               'gate': "how the map gates the features (default: residual, the authors')"},
+        title="architecture of the authors' checkpoints (those of cifar.py, imagenet.py and "
+              "celeba.py describe themselves)")
+    arch.add_argument('--num-classes', type=int, metavar='K',
+                      help='number of classes (default: from --dataset, else from the file)')
+    arch.add_argument('--class-names', metavar='FILE',
+                      help='a text file with one class name per line, in class order')
+    arch.add_argument('--image-size', type=int, metavar='PX',
+                      help='input size (default: from the checkpoint; authors\': 32 CIFAR, '
+                           '224 ImageNet)')
+    return arch

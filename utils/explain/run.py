@@ -15,7 +15,7 @@ from utils.explain.measures import MetricTable, measure_maps, pointing_tolerance
 from utils.progress import Progress
 from utils.visualize import (blend, class_label, denormalize, safe_name, save_comparison_grid,
                              save_explanation, save_grid, save_map_image, upsample_maps)
-from utils.weights.loading import ARCH_OPTIONS, LoadedModel, load_model
+from utils.weights.loading import LoadedModel, architecture_options, load_model
 
 TOP_K = 5
 
@@ -24,12 +24,6 @@ def top_k(probabilities, names, k=TOP_K):
     values, indices = probabilities.topk(min(k, probabilities.numel()))
     return [{'class': int(i), 'name': class_label(names, int(i)), 'probability': float(v)}
             for v, i in zip(values, indices)]
-
-
-def architecture_options(args):
-    """load_model's keywords from explain.py's flags (for the authors' checkpoints)."""
-    names = ARCH_OPTIONS + ('arch', 'gate', 'num_classes', 'dataset', 'class_names', 'image_size')
-    return {name: getattr(args, name) for name in names}
 
 
 def parse_count(text, option):

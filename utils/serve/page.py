@@ -11,10 +11,9 @@ from PIL import Image
 from utils.data.images import CorruptImageError, load_rgb
 from utils.distributed import setup_runtime
 from utils.errors import AbnError
-from utils.explain.run import architecture_options
 from utils.serve.editor import MapEditor, to_gray
 from utils.visualize import as_uint8, safe_name
-from utils.weights.loading import load_model
+from utils.weights.loading import architecture_options, load_model
 
 INSTALL_HINT = 'pip install -r requirements-serve.txt'
 SPLITS = ('test', 'train')

@@ -15,6 +15,7 @@ from utils.errors import AbnError
 from utils.weights import checkpoint as ckpt
 from utils.weights.modelspec import (ModelSpec, build_model, flag_name, legacy_num_classes,
                                      registry_for, spec_from_checkpoint)
+from utils.weights.portable import is_safetensors, read_safetensors
 
 # The size options of the authors' CIFAR families, as builder arguments.
 ARCH_OPTIONS = ('depth', 'cardinality', 'widen_factor', 'growthRate', 'compressionRate')
@@ -37,6 +38,13 @@ class LoadedModel:
         return self.spec is not None and self.spec.script == 'celeba'
 
 
+def architecture_options(args):
+    """load_model's keywords from the command line's flags (those of the authors' checkpoints:
+    utils.cli.add_authors_architecture_arguments, and --dataset)."""
+    names = ARCH_OPTIONS + ('arch', 'gate', 'num_classes', 'dataset', 'class_names', 'image_size')
+    return {name: getattr(args, name, None) for name in names}
+
+
 def architecture_family(arch, dataset=None):
     """The script whose registry builds `arch` ('cifar' or 'imagenet'); the training data set
     settles a name in both."""
@@ -49,14 +57,31 @@ def architecture_family(arch, dataset=None):
 
 
 def read_checkpoint(path):
-    """A checkpoint file's contents (utils.weights.checkpoint.load_checkpoint), after a clear
-    line for a missing path or a directory."""
+    """A checkpoint file's contents (utils.weights.checkpoint.load_checkpoint), or a
+    safetensors file's of export.py in the same shape; a clear line for a missing path, a
+    directory or a file that is neither."""
     if not os.path.exists(path):
         raise AbnError(f'no checkpoint at {path}')
     if os.path.isdir(path):
         raise AbnError(f'{path} is a directory: give the checkpoint file in it, e.g. '
                        f'{os.path.join(path, "model_best.pth.tar")}')
-    return ckpt.load_checkpoint(path)
+    if is_safetensors(path):
+        return read_safetensors(path)
+    try:
+        return ckpt.load_checkpoint(path)
+    except AbnError:
+        if not _looks_like_torch_file(path):
+            raise AbnError(f"{path} is neither a PyTorch checkpoint nor a safetensors file: "
+                           f"give a checkpoint of cifar.py, imagenet.py or celeba.py, one of "
+                           f"the authors', or a .safetensors file of export.py") from None
+        raise
+
+
+def _looks_like_torch_file(path):
+    """torch.save writes a zip archive (since PyTorch 1.6) or, before, a pickle."""
+    with open(path, 'rb') as f:
+        head = f.read(4)
+    return head.startswith(b'PK\x03\x04') or head[:1] == b'\x80'
 
 
 def model_from_checkpoint(saved, path, spec=None):
