@@ -214,3 +214,19 @@ def test_safetensors_without_a_model_spec_get_one_line(tmp_path):
         f.write(b'\xff\xff\xff')
     with pytest.raises(AbnError, match='cannot read safetensors file'):
         load_model(path)
+
+
+def test_a_model_without_an_attention_branch_exports_its_logits(tmp_path, capsys):
+    spec = ModelSpec('cifar', 'resnet', CIFAR_MODELS.model_args(
+        'resnet', depth=8, num_classes=10, attention=False), normalization=NORMALIZATION['shapes'],
+        image_size=32, dataset='shapes')
+    checkpoint = save_run_checkpoint(spec, str(tmp_path / 'baseline.pth.tar'))
+    path = str(tmp_path / 'baseline.onnx')
+    code, out, err = run_script(export.main, [checkpoint, '-o', path, '--check'], capsys)
+    assert code == 0, err
+    session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
+    assert [o.name for o in session.get_outputs()] == ['logits']
+    x = inputs(load_model(checkpoint), 2, seed=0)
+    with torch.no_grad():
+        want = load_model(checkpoint).model(x).perception_logits
+    assert_close(session.run(None, {'image': x.numpy()})[0], want, 'baseline logits')
