@@ -24,7 +24,8 @@ The work is done in utils/explain; this file is the command line.
 import sys
 
 from models import CIFAR_MODELS, IMAGENET_MODELS
-from utils.cli import ArgumentParser, add_authors_architecture_arguments, run
+from utils.cli import (CHECKPOINT_HELP, ArgumentParser, add_authors_architecture_arguments,
+                       run)
 from utils.data.datasets import SMALL_IMAGE_DATASETS
 from utils.explain.measures import ROAD_PERCENTILES
 from utils.explain.multitask import explain_multitask
@@ -35,9 +36,7 @@ from utils.weights.loading import architecture_options, load_model
 def get_args_parser():
     parser = ArgumentParser(description='Attention maps, CAM and Grad-CAM of an ABN for any '
                                         'image, and measures of them')
-    parser.add_argument('checkpoint', metavar='CHECKPOINT',
-                        help="a checkpoint of cifar.py, imagenet.py or celeba.py, a .safetensors "
-                             "file of export.py, or one of the authors' checkpoints")
+    parser.add_argument('checkpoint', metavar='CHECKPOINT', help=CHECKPOINT_HELP)
     parser.add_argument('inputs', nargs='*', metavar='IMAGE',
                         help='image files and folders (searched recursively)')
     source = parser.add_argument_group('inputs')

@@ -16,7 +16,8 @@ import os
 import sys
 
 from models import CIFAR_MODELS, IMAGENET_MODELS
-from utils.cli import ArgumentParser, add_authors_architecture_arguments, run
+from utils.cli import (CHECKPOINT_HELP, ArgumentParser, add_authors_architecture_arguments,
+                       run)
 from utils.data.inputs import DATASET_CLASS_COUNTS
 from utils.errors import AbnError
 from utils.weights.export import FORMATS, SUFFIXES, TOLERANCE, check, export
@@ -26,9 +27,7 @@ from utils.weights.loading import architecture_options, load_model
 def get_args_parser():
     parser = ArgumentParser(description='Export an ABN checkpoint to ONNX, torch.export (.pt2) '
                                         'or safetensors, with its attention map as an output')
-    parser.add_argument('checkpoint', metavar='CHECKPOINT',
-                        help="a checkpoint of cifar.py, imagenet.py or celeba.py, a .safetensors "
-                             "file of export.py, or one of the authors' checkpoints")
+    parser.add_argument('checkpoint', metavar='CHECKPOINT', help=CHECKPOINT_HELP)
     parser.add_argument('-o', '--output', metavar='FILE',
                         help='the file to write (default: the checkpoint\'s name with the '
                              'format\'s suffix, beside it)')

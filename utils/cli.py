@@ -70,6 +70,11 @@ def add_architecture_arguments(parser, arch_names, sizes, arch=None, gate=None, 
     return group
 
 
+# What explain.py and export.py read (utils.weights.loading.load_model).
+CHECKPOINT_HELP = ("a checkpoint of cifar.py, imagenet.py or celeba.py, a .safetensors file of "
+                   "export.py, or one of the authors' checkpoints")
+
+
 def add_authors_architecture_arguments(parser, arch_names):
     """The options that describe one of the authors' checkpoints, which record nothing (-a,
     --gate, the sizes, --num-classes, --class-names, --image-size): explain.py's and
