@@ -202,7 +202,7 @@ BAD = {
                            'no checkpoint at'),
     'directory as checkpoint': (lambda f, t: [str(t), f['single']], 'is a directory'),
     'unreadable checkpoint': (lambda f, t: [str(f['root'] / 'broken.png'), f['single']],
-                              'cannot read checkpoint'),
+                              'neither a PyTorch checkpoint nor a safetensors file'),
     'unreadable image': (lambda f, t: [f['model'], str(f['root'] / 'broken.png')],
                          'cannot read image'),
     'missing image': (lambda f, t: [f['model'], str(t / 'nothing.png')], 'no image or folder'),
