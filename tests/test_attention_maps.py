@@ -205,6 +205,34 @@ def test_image_folder_maps_by_class_and_stem(tmp_path):
         load_map_set(str(tmp_path / 'maps'), data.train, 'imagefolder')
 
 
+def test_a_second_map_of_an_image_is_averaged_with_the_first(tmp_path):
+    """The editor keeps a second correction of an image as <stem>~2.png rather than replace
+    the first: both teach, averaged."""
+    data = build_small_image_data('shapes', '', train_size=8, test_size=4)
+    write_map(str(tmp_path / 'maps' / '3.png'), np.full((8, 8), 255))
+    write_map(str(tmp_path / 'maps' / '3~2.png'), np.zeros((16, 16)))  # another size too
+    maps = load_map_set(str(tmp_path / 'maps'), data.train, 'shapes')
+    assert maps.indices() == [3] and len(maps.paths[3]) == 2
+    assert np.allclose(maps.get(3), 0.5)
+    write_map(str(tmp_path / 'maps' / 'x~2.png'), np.zeros((4, 4)))  # ~2 of no image
+    with pytest.raises(AbnError, match=r'x~2\.png names no training image'):
+        load_map_set(str(tmp_path / 'maps'), data.train, 'shapes')
+
+
+@pytest.mark.parametrize('given', ['edited_maps', 'edited_maps/test', 'edited_maps/val'])
+def test_maps_of_held_out_images_are_refused(tmp_path, given):
+    """The editor saves maps of test images under test/ (val/ for folders' validation
+    split): a folder that is, or holds, one of them would train on held-out images."""
+    data = build_small_image_data('shapes', '', train_size=8, test_size=4)
+    for split in ('train', 'test', 'val'):
+        write_map(str(tmp_path / 'edited_maps' / split / '1.png'), np.zeros((4, 4)))
+    with pytest.raises(AbnError, match=r'split, and training on them would train on held-out '
+                                       r'images: give the training split\'s maps, .*train'):
+        load_map_set(str(tmp_path / given), data.train, 'shapes')
+    maps = load_map_set(str(tmp_path / 'edited_maps' / 'train'), data.train, 'shapes')
+    assert maps.indices() == [1]
+
+
 def channel_map_set(images, channel):
     """Maps equal to one colour channel of each image: after a crop and flip, the map must
     still equal that channel of the augmented image."""

@@ -20,6 +20,7 @@ path), or the map rides as a fourth channel through the device-side crop and fli
 import argparse
 import copy
 import os
+import re
 import sys
 
 import numpy as np
@@ -30,7 +31,7 @@ import torchvision.transforms as T
 from PIL import Image, UnidentifiedImageError
 
 from utils.data.fastdata import DeviceLoader, reproducible_split
-from utils.data.images import IMAGE_EXTENSIONS
+from utils.data.images import IMAGE_EXTENSIONS, open_image
 from utils.errors import AbnError
 
 SHAPES_MASKS = 'shapes-masks'
@@ -69,7 +70,7 @@ class MapSet:
         if index in self.maps:
             return self.maps[index]
         if index in self.paths:
-            return read_map(self.paths[index])
+            return read_maps(self.paths[index])
         return None
 
     def record(self):
@@ -82,7 +83,7 @@ def read_map(path):
     """A map file as float32 (h, w) in [0, 1]: grayscale (colour is converted; an alpha
     channel is ignored). Raises AbnError naming the file when it cannot be decoded."""
     try:
-        with Image.open(path) as image:
+        with open_image(path) as image:
             image.load()
             gray = image.convert('L') if image.mode not in ('L', 'I;16', 'I', 'F') else image
             array = np.asarray(gray, dtype=np.float32)
@@ -93,6 +94,39 @@ def read_map(path):
     high = float(array.max()) if array.size else 0.0
     return array / (65535 if gray.mode.startswith('I') and high > 255 else
                     255 if high > 1 else 1)
+
+
+def read_maps(paths):
+    """One map from one file, or the mean of an image's several maps (the page keeps a
+    second correction of an image as `<stem>~2.png` rather than replace the first), each
+    resized to the first one's size."""
+    if isinstance(paths, str) or len(paths) == 1:
+        return read_map(paths if isinstance(paths, str) else paths[0])
+    maps = [read_map(path) for path in paths]
+    height, width = maps[0].shape
+    resized = [m if m.shape == (height, width) else np.asarray(
+        Image.fromarray(m).resize((width, height), Image.BILINEAR), np.float32) for m in maps]
+    return np.mean(resized, axis=0).astype(np.float32)
+
+
+# Folders of maps of images no run may train on: the page saves test-split maps there.
+HELD_OUT_SPLITS = ('test', 'val')
+SIBLING = re.compile(r'^(.*)~(\d+)$')  # <stem>~2: another map of the image <stem>
+
+
+def check_not_held_out(folder):
+    """Refuses a folder of maps of the test or validation split, or one that holds such a
+    folder: fine-tuning on corrections of test images would train on the test set."""
+    name = os.path.basename(os.path.normpath(folder))
+    inside = [d for d in HELD_OUT_SPLITS if os.path.isdir(os.path.join(folder, d))]
+    if name in HELD_OUT_SPLITS or inside:
+        where = folder if name in HELD_OUT_SPLITS else os.path.join(folder, inside[0])
+        parent = os.path.dirname(os.path.normpath(folder)) if name in HELD_OUT_SPLITS \
+            else folder
+        raise AbnError(f'--attention-maps {folder}: {where} holds maps of the '
+                       f'{os.path.basename(where)} split, and training on them would train on '
+                       f'held-out images: give the training split\'s maps, '
+                       f'{os.path.join(parent, "train")}')
 
 
 def _map_files(folder):
@@ -148,6 +182,7 @@ def load_map_set(text, dataset, dataset_name):
     folder = value
     if not os.path.isdir(folder):
         raise AbnError(f'--attention-maps {folder}: no such folder')
+    check_not_held_out(folder)
     files = _map_files(folder)
     if not files:
         raise AbnError(f'--attention-maps {folder}: no map images in it (grayscale PNG or JPEG '
@@ -166,6 +201,10 @@ def load_map_set(text, dataset, dataset_name):
     paths, keys, unused = {}, {}, 0
     for key, path in files:
         targets = by_key.get(key)
+        sibling = SIBLING.match(key)
+        if targets is None and sibling:  # <stem>~2: a second map of <stem>
+            key = sibling.group(1)
+            targets = by_key.get(key)
         if targets is None and samples is None and key.isdigit():
             targets = by_key.get(str(int(key)))  # 0007.png is image 7
         if targets is None:
@@ -174,7 +213,9 @@ def load_map_set(text, dataset, dataset_name):
         read_map(path)  # refuse an unreadable file now, not in the middle of an epoch
         for index in targets:
             if index in used:
-                paths[index], keys[index] = path, key
+                # Several maps of one image (siblings) are averaged when the item is read.
+                paths[index] = (*paths[index], path) if index in paths else (path,)
+                keys[index] = key
             else:
                 unused += 1
     if not paths:
