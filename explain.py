@@ -98,6 +98,17 @@ def get_args_parser():
                            'only)')
     page.add_argument('--port', type=int, default=7860,
                       help='port of the page (default: %(default)s)')
+    page.add_argument('--auth', metavar='USER:PASSWORD',
+                      help='a login for the page; needed with a --host other than this '
+                           'machine\'s own (127.0.0.1, localhost, ::1)')
+    page.add_argument('--auth-file', metavar='FILE',
+                      help='the login as USER:PASSWORD on the first line of FILE (kept out of '
+                           'the process list)')
+    page.add_argument('--allowed-host', action='append', default=[], metavar='NAME',
+                      help='a host name the page may be reached under besides the address it '
+                           'listens on (a DNS name, a proxy\'s); repeat for more')
+    page.add_argument('--max-upload-mb', type=float, default=20, metavar='MB',
+                      help='largest upload the page accepts (default: %(default)s MB)')
 
     add_authors_architecture_arguments(parser, sorted(set(CIFAR_MODELS) | set(IMAGENET_MODELS)))
     return parser

@@ -77,7 +77,7 @@ def write_image_folder(root, splits=(('train', 6), ('val', 3)), classes=('cat', 
             os.makedirs(folder, exist_ok=True)
             for i in range(n):
                 pixels = rng.integers(0, 255, (size, size, 3), dtype=np.uint8)
-                pixels[..., c % 3] = 255 - (c * 40)  # a per-class colour cast
+                pixels[..., c % 3] = (255 - c * 40) % 256  # a per-class colour cast
                 path = os.path.join(folder, f'{i}.{formats[i % len(formats)]}')
                 Image.fromarray(pixels).save(path)
                 paths.append(path)

@@ -231,7 +231,7 @@ def test_the_map_editor_page_takes_a_real_multitask_checkpoint(trained, tmp_path
         edited = editor.predict(explained, np.full((2, 2), 5.0, np.float32))
         assert edited['frame'] == pytest.approx(explained.ranking['frame'], abs=1e-5)
         assert edited['plus'] != pytest.approx(explained.ranking['plus'], abs=1e-5)
-        assert os.path.exists(editor.save(explained, explained.own_map[2]))
+        assert os.path.exists(editor.save(explained, explained.own_map[2])[0])
     finally:
         editor.close()
 

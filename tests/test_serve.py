@@ -93,7 +93,7 @@ def test_painting_black_changes_the_prediction_and_saves_as_training_data(shapes
     assert ranking != explained.ranking
     overlay = shapes_editor.edited_overlay(explained, edited)
     assert overlay.shape == (256, 256, 3)
-    path = shapes_editor.save(explained, edited)
+    path, _ = shapes_editor.save(explained, edited)
     assert path.endswith('/test/1.png')  # DIR/<split>/<index>.png
     with Image.open(path) as saved:
         assert saved.mode == 'L' and saved.size == (16, 16)
@@ -127,9 +127,9 @@ def test_image_files_any_size_saved_under_their_class(checkpoints, tmp_path):
         assert picture.note == "96x96 image resized to the model's 32x32"
         explained = editor.explain(picture)
         edited = explained.own_map[0]
-        path = editor.save(explained, edited)
+        path, _ = editor.save(explained, edited)
         assert path == str(tmp_path / 'maps' / SHAPE_CLASSES[labels[0]] / 'big one.png')
-        chosen = editor.save(explained, edited, class_name='star')
+        chosen, _ = editor.save(explained, edited, class_name='star')
         assert chosen == str(tmp_path / 'maps' / 'star' / 'big one.png')
         with pytest.raises(AbnError, match="'dragon' is not one of the model's classes"):
             editor.save(explained, edited, class_name='dragon')
@@ -138,7 +138,7 @@ def test_image_files_any_size_saved_under_their_class(checkpoints, tmp_path):
         Image.fromarray(images[1]).save(loose)
         explained = editor.explain(editor.picture_from_file(str(loose)))
         top = max(explained.ranking, key=explained.ranking.get)
-        assert editor.save(explained, explained.own_map[0]).endswith(f'/{top}/loose.png')
+        assert editor.save(explained, explained.own_map[0])[0].endswith(f'/{top}/loose.png')
     finally:
         editor.close()
 
@@ -235,7 +235,7 @@ def test_multitask_maps_choose_the_attribute_and_show_every_probability(tmp_path
         assert ranking['eyeglasses'] != pytest.approx(explained.ranking['eyeglasses'])
         assert ranking['smiling'] == pytest.approx(explained.ranking['smiling'], abs=1e-6)
         assert editor.headline(ranking, 1).startswith('**eyeglasses** ')
-        saved = editor.save(explained, white)
+        saved, _ = editor.save(explained, white)
         assert saved == str(tmp_path / 'eyeglasses' / 'face.png')  # DIR/<attribute>/<stem>
         with Image.open(saved) as image:
             assert image.size == (8, 8) and np.all(np.asarray(image) == 255)

@@ -52,11 +52,11 @@ def as_from_a_terminal():
 class Server:
     """`explain.py ... --serve` in its own process; its output collected by a thread."""
 
-    def __init__(self, argv, cwd):
+    def __init__(self, argv, cwd, env=None):
         self.port = free_port()
         self.url = f'http://127.0.0.1:{self.port}/'
         env = dict(os.environ, GRADIO_ANALYTICS_ENABLED='False', PYTHONUNBUFFERED='1',
-                   OMP_NUM_THREADS='1')
+                   OMP_NUM_THREADS='1', **(env or {}))
         # What this test process's main thread does with SIGINT, which the server inherits
         # (a blocked or ignored SIGINT survives exec): reported if Ctrl+C fails.
         self.parent_sigint = (signal.getsignal(signal.SIGINT),
@@ -213,9 +213,10 @@ def test_load_see_paint_predict_save_in_a_browser(tmp_path):
         driver.find_element(By.ID, 'save').click()
         # The saved path stays in #saved; the message box may already show a stroke's late
         # rerun (strokes answer as they arrive), so it is not where to look.
-        saved_path = f'out/edited_maps/test/{index}.png'
+        saved_path = f'edited_maps/test/{index}.png'
         wait.until(lambda d: saved_path in text('saved').replace('\n', ''),
                    message="the page never showed the saved map's path")
+        assert str(out) not in text('saved')  # no path of this machine shown to a visitor
         saved = out / 'edited_maps' / 'test' / f'{index}.png'
         with Image.open(saved) as image:
             assert image.mode == 'L' and image.size == (16, 16)

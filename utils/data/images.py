@@ -2,14 +2,20 @@
 the attention editor share.
 
 Pillow picks its reader from a file's content, not its name: left to itself it would open
-an EPS file named `x.png` by running Ghostscript. `load_rgb` and `identify_image` therefore
-accept only the raster formats below, whatever the file is called.
+an EPS file named `x.png` by running Ghostscript. `load_rgb`, `identify_image` and
+`open_image` therefore accept only the raster formats below, whatever the file is called, and
+Ghostscript is switched off for the whole process.
 """
 import os
 
-from PIL import Image, UnidentifiedImageError
+from PIL import EpsImagePlugin, Image, UnidentifiedImageError
 
 from utils.errors import AbnError
+
+# Nothing in this project may run Ghostscript, whoever opens a file (Gradio decodes the
+# painter's images with a plain Image.open): Pillow then refuses PostScript without calling
+# `gs`, even to ask for its version.
+EpsImagePlugin.gs_binary = False
 
 # Pillow's names of the formats read (JPEG's reader also opens cameras' MPO files)
 RASTER_FORMATS = ('PNG', 'JPEG', 'BMP', 'GIF', 'WEBP', 'TIFF', 'PPM')
@@ -23,6 +29,17 @@ class CorruptImageError(Exception):
     """An image file that cannot be decoded; the message names the file."""
 
 
+def read_only_raster_formats():
+    """Leaves Pillow in this process only the raster formats' readers, so that even a plain
+    Image.open elsewhere (a library's) cannot pick PostScript, PDF or another reader from a
+    file's content. For processes that read untrusted files (the attention editor's page)."""
+    Image.init()  # every plugin registered now: a later init() adds none back
+    for name in list(Image.ID):
+        if name not in RASTER_FORMATS and name != 'MPO':
+            Image.ID.remove(name)
+            Image.OPEN.pop(name, None)
+
+
 def is_image_file(path):
     return path.lower().endswith(IMAGE_EXTENSIONS)
 
@@ -32,10 +49,28 @@ def open_image(file):
     return Image.open(file, formats=RASTER_FORMATS)
 
 
-def load_rgb(path):
+class ImageTooLargeError(CorruptImageError):
+    """An image with more pixels than the caller takes, found from its header."""
+
+
+def load_rgb(path, max_pixels=None):
+    """The image at `path` as RGB (raster formats only). `max_pixels`: refuse a larger image
+    from its header, before decoding a byte of it (a small file can hold a huge image)."""
     try:
         with open(path, 'rb') as f:
-            return open_image(f).convert('RGB')
+            image = open_image(f)
+            width, height = image.size
+            if max_pixels is not None and width * height > max_pixels:
+                raise ImageTooLargeError(
+                    f'{os.path.basename(path)} is {width}x{height} pixels, more than the '
+                    f'{max_pixels / 1e6:g} megapixels taken here: make it smaller first')
+            return image.convert('RGB')
+    except Image.DecompressionBombError:  # Pillow's own limit, met while reading the header
+        if max_pixels is None:
+            raise
+        raise ImageTooLargeError(f'{os.path.basename(path)} has more than the '
+                                 f'{max_pixels / 1e6:g} megapixels taken here: make it '
+                                 f'smaller first') from None
     except _READ_ERRORS as error:
         raise CorruptImageError(f'cannot read image {path} ({error})') from None
 

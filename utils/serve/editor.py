@@ -23,6 +23,7 @@ Saved maps (grayscale PNG at the map's resolution, the layout of `--attention-ma
 - multi-task models: `DIR/<attribute>/<split>/<index>.png` and `DIR/<attribute>/<image
   stem>.png` (no class folder: attributes are not classes).
 """
+import io
 import os
 import threading
 from dataclasses import dataclass
@@ -33,7 +34,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from utils.data.datasets import SMALL_IMAGE_DATASETS, base_dataset, build_small_image_data
-from utils.data.images import IMAGE_EXTENSIONS, CorruptImageError, find_images, load_rgb
+from utils.data.images import (IMAGE_EXTENSIONS, CorruptImageError, ImageTooLargeError,
+                               find_images, load_rgb)
 from utils.data.inputs import image_transform
 from utils.errors import AbnError
 from utils.explain.cam import Explainer, supports_cam
@@ -67,6 +69,26 @@ class Explained:
     editor_image: np.ndarray  # (E, E) uint8 grayscale: the map to paint on
     ranking: dict  # name -> probability: top-5 (or every attribute's probability)
     true_name: str = None
+
+
+# One decode at a time: a few large uploads decoding at once would hold their pixels together.
+_DECODING = threading.Lock()
+
+
+def read_image(path, max_pixels=None):
+    """An uploaded or listed image as RGB, or one line that says why not (a format this page
+    does not read, PostScript included; too many pixels, found before decoding)."""
+    name = os.path.basename(path)
+    with _DECODING:
+        try:
+            return load_rgb(path, max_pixels)
+        except ImageTooLargeError as error:
+            raise AbnError(str(error)) from None
+        except CorruptImageError:
+            raise AbnError(f'{name} is not an image this page can read '
+                           f'({", ".join(IMAGE_EXTENSIONS)})') from None
+        except Image.DecompressionBombError:
+            raise AbnError(f'{name} is too large an image') from None
 
 
 def to_gray(channel, scale):
@@ -110,8 +132,10 @@ def read_painted_map(image, height, width, scale=None):
 class MapEditor:
     """The model, loaded once, and the operations of the page."""
 
-    def __init__(self, loaded, device, maps_dir, dataset=None, data_root='./data', files=()):
+    def __init__(self, loaded, device, maps_dir, dataset=None, data_root='./data', files=(),
+                 max_pixels=None):
         self.loaded, self.device, self.maps_dir = loaded, device, maps_dir
+        self.max_pixels = max_pixels  # larger images are refused from their header
         self.model = loaded.model.to(device).eval()
         self.transform = image_transform(loaded)
         self.size = loaded.image_size
@@ -199,13 +223,7 @@ class MapEditor:
         """Any image file, as explain.py reads files: resized to the model's input."""
         if not path or not os.path.isfile(path):
             raise AbnError('no file was given')
-        try:
-            image = load_rgb(path)
-        except CorruptImageError:
-            raise AbnError(f'{os.path.basename(path)} is not an image this page can read '
-                           f'({", ".join(IMAGE_EXTENSIONS)})') from None
-        except Image.DecompressionBombError:
-            raise AbnError(f'{os.path.basename(path)} is too large an image') from None
+        image = read_image(path, self.max_pixels)
         if label is None:  # an image in a folder named after a class has that label
             folder = os.path.basename(os.path.dirname(os.path.abspath(path)))
             label = self.names.index(folder) if folder in self.names else -1
@@ -317,31 +335,90 @@ class MapEditor:
 
     # ---- save ----
     def save_path(self, explained, class_name=None):
+        """Where a map of `explained` belongs (the layout of `--attention-maps`); the file
+        may already hold another map: `save` then keeps both."""
         picture = explained.picture
+        stem = visible_stem(picture.name)
         folder = self.maps_dir
         if self.multitask:
             folder = os.path.join(folder, safe_name(self.names[explained.attribute]))
         if picture.split is not None and self.dataset != 'imagefolder':
             return os.path.join(folder, picture.split, f'{picture.index}.png')
         if self.multitask:  # attributes are not classes: no class folder
-            return os.path.join(folder, f'{picture.name}.png')
+            return os.path.join(folder, f'{stem}.png')
         if class_name is None:
             class_name = explained.true_name or max(explained.ranking,
                                                     key=explained.ranking.get)
         if class_name not in self.names:
             raise AbnError(f"'{class_name}' is not one of the model's classes")
-        return os.path.join(folder, class_name, f'{picture.name}.png')
+        if picture.split is not None:  # an image folder's split, as for the built-in sets
+            folder = os.path.join(folder, picture.split)
+        return os.path.join(folder, safe_name(class_name), f'{stem}.png')
 
     def save(self, explained, edited, class_name=None):
-        """Writes the edited map as 8-bit grayscale at the map's resolution; returns the
-        path."""
-        path = self.save_path(explained, class_name)
+        """Writes the edited map as 8-bit grayscale at the map's resolution where
+        `save_path` says (store_map: never over a different map); returns (path, note)."""
         gray = as_uint8(to_gray(np.asarray(edited, np.float32), explained.scale))
+        return store_map(self.save_path(explained, class_name), gray, self.shown_path)
+
+    def shown_path(self, path):
+        """A saved map's path as a visitor may see it: from the output folder down
+        (`edited_maps/...`), never this machine's absolute path."""
+        top = os.path.dirname(os.path.abspath(self.maps_dir))
+        return os.path.relpath(os.path.abspath(path), top).replace(os.sep, '/')
+
+
+def store_map(path, gray, shown_path):
+    """Saves the (h, w) uint8 map as PNG at `path`; (the path written, a note for the page).
+    A map never replaces a different one: the same map again is left as it is, another map
+    of the same image becomes a numbered sibling `<stem>~2.png` (`--attention-maps` averages
+    an image's maps), and the note says so."""
+    buffer = io.BytesIO()
+    Image.fromarray(gray).save(buffer, format='PNG')
+    try:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        partial = path + '.partial'
-        try:
-            Image.fromarray(gray).save(partial, format='PNG')
-            os.replace(partial, path)
-        except OSError as error:
-            raise AbnError(f'cannot write {path}: {error.strerror}') from None
-        return path
+        written, same = write_new_map(path, buffer.getvalue())
+    except OSError as error:
+        raise AbnError(f'cannot write {shown_path(path)}: {error.strerror}') from None
+    if same:
+        return written, 'the same map was already saved there; nothing changed'
+    if written != path:
+        return written, (f'a different map of this image was already saved as '
+                         f'{shown_path(path)}: both are kept (--attention-maps averages them)')
+    return written, ''
+
+
+SIBLING = '~'  # <stem>~2.png: the second map of one image
+
+
+def write_new_map(path, data):
+    """Writes `data` to `path`, or to the first free numbered sibling when `path` holds other
+    bytes; (the path written or found, whether identical bytes were already there). The
+    claim of a name is atomic (a hard link of a finished file), so two visitors saving at
+    once never write one file."""
+    stem, ext = os.path.splitext(path)
+    partial = f'{path}.{os.getpid()}.{threading.get_ident()}.partial'
+    with open(partial, 'wb') as f:
+        f.write(data)
+    try:
+        number = 1
+        while True:
+            candidate = path if number == 1 else f'{stem}{SIBLING}{number}{ext}'
+            try:
+                os.link(partial, candidate)
+                return candidate, False
+            except FileExistsError:
+                with open(candidate, 'rb') as f:
+                    if f.read() == data:
+                        return candidate, True
+            number += 1
+    finally:
+        os.remove(partial)
+
+
+def visible_stem(name):
+    """A file stem that stays one visible file: no folder separators or control characters,
+    no leading dot or space (an upload named `.png` would be a hidden file); 'image' if
+    nothing is left."""
+    cleaned = ''.join('-' if ch in '/\\' or ord(ch) < 32 else ch for ch in str(name))
+    return cleaned.lstrip('. ')[:120] or 'image'

@@ -1,22 +1,33 @@
 """The attention editor's page: Gradio widgets over a MapEditor (utils.serve.editor), which
 holds the state and the operations; `serve_command` is `explain.py --serve`."""
+import logging
 import os
+import shutil
+import signal
+import sys
+import tempfile
 import threading
 import time
+import traceback
+import warnings
 
 import numpy as np
 import torch
 from PIL import Image
 
-from utils.data.images import CorruptImageError, load_rgb
+from utils.data.images import read_only_raster_formats
 from utils.distributed import setup_runtime
 from utils.errors import AbnError
-from utils.serve.editor import MapEditor, to_gray
+from utils.serve.access import check_exposure, read_login, trusted_hosts_middleware
+from utils.serve.editor import MapEditor, read_image, to_gray
 from utils.visualize import as_uint8, safe_name
 from utils.weights.loading import architecture_options, load_model
 
 INSTALL_HINT = 'pip install -r requirements-serve.txt'
 SPLITS = ('test', 'train')
+MAX_PIXELS = 40_000_000  # uploads with more are refused before they are decoded
+SESSION_SECONDS = 3600  # a visitor's state, uploads and pictures are freed after this idle
+SESSION_CAPACITY = 1000  # visitors' states held at most (Gradio's default: 10,000)
 
 
 def require_gradio():
@@ -37,6 +48,7 @@ class Handlers:
 
     def __init__(self, editor, gr, panel_titles):
         self.editor, self.gr, self.panel_titles = editor, gr, panel_titles
+        self.listed = listed_names(editor.files)  # shown name -> path
 
     def guarded(self, handler, outputs):
         """Runs `handler`; on an error, the message box says why and the rest stays."""
@@ -75,21 +87,32 @@ class Handlers:
     def show_file(self, path, chosen_attribute):
         return self.show(self.editor.picture_from_file(path), chosen_attribute)
 
+    def show_listed(self, shown_name, chosen_attribute):
+        """A file of the command line, chosen by the name the page shows for it."""
+        if shown_name not in self.listed:
+            raise AbnError('choose one of the listed files')
+        return self.show_file(self.listed[shown_name], chosen_attribute)
+
     def reshow(self, explained, chosen_attribute):
         if explained is None:
             raise AbnError('pick an image first')
         return self.show(explained.picture, chosen_attribute)
 
     def painted_map(self, explained, value):
+        """The painter's picture as map values. Its events skip Gradio's own decoding
+        (preprocess=False: Pillow's plain Image.open, no pixel limit): the painted file is
+        read here as every upload is (read_image)."""
         if explained is None:
             raise AbnError('pick an image first')
-        picture = None
-        if isinstance(value, dict):
-            picture = value.get('composite') or value.get('background')
-        elif value is not None:
-            picture = value
-        if picture is None:
+        layer = value.get('composite') or value.get('background') \
+            if isinstance(value, dict) else value
+        path = layer.get('path') if isinstance(layer, dict) else layer
+        if not path:
             raise AbnError('the map editor is empty: pick an image first')
+        try:
+            picture = read_image(path, self.editor.max_pixels)
+        except AbnError as error:
+            raise AbnError(f'the painted map: {error}') from None
         return self.editor.map_from_image(picture, explained.scale)
 
     def run_edit(self, explained, value):
@@ -107,11 +130,7 @@ class Handlers:
             raise AbnError('pick an image first')
         if not path:
             return [self.gr.skip()] * 4
-        try:
-            image = load_rgb(path)
-        except CorruptImageError:
-            raise AbnError(f'{os.path.basename(path)} is not an image') from None
-        edited = editor.map_from_image(image, explained.scale)
+        edited = editor.map_from_image(read_image(path, editor.max_pixels), explained.scale)
         gray = as_uint8(to_gray(edited, explained.scale))
         enlarged = np.kron(gray, np.ones((editor.cell(), editor.cell()), np.uint8))
         return ['Map loaded: run the perception branch on it, or paint on it.',
@@ -120,8 +139,19 @@ class Handlers:
 
     def save_edit(self, explained, value, chosen_class):
         edited = self.painted_map(explained, value)
-        path = self.editor.save(explained, edited, chosen_class or None)
-        return [f'Saved the edited map to `{path}`.', f'Saved: `{path}`']
+        path, note = self.editor.save(explained, edited, chosen_class or None)
+        shown = self.editor.shown_path(path)
+        note = f' Note: {note}.' if note else ''
+        return [f'Saved the edited map to `{shown}`.{note}', f'Saved: `{shown}`{note}']
+
+
+def listed_names(paths):
+    """{name shown on the page: path} for the command line's files: each path from the
+    folder all of them share, never this machine's absolute path."""
+    if not paths:
+        return {}
+    top = os.path.commonpath([os.path.dirname(os.path.abspath(p)) for p in paths])
+    return {os.path.relpath(os.path.abspath(p), top).replace(os.sep, '/'): p for p in paths}
 
 
 def build_page(editor, gr):
@@ -129,8 +159,11 @@ def build_page(editor, gr):
     ranked = editor.tasks if editor.multitask else 5
     ranking_label = 'P(attribute)' if editor.multitask else 'top-5'
 
-    with gr.Blocks(title='ABN attention editor') as page:
-        state = gr.State(None)
+    # Uploads and pictures older than SESSION_SECONDS are deleted every few minutes, and a
+    # visitor's state once idle that long (a client that never closes its tab included).
+    with gr.Blocks(title='ABN attention editor',
+                   delete_cache=(SESSION_SECONDS // 4, SESSION_SECONDS)) as page:
+        state = gr.State(None, time_to_live=SESSION_SECONDS)
         gr.Markdown(f'### Attention editor: {editor.loaded.description}\n'
                     'Pick an image, look at where the network looks, paint on the map '
                     '(white brush: attend, black brush: ignore, any size) and see how the '
@@ -145,7 +178,8 @@ def build_page(editor, gr):
                     load = gr.Button('Show this image', elem_id='load', variant='primary')
             if editor.files:
                 with gr.Column(min_width=200):
-                    chosen_file = gr.Dropdown(editor.files, value=editor.files[0],
+                    names = list(listed_names(editor.files))
+                    chosen_file = gr.Dropdown(names, value=names[0],
                                               label='image file', elem_id='file')
                     load_file = gr.Button('Show this file', elem_id='load-file')
             with gr.Column(min_width=200):
@@ -193,58 +227,160 @@ def build_page(editor, gr):
         attribute_inputs = [attribute]
         if editor.splits:
             load.click(on.guarded(on.show_split, shown), [split, index] + attribute_inputs,
-                       shown)
+                       shown, api_name='show_split')
         if editor.files:
-            load_file.click(on.guarded(on.show_file, shown), [chosen_file] + attribute_inputs,
-                            shown)
-        upload.upload(on.guarded(on.show_file, shown), [upload] + attribute_inputs, shown)
-        attribute.change(on.guarded(on.reshow, shown), [state] + attribute_inputs, shown)
+            load_file.click(on.guarded(on.show_listed, shown), [chosen_file] + attribute_inputs,
+                            shown, api_name='show_file')
+        upload.upload(on.guarded(on.show_file, shown), [upload] + attribute_inputs, shown,
+                      api_name='upload')
+        attribute.change(on.guarded(on.reshow, shown), [state] + attribute_inputs, shown,
+                         api_name='reshow')
         edit_outputs = [message, edited_image, edited_ranking]
-        apply.click(on.guarded(on.run_edit, edit_outputs), [state, painter], edit_outputs)
+        apply.click(on.guarded(on.run_edit, edit_outputs), [state, painter], edit_outputs,
+                    api_name='run_edit', preprocess=False)
         # Each stroke answers too; strokes faster than the model queue up as the latest one.
         painter.input(on.guarded(on.run_edit, edit_outputs), [state, painter], edit_outputs,
-                      trigger_mode='always_last', show_progress='hidden')
+                      trigger_mode='always_last', show_progress='hidden', api_name='stroke',
+                      preprocess=False)
         map_outputs = [message, painter, edited_image, edited_ranking]
-        map_file.upload(on.guarded(on.load_map, map_outputs), [state, map_file], map_outputs)
+        map_file.upload(on.guarded(on.load_map, map_outputs), [state, map_file], map_outputs,
+                        api_name='load_map')
         save_outputs = [message, saved]
         save.click(on.guarded(on.save_edit, save_outputs), [state, painter, class_name],
-                   save_outputs)
+                   save_outputs, api_name='save', preprocess=False)
     return page
 
 
 def serve(args, loaded, device, host='127.0.0.1', port=7860):
-    """Starts the page and blocks until interrupted."""
+    """Starts the page and blocks until interrupted. Refuses a --host other than loopback
+    without a login (utils.serve.access); the page's uploads and pictures live in a folder
+    of its own, removed when it stops."""
     gr = require_gradio()
+    login = read_login(getattr(args, 'auth', None), getattr(args, 'auth_file', None))
+    exposure = check_exposure(host, login)
     if device.type == 'cpu' and loaded.image_size <= 64:
         # One small image is too little work to share: on a busy machine a second thread
         # only waits (ResNet-110, CIFAR: 0.16 s with one thread, seconds with two).
         torch.set_num_threads(1)
-    editor = MapEditor(loaded, device, os.path.join(args.output, 'edited_maps'),
-                       dataset=args.dataset, data_root=args.data, files=args.inputs)
-    page = build_page(editor, gr)
-    page.queue(default_concurrency_limit=1)
+    quiet_gradio_tracebacks()
+    atomic_gradio_cache()
+    read_only_raster_formats()  # Gradio decodes the painter's images with a plain Image.open
+    # Pillow refuses larger images, whoever decodes them (Gradio decodes the painter's).
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # its error comes at twice this
+    warnings.simplefilter('ignore', Image.DecompressionBombWarning)
+    temporary = tempfile.mkdtemp(prefix='abn-editor-')
+    os.environ['GRADIO_TEMP_DIR'] = temporary  # read by Gradio when a page is built
+    editor = None
+    # SIGTERM (kill, a scheduler) ends the page as Ctrl+C does: its folder is removed.
+    previous = signal.signal(signal.SIGTERM, _interrupt) \
+        if threading.current_thread() is threading.main_thread() else None
     try:
-        try:
-            page.launch(server_name=host, server_port=port, share=False, inbrowser=False,
-                        quiet=True, show_error=False, ssr_mode=False, footer_links=[],
-                        prevent_thread_lock=True)
-        except OSError as error:
-            raise AbnError(f'cannot serve on {host}:{port} (is the port taken? --port P '
-                           f'picks another): {error}') from None
-        print(f'==> {loaded.description} on {device.type}: the attention editor at '
-              f'http://{host}:{port} (Ctrl+C stops it); edited maps go to '
-              f'{editor.maps_dir}', flush=True)
-        try:
-            while page.is_running:
-                time.sleep(0.5)
-        except KeyboardInterrupt:
-            exit_at_the_latest_after(CLOSE_SECONDS, 130)
-            raise
-        finally:
-            page.close()
+        editor = MapEditor(loaded, device, os.path.join(args.output, 'edited_maps'),
+                           dataset=args.dataset, data_root=args.data, files=args.inputs,
+                           max_pixels=MAX_PIXELS)
+        page = build_page(editor, gr)
+        page.queue(default_concurrency_limit=1)
+        launch(page, editor, host, port, login, exposure, args)
     finally:
-        editor.close()
+        if editor is not None:
+            editor.close()
+        shutil.rmtree(temporary, ignore_errors=True)
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
     return 0
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
+
+
+def launch(page, editor, host, port, login, exposure, args):
+    max_mb = getattr(args, 'max_upload_mb', 20)
+    if not max_mb > 0:
+        raise AbnError(f'--max-upload-mb must be positive, got {max_mb:g}')
+    try:
+        page.launch(server_name=host, server_port=port, share=False, inbrowser=False,
+                    quiet=True, show_error=False, ssr_mode=False, footer_links=[],
+                    prevent_thread_lock=True, auth=login, max_file_size=int(max_mb * 2 ** 20),
+                    state_session_capacity=SESSION_CAPACITY, mcp_server=False,
+                    app_kwargs={'middleware': [trusted_hosts_middleware(
+                        host, getattr(args, 'allowed_host', ()))]})
+    except OSError as error:
+        raise AbnError(f'cannot serve on {host}:{port} (is the port taken? --port P '
+                       f'picks another): {error}') from None
+    print(f'==> {editor.loaded.description} on {editor.device.type}: the attention editor at '
+          f'http://{host}:{port} (Ctrl+C stops it); edited maps go to '
+          f'{editor.maps_dir}', flush=True)
+    if exposure:
+        print(exposure, flush=True)
+    try:
+        while page.is_running:
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        exit_at_the_latest_after(CLOSE_SECONDS, 130)
+        raise
+    finally:
+        page.close()
+
+
+class _OneLineTraceback:
+    """Stands in for the `traceback` module inside Gradio's request handling: a request it
+    refuses (a value outside a dropdown's choices, a malformed payload) prints one line on
+    the terminal instead of a stack."""
+
+    def __getattr__(self, name):
+        return getattr(traceback, name)
+
+    @staticmethod
+    def print_exc(*args, **kwargs):
+        kind, error, _ = sys.exc_info()
+        text = str(error).splitlines()[0][:200] if error is not None and str(error) else ''
+        name = kind.__name__ if kind else 'error'
+        print(f'serve: a request failed: {name}: {text}', flush=True)
+
+
+class _OneLineRecords(logging.Filter):
+    """The same for the web server's log: an error record keeps its line, not its stack."""
+
+    def filter(self, record):
+        if record.exc_info:
+            error = record.exc_info[1]
+            record.msg = f'{record.getMessage()}: {type(error).__name__}: {error}'
+            record.args, record.exc_info, record.exc_text = (), None, None
+        return True
+
+
+def atomic_gradio_cache():
+    """Gradio names a picture it serves after a hash of its bytes and rewrites that file in
+    place each time: when two visitors' pictures are identical (two looks at one image), one
+    visitor's download could read the file while the other's request truncates it (seen in
+    the load test: 'Too little data for declared Content-Length'). Here the bytes go to a
+    file of their own, then take the name in one atomic rename."""
+    from gradio import processing_utils
+
+    def save_pil_to_cache(img, cache_dir, name='image', format='webp'):
+        data = processing_utils.encode_pil_to_bytes(img, format)
+        folder = os.path.join(cache_dir, processing_utils.hash_bytes(data))
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.realpath(os.path.join(folder, f'{name}.{format}'))
+        if not os.path.exists(path):
+            handle, partial = tempfile.mkstemp(dir=folder, suffix='.partial')
+            with os.fdopen(handle, 'wb') as f:
+                f.write(data)
+            os.replace(partial, path)
+        return path
+    processing_utils.save_pil_to_cache = save_pil_to_cache
+
+
+def quiet_gradio_tracebacks():
+    import gradio.queueing
+    import gradio.route_utils
+    import gradio.routes
+    import gradio.utils
+    for module in (gradio.queueing, gradio.route_utils, gradio.routes, gradio.utils):
+        module.traceback = _OneLineTraceback()
+    for name in ('uvicorn.error', 'uvicorn', 'gradio'):
+        logging.getLogger(name).addFilter(_OneLineRecords())
 
 
 CLOSE_SECONDS = 15
@@ -266,6 +402,7 @@ def serve_command(args):
     """`explain.py CHECKPOINT --serve`: the model loaded once, on the GPU when there is one,
     then the page until Ctrl+C."""
     require_gradio()  # before loading anything: one line saying what to install
+    check_exposure(args.host, read_login(args.auth, args.auth_file))  # and who may use it
     runtime = setup_runtime(args.gpu_id)
     loaded = load_model(args.checkpoint, **architecture_options(args))
     return serve(args, loaded, runtime.device, args.host, args.port)
