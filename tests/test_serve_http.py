@@ -155,7 +155,7 @@ def test_a_host_beyond_this_machine_needs_a_login(tmp_path):
     assert 'every address of this machine' in check_exposure('0.0.0.0', ('a', 'b'))
 
 
-def test_a_login_is_required_when_given(tmp_path):
+def test_a_login_is_required_when_given_and_the_folder_goes_when_the_page_stops(tmp_path):
     checkpoint = save_project_checkpoint(tiny_model(gate='multiply'), str(tmp_path / 'm.pth'))
     login = tmp_path / 'login'
     login.write_text('ana:s3cret\n')
@@ -167,6 +167,19 @@ def test_a_login_is_required_when_given(tmp_path):
                                                       api_name='/show_split')
         client = Client(server.url, auth=('ana', 's3cret'), verbose=False)
         assert 'Showing' in client.predict('test', 0, 'circle', api_name='/show_split')[0]
+        picture = tmp_path / 'p.png'
+        Image.new('RGB', (32, 32), 'red').save(picture)
+        with httpx.Client(base_url=server.url) as session:
+            upload = {'files': ('p.png', picture.read_bytes(), 'image/png')}
+            assert session.post('gradio_api/upload', files=upload).status_code in (401, 403)
+            session.post('login', data={'username': 'ana', 'password': 's3cret'})
+            uploaded = session.post('gradio_api/upload', files=upload).json()[0]
+        # The page's uploads live in a folder of its own, gone once it stops.
+        folder = re.match(r'(.*/abn-editor-[^/]+)/', uploaded).group(1)
+        assert os.path.isdir(folder)
+        server.process.terminate()  # as a scheduler stops it
+        server.process.wait(timeout=60)
+        assert not os.path.exists(folder)
     finally:
         server.stop()
 
@@ -236,25 +249,6 @@ def test_no_request_prints_a_traceback_or_shows_a_path_of_this_machine(page, tmp
     config = httpx.get(page.url + 'config').text
     for text in (shown, config):
         assert str(page.root) not in text and ROOT not in text
-
-
-def test_the_temporary_folder_goes_when_the_page_stops(tmp_path):
-    checkpoint = save_project_checkpoint(tiny_model(gate='multiply'), str(tmp_path / 'm.pth'))
-    server = Server([checkpoint, '--dataset', 'shapes'], str(tmp_path))
-    try:
-        server.wait_until_up()
-        picture = tmp_path / 'p.png'
-        Image.new('RGB', (32, 32), 'red').save(picture)
-        response = httpx.post(server.url + 'gradio_api/upload',
-                              files={'files': ('p.png', picture.read_bytes(), 'image/png')})
-        uploaded = response.json()[0]
-        folder = re.match(r'(.*/abn-editor-[^/]+)/', uploaded).group(1)
-        assert os.path.isdir(folder)
-        server.process.terminate()  # as a scheduler stops it
-        server.process.wait(timeout=60)
-        assert not os.path.exists(folder)
-    finally:
-        server.stop()
 
 
 def resident_mb(pid):
