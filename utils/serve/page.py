@@ -26,8 +26,8 @@ from utils.weights.loading import architecture_options, load_model
 INSTALL_HINT = 'pip install -r requirements-serve.txt'
 SPLITS = ('test', 'train')
 MAX_PIXELS = 40_000_000  # uploads with more are refused before they are decoded
-SESSION_SECONDS = 3600  # a visitor's state, uploads and pictures are freed after this idle
-SESSION_CAPACITY = 1000  # visitors' states held at most (Gradio's default: 10,000)
+SESSION_SECONDS = 1800  # a visitor's state, uploads and pictures are freed after this idle
+SESSION_CAPACITY = 200  # visitors' states held at most (Gradio's default: 10,000)
 
 
 def require_gradio():
@@ -265,10 +265,11 @@ def serve(args, loaded, device, host='127.0.0.1', port=7860):
     quiet_gradio_tracebacks()
     atomic_gradio_cache()
     read_only_raster_formats()  # Gradio decodes the painter's images with a plain Image.open
-    # Pillow refuses larger images, whoever decodes them (Gradio decodes the painter's).
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS // 2  # its error comes at twice this
+    # Pillow refuses larger images, whoever decodes them (Gradio decodes uploads too).
+    saved_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS // 2  # errs at 2x
     warnings.simplefilter('ignore', Image.DecompressionBombWarning)
     temporary = tempfile.mkdtemp(prefix='abn-editor-')
+    saved_folder = os.environ.get('GRADIO_TEMP_DIR')
     os.environ['GRADIO_TEMP_DIR'] = temporary  # read by Gradio when a page is built
     editor = None
     # SIGTERM (kill, a scheduler) ends the page as Ctrl+C does: its folder is removed.
@@ -287,6 +288,12 @@ def serve(args, loaded, device, host='127.0.0.1', port=7860):
         shutil.rmtree(temporary, ignore_errors=True)
         if previous is not None:
             signal.signal(signal.SIGTERM, previous)
+        # Whoever called serve() in-process (the tests) gets its settings back.
+        Image.MAX_IMAGE_PIXELS = saved_limit
+        if saved_folder is None:
+            os.environ.pop('GRADIO_TEMP_DIR', None)
+        else:
+            os.environ['GRADIO_TEMP_DIR'] = saved_folder
     return 0
 
 
