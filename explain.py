@@ -27,6 +27,7 @@ from models import CIFAR_MODELS, IMAGENET_MODELS
 from utils.cli import (CHECKPOINT_HELP, ArgumentParser, add_authors_architecture_arguments,
                        run)
 from utils.data.datasets import SMALL_IMAGE_DATASETS
+from utils.errors import AbnError
 from utils.explain.measures import ROAD_PERCENTILES
 from utils.explain.multitask import explain_multitask
 from utils.explain.run import ExplainRun, check_arguments
@@ -64,6 +65,10 @@ def get_args_parser():
     out.add_argument('--pointing-tolerance', type=int, metavar='PX',
                      help='pixels around the object that still count as a hit in the tolerant '
                           'pointing game (default: 15 at 224 px, scaled: 2 at 32 px)')
+    out.add_argument('--target-class', metavar='CLASS',
+                     help="the class CAM and Grad-CAM explain: a class name or index, or 'true' "
+                          "for each image's label where it is known (default: each image's "
+                          "prediction). The ABN map does not depend on a class")
     out.add_argument('--task', default='all', metavar='NAME',
                      help="checkpoints of celeba.py: the task (attribute) whose maps are drawn "
                           "and measured, a comma-separated list, or all (default: %(default)s)")
@@ -122,6 +127,9 @@ def main(argv=None):
     check_arguments(args)
     loaded = load_model(args.checkpoint, **architecture_options(args))
     if loaded.multitask:  # celeba.py's: one map a task
+        if args.target_class is not None:
+            raise AbnError('--target-class chooses one class of a single-label model; '
+                           "celeba.py's models explain attributes: choose them with --task")
         return explain_multitask(args, loaded)
     return ExplainRun(args, loaded).run()
 

@@ -414,3 +414,69 @@ def test_the_docs_have_explain_commands():
 def test_documented_command_parses(argv):
     args = explain.get_args_parser().parse_args(shlex.split(argv))
     explain.check_arguments(args)
+
+
+# -- --target-class: what CAM and Grad-CAM explain ------------------------------------------
+
+def test_cam_and_gradcam_explain_the_chosen_class_and_the_abn_map_stays(files):
+    model = tiny_model(gate='multiply')
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    explainer = Explainer(model, ['abn', 'cam', 'gradcam'])
+    try:
+        own = explainer(x)
+        predicted = own.logits.argmax(1)
+        chosen = (predicted + 3) % 10  # another class than the prediction, for every image
+        other = explainer(x, classes=chosen)
+        mixed = explainer(x, classes=torch.tensor([-1, -1, int(chosen[2]), int(chosen[3])]))
+    finally:
+        explainer.close()
+    assert torch.equal(other.classes, chosen) and torch.equal(own.classes, predicted)
+    assert np.array_equal(other.maps['abn'], own.maps['abn'])  # the map knows no class
+    # CAM of class k, computed here from the model's pieces: sum_c w[k, c] * maps[c].
+    with torch.no_grad():
+        features = model.extract_features(x)
+        _, attention_map = model.attention_branch(features)
+        maps = model.perception_features(model.apply_attention(features, attention_map))
+        cam = torch.einsum('nchw,nc->nhw', maps, model.final_linear.weight[chosen])[:, None]
+    expected = upsample_maps(scale_to_unit(cam), (32, 32))
+    assert np.allclose(other.maps['cam'], expected, atol=1e-5)
+    assert not np.allclose(other.maps['cam'], own.maps['cam'], atol=1e-3)
+    assert not np.allclose(other.maps['gradcam'], own.maps['gradcam'], atol=1e-3)
+    # -1: that image's prediction.
+    assert mixed.classes.tolist() == [int(predicted[0]), int(predicted[1]),
+                                      int(chosen[2]), int(chosen[3])]
+    assert np.allclose(mixed.maps['cam'][:2], own.maps['cam'][:2], atol=1e-6)
+    assert np.allclose(mixed.maps['cam'][2:], other.maps['cam'][2:], atol=1e-6)
+
+
+@pytest.mark.parametrize('target', ['star', '6', 'true'])
+def test_target_class_on_the_command_line(target, files, tmp_path, capsys):
+    out = str(tmp_path / 'out')
+    code, _, err = cli([files['multiply'], files['folder'], '--compare', '--target-class',
+                        target, '-o', out] + CPU, capsys)
+    assert code == 0, err
+    records = read_json(os.path.join(out, 'predictions.json'))['images']
+    for record in records:
+        expected = record['true'] if target == 'true' else 'star'
+        assert record['explained_class'] == expected
+
+
+def test_a_target_class_the_model_lacks_is_one_line(files, tmp_path, capsys):
+    code, _, err = cli([files['model'], files['folder'], '--target-class', 'dragon',
+                        '-o', str(tmp_path / 'out')] + CPU, capsys)
+    assert code == 1
+    assert "--target-class dragon: give a class name (circle, square" in err
+    assert "an index 0..9, or 'true'" in err and len(err.strip().splitlines()) == 1
+
+
+def test_target_class_with_a_multitask_model_is_one_line(tmp_path, capsys):
+    from models import MULTITASK_MODELS
+    from tests.fakedata import save_run_checkpoint
+    from utils.weights.modelspec import ModelSpec
+    spec = ModelSpec('celeba', 'mtabn_v1_resnet18', MULTITASK_MODELS.model_args(
+        'mtabn_v1_resnet18', num_classes=2, width=8), class_names=['a', 'b'],
+        normalization=NORMALIZATION['shapes'], image_size=32, objective='multi-label')
+    path = save_run_checkpoint(spec, str(tmp_path / 'multi.pth.tar'))
+    code, _, err = cli([path, '--dataset', 'shapes-multi', '--target-class', 'a'] + CPU, capsys)
+    assert code == 1 and 'choose them with --task' in err
+    assert len(err.strip().splitlines()) == 1

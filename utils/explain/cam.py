@@ -70,6 +70,7 @@ class Explanation:
     logits: torch.Tensor  # (N, K) perception logits, on the CPU
     maps: dict  # method -> (N, H, W) float32 array in [0, 1]
     feature_maps: dict  # method -> (N, 1, h, w) tensor at the map's own resolution
+    classes: torch.Tensor = None  # (N,) the class CAM and Grad-CAM explain, on the CPU
 
 
 def supports_cam(model):
@@ -123,26 +124,39 @@ class Explainer:
             self.gradcam.activations_and_grads.release()
             self.gradcam = None
 
-    def __call__(self, inputs):
+    def __call__(self, inputs, classes=None):
+        """The maps of `inputs`; CAM and Grad-CAM explain `classes` ((N,) indices; -1 or
+        None: the image's prediction). The ABN map is the same whatever the class."""
         size = inputs.shape[-2:]
         maps, feature_maps = {}, {}
+        if classes is not None:
+            classes = torch.as_tensor(classes).long().cpu()
+            if bool((classes < 0).any()):  # the prediction, known after a forward
+                with torch.no_grad():
+                    predicted = self.branch(inputs).argmax(1).cpu()
+                classes = torch.where(classes < 0, predicted, classes)
         if self.gradcam is not None:
             # targets=None: the library explains each image's top class (np.argmax, the first
             # maximum, as torch.argmax picks below), i.e. the perception branch's prediction.
+            targets = None
+            if classes is not None:
+                from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget
+                targets = [ClassifierOutputTarget(int(c)) for c in classes]
             with torch.enable_grad():
                 maps['gradcam'] = self.gradcam(input_tensor=inputs,
-                                               targets=None).astype(np.float32)
+                                               targets=targets).astype(np.float32)
             logits = self.gradcam.outputs.detach()
         else:
             with torch.no_grad():
                 logits = self.branch(inputs)
         recorded = self.branch.recorded
-        predictions = logits.argmax(1)
+        explained = logits.argmax(1) if classes is None else \
+            torch.as_tensor(classes, device=logits.device).long()
         if 'abn' in self.methods:
             feature_maps['abn'] = recorded.attention_map.float().cpu()
         if 'cam' in self.methods:
             cam = class_activation_maps(recorded.maps, self.model.final_linear.weight,
-                                        predictions)
+                                        explained)
             feature_maps['cam'] = scale_to_unit(cam).cpu()
         for method, low_resolution in feature_maps.items():
             maps[method] = upsample_maps(low_resolution, size)
@@ -150,7 +164,8 @@ class Explainer:
             maps['random'] = torch.rand((len(inputs),) + tuple(size),
                                         generator=self.generator).numpy()
         ordered = {m: maps[m] for m in self.methods}
-        return Explanation(logits=logits.float().cpu(), maps=ordered, feature_maps=feature_maps)
+        return Explanation(logits=logits.float().cpu(), maps=ordered, feature_maps=feature_maps,
+                           classes=explained.cpu())
 
 
 def renormalize(inputs, source, target):

@@ -57,6 +57,22 @@ def check_arguments(args):
                        f"10,50,90) or 'none', got '{text}'")
 
 
+def resolve_target_class(text, names, count):
+    """--target-class as None (each image's prediction), 'true' or a class index."""
+    if text is None:
+        return None
+    text = str(text).strip()
+    if text.lower() == 'true':
+        return 'true'
+    if names and text in names:
+        return names.index(text)
+    if text.isdigit() and int(text) < count:
+        return int(text)
+    shown = ', '.join(names[:10]) + (', ...' if len(names) > 10 else '') if names else ''
+    raise AbnError(f"--target-class {text}: give a class name"
+                   + (f' ({shown})' if shown else '') + f", an index 0..{count - 1}, or 'true'")
+
+
 @dataclass
 class ModelResult:
     """One model's answers for a batch."""
@@ -81,6 +97,8 @@ class ExplainRun:
         self.check_baseline()
         self.inputs = build_inputs(args, self.main)
         self.names = self.inputs.class_names
+        self.target = resolve_target_class(args.target_class, self.names,
+                                           self.main.model.num_classes)
         self.edits = read_edited_maps(args.edit, len(self.inputs)) if args.edit else None
         if self.edits is not None and not self.main.model.has_attention:
             raise AbnError('--edit needs a model with an attention branch; this one is a plain '
@@ -152,9 +170,12 @@ class ExplainRun:
         inputs, targets, masks = self.inputs.batch(start, stop)
         device_inputs = inputs.to(self.device)
         results = []
+        classes = None  # each model's prediction, unless --target-class chooses
         for prefix, loaded, explainer in self.explainers:
             x = renormalize(device_inputs, self.main.normalization, loaded.normalization)
-            explanation = explainer(x)
+            explanation = explainer(x, classes=self.target_classes(targets, classes))
+            if self.target is not None:
+                classes = explanation.classes  # the baseline explains the same classes
             results.append(ModelResult(prefix, loaded, explanation,
                                        explanation.logits.softmax(1), x))
         probabilities = results[0].probabilities
@@ -167,6 +188,9 @@ class ExplainRun:
             record = {'index': start + i, 'source': self.inputs.sources[start + i],
                       'true': class_label(self.names, int(targets[i])) if targets[i] >= 0 else None,
                       'top5': top_k(probabilities[i], self.names)}
+            if self.target is not None:
+                record['explained_class'] = class_label(
+                    self.names, int(results[0].explanation.classes[i]))
             for result in results[1:]:
                 record[result.prefix.strip() + '_top5'] = top_k(result.probabilities[i],
                                                                 self.names)
@@ -182,6 +206,15 @@ class ExplainRun:
         self.draw(inputs, targets, results, edited, start, stop)
         if args.measure:
             self.measure(results, masks)
+
+    def target_classes(self, targets, chosen):
+        """(N,) classes for CAM and Grad-CAM, or None for each model's prediction: a fixed
+        class, or each image's label where it is known (its prediction where not)."""
+        if self.target is None or chosen is not None:
+            return chosen
+        if self.target == 'true':  # -1, an unknown label: the Explainer's prediction
+            return targets.clone() if bool((targets >= 0).any()) else None
+        return torch.full_like(targets, self.target)
 
     def edited_probabilities(self, device_inputs, start, stop):
         if self.edits is None:
@@ -217,7 +250,7 @@ class ExplainRun:
             stem = f'{start + i:04d}_{safe_name(name)}'
             true_class = int(targets[i])
             rankings = [('top-5', record['top5'])]
-            panels = self.panels(pictures[i], heats, i, own_map)
+            panels = self.panels(pictures[i], heats, i, own_map, record.get('explained_class'))
             if 'baseline_top5' in record:
                 rankings.append(('baseline top-5', record['baseline_top5']))
             save_explanation(os.path.join(self.args.output, stem + '.png'), pictures[i],
@@ -228,15 +261,18 @@ class ExplainRun:
             if edited is not None:
                 self.draw_edit(stem, pictures[i], heats, i, start, record, true_class)
 
-    def panels(self, picture, heats, i, own_map):
-        """The ABN map on its own scale (it is a gate in [0, 1]), then every overlay."""
+    def panels(self, picture, heats, i, own_map, explained=None):
+        """The ABN map on its own scale (it is a gate in [0, 1]), then every overlay; CAM and
+        Grad-CAM titled with the class they explain when --target-class chose it."""
         panels = []
         if own_map is not None:
             height, width = own_map.shape[-2:]
             panels.append((f'attention map ({height}x{width})', heats[TITLES['abn']][i], (0, 1)))
         for name, heat in heats.items():
-            panels.append((name if name != TITLES['abn'] else 'ABN overlay',
-                           blend(picture, heat[i]), None))
+            title = 'ABN overlay' if name == TITLES['abn'] else name
+            if explained is not None and name.endswith(('CAM', 'Grad-CAM')):
+                title = f'{name} of {explained}'
+            panels.append((title, blend(picture, heat[i]), None))
         return panels
 
     def draw_edit(self, stem, picture, heats, i, start, record, true_class):
@@ -254,14 +290,14 @@ class ExplainRun:
 
     # ---- measures ----
     def measure(self, results, masks):
-        """Each map is scored against its own model: its explained class (the prediction)
-        and, for deletion/insertion, that model's probabilities."""
+        """Each map is scored against its own model: the class it explains (the prediction,
+        or --target-class's) and, for deletion/insertion, that model's probabilities."""
         args = self.args
         for result in results:
             model = result.loaded.model
             for method, heat in result.explanation.maps.items():
                 measure_maps(self.table, result.prefix + TITLES[method], heat, result.inputs,
-                             result.probabilities.argmax(1),
+                             result.explanation.classes,
                              predict=lambda images: perception_probabilities(model, images),
                              logits=lambda images: model(images).perception_logits,
                              masks=masks, radius=self.radius, steps=args.steps,
