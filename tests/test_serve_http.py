@@ -338,3 +338,19 @@ def test_an_image_folders_maps_are_saved_under_their_split(tmp_path):
         assert re.search(r'edited_maps/train/circle/\w+\.png', saved['train']), saved
     finally:
         server.stop()
+
+
+def test_the_class_chooser_moves_cam_and_gradcam_not_the_abn_map(page):
+    client = Client(page.url, verbose=False)
+    own = client.predict('test', 4, 'circle', 'the prediction', api_name='/show_split')
+    other = client.predict('test', 4, 'circle', 'star', api_name='/show_split')
+    assert 'CAM and Grad-CAM explain **star**' in other[0]
+    assert 'the ABN map is the same for every class' in other[0]
+    # outputs: message, input, ABN attention, CAM, Grad-CAM, ...
+    pixels = [[np.asarray(Image.open(answer[i])) for i in (2, 3, 4)] for answer in (own, other)]
+    assert np.array_equal(pixels[0][0], pixels[1][0])  # the ABN overlay
+    if 'explain **star**' not in own[0]:  # the prediction is another class: CAM moves
+        assert not np.array_equal(pixels[0][1], pixels[1][1])
+        assert not np.array_equal(pixels[0][2], pixels[1][2])
+    again = client.predict('circle', 'the prediction', api_name='/explain_class')
+    assert again[0] == own[0]  # the same picture, explained for its prediction again

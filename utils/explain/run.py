@@ -73,6 +73,32 @@ def resolve_target_class(text, names, count):
                    + (f' ({shown})' if shown else '') + f", an index 0..{count - 1}, or 'true'")
 
 
+def target_classes(target, targets, chosen):
+    """(N,) classes for CAM and Grad-CAM, or None for each model's prediction: `chosen` when
+    an earlier model settled them, else --target-class's (resolve_target_class) fixed class,
+    or each image's label where it is known (-1 where not: the Explainer's prediction)."""
+    if target is None or chosen is not None:
+        return chosen
+    if target == 'true':
+        return targets.clone() if bool((targets >= 0).any()) else None
+    return torch.full_like(targets, target)
+
+
+def picture_panels(picture, heats, i, own_map, explained=None):
+    """The ABN map on its own scale (it is a gate in [0, 1]), then every overlay; CAM and
+    Grad-CAM titled with the class they explain when --target-class chose it."""
+    panels = []
+    if own_map is not None:
+        height, width = own_map.shape[-2:]
+        panels.append((f'attention map ({height}x{width})', heats[TITLES['abn']][i], (0, 1)))
+    for name, heat in heats.items():
+        title = 'ABN overlay' if name == TITLES['abn'] else name
+        if explained is not None and name.endswith(('CAM', 'Grad-CAM')):
+            title = f'{name} of {explained}'
+        panels.append((title, blend(picture, heat[i]), None))
+    return panels
+
+
 @dataclass
 class ModelResult:
     """One model's answers for a batch."""
@@ -173,7 +199,7 @@ class ExplainRun:
         classes = None  # each model's prediction, unless --target-class chooses
         for prefix, loaded, explainer in self.explainers:
             x = renormalize(device_inputs, self.main.normalization, loaded.normalization)
-            explanation = explainer(x, classes=self.target_classes(targets, classes))
+            explanation = explainer(x, classes=target_classes(self.target, targets, classes))
             if self.target is not None:
                 classes = explanation.classes  # the baseline explains the same classes
             results.append(ModelResult(prefix, loaded, explanation,
@@ -206,15 +232,6 @@ class ExplainRun:
         self.draw(inputs, targets, results, edited, start, stop)
         if args.measure:
             self.measure(results, masks)
-
-    def target_classes(self, targets, chosen):
-        """(N,) classes for CAM and Grad-CAM, or None for each model's prediction: a fixed
-        class, or each image's label where it is known (its prediction where not)."""
-        if self.target is None or chosen is not None:
-            return chosen
-        if self.target == 'true':  # -1, an unknown label: the Explainer's prediction
-            return targets.clone() if bool((targets >= 0).any()) else None
-        return torch.full_like(targets, self.target)
 
     def edited_probabilities(self, device_inputs, start, stop):
         if self.edits is None:
@@ -250,7 +267,7 @@ class ExplainRun:
             stem = f'{start + i:04d}_{safe_name(name)}'
             true_class = int(targets[i])
             rankings = [('top-5', record['top5'])]
-            panels = self.panels(pictures[i], heats, i, own_map, record.get('explained_class'))
+            panels = picture_panels(pictures[i], heats, i, own_map, record.get('explained_class'))
             if 'baseline_top5' in record:
                 rankings.append(('baseline top-5', record['baseline_top5']))
             save_explanation(os.path.join(self.args.output, stem + '.png'), pictures[i],
@@ -260,20 +277,6 @@ class ExplainRun:
                                own_map[i, 0])
             if edited is not None:
                 self.draw_edit(stem, pictures[i], heats, i, start, record, true_class)
-
-    def panels(self, picture, heats, i, own_map, explained=None):
-        """The ABN map on its own scale (it is a gate in [0, 1]), then every overlay; CAM and
-        Grad-CAM titled with the class they explain when --target-class chose it."""
-        panels = []
-        if own_map is not None:
-            height, width = own_map.shape[-2:]
-            panels.append((f'attention map ({height}x{width})', heats[TITLES['abn']][i], (0, 1)))
-        for name, heat in heats.items():
-            title = 'ABN overlay' if name == TITLES['abn'] else name
-            if explained is not None and name.endswith(('CAM', 'Grad-CAM')):
-                title = f'{name} of {explained}'
-            panels.append((title, blend(picture, heat[i]), None))
-        return panels
 
     def draw_edit(self, stem, picture, heats, i, start, record, true_class):
         edit = upsample_maps(self.edits[start + i].float(), picture.shape[:2])[0]

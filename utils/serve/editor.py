@@ -69,6 +69,7 @@ class Explained:
     editor_image: np.ndarray  # (E, E) uint8 grayscale: the map to paint on
     ranking: dict  # name -> probability: top-5 (or every attribute's probability)
     true_name: str = None
+    explained_class: str = None  # the class CAM and Grad-CAM explain (single-label models)
 
 
 # One decode at a time: a few large uploads decoding at once would hold their pixels together.
@@ -236,8 +237,12 @@ class MapEditor:
         return Picture(self.transform(image), stem, label, note=note)
 
     # ---- explain ----
-    def explain(self, picture, attribute=0):
+    def explain(self, picture, attribute=0, target=None):
+        """The page's view of `picture`; CAM and Grad-CAM explain the class named `target`
+        (None: the prediction). The ABN map is the same for every class."""
         attribute = self._attribute(attribute)
+        if target is not None and target not in self.names:
+            raise AbnError(f"'{target}' is not one of the model's classes")
         x = picture.tensor[None].to(self.device)
         with self.lock:
             if self.multitask:
@@ -246,7 +251,8 @@ class MapEditor:
                 maps, logits = {}, out.perception_logits.float().cpu()
                 own = out.attention_map[0].float().cpu()
             else:
-                explanation = self.explainer(x)
+                chosen = None if target is None else torch.tensor([self.names.index(target)])
+                explanation = self.explainer(x, classes=chosen)
                 maps, logits = explanation.maps, explanation.logits
                 own = explanation.feature_maps['abn'][0]
         own = own.numpy()
@@ -263,8 +269,9 @@ class MapEditor:
                 panels[title] = self.overlay(pixels, maps[method][0])
         editor = np.kron(as_uint8(shown_map), np.ones((self.cell(), self.cell()), np.uint8))
         true_name = self.names[picture.label] if 0 <= picture.label < len(self.names) else None
+        explained_class = None if self.multitask else self.names[int(explanation.classes[0])]
         return Explained(picture, own, scale, attribute, panels, editor,
-                         self.ranking(logits[0]), true_name)
+                         self.ranking(logits[0]), true_name, explained_class)
 
     def display_size(self):
         return self.size * max(1, -(-DISPLAY // self.size))

@@ -25,6 +25,7 @@ from utils.weights.loading import architecture_options, load_model
 
 INSTALL_HINT = 'pip install -r requirements-serve.txt'
 SPLITS = ('test', 'train')
+PREDICTION = 'the prediction'  # the class chooser's first choice: each image's own answer
 MAX_PIXELS = 40_000_000  # uploads with more are refused before they are decoded
 SESSION_SECONDS = 1800  # a visitor's state, uploads and pictures are freed after this idle
 SESSION_CAPACITY = 200  # visitors' states held at most (Gradio's default: 10,000)
@@ -63,15 +64,19 @@ class Handlers:
             return [f'**Error:** {text}'] + [self.gr.skip()] * (len(outputs) - 1)
         return run
 
-    def show(self, picture, chosen_attribute):
+    def show(self, picture, chosen_attribute, chosen_target=PREDICTION):
         editor = self.editor
-        explained = editor.explain(picture, chosen_attribute)
+        target = None if chosen_target in (None, PREDICTION) else chosen_target
+        explained = editor.explain(picture, chosen_attribute, target)
         note = f' ({picture.note})' if picture.note else ''
         true = f', true class **{explained.true_name}**' if explained.true_name else ''
         text = f'Showing **{picture.name}**{true}{note}.'
         if explained.scale is not None:
             text += (f' Map values in [-{explained.scale:.3g}, {explained.scale:.3g}]: '
                      'gray is 0.')
+        if explained.explained_class is not None and len(self.panel_titles) > 2:
+            text += (f' CAM and Grad-CAM explain **{explained.explained_class}**; the ABN map '
+                     'is the same for every class.')
         class_update = self.gr.update(
             visible=not editor.multitask and (picture.split is None
                                               or editor.dataset == 'imagefolder'),
@@ -80,23 +85,23 @@ class Handlers:
                 + [explained.ranking, Image.fromarray(explained.editor_image).convert('RGB'),
                    explained.panels['ABN attention'], explained.ranking, class_update])
 
-    def show_split(self, chosen_split, chosen_index, chosen_attribute):
-        return self.show(self.editor.picture_from_split(chosen_split, chosen_index),
-                         chosen_attribute)
+    def show_split(self, chosen_split, chosen_index, *chosen):
+        return self.show(self.editor.picture_from_split(chosen_split, chosen_index), *chosen)
 
-    def show_file(self, path, chosen_attribute):
-        return self.show(self.editor.picture_from_file(path), chosen_attribute)
+    def show_file(self, path, *chosen):
+        return self.show(self.editor.picture_from_file(path), *chosen)
 
-    def show_listed(self, shown_name, chosen_attribute):
+    def show_listed(self, shown_name, *chosen):
         """A file of the command line, chosen by the name the page shows for it."""
         if shown_name not in self.listed:
             raise AbnError('choose one of the listed files')
-        return self.show_file(self.listed[shown_name], chosen_attribute)
+        return self.show_file(self.listed[shown_name], *chosen)
 
-    def reshow(self, explained, chosen_attribute):
+    def reshow(self, explained, *chosen):
+        """The same picture again, for another attribute or another explained class."""
         if explained is None:
             raise AbnError('pick an image first')
-        return self.show(explained.picture, chosen_attribute)
+        return self.show(explained.picture, *chosen)
 
     def painted_map(self, explained, value):
         """The painter's picture as map values. Its events skip Gradio's own decoding
@@ -186,6 +191,9 @@ def build_page(editor, gr):
                 upload = gr.File(label='or upload an image', type='filepath', elem_id='upload')
             attribute = gr.Dropdown(editor.names, value=editor.names[0], label='attribute',
                                     visible=editor.multitask, elem_id='attribute')
+            target = gr.Dropdown([PREDICTION] + editor.names, value=PREDICTION,
+                                 label='CAM and Grad-CAM of', elem_id='target-class',
+                                 visible=len(editor.explainer.methods) > 1)
         with gr.Row():
             titles = ['input', 'ABN attention'] + [t for m, t in (('cam', 'CAM'),
                                                                    ('gradcam', 'Grad-CAM'))
@@ -224,7 +232,7 @@ def build_page(editor, gr):
                                                             edited_ranking, class_name]
 
         on = Handlers(editor, gr, list(images))
-        attribute_inputs = [attribute]
+        attribute_inputs = [attribute, target]
         if editor.splits:
             load.click(on.guarded(on.show_split, shown), [split, index] + attribute_inputs,
                        shown, api_name='show_split')
@@ -235,6 +243,8 @@ def build_page(editor, gr):
                       api_name='upload')
         attribute.change(on.guarded(on.reshow, shown), [state] + attribute_inputs, shown,
                          api_name='reshow')
+        target.change(on.guarded(on.reshow, shown), [state] + attribute_inputs, shown,
+                      api_name='explain_class')
         edit_outputs = [message, edited_image, edited_ranking]
         apply.click(on.guarded(on.run_edit, edit_outputs), [state, painter], edit_outputs,
                     api_name='run_edit', preprocess=False)
