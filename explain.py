@@ -62,6 +62,11 @@ def get_args_parser():
     out.add_argument('--measure', action='store_true',
                      help='score every map: pointing game and energy inside the object (data '
                           'with object masks: shapes), deletion/insertion AUC (all data)')
+    out.add_argument('--masks', metavar='DIR',
+                     help='object masks for --measure on any images (white = object, any size; '
+                          'DIR/<index>.png for a data set\'s test split, DIR/<class>/<stem>.png '
+                          'or DIR/<stem>.png for image files): the pointing game and energy '
+                          'inside the object are scored where an image has one')
     out.add_argument('--pointing-tolerance', type=int, metavar='PX',
                      help='pixels around the object that still count as a hit in the tolerant '
                           'pointing game (default: 15 at 224 px, scaled: 2 at 32 px)')
@@ -127,6 +132,9 @@ def main(argv=None):
     check_arguments(args)
     loaded = load_model(args.checkpoint, **architecture_options(args))
     if loaded.multitask:  # celeba.py's: one map a task
+        if args.masks:
+            raise AbnError("--masks applies to single-label models; celeba.py's models are "
+                           "measured against each attribute's masks of shapes-multi")
         if args.target_class is not None:
             raise AbnError('--target-class chooses one class of a single-label model; '
                            "celeba.py's models explain attributes: choose them with --task")

@@ -480,3 +480,74 @@ def test_target_class_with_a_multitask_model_is_one_line(tmp_path, capsys):
     code, _, err = cli([path, '--dataset', 'shapes-multi', '--target-class', 'a'] + CPU, capsys)
     assert code == 1 and 'choose them with --task' in err
     assert len(err.strip().splitlines()) == 1
+
+
+# -- --masks: the mask measures on any images -------------------------------------------------
+
+MASK_METRICS = ('pointing_game', 'pointing_game_tolerant', 'energy_inside')
+
+
+def test_masks_from_a_folder_give_the_builtin_shapes_scores(files, tmp_path, capsys):
+    """The shapes test split's own masks written as PNGs (white = object) and read back with
+    --masks: every mask measure is the same as with the built-in masks."""
+    from utils.data.datasets import base_dataset, build_small_image_data
+    bundle = build_small_image_data('shapes', '', evaluate_only=True)
+    masks = base_dataset(bundle.test).masks
+    folder = tmp_path / 'masks'
+    folder.mkdir()
+    for index in range(6):
+        Image.fromarray(np.asarray(masks[index], np.uint8) * 255).save(folder / f'{index}.png')
+    common = [files['multiply'], '--dataset', 'shapes', '-n', '6', '--measure', '--steps', '2',
+              '--road-percentiles', 'none', '--save-images', '0'] + CPU
+    results = []
+    for extra in ([], ['--masks', str(folder)]):
+        out = str(tmp_path / f'out{len(extra)}')
+        code, _, err = cli(common + ['-o', out] + extra, capsys)
+        assert code == 0, err
+        results.append(read_json(os.path.join(out, 'metrics.json'))['results'])
+    for name, scores in results[0].items():
+        for metric in MASK_METRICS:
+            assert scores[metric] == results[1][name][metric], (name, metric)
+    # The folder's masks are what is read: their inverse scores otherwise.
+    for index in range(6):
+        Image.fromarray(255 - np.asarray(masks[index], np.uint8) * 255).save(
+            folder / f'{index}.png')
+    out = str(tmp_path / 'inverse')
+    code, _, err = cli(common + ['-o', out, '--masks', str(folder)], capsys)
+    assert code == 0, err
+    inverse = read_json(os.path.join(out, 'metrics.json'))['results']['ABN attention']
+    assert inverse['energy_inside'] != results[0]['ABN attention']['energy_inside']
+
+
+def test_masks_of_some_image_files_score_those_and_say_so(files, tmp_path, capsys):
+    """Masks by <class folder>/<stem>: two of the four images have one."""
+    photos = sorted(os.path.join(root, name) for root, _, names in os.walk(files['folder'])
+                    for name in names)
+    folder = tmp_path / 'masks'
+    for path in photos[:2]:
+        stem = os.path.splitext(os.path.basename(path))[0]
+        target = folder / os.path.basename(os.path.dirname(path)) / f'{stem}.png'
+        target.parent.mkdir(parents=True, exist_ok=True)
+        mask = np.zeros((64, 64), np.uint8)  # any size: resized as the image is
+        mask[16:48, 16:48] = 255
+        Image.fromarray(mask).save(target)
+    out = str(tmp_path / 'out')
+    code, stdout, err = cli([files['multiply'], files['folder'], '--measure', '--steps', '2',
+                             '--masks', str(folder), '-o', out] + CPU, capsys)
+    assert code == 0, err
+    assert 'has masks of 2 of the 4 images' in stdout
+    scores = read_json(os.path.join(out, 'metrics.json'))['results']['ABN attention']
+    assert scores['pointing_game']['n'] == 2 and scores['deletion_auc']['n'] == 4
+
+
+def test_without_masks_the_mask_measures_are_left_out_and_said_so(files, tmp_path, capsys):
+    out = str(tmp_path / 'out')
+    code, stdout, err = cli([files['multiply'], files['folder'], '--measure', '--steps', '2',
+                             '-o', out] + CPU, capsys)
+    assert code == 0, err
+    assert 'pointing game and energy inside are left out' in stdout
+    scores = read_json(os.path.join(out, 'metrics.json'))['results']['ABN attention']
+    assert not set(MASK_METRICS) & set(scores) and scores['insertion_auc']['n'] == 4
+    code, _, err = cli([files['multiply'], files['folder'], '--masks', str(tmp_path)] + CPU,
+                       capsys)
+    assert code == 1 and 'give --measure too' in err

@@ -9,7 +9,7 @@ import torch
 import torchvision.transforms as T
 
 from utils.data.datasets import base_dataset, build_small_image_data, first_n
-from utils.data.images import CorruptImageError, find_images, load_rgb
+from utils.data.images import IMAGE_EXTENSIONS, CorruptImageError, find_images, load_rgb
 from utils.data.shapes import SHAPE_CLASSES
 from utils.errors import AbnError
 
@@ -42,8 +42,9 @@ class Inputs:
     ground truth or None; `sources` names each image."""
     dataset: object
     sources: list
-    masks: object
+    masks: object  # (N, S, S) bool array, a list with None where an image has none, or None
     class_names: list
+    masks_by_index: bool = False  # a data set's split: its masks are named by index
 
     def __len__(self):
         return len(self.sources)
@@ -55,7 +56,9 @@ class Inputs:
             raise AbnError(str(error)) from None
         inputs = torch.stack([x for x, _ in items])
         targets = torch.tensor([int(y) for _, y in items])
-        masks = None if self.masks is None else np.asarray(self.masks[start:stop])
+        masks = None if self.masks is None else self.masks[start:stop]
+        if masks is not None and all(m is not None for m in masks):
+            masks = np.asarray(masks)
         return inputs, targets, masks
 
 
@@ -100,7 +103,8 @@ def build_inputs(args, loaded):
         test = first_n(bundle.test, args.num_images)
         n = len(test)
         return Inputs(test, [f'{args.dataset}-test-{i}' for i in range(n)],
-                      None if masks is None else masks[:n], loaded.class_names)
+                      None if masks is None else masks[:n], loaded.class_names,
+                      masks_by_index=True)
     if not args.inputs:
         raise AbnError('nothing to explain: give image files or folders, or --dataset NAME')
     paths = find_images(args.inputs)[:args.num_images]
@@ -109,6 +113,41 @@ def build_inputs(args, loaded):
     labels = [index.get(os.path.basename(os.path.dirname(os.path.abspath(p))), -1) for p in paths]
     return Inputs(ImageFiles(paths, labels, image_transform(loaded)), paths, None,
                   loaded.class_names)
+
+
+def read_masks(folder, inputs, loaded):
+    """Object masks from `folder` (white = object, any size, the layout of --attention-maps)
+    for each image of `inputs`, put through the evaluation's resize and crop as the image
+    was: a list of (S, S) bool arrays, None where an image has none. An image of a data set's
+    split is `<index>.png`; an image file `<class folder>/<stem>.png` or `<stem>.png`."""
+    if not os.path.isdir(folder):
+        raise AbnError(f'--masks {folder}: no such folder')
+    files = {}
+    for root, _, names in os.walk(folder):
+        for name in sorted(names):
+            stem, ext = os.path.splitext(name)
+            if not name.startswith('.') and ext.lower() in IMAGE_EXTENSIONS:
+                key = os.path.relpath(os.path.join(root, stem), folder).replace(os.sep, '/')
+                files.setdefault(key, os.path.join(root, name))
+                if key.isdigit():
+                    files.setdefault(str(int(key)), os.path.join(root, name))  # 0007 is 7
+    geometric = T.Compose([t for t in image_transform(loaded).transforms
+                           if not isinstance(t, (T.ToTensor, T.Normalize))])
+    masks = []
+    for index, source in enumerate(inputs.sources):
+        stem = os.path.splitext(os.path.basename(source))[0]
+        folder_name = os.path.basename(os.path.dirname(os.path.abspath(source)))
+        keys = ([str(index)] if inputs.masks_by_index else []) + [f'{folder_name}/{stem}', stem]
+        path = next((files[k] for k in keys if k in files), None)
+        if path is None:
+            masks.append(None)
+            continue
+        try:
+            gray = load_rgb(path).convert('L')
+        except CorruptImageError as error:
+            raise AbnError(f'--masks: {error}') from None
+        masks.append(np.asarray(geometric(gray)) >= 128)
+    return masks
 
 
 def read_edited_maps(paths, count):

@@ -129,13 +129,18 @@ def road(logits, inputs, maps, classes, percentiles=ROAD_PERCENTILES, seed=0):
 def measure_maps(table, name, maps, inputs, classes, predict, logits, masks=None, radius=0,
                  steps=16, road_percentiles=ROAD_PERCENTILES, seed=0):
     """Adds every measure of `maps` (N, H, W) of `inputs` to `table` under `name`: the
-    pointing game (strict and within `radius`) and energy inside where object `masks` exist,
+    pointing game (strict and within `radius`) and energy inside where object `masks` exist
+    (a list may hold None for an image without one),
     deletion/insertion AUC and ROAD always, each for its explained `classes`. `predict`:
     images -> probabilities; `logits`: images -> logits (ROAD's)."""
-    if masks is not None:
-        table.add(name, 'pointing_game', pointing_game(maps, masks))
-        table.add(name, 'pointing_game_tolerant', pointing_game(maps, masks, radius=radius))
-        table.add(name, 'energy_inside', energy_inside(maps, masks))
+    if masks is not None:  # some entries may be None: those images are not scored here
+        have = np.array([m is not None for m in masks])
+        if have.any():
+            chosen, inside = np.asarray(maps)[have], np.stack([m for m in masks if m is not None])
+            table.add(name, 'pointing_game', pointing_game(chosen, inside))
+            table.add(name, 'pointing_game_tolerant', pointing_game(chosen, inside,
+                                                                    radius=radius))
+            table.add(name, 'energy_inside', energy_inside(chosen, inside))
     deletion, insertion, _ = deletion_insertion(predict, inputs, maps, classes, steps=steps,
                                                 seed=seed)
     table.add(name, 'deletion_auc', deletion)

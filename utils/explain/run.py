@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from utils.data.inputs import build_inputs, read_edited_maps
+from utils.data.inputs import build_inputs, read_edited_maps, read_masks
 from utils.distributed import setup_runtime
 from utils.errors import AbnError
 from utils.explain.cam import TITLES, Explainer, perception_probabilities, renormalize, supports_cam
@@ -43,6 +43,8 @@ def check_arguments(args):
     if args.pointing_tolerance is not None and args.pointing_tolerance < 0:
         raise AbnError('--pointing-tolerance must not be negative')
     args.save_images = parse_count(args.save_images, '--save-images')
+    if getattr(args, 'masks', None) and not args.measure:
+        raise AbnError('--masks are what --measure scores the maps against: give --measure too')
     if os.path.exists(args.output) and not os.path.isdir(args.output):
         raise AbnError(f'-o/--output {args.output} is a file: give a folder for the pictures')
     text = str(args.road_percentiles).strip().lower()
@@ -71,6 +73,25 @@ def resolve_target_class(text, names, count):
     shown = ', '.join(names[:10]) + (', ...' if len(names) > 10 else '') if names else ''
     raise AbnError(f"--target-class {text}: give a class name"
                    + (f' ({shown})' if shown else '') + f", an index 0..{count - 1}, or 'true'")
+
+
+def attach_masks(args, inputs, loaded):
+    """--masks DIR's object masks in place of a data set's own, and a note on what the mask
+    measures (pointing game, energy inside) will cover."""
+    if args.masks:
+        inputs.masks = read_masks(args.masks, inputs, loaded)
+        found = sum(m is not None for m in inputs.masks)
+        if found < len(inputs):
+            print(f'note: --masks {args.masks} has masks of {found} of the {len(inputs)} '
+                  f'images: the pointing game and energy inside score those'
+                  + ('' if found else ', so they are left out') + '; deletion, insertion and '
+                  'ROAD score all', flush=True)
+        if not found:
+            inputs.masks = None
+    elif inputs.masks is None:
+        print('note: these images have no object masks (--masks DIR gives them): the '
+              'pointing game and energy inside are left out; deletion, insertion and ROAD '
+              'score every map', flush=True)
 
 
 def target_classes(target, targets, chosen):
@@ -122,6 +143,8 @@ class ExplainRun:
                          if args.baseline_checkpoint else None)
         self.check_baseline()
         self.inputs = build_inputs(args, self.main)
+        if args.measure:
+            attach_masks(args, self.inputs, self.main)
         self.names = self.inputs.class_names
         self.target = resolve_target_class(args.target_class, self.names,
                                            self.main.model.num_classes)
