@@ -119,6 +119,9 @@ def get_args_parser():
                            'listens on (a DNS name, a proxy\'s); repeat for more')
     page.add_argument('--max-upload-mb', type=float, default=20, metavar='MB',
                       help='largest upload the page accepts (default: %(default)s MB)')
+    page.add_argument('--idle-minutes', type=float, default=30, metavar='MIN',
+                      help="a visitor's state, uploads and pictures are freed after this long "
+                           "idle (default: %(default)s)")
 
     add_authors_architecture_arguments(parser, sorted(set(CIFAR_MODELS) | set(IMAGENET_MODELS)))
     return parser

@@ -297,3 +297,11 @@ def test_ctrl_c_ends_the_command_even_when_something_keeps_it_open():
                              text=True, timeout=300)
     assert process.returncode == 130, process.stderr
     assert 'did not close within 1 s' in process.stdout
+
+
+@pytest.mark.parametrize('flag', ['--idle-minutes', '--max-upload-mb'])
+def test_limits_of_zero_are_one_line(flag, checkpoints, capsys):
+    code, out, err = run_script(explain.main, [checkpoints['multiply'], '--serve', flag, '0',
+                                               '--gpu-id', 'cpu'], capsys)
+    assert code == 1 and f'{flag} must be positive, got 0' in err
+    assert len(err.strip().splitlines()) == 1

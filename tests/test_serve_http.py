@@ -310,9 +310,10 @@ def test_twenty_visitors_at_once_are_all_answered(page, tmp_path):
     assert growth < 100, figures
 
 
-def test_an_image_folders_maps_are_saved_under_their_split(tmp_path):
+def test_an_image_folders_maps_are_saved_under_their_split_and_idle_state_is_freed(tmp_path):
     """Maps of an image folder's test (val) and training images go to edited_maps/test/ and
-    edited_maps/train/, so `--attention-maps edited_maps/train` never reads a test image's."""
+    edited_maps/train/, so `--attention-maps edited_maps/train` never reads a test image's.
+    With --idle-minutes 0.1, a visitor idle for longer finds its state gone."""
     from tests.fakedata import write_image_folder
     from utils.data.shapes import SHAPE_CLASSES
     write_image_folder(str(tmp_path / 'data'), splits=(('train', 1), ('val', 1)),
@@ -323,7 +324,7 @@ def test_an_image_folders_maps_are_saved_under_their_split(tmp_path):
     saved['class_names'] = sorted(SHAPE_CLASSES)  # an image folder's classes, sorted
     torch.save(saved, checkpoint)
     server = Server([checkpoint, '--dataset', 'imagefolder', '--data', str(tmp_path / 'data'),
-                     '-o', 'out'], str(tmp_path))
+                     '-o', 'out', '--idle-minutes', '0.1'], str(tmp_path))
     try:
         server.wait_until_up()
         client = Client(server.url, verbose=False)
@@ -336,6 +337,11 @@ def test_an_image_folders_maps_are_saved_under_their_split(tmp_path):
                                           api_name='/save')[0]
         assert re.search(r'edited_maps/test/circle/\w+\.png', saved['test']), saved
         assert re.search(r'edited_maps/train/circle/\w+\.png', saved['train']), saved
+        assert 'Perception branch' in client.predict(editor_value(str(white)),
+                                                     api_name='/run_edit')[0]
+        time.sleep(12)  # twice the idle time: the state is freed
+        message = client.predict(editor_value(str(white)), api_name='/run_edit')[0]
+        assert 'pick an image first' in message
     finally:
         server.stop()
 

@@ -27,7 +27,7 @@ INSTALL_HINT = 'pip install -r requirements-serve.txt'
 SPLITS = ('test', 'train')
 PREDICTION = 'the prediction'  # the class chooser's first choice: each image's own answer
 MAX_PIXELS = 40_000_000  # uploads with more are refused before they are decoded
-SESSION_SECONDS = 1800  # a visitor's state, uploads and pictures are freed after this idle
+IDLE_MINUTES = 30  # a visitor's state, uploads and pictures are freed after this idle
 SESSION_CAPACITY = 200  # visitors' states held at most (Gradio's default: 10,000)
 
 
@@ -159,16 +159,17 @@ def listed_names(paths):
     return {os.path.relpath(os.path.abspath(p), top).replace(os.sep, '/'): p for p in paths}
 
 
-def build_page(editor, gr):
+def build_page(editor, gr, idle_seconds=IDLE_MINUTES * 60):
     """The Gradio page over `editor`: the widgets, and their events wired to Handlers."""
     ranked = editor.tasks if editor.multitask else 5
     ranking_label = 'P(attribute)' if editor.multitask else 'top-5'
 
-    # Uploads and pictures older than SESSION_SECONDS are deleted every few minutes, and a
+    # Uploads and pictures older than `idle_seconds` are deleted every quarter of it, and a
     # visitor's state once idle that long (a client that never closes its tab included).
+    idle_seconds = max(1, int(idle_seconds))
     with gr.Blocks(title='ABN attention editor',
-                   delete_cache=(SESSION_SECONDS // 4, SESSION_SECONDS)) as page:
-        state = gr.State(None, time_to_live=SESSION_SECONDS)
+                   delete_cache=(max(1, idle_seconds // 4), idle_seconds)) as page:
+        state = gr.State(None, time_to_live=idle_seconds)
         gr.Markdown(f'### Attention editor: {editor.loaded.description}\n'
                     'Pick an image, look at where the network looks, paint on the map '
                     '(white brush: attend, black brush: ignore, any size) and see how the '
@@ -289,7 +290,7 @@ def serve(args, loaded, device, host='127.0.0.1', port=7860):
         editor = MapEditor(loaded, device, os.path.join(args.output, 'edited_maps'),
                            dataset=args.dataset, data_root=args.data, files=args.inputs,
                            max_pixels=MAX_PIXELS)
-        page = build_page(editor, gr)
+        page = build_page(editor, gr, getattr(args, 'idle_minutes', IDLE_MINUTES) * 60)
         page.queue(default_concurrency_limit=1)
         launch(page, editor, host, port, login, exposure, args)
     finally:
@@ -420,6 +421,10 @@ def serve_command(args):
     then the page until Ctrl+C."""
     require_gradio()  # before loading anything: one line saying what to install
     check_exposure(args.host, read_login(args.auth, args.auth_file))  # and who may use it
+    for flag, value in (('--max-upload-mb', args.max_upload_mb),
+                        ('--idle-minutes', args.idle_minutes)):
+        if not value > 0:
+            raise AbnError(f'{flag} must be positive, got {value:g}')
     runtime = setup_runtime(args.gpu_id)
     loaded = load_model(args.checkpoint, **architecture_options(args))
     return serve(args, loaded, runtime.device, args.host, args.port)
