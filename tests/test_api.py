@@ -220,3 +220,13 @@ except TypeError as error:
         ('cifar', CIFAR_MODELS), ('imagenet', IMAGENET_MODELS), ('celeba', MULTITASK_MODELS))
         for arch in registry} | {'from_checkpoint'}
     assert entries == expected
+
+
+@pytest.mark.parametrize('shape', [(2, 8, 8, 3), (3, 8, 8), (8, 8, 5)])
+def test_arrays_of_another_shape_are_one_line(shapes_checkpoint, shape):
+    for dtype in (np.uint8, np.float32):
+        with pytest.raises(AbnError, match=r'array 0: give \(H, W, 3\) pixels'):
+            load(shapes_checkpoint).explain([np.zeros(shape, dtype)])
+    gray = load(shapes_checkpoint).explain([np.zeros((8, 8), np.uint8),
+                                            np.zeros((8, 8), np.float32)])
+    assert [m.shape for m in gray.maps] == [(8, 8), (8, 8)]

@@ -305,3 +305,42 @@ def test_limits_of_zero_are_one_line(flag, checkpoints, capsys):
                                                '--gpu-id', 'cpu'], capsys)
     assert code == 1 and f'{flag} must be positive, got 0' in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_the_host_check_rules():
+    from utils.serve.access import TrustedHosts, served_names
+
+    def request(host, origin=None):
+        headers = [(b'host', host.encode())] + ([(b'origin', origin.encode())] if origin else [])
+        return {'type': 'http', 'headers': headers}
+
+    loopback = TrustedHosts(None, served_names('127.0.0.1'))
+    assert loopback.allowed(request('127.0.0.1:7860', 'http://127.0.0.1:7860'))
+    assert loopback.allowed(request('localhost:7860'))
+    assert not loopback.allowed(request('192.168.1.5:7860'))
+    assert not loopback.allowed(request('127.0.0.1:7860', 'null'))
+    assert not loopback.allowed(request('127.0.0.1:7860', 'http://evil.example'))
+    everywhere = TrustedHosts(None, served_names('0.0.0.0'), any_address=True)
+    assert everywhere.allowed(request('192.168.1.5:7860', 'http://192.168.1.5:7860'))
+    assert everywhere.allowed(request('[fe80::1]:7860'))
+    assert not everywhere.allowed(request('evil.example:7860'))
+    proxied = TrustedHosts(None, served_names('127.0.0.1', ['abn.example.org']))
+    assert proxied.allowed(request('abn.example.org', 'https://abn.example.org'))
+
+
+def test_saves_claim_names_where_the_file_system_has_no_hard_links(tmp_path, monkeypatch):
+    from utils.serve.editor import visible_stem, write_new_map
+
+    def no_links(source, target):
+        raise PermissionError(1, 'Operation not permitted')
+
+    monkeypatch.setattr(os, 'link', no_links)
+    path = str(tmp_path / 'a.png')
+    assert write_new_map(path, b'one') == (path, False)
+    assert write_new_map(path, b'one') == (path, True)
+    assert write_new_map(path, b'two') == (str(tmp_path / 'a~2.png'), False)
+    assert open(path, 'rb').read() == b'one' and sorted(os.listdir(tmp_path)) == ['a.png',
+                                                                                 'a~2.png']
+    # Class folders keep their own names (CUB's), made safe only where they must be.
+    assert visible_stem('001.Black_footed Albatross') == '001.Black_footed Albatross'
+    assert visible_stem('../up') == '-up' and visible_stem('.png') == 'png'

@@ -130,7 +130,7 @@ def test_other_host_names_and_origins_are_refused(page):
     assert httpx.get(page.url + 'config').status_code == 200
     assert httpx.get(f'http://localhost:{page.port}/config').status_code == 200
     for headers in ({'Host': f'evil.example:{page.port}'},
-                    {'Origin': f'http://evil.example:{page.port}'},
+                    {'Origin': f'http://evil.example:{page.port}'}, {'Origin': 'null'},
                     {'Host': f'evil.example:{page.port}',
                      'Origin': f'http://evil.example:{page.port}'}):
         response = httpx.get(page.url + 'config', headers=headers)

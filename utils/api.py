@@ -130,14 +130,16 @@ class Abn(nn.Module):
             return [(self._pil_transform(item.convert('RGB')), (item.height, item.width),
                      f'PIL image {position}')]
         if isinstance(item, np.ndarray):
+            if not (item.ndim == 2 or item.ndim == 3 and item.shape[2] in (3, 4)):
+                raise AbnError(f'array {position}: give (H, W, 3) pixels (or (H, W) gray), got '
+                               f'shape {tuple(item.shape)}')
             if item.dtype == np.uint8:
                 picture = Image.fromarray(item).convert('RGB')
                 return [(self._pil_transform(picture), (picture.height, picture.width),
                          f'array {position}')]
-            if item.ndim != 3:
-                raise AbnError(f'array {position}: give (H, W, 3) pixels, got shape '
-                               f'{tuple(item.shape)}')
-            item = torch.from_numpy(np.array(item, dtype=np.float32)).permute(2, 0, 1)
+            pixels = np.array(item, dtype=np.float32)
+            pixels = pixels[..., None] if pixels.ndim == 2 else pixels[..., :3]
+            item = torch.from_numpy(np.ascontiguousarray(pixels)).permute(2, 0, 1)
         if isinstance(item, torch.Tensor):
             return self._prepare_tensor(item, position)
         raise AbnError(f'cannot explain a {type(item).__name__} (item {position}): give image '

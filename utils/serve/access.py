@@ -8,7 +8,7 @@ address is not this machine's own, and the names a request may come under.
   machine than the one served is refused with 403 before Gradio sees it. A web page that
   rebinds its own DNS name to 127.0.0.1 then cannot drive the page from a visitor's browser:
   its requests carry its own name. `--allowed-host NAME` adds the names a proxy or a DNS name
-  serves the page under.
+  serves the page under; serving every address (`--host 0.0.0.0`), any IP address is allowed.
 """
 import ipaddress
 import socket
@@ -89,21 +89,34 @@ def host_name(value):
     return value.rsplit(':', 1)[0] if value.count(':') == 1 else value
 
 
+def is_ip_address(name):
+    try:
+        ipaddress.ip_address(name)
+        return True
+    except ValueError:
+        return False
+
+
 class TrustedHosts:
     """ASGI middleware: 403 for an HTTP or WebSocket request whose Host, or Origin when
-    present, names a machine outside `names`."""
+    present, names a machine outside `names`. `any_address`: the page serves every address
+    of the machine, so any literal IP address is its own (DNS rebinding needs a name).
+    `Origin: null` (a sandboxed frame, a file:// page) is refused: it names no one."""
 
-    def __init__(self, app, names):
-        self.app, self.names = app, frozenset(names)
+    def __init__(self, app, names, any_address=False):
+        self.app, self.names, self.any_address = app, frozenset(names), any_address
+
+    def known(self, name):
+        return name in self.names or (self.any_address and is_ip_address(name))
 
     def allowed(self, scope):
         headers = {k.decode('latin-1').lower(): v.decode('latin-1')
                    for k, v in scope.get('headers', ())}
-        if host_name(headers.get('host', '')) not in self.names:
+        if not self.known(host_name(headers.get('host', ''))):
             return False
         origin = headers.get('origin')
-        if origin and origin != 'null':
-            return (urlsplit(origin).hostname or '') in self.names
+        if origin is not None:
+            return origin != 'null' and self.known((urlsplit(origin).hostname or '').lower())
         return True
 
     async def __call__(self, scope, receive, send):
@@ -124,5 +137,6 @@ class TrustedHosts:
 def trusted_hosts_middleware(host, allowed=()):
     """The FastAPI `middleware=` entry for Gradio's app (launch(app_kwargs=...))."""
     from starlette.middleware import Middleware
-    return Middleware(TrustedHosts, names=served_names(host, allowed))
+    return Middleware(TrustedHosts, names=served_names(host, allowed),
+                      any_address=host in ('0.0.0.0', '::'))
 

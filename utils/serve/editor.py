@@ -18,8 +18,10 @@ Saved maps (grayscale PNG at the map's resolution, the layout of `--attention-ma
 - images of a built-in data set: `DIR/<split>/<index>.png`, the index within that split, so
   `--attention-maps DIR/train` reads the training split's corrections and corrections of test
   images stay apart from training data;
-- image files, image folders and uploads: `DIR/<class>/<image stem>.png`, the class chosen on
-  the page (by default the image's folder when it names a class, else the prediction);
+- image folders' images: `DIR/<split>/<class>/<image stem>.png`; image files and uploads:
+  `DIR/<class>/<image stem>.png`, the class chosen on the page (by default the image's folder
+  when it names a class, else the prediction); another map of the same image is kept beside
+  the first as `<stem>~2.png`;
 - multi-task models: `DIR/<attribute>/<split>/<index>.png` and `DIR/<attribute>/<image
   stem>.png` (no class folder: attributes are not classes).
 """
@@ -360,7 +362,9 @@ class MapEditor:
             raise AbnError(f"'{class_name}' is not one of the model's classes")
         if picture.split is not None:  # an image folder's split, as for the built-in sets
             folder = os.path.join(folder, picture.split)
-        return os.path.join(folder, safe_name(class_name), f'{stem}.png')
+        # The class's own name, as --attention-maps and --masks look it up (made one visible
+        # folder only where it would not be one).
+        return os.path.join(folder, visible_stem(class_name), f'{stem}.png')
 
     def save(self, explained, edited, class_name=None):
         """Writes the edited map as 8-bit grayscale at the map's resolution where
@@ -411,16 +415,33 @@ def write_new_map(path, data):
         number = 1
         while True:
             candidate = path if number == 1 else f'{stem}{SIBLING}{number}{ext}'
-            try:
-                os.link(partial, candidate)
+            if _claim(partial, candidate, data):
                 return candidate, False
-            except FileExistsError:
-                with open(candidate, 'rb') as f:
-                    if f.read() == data:
-                        return candidate, True
+            with open(candidate, 'rb') as f:
+                if f.read() == data:
+                    return candidate, True
             number += 1
     finally:
         os.remove(partial)
+
+
+def _claim(partial, candidate, data):
+    """True when `candidate` was free and now holds `data`; False when it exists. A hard link
+    of the finished file, or, where the file system has none (FAT, some network mounts), an
+    exclusive create."""
+    try:
+        os.link(partial, candidate)
+        return True
+    except FileExistsError:
+        return False
+    except OSError:
+        try:
+            handle = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(handle, 'wb') as f:
+            f.write(data)
+        return True
 
 
 def visible_stem(name):
