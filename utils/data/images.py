@@ -85,6 +85,22 @@ def identify_image(path):
         return str(error) or type(error).__name__
 
 
+def image_files_by_key(folder):
+    """Every image file under `folder` (hidden ones left out), as (its path relative to the
+    folder without the extension, with '/', e.g. 'cat/3'; its path): how maps and masks
+    name the image they belong to."""
+    found = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
+        for name in sorted(files):
+            stem, ext = os.path.splitext(name)
+            if name.startswith('.') or ext.lower() not in IMAGE_EXTENSIONS:
+                continue
+            relative = os.path.relpath(os.path.join(root, stem), folder)
+            found.append((relative.replace(os.sep, '/'), os.path.join(root, name)))
+    return found
+
+
 def find_images(paths):
     """The image files among `paths` (files, and folders searched recursively in name
     order); AbnError for a missing path or when there are none."""

@@ -9,7 +9,7 @@ import torch
 import torchvision.transforms as T
 
 from utils.data.datasets import base_dataset, build_small_image_data, first_n
-from utils.data.images import IMAGE_EXTENSIONS, CorruptImageError, find_images, load_rgb
+from utils.data.images import CorruptImageError, find_images, image_files_by_key, load_rgb
 from utils.data.shapes import SHAPE_CLASSES
 from utils.errors import AbnError
 
@@ -123,14 +123,10 @@ def read_masks(folder, inputs, loaded):
     if not os.path.isdir(folder):
         raise AbnError(f'--masks {folder}: no such folder')
     files = {}
-    for root, _, names in os.walk(folder):
-        for name in sorted(names):
-            stem, ext = os.path.splitext(name)
-            if not name.startswith('.') and ext.lower() in IMAGE_EXTENSIONS:
-                key = os.path.relpath(os.path.join(root, stem), folder).replace(os.sep, '/')
-                files.setdefault(key, os.path.join(root, name))
-                if key.isdigit():
-                    files.setdefault(str(int(key)), os.path.join(root, name))  # 0007 is 7
+    for key, path in image_files_by_key(folder):
+        files.setdefault(key, path)
+        if key.isdigit():
+            files.setdefault(str(int(key)), path)  # 0007 is image 7
     geometric = T.Compose([t for t in image_transform(loaded).transforms
                            if not isinstance(t, (T.ToTensor, T.Normalize))])
     masks = []

@@ -313,9 +313,7 @@ def _interrupt(signum, frame):
 
 
 def launch(page, editor, host, port, login, exposure, args):
-    max_mb = getattr(args, 'max_upload_mb', 20)
-    if not max_mb > 0:
-        raise AbnError(f'--max-upload-mb must be positive, got {max_mb:g}')
+    max_mb = getattr(args, 'max_upload_mb', 20)  # checked by serve_command
     try:
         page.launch(server_name=host, server_port=port, share=False, inbrowser=False,
                     quiet=True, show_error=False, ssr_mode=False, footer_links=[],

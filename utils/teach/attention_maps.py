@@ -31,7 +31,7 @@ import torchvision.transforms as T
 from PIL import Image, UnidentifiedImageError
 
 from utils.data.fastdata import DeviceLoader, reproducible_split
-from utils.data.images import IMAGE_EXTENSIONS, open_image
+from utils.data.images import image_files_by_key, open_image
 from utils.errors import AbnError
 
 SHAPES_MASKS = 'shapes-masks'
@@ -129,20 +129,6 @@ def check_not_held_out(folder):
                        f'{os.path.join(parent, "train")}')
 
 
-def _map_files(folder):
-    """Every image file under `folder`, as (relative path without extension, path)."""
-    found = []
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith('.'))
-        for name in sorted(files):
-            stem, ext = os.path.splitext(name)
-            if name.startswith('.') or ext.lower() not in IMAGE_EXTENSIONS:
-                continue
-            relative = os.path.relpath(os.path.join(root, stem), folder)
-            found.append((relative.replace(os.sep, '/'), os.path.join(root, name)))
-    return found
-
-
 def parse_source(text):
     """('shapes-masks', percent) for `shapes-masks:P%`, else ('folder', path)."""
     if text.startswith(SHAPES_MASKS + ':') or text == SHAPES_MASKS:
@@ -183,7 +169,7 @@ def load_map_set(text, dataset, dataset_name):
     if not os.path.isdir(folder):
         raise AbnError(f'--attention-maps {folder}: no such folder')
     check_not_held_out(folder)
-    files = _map_files(folder)
+    files = image_files_by_key(folder)
     if not files:
         raise AbnError(f'--attention-maps {folder}: no map images in it (grayscale PNG or JPEG '
                        f'files laid out like the training images)')

@@ -133,30 +133,18 @@ def export(loaded, path, file_format, with_preprocessing=False):
 
 # -- reading an exported file back --------------------------------------------------------
 
-def read_metadata(path, file_format):
-    """The metadata export() wrote, as key -> str."""
-    if file_format == 'onnx':
-        onnx = _import('onnx')
-        model = onnx.load(path, load_external_data=False)
-        return {p.key: p.value for p in model.metadata_props}
-    if file_format == 'pt2':
-        extra = {'abn.json': ''}
-        torch.export.load(path, extra_files=extra)
-        return json.loads(extra['abn.json'])
-    from safetensors import safe_open
-    with safe_open(path, framework='pt') as f:
-        return dict(f.metadata() or {})
-
-
 def runner(path, file_format):
     """A function: input tensor -> list of output tensors, running the exported file itself
     (onnxruntime for ONNX, the loaded program for .pt2)."""
     if file_format == 'onnx':
-        ort = _import('onnxruntime')
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise AbnError(f'running an ONNX file needs onnxruntime: {INSTALL}') from None
         session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
         return lambda x: [torch.from_numpy(o) for o in session.run(None, {'image': x.numpy()})]
     module = torch.export.load(path).module()
-    return lambda x: [o for o in module(x)]
+    return lambda x: list(module(x))
 
 
 def check(loaded, path, file_format, with_preprocessing=False, batches=CHECK_BATCHES):
@@ -178,10 +166,3 @@ def check(loaded, path, file_format, with_preprocessing=False, batches=CHECK_BAT
                          difference / max(want.abs().max().item(), 1e-12)))
     return rows
 
-
-def _import(name):
-    try:
-        return __import__(name)
-    except ImportError:
-        raise AbnError(f'reading a .{name.split("runtime")[0]} file needs {name}: '
-                       f'{INSTALL}') from None
