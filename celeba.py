@@ -4,6 +4,8 @@ CelebA, your own attribute CSV, or the offline shapes-multi demo; docs/multitask
     python celeba.py -a mtabn_v1_resnet101 --data ~/dataset --pretrained -c checkpoints/celeba/r101
     python celeba.py -a mtabn_v1_resnet101 --data ~/dataset -e --resume checkpoint-best.pt
     python celeba.py --dataset shapes-multi -c checkpoints/shapes-multi/r18   # offline demo
+    python celeba.py --dataset shapes-multi --attention-maps outputs/explain/edited_maps \
+        --weights checkpoints/shapes-multi/r18/model_best.pth.tar -c checkpoints/shapes-multi/taught
 """
 import os
 import sys
@@ -18,6 +20,7 @@ from utils.data.attributes import (ATTRIBUTES_CSV, MAP_MODES, MULTI_IMAGE_SIZE, 
                                    read_attribute_csv)
 from utils.data.datasets import DataBundle, first_n
 from utils.errors import AbnError
+from utils.teach.fine_tune import add_teach_arguments, check_teach_arguments, teaching_task
 from utils.train.engine import main as engine_main
 from utils.train.options import add_training_arguments
 from utils.train.task import Task
@@ -69,7 +72,10 @@ def get_args_parser():
                        help="start the backbone from torchvision's ImageNet weights (the "
                             "attention branch and the task heads start fresh, as the authors')")
     start.add_argument('--weights', default=None, metavar='PATH',
-                       help='start from a local file instead (torchvision\'s state_dict)')
+                       help='start from a local file instead: torchvision\'s state_dict (the '
+                            'backbone), or a checkpoint of celeba.py (every weight; its '
+                            'architecture options are taken from it)')
+    add_teach_arguments(parser, weights=False)
     return parser
 
 
@@ -143,6 +149,9 @@ def check_arguments(args):
     if args.width not in (None, 64) and args.pretrained and not args.resume:
         raise AbnError(f"--pretrained: torchvision's ImageNet weights are for --width 64, not "
                        f"{args.width}")
+    if args.attention_maps and args.baseline:
+        raise AbnError(f'--attention-maps teaches attention maps: {args.arch} is the plain '
+                       f'multi-label baseline, without them (choose an mtabn_v1_* model)')
     if args.map_tasks < 1:
         raise AbnError('--map-tasks must be at least 1')
     if not args.resume:
@@ -170,7 +179,7 @@ def make_task(args):
                 objective='multi-label-focal' if args.focal_loss else 'multi-label',
                 objective_options=lambda args: dict(map_style=args.map_style,
                                                     max_tasks=args.map_tasks),
-                check_arguments=check_arguments)
+                check_arguments=check_arguments, map_objective='multi-label-attention-maps')
 
 
 def main(argv=None):
@@ -178,7 +187,8 @@ def main(argv=None):
     args = parser.parse_args(argv)
     given = parser.given_options(argv)
     resolve_gate(args, given)
-    return engine_main(args, make_task(args), given)
+    check_teach_arguments(args)
+    return engine_main(args, teaching_task(make_task(args), args), given)
 
 
 if __name__ == '__main__':

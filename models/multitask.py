@@ -106,6 +106,7 @@ class MultitaskABN(nn.Module):
         self.residual_attention = residual_attention
         self.gate = 'residual' if residual_attention else 'multiply'
         self.fold_tasks = fold_tasks
+        self.frozen_modules = ()  # set by freeze_feature_extractor (a tuple: not registered)
         e = block.expansion
         w = width
         self.conv1 = nn.Conv2d(3, w, kernel_size=7, stride=2, padding=3, bias=False)
@@ -122,6 +123,17 @@ class MultitaskABN(nn.Module):
     def extract_features(self, x):
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), kernel_size=3, stride=2, padding=1)
         return self.layer3(self.layer2(self.layer1(x)))
+
+    def feature_extractor_modules(self):
+        """What `extract_features` runs: what teaching the maps keeps fixed
+        (models.abn.freeze_feature_extractor)."""
+        return (self.conv1, self.bn1, self.layer1, self.layer2, self.layer3)
+
+    def train(self, mode=True):
+        super().train(mode)
+        for module in self.frozen_modules:
+            module.eval()  # frozen BatchNorm layers keep their running statistics
+        return self
 
     def attention_branch(self, features):
         """Returns (attention_logits (N, T), attention_maps (N, T, h, w))."""

@@ -110,10 +110,10 @@ BAD = {
                                      "start a new run from its weights with --weights"),
     'weights of another gate': (lambda b, t: ['--attention-maps', 'shapes-masks:10%',
                                               '--weights', str(b / 'base' / 'model_best.pth.tar'),
-                                              '--gate', 'multiply'], 'pass --gate residual'),
+                                              '--gate', 'multiply'], 'contradicts'),
     'weights of another model': (lambda b, t: ['--attention-maps', 'shapes-masks:10%',
                                                '--weights', str(b / 'base' / 'model_best.pth.tar'),
-                                               '--depth', '14'], 'does not fit'),
+                                               '--depth', '14'], 'contradicts'),
 }
 
 

@@ -105,7 +105,9 @@ class ShapesMultiDataset(tud.Dataset):
         return len(self.targets)
 
     def __getitem__(self, index):
-        return self.transform(Image.fromarray(self.data[index])), self.targets[index]
+        image = Image.fromarray(self.data[index])
+        return (self.transform(image) if self.transform is not None else image,
+                self.targets[index])
 
 
 # -- CelebA -----------------------------------------------------------------------------------
@@ -233,7 +235,8 @@ class AttributeFolder(tud.Dataset):
                 image = image.convert('RGB')
         except (OSError, UnidentifiedImageError) as error:
             raise AbnError(f'cannot read image {path}: {error}') from None
-        return self.transform(image), self.targets[index]
+        return (self.transform(image) if self.transform is not None else image,
+                self.targets[index])
 
 
 # -- pictures of the unbounded maps -----------------------------------------------------------

@@ -1,7 +1,9 @@
 """What a run optimises and reports (utils.objectives.base has the seam). Importing this
 package registers every objective: single-label (the authors'), attention-maps (teaching the
-map), multi-label and multi-label-focal (celeba.py)."""
-from utils.objectives import attention_map, multi_label, single_label  # noqa: F401  (register)
+map), multi-label and multi-label-focal (celeba.py), multi-label-attention-maps (teaching its
+maps)."""
+from utils.objectives import (attention_map, multi_label, single_label,  # noqa: F401
+                              task_maps)  # (registered on import)
 from utils.objectives.base import (AUTHORS_COLUMNS, OBJECTIVES, Objective, get_objective,
                                    register_objective)
 from utils.objectives.single_label import SingleLabelObjective

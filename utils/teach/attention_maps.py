@@ -239,8 +239,10 @@ def geometric_steps(transform):
 
 
 def _resize(array_map, size):
-    """(h, w) array -> (1, H, W) tensor at `size` (H, W), bilinear (area when shrinking)."""
-    tensor = torch.from_numpy(np.ascontiguousarray(array_map, dtype=np.float32))[None, None]
+    """(h, w) or (C, h, w) array -> (C, H, W) tensor at `size` (H, W), bilinear (area when
+    shrinking)."""
+    tensor = torch.from_numpy(np.ascontiguousarray(array_map, dtype=np.float32))
+    tensor = tensor[None, None] if tensor.dim() == 2 else tensor[None]
     if tuple(tensor.shape[-2:]) != tuple(size):
         shrinking = tensor.shape[-2] >= size[0] and tensor.shape[-1] >= size[1]
         tensor = F.interpolate(tensor, size=tuple(size), mode='area' if shrinking else 'bilinear',
@@ -252,7 +254,10 @@ class WithAttentionMaps(tud.Dataset):
     """A training split whose targets are {'label', 'map', 'has_map'}. Built on a shallow
     copy of the base data set without its transform, whose steps this applies to the image
     and, from the same random state, to the map (resized first to the image's size): the same
-    crop and the same flip. Images draw exactly what they draw without maps."""
+    crop and the same flip. Images draw exactly what they draw without maps.
+
+    One map per image (MapSet): 'map' (1, H, W), 'has_map' a bool. One per attribute
+    (utils.teach.task_maps.TaskMapSet): 'map' (T, H, W), 'has_map' (T,) bool."""
     wraps_split = True  # utils.data.check_images looks through it, at `dataset`
 
     def __init__(self, dataset, maps):
@@ -276,8 +281,13 @@ class WithAttentionMaps(tud.Dataset):
         state = torch.get_rng_state()
         inputs = self.transform(image) if self.transform is not None else image
         array_map = self.maps.get(base_index)
+        channels = getattr(self.maps, 'channels', 1)
+        if channels == 1:
+            has_map = array_map is not None
+        else:
+            has_map = torch.from_numpy(self.maps.present(base_index))
         if array_map is None:
-            attention = torch.zeros((1,) + tuple(inputs.shape[-2:]))
+            attention = torch.zeros((channels,) + tuple(inputs.shape[-2:]))
         else:
             after = torch.get_rng_state()
             torch.set_rng_state(state)  # the image's draws, replayed on the map
@@ -286,8 +296,7 @@ class WithAttentionMaps(tud.Dataset):
             for step in self.geometric:
                 attention = step(attention)
             torch.set_rng_state(after)
-        return inputs, {'label': label, 'map': attention.float(),
-                        'has_map': array_map is not None}
+        return inputs, {'label': label, 'map': attention.float(), 'has_map': has_map}
 
 
 class MapDeviceLoader(DeviceLoader):
@@ -315,6 +324,8 @@ class MapDeviceLoader(DeviceLoader):
 def map_device_loader(dataset, batch_size, runtime, seed=0):
     """(MapDeviceLoader, None) for a WithAttentionMaps over CIFAR/SVHN/shapes, or (None, the
     reason) where the fast path cannot reproduce the data set."""
+    if getattr(dataset.maps, 'channels', 1) != 1:
+        return None, 'maps per attribute take the standard path'
     split, reason = reproducible_split(dataset.dataset)
     if split is None:
         return None, reason

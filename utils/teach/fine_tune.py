@@ -1,13 +1,14 @@
 """Teaching the map: fine-tune an ABN so that its attention map follows maps a person gave
 (Mitsuhara et al., "Embedding Human Knowledge into Deep Neural Network via Attention Map",
-the authors' follow-up). cifar.py and imagenet.py take `--attention-maps`:
+the authors' follow-up). cifar.py, imagenet.py and celeba.py take `--attention-maps`:
 
     loss = L_att + L_per + gamma * L_map,  L_map = ||M'(x) - M(x)||_2^2 / (h w)
 
-M the model's map, M' the given one (utils.attention_maps), over the training images that
-have a map; the others train with L_att + L_per only. As in the paper the feature extractor
-stays fixed (`--train-feature-extractor` trains it too) and the run starts from trained
-weights (`--weights FILE`, or `--resume` of a fine-tuning run).
+M the model's map, M' the given one (utils.teach.attention_maps), over the training images
+that have a map; the others train with L_att + L_per only. celeba.py's maps are given per
+attribute (utils.teach.task_maps) and compared as patterns (utils.objectives.task_maps). As in
+the paper the feature extractor stays fixed (`--train-feature-extractor` trains it too) and
+the run starts from trained weights (`--weights FILE`, or `--resume` of a fine-tuning run).
 
 Why the mean squared difference, and gamma = 10 (docs/teach.md has the measurements):
 - it is the paper's L2 norm, squared so that its gradient shrinks to 0 at the target (the
@@ -26,6 +27,7 @@ import os
 
 from utils.errors import AbnError
 from utils.teach.attention_maps import WithAttentionMaps, load_map_set, map_device_loader
+from utils.teach.task_maps import is_multitask, load_task_map_set
 from utils.train.engine import main as engine_main
 from utils.weights import checkpoint as ckpt
 from utils.weights.modelspec import spec_from_checkpoint
@@ -44,8 +46,10 @@ def add_teach_arguments(parser, weights=True):
     group.add_argument('--attention-maps', metavar='DIR',
                        help='grayscale maps (white: attend) for some training images, laid out '
                             'like them: DIR/<class>/<image stem>.png for image folders, '
-                            'DIR/<index>.png for the built-in sets; any size. shapes-masks:P%% '
-                            'takes the shapes object masks of a seeded P%% of the images')
+                            'DIR/<index>.png for the built-in sets, DIR/<attribute>/train/<index '
+                            'or stem>.png per attribute for celeba.py (the attention editor\'s '
+                            'layout); any size. shapes-masks:P%% takes the shapes (or '
+                            'shapes-multi) object masks of a seeded P%% of the images')
     group.add_argument('--map-loss-weight', type=float, metavar='GAMMA',
                        help=f'gamma of the map loss (default: {DEFAULT_MAP_LOSS_WEIGHT:g})')
     group.add_argument('--train-feature-extractor', action='store_true',
@@ -89,19 +93,24 @@ def teaching_task(task, args):
             normalization = weights_normalization(args.weights, task.legacy_normalization)
         bundle = build_data(args, evaluate_only, normalization)
         if bundle.train is not None and args.attention_maps:
-            maps = load_map_set(args.attention_maps, bundle.train, bundle.name)
+            load = load_task_map_set if is_multitask(bundle.train) else load_map_set
+            maps = load(args.attention_maps, bundle.train, bundle.name)
             bundle.train = WithAttentionMaps(bundle.train, maps)
             record = maps.record()
             args.attention_maps_count = record['count']
             args.attention_maps_images = [str(key) for key in record['images']]
-            unused = getattr(maps, 'unused', 0)
-            print(f'    attention maps: {record["count"]} of {len(bundle.train)} training '
-                  f'images, from {record["source"]}'
-                  + (f' ({unused} more name images outside --train-size)' if unused else ''))
+            unused, held_out = getattr(maps, 'unused', 0), getattr(maps, 'held_out', 0)
+            what = (f'{record["count"]} maps of {len(record["images"])} of' if record['count']
+                    != len(record['images']) else f'{record["count"]} of')
+            print(f'    attention maps: {what} {len(bundle.train)} training images, from '
+                  f'{record["source"]}'
+                  + (f' ({unused} more name images outside --train-size)' if unused else '')
+                  + (f' ({held_out} of held-out splits left out)' if held_out else ''))
         return bundle
 
     def fast_train_loader(args, bundle, runtime):
-        if not args.fast_data or not isinstance(bundle.train, WithAttentionMaps):
+        if not getattr(args, 'fast_data', False) or not isinstance(bundle.train,
+                                                                    WithAttentionMaps):
             return fast_train(args, bundle, runtime) if fast_train else None
         loader, reason = map_device_loader(bundle.train, args.train_batch, runtime,
                                            args.manualSeed)
@@ -119,14 +128,20 @@ def teaching_task(task, args):
                                f'pass --train-feature-extractor') from None
             runtime.print(f'    feature extractor fixed: {count / 1e6:.2f}M parameters')
 
+    def objective_options(args):
+        options = dict(task.objective_options(args)) if task.objective_options else {}
+        options['weight'] = args.map_loss_weight
+        if task.objective == 'multi-label-focal':  # the map objective adds the map loss to it
+            options['focal'] = True
+        return options
+
     started = dataclasses.replace(task, build_data=build,
                                   init_pretrained=init_from_weights(task.init_pretrained))
     if not args.attention_maps:
         return started
     return dataclasses.replace(
-        started, fast_train_loader=fast_train_loader, objective=NAME,
-        objective_options=lambda args: {'weight': args.map_loss_weight},
-        prepare_model=prepare_model)
+        started, fast_train_loader=fast_train_loader, objective=task.map_objective,
+        objective_options=objective_options, prepare_model=prepare_model)
 
 
 def main(parser, task, argv=None):

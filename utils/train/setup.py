@@ -3,6 +3,7 @@ options a resumed file records, the seed, the data, the model (new, resumed or p
 its placement (device, memory format, SyncBN, the parallel wrapper, torch.compile), AMP, the
 optimizer and the loaders. `RunSetup.prepare()` does all of it; `Run` (utils.train.engine)
 adds the loops."""
+import os
 import random
 from contextlib import nullcontext
 
@@ -74,6 +75,8 @@ class RunSetup:
             check_script(self.file_spec, self.task.name, args.resume)
             resolve_flags(self.file_spec, args, self.given, self.task.model_flags, args.resume)
             self.objective = self.make_objective(self.file_spec.objective)
+        elif self.resumed is None:
+            self.resolve_weights_flags()
         if self.task.check_arguments is not None:
             self.task.check_arguments(args)
         check_dropout(args, self.task.registry)
@@ -131,6 +134,21 @@ class RunSetup:
         self.attention = model.has_attention
         self.checkpoints = CheckpointPolicy(args, runtime, self.objective)
         self.checkpoint_dir = self.checkpoints.directory
+
+    def resolve_weights_flags(self):
+        """A new run from `--weights FILE` of this project: as with --resume, the architecture
+        options the user did not type come from the file, and a typed one that contradicts
+        it is refused in one line (the class count is not among them: a start may be for
+        other classes). Files that describe nothing (torchvision's, the authors') are left
+        to the task's own start."""
+        path = getattr(self.args, 'weights', None)
+        if not path or not os.path.isfile(path):
+            return
+        spec = spec_from_checkpoint(ckpt.load_checkpoint(path))
+        if spec is None:
+            return
+        check_script(spec, self.task.name, path, flag='--weights')
+        resolve_flags(spec, self.args, self.given, self.task.model_flags, path)
 
     def spec_of_flags(self, num_classes, data=None):
         """The ModelSpec the command line describes (new runs and the authors' files)."""

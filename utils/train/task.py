@@ -25,6 +25,9 @@ class Task:
     objective: str = 'single-label'
     # args -> {keyword: value} for that objective's constructor (e.g. a loss weight)
     objective_options: Optional[Callable] = None
+    # what --attention-maps optimises instead (utils.teach.fine_tune): the objective plus
+    # the map loss; it takes the task's objective options, `weight` and `focal`
+    map_objective: str = 'attention-maps'
     # (model, args, runtime) -> None: once the weights are in (a new, resumed or pretrained
     # run) and before the model is placed on its device, e.g. to freeze part of it
     prepare_model: Optional[Callable] = None

@@ -138,12 +138,12 @@ def build_model(spec, meta=False):
         raise AbnError(str(error)) from None
 
 
-def check_script(spec, script, path):
+def check_script(spec, script, path, flag='--resume'):
     """Refuses a checkpoint of the other script with a line that names the right one."""
     if spec.script != script:
         right = SCRIPTS.get(spec.script, spec.script)
         raise AbnError(f'{path} is a checkpoint of {right} ({spec.describe()}), not of '
-                       f'{SCRIPTS.get(script, script)}: use python {right} ... --resume {path}')
+                       f'{SCRIPTS.get(script, script)}: use python {right} ... {flag} {path}')
 
 
 def recorded_flags(spec, model_flags):

@@ -124,7 +124,8 @@ MULTITASK_FRESH = ('layer4_att.', 'conv_att.', 'output_per.', 'fc.')
 def init_multitask_pretrained(model, args, runtime):
     """Task.init_pretrained of celeba.py: the backbone (conv1, bn1, layer1..layer4) from
     --weights FILE or torchvision's weights (--pretrained); layer4_att, conv_att and the task
-    heads start fresh, as in the authors' script. A backbone weight missing or of another
+    heads start fresh, as in the authors' script, unless the file has them too (a checkpoint
+    of celeba.py, e.g. the start of a fine-tuning with --attention-maps). A backbone weight missing or of another
     shape is refused in one line."""
     start = starting_weights(model, args, runtime)
     if start is None:
@@ -141,5 +142,8 @@ def init_multitask_pretrained(model, args, runtime):
         raise AbnError(f'{source} does not fit {args.arch}: {len(misfits)} backbone weights '
                        f'missing or of another shape (e.g. {misfits[0]}). Check -a')
     model.load_state_dict(chosen, strict=False)
-    runtime.print(f'==> Pretrained: {source}: {len(chosen)} tensors loaded; starting fresh: '
-                  f'the attention branch and the task heads')
+    fresh = [key for key in model.state_dict() if key not in chosen
+             and not key.endswith('num_batches_tracked')]
+    runtime.print(f'==> Pretrained: {source}: {len(chosen)} tensors loaded'
+                  + ('; starting fresh: the attention branch and the task heads' if fresh
+                     else ' (every weight: attention branch and task heads included)'))
