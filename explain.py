@@ -122,6 +122,10 @@ def get_args_parser():
     page.add_argument('--idle-minutes', type=float, default=30, metavar='MIN',
                       help="a visitor's state, uploads and pictures are freed after this long "
                            "idle (default: %(default)s)")
+    page.add_argument('--no-teach', action='store_true',
+                      help='leave out the Teach section (fine-tuning runs started from the '
+                           'page, into OUTPUT/taught/run-N), e.g. on a page shared with '
+                           'people who should not start them')
 
     add_authors_architecture_arguments(parser, sorted(set(CIFAR_MODELS) | set(IMAGENET_MODELS)))
     return parser

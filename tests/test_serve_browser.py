@@ -248,3 +248,137 @@ def test_load_see_paint_predict_save_in_a_browser(tmp_path):
     assert 'Traceback' not in server.output, server.output
     assert server.output.strip().splitlines()[-1] == 'explain.py: interrupted'
 
+
+
+def test_paint_save_teach_and_compare_in_a_browser(tmp_path, trained_shapes):
+    """The loop closed on the page: maps of training images painted (and loaded) and saved,
+    a fine-tuning run started, watched after a reload, and the taught model's map beside
+    the first, moved the painted way. Screenshots for docs/teach.md:
+        ABN_TEACH_CHECKPOINT=checkpoints/shapes/resnet-20-residual/model_best.pth.tar \\
+        ABN_TEACH_SCREENSHOTS=docs/images python -m pytest tests/test_serve_browser.py -k teach
+    """
+    from selenium.common.exceptions import TimeoutException
+    from selenium.webdriver.common.action_chains import ActionChains
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from utils.data.shapes import ShapesDataset
+
+    checkpoint = os.path.abspath(os.environ.get('ABN_TEACH_CHECKPOINT') or trained_shapes)
+    screenshots = os.environ.get('ABN_TEACH_SCREENSHOTS')
+    out = tmp_path / 'out'
+    server = Server([checkpoint, '--dataset', 'shapes', '-o', 'out'], cwd=tmp_path)
+    masks = ShapesDataset(train=True, size=8).masks
+    driver = None
+    try:
+        server.wait_until_up()
+        driver = browser(tmp_path)
+        wait = WebDriverWait(driver, WAIT)
+
+        def text(element_id):
+            return driver.find_element(By.ID, element_id).text
+
+        def says(element_id, words, timeout=WAIT):
+            try:
+                WebDriverWait(driver, timeout).until(lambda d: words in text(element_id))
+            except TimeoutException:
+                pytest.fail(f"#{element_id} never said '{words}'; it says '{text(element_id)}'; "
+                            f'the server printed:\n{server.output}')
+            return text(element_id)
+
+        def show_train_image(index):
+            box = wait.until(EC.element_to_be_clickable((By.CSS_SELECTOR, '#index input')))
+            box.clear()
+            box.send_keys(str(index))
+            driver.find_element(By.ID, 'load').click()
+            says('message', f'shapes-train-{index}')
+
+        def save(index):
+            driver.find_element(By.ID, 'save').click()
+            wait.until(lambda d: f'edited_maps/train/{index}.png' in text('saved').replace(
+                '\n', ''), message=f'training image {index}: the map was never saved')
+
+        def set_number(element_id, value):
+            box = driver.find_element(By.CSS_SELECTOR, f'#{element_id} input')
+            box.clear()
+            box.send_keys(str(value))
+
+        driver.get(server.url)
+        says('teach-maps', 'none yet')
+        wait.until(EC.element_to_be_clickable(
+            (By.CSS_SELECTOR, '#split input[value="train"]'))).click()
+        # Image 0: painted by hand, the white brush (the default) over its shape.
+        show_train_image(0)
+        canvas = [c for c in driver.find_elements(By.CSS_SELECTOR, '#painter canvas')
+                  if c.is_displayed()][-1]
+        width, height = canvas.size['width'], canvas.size['height']
+        rows, columns = np.nonzero(masks[0])
+        strokes = ActionChains(driver, duration=50)
+        for row in range(rows.min(), rows.max() + 1, 2):  # mask pixels -> canvas offsets
+            inside = columns[rows == row]
+            if not len(inside):
+                continue
+            y = int((row + 0.5) / 32 * height - height / 2)
+            strokes.move_to_element_with_offset(
+                canvas, int((inside.min() + 0.5) / 32 * width - width / 2), y).click_and_hold()
+            strokes.move_to_element_with_offset(
+                canvas, int((inside.max() + 0.5) / 32 * width - width / 2), y).release()
+        strokes.perform()
+        driver.find_element(By.ID, 'apply').click()
+        says('message', 'edited map')
+        save(0)
+        with Image.open(out / 'edited_maps' / 'train' / '0.png') as image:
+            assert np.asarray(image).max() > 215  # the white strokes
+        # Images 1-7: their shape's mask loaded as a map file, then saved.
+        for index in range(1, 8):
+            show_train_image(index)
+            mask_file = tmp_path / f'mask-{index}.png'
+            Image.fromarray(masks[index].astype(np.uint8) * 255).save(mask_file)
+            driver.find_element(By.CSS_SELECTOR, '#map-upload input[type=file]').send_keys(
+                str(mask_file))
+            says('message', 'Map loaded')
+            save(index)
+        says('teach-maps', 'Saved training maps: 8')
+
+        # Teach: 64 training images (8 with maps), 4 epochs of 4 steps.
+        for element_id, value in (('teach-epochs', 4), ('teach-batch', 16), ('teach-lr', 0.01),
+                                  ('teach-size', 64)):
+            set_number(element_id, value)
+        driver.find_element(By.ID, 'teach').click()
+        says('message', 'Started')
+        status = says('teach-status', 'python cifar.py --dataset shapes --weights')
+        assert '--attention-maps out/edited_maps/train' in status and str(tmp_path) not in status
+        driver.find_element(By.ID, 'teach').click()  # a second Teach while one runs
+        says('message', 'a teaching run is already running')
+        driver.refresh()  # the run belongs to the page, not to the tab
+        says('teach-status', 'Train ')  # its progress, read from its output
+        if screenshots:
+            section = driver.find_element(By.ID, 'teach-section')
+            driver.execute_script('arguments[0].scrollIntoView()', section)
+            driver.save_screenshot(os.path.join(screenshots, 'teach-progress.png'))
+        says('teach-status', 'Taught:', timeout=3 * WAIT)
+        wait.until(EC.element_to_be_clickable(
+            (By.CSS_SELECTOR, '#split input[value="train"]'))).click()
+        show_train_image(1)
+        comparison = says('teach-comparison', 'this image')
+        row = next(line for line in comparison.splitlines() if 'painted regions' in line)
+        before, after = (float(value) for value in re.findall(r'[+-]\d+\.\d+', row))
+        assert after > before + 0.02, comparison  # the map moved the painted way
+        for panel in ('before', 'after'):
+            wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR,
+                                                         f'#panel-{panel} img')))
+        if screenshots:
+            section = driver.find_element(By.ID, 'teach-section')
+            driver.execute_script('arguments[0].scrollIntoView()', section)
+            driver.save_screenshot(os.path.join(screenshots, 'teach-after.png'))
+        assert os.path.isfile(out / 'taught' / 'run-1' / 'command.sh')
+        driver.quit()
+        driver = None
+        assert server.interrupt() == 130
+    finally:
+        if driver is not None:
+            driver.quit()
+        server.stop()
+    server.reader.join(timeout=10)
+    assert 'Traceback' not in server.output, server.output

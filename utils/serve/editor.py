@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from utils.data.attributes import ShapesMultiDataset
 from utils.data.datasets import SMALL_IMAGE_DATASETS, base_dataset, build_small_image_data
 from utils.data.images import (IMAGE_EXTENSIONS, CorruptImageError, ImageTooLargeError,
                                find_images, load_rgb)
@@ -47,6 +48,7 @@ from utils.explain.run import top_k  # noqa: I001
 from utils.visualize import as_uint8, blend, safe_name
 
 DISPLAY = 256  # pixels the pictures on the page are drawn at, at least
+MULTITASK_DATASET = 'shapes-multi'  # the multi-task data set the page serves splits of
 
 
 @dataclass
@@ -172,7 +174,13 @@ class MapEditor:
 
     # ---- the images ----
     def _open_dataset(self, name, root):
-        if name not in SMALL_IMAGE_DATASETS:
+        if self.multitask != (name == MULTITASK_DATASET):
+            wanted = (MULTITASK_DATASET if self.multitask
+                      else 'one of ' + ', '.join(SMALL_IMAGE_DATASETS))
+            raise AbnError(f'--dataset {name} does not fit this '
+                           f'{"multi-task" if self.multitask else "single-label"} model: give '
+                           f'{wanted}, or image files')
+        if name not in SMALL_IMAGE_DATASETS + (MULTITASK_DATASET,):
             raise AbnError(f"unknown data set '{name}'")
         if self.loaded.imagenet:
             raise AbnError('--dataset holds small-image sets; give an ImageNet model image '
@@ -182,11 +190,22 @@ class MapEditor:
         self.splits['train'] = None
         self.split('test')  # the test split now: a missing data set is a start-up error
 
+    def share_images(self, other):
+        """Serves `other`'s data set splits (a model of the same input: a taught copy),
+        without reading or generating them again."""
+        self.dataset, self.splits = other.dataset, other.splits
+        self._data_args = getattr(other, '_data_args', None)
+        if other.loaded.class_names is None:
+            self.names = list(other.names)
+
     def split(self, name):
         """The split's images through the evaluation transform (no augmentation)."""
         if name not in self.splits:
             raise AbnError(f"no split '{name}': this page serves "
                            f"{', '.join(self.splits) or 'uploaded images only'}")
+        if self.splits[name] is None and self.multitask:  # shapes-multi, generated
+            self.splits[name] = ShapesMultiDataset(train=name == 'train',
+                                                   transform=self.transform)
         if self.splits[name] is None:
             dataset, root = self._data_args
             bundle = build_small_image_data(dataset, root, evaluate_only=name == 'test',
@@ -216,6 +235,8 @@ class MapEditor:
         except CorruptImageError as error:
             raise AbnError(str(error)) from None
         name = f'{self.dataset}-{split}-{index}'
+        if self.multitask:  # attributes (T,): no single true class
+            return Picture(tensor, name, -1, split, index)
         base = base_dataset(data)
         samples = getattr(base, 'samples', None)  # image folders: the file's own name
         if samples is not None:
@@ -346,25 +367,7 @@ class MapEditor:
     def save_path(self, explained, class_name=None):
         """Where a map of `explained` belongs (the layout of `--attention-maps`); the file
         may already hold another map: `save` then keeps both."""
-        picture = explained.picture
-        stem = visible_stem(picture.name)
-        folder = self.maps_dir
-        if self.multitask:
-            folder = os.path.join(folder, safe_name(self.names[explained.attribute]))
-        if picture.split is not None and self.dataset != 'imagefolder':
-            return os.path.join(folder, picture.split, f'{picture.index}.png')
-        if self.multitask:  # attributes are not classes: no class folder
-            return os.path.join(folder, f'{stem}.png')
-        if class_name is None:
-            class_name = explained.true_name or max(explained.ranking,
-                                                    key=explained.ranking.get)
-        if class_name not in self.names:
-            raise AbnError(f"'{class_name}' is not one of the model's classes")
-        if picture.split is not None:  # an image folder's split, as for the built-in sets
-            folder = os.path.join(folder, picture.split)
-        # The class's own name, as --attention-maps and --masks look it up (made one visible
-        # folder only where it would not be one).
-        return os.path.join(folder, visible_stem(class_name), f'{stem}.png')
+        return map_path(self, explained, class_name)
 
     def save(self, explained, edited, class_name=None):
         """Writes the edited map as 8-bit grayscale at the map's resolution where
@@ -377,6 +380,28 @@ class MapEditor:
         (`edited_maps/...`), never this machine's absolute path."""
         top = os.path.dirname(os.path.abspath(self.maps_dir))
         return os.path.relpath(os.path.abspath(path), top).replace(os.sep, '/')
+
+
+def map_path(editor, explained, class_name=None):
+    """MapEditor.save_path: the module's layout of saved maps (see the top)."""
+    picture = explained.picture
+    stem = visible_stem(picture.name)
+    folder = editor.maps_dir
+    if editor.multitask:
+        folder = os.path.join(folder, safe_name(editor.names[explained.attribute]))
+    if picture.split is not None and editor.dataset != 'imagefolder':
+        return os.path.join(folder, picture.split, f'{picture.index}.png')
+    if editor.multitask:  # attributes are not classes: no class folder
+        return os.path.join(folder, f'{stem}.png')
+    if class_name is None:
+        class_name = explained.true_name or max(explained.ranking, key=explained.ranking.get)
+    if class_name not in editor.names:
+        raise AbnError(f"'{class_name}' is not one of the model's classes")
+    if picture.split is not None:  # an image folder's split, as for the built-in sets
+        folder = os.path.join(folder, picture.split)
+    # The class's own name, as --attention-maps and --masks look it up (made one visible
+    # folder only where it would not be one).
+    return os.path.join(folder, visible_stem(class_name), f'{stem}.png')
 
 
 def store_map(path, gray, shown_path):

@@ -20,6 +20,8 @@ from utils.distributed import setup_runtime
 from utils.errors import AbnError
 from utils.serve.access import check_exposure, read_login, trusted_hosts_middleware
 from utils.serve.editor import MapEditor, read_image, to_gray
+from utils.serve.teach import Teacher
+from utils.serve.teach_page import add_teach_section
 from utils.visualize import as_uint8, safe_name
 from utils.weights.loading import architecture_options, load_model
 
@@ -134,13 +136,14 @@ class Handlers:
         if explained is None:
             raise AbnError('pick an image first')
         if not path:
-            return [self.gr.skip()] * 4
+            return [self.gr.skip()] * 5
         edited = editor.map_from_image(read_image(path, editor.max_pixels), explained.scale)
         gray = as_uint8(to_gray(edited, explained.scale))
         enlarged = np.kron(gray, np.ones((editor.cell(), editor.cell()), np.uint8))
+        # The file box is emptied: the map is in the painter, and the box takes the next one.
         return ['Map loaded: run the perception branch on it, or paint on it.',
                 Image.fromarray(enlarged).convert('RGB'),
-                editor.edited_overlay(explained, edited), self.gr.skip()]
+                editor.edited_overlay(explained, edited), self.gr.skip(), None]
 
     def save_edit(self, explained, value, chosen_class):
         edited = self.painted_map(explained, value)
@@ -159,8 +162,9 @@ def listed_names(paths):
     return {os.path.relpath(os.path.abspath(p), top).replace(os.sep, '/'): p for p in paths}
 
 
-def build_page(editor, gr, idle_seconds=IDLE_MINUTES * 60):
-    """The Gradio page over `editor`: the widgets, and their events wired to Handlers."""
+def build_page(editor, gr, idle_seconds=IDLE_MINUTES * 60, teacher=None):
+    """The Gradio page over `editor`: the widgets, and their events wired to Handlers; with
+    a `teacher` (utils.serve.teach), the Teach section below them."""
     ranked = editor.tasks if editor.multitask else 5
     ranking_label = 'P(attribute)' if editor.multitask else 'top-5'
 
@@ -253,12 +257,14 @@ def build_page(editor, gr, idle_seconds=IDLE_MINUTES * 60):
         painter.input(on.guarded(on.run_edit, edit_outputs), [state, painter], edit_outputs,
                       trigger_mode='always_last', show_progress='hidden', api_name='stroke',
                       preprocess=False)
-        map_outputs = [message, painter, edited_image, edited_ranking]
+        map_outputs = [message, painter, edited_image, edited_ranking, map_file]
         map_file.upload(on.guarded(on.load_map, map_outputs), [state, map_file], map_outputs,
                         api_name='load_map')
         save_outputs = [message, saved]
         save.click(on.guarded(on.save_edit, save_outputs), [state, painter, class_name],
                    save_outputs, api_name='save', preprocess=False)
+        if teacher is not None:
+            add_teach_section(gr, teacher, state, message, on.guarded)
     return page
 
 
@@ -282,7 +288,7 @@ def serve(args, loaded, device, host='127.0.0.1', port=7860):
     temporary = tempfile.mkdtemp(prefix='abn-editor-')
     saved_folder = os.environ.get('GRADIO_TEMP_DIR')
     os.environ['GRADIO_TEMP_DIR'] = temporary  # read by Gradio when a page is built
-    editor = None
+    editor = teacher = None
     # SIGTERM (kill, a scheduler) ends the page as Ctrl+C does: its folder is removed.
     previous = signal.signal(signal.SIGTERM, _interrupt) \
         if threading.current_thread() is threading.main_thread() else None
@@ -290,10 +296,15 @@ def serve(args, loaded, device, host='127.0.0.1', port=7860):
         editor = MapEditor(loaded, device, os.path.join(args.output, 'edited_maps'),
                            dataset=args.dataset, data_root=args.data, files=args.inputs,
                            max_pixels=MAX_PIXELS)
-        page = build_page(editor, gr, getattr(args, 'idle_minutes', IDLE_MINUTES) * 60)
+        teacher = None if getattr(args, 'no_teach', False) else Teacher(
+            editor, args.checkpoint, args.output, args.data,
+            'cpu' if device.type == 'cpu' else str(getattr(args, 'gpu_id', 0)))
+        page = build_page(editor, gr, getattr(args, 'idle_minutes', IDLE_MINUTES) * 60, teacher)
         page.queue(default_concurrency_limit=1)
         launch(page, editor, host, port, login, exposure, args)
     finally:
+        if teacher is not None:
+            teacher.close()
         if editor is not None:
             editor.close()
         shutil.rmtree(temporary, ignore_errors=True)

@@ -1,0 +1,232 @@
+"""Teaching from the attention editor's page (utils/serve/teach.py): over HTTP against
+`explain.py --serve`, maps of training images saved, a fine-tuning run started, watched,
+refused a second time, stopped, and its taught model measured beside the first; and the pieces
+in-process (the saved maps' count, the command, the refusals, a multi-task page)."""
+import hashlib
+import os
+import shlex
+import shutil
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+import celeba
+from tests.test_explain import save_project_checkpoint, tiny_model
+from tests.test_serve_browser import Server
+from utils.data.shapes import ShapesDataset
+from utils.errors import AbnError
+from utils.serve.editor import MapEditor
+from utils.serve.teach import Teacher
+from utils.serve.teach_page import comparison_text, maps_text, status_text
+from utils.weights.loading import load_model
+
+pytest.importorskip('gradio_client', reason='pip install -r requirements-serve.txt')
+from gradio_client import Client, handle_file  # noqa: E402
+
+CPU = torch.device('cpu')
+WAIT = 240  # seconds for a run and its measures on a busy 2-core machine
+
+
+def editor_value(path):
+    return {'background': handle_file(path), 'layers': [], 'composite': handle_file(path),
+            'id': None}
+
+
+def half_map(path, left=255, right=0, size=64):
+    """A map picture: the left half `left`, the right half `right`."""
+    pixels = np.full((size, size), right, np.uint8)
+    pixels[:, :size // 2] = left
+    Image.fromarray(pixels).convert('RGB').save(path)
+    return str(path)
+
+
+def digest(path):
+    with open(path, 'rb') as f:
+        return hashlib.sha256(f.read()).hexdigest()
+
+
+def wait_for(client, words, timeout=WAIT):
+    """Polls the page's status until it holds `words`; returns the status outputs."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        answer = client.predict(api_name='/teach_status')
+        if words in answer[1]:
+            return answer
+        time.sleep(0.5)
+    pytest.fail(f"the status never said '{words}'; it says: {answer[1]}")
+
+
+def test_teach_from_the_page_over_http(tmp_path, trained_shapes):
+    checkpoint = str(tmp_path / 'm.pth.tar')
+    shutil.copy(trained_shapes, checkpoint)
+    served = digest(checkpoint)
+    server = Server([checkpoint, '--dataset', 'shapes', '-o', 'out'], str(tmp_path))
+    try:
+        server.wait_until_up()
+        client = Client(server.url, verbose=False)
+        status = client.predict(api_name='/teach_status')
+        assert 'none yet' in status[0] and 'No teaching run yet' in status[1]
+        refused = client.predict(2, 8, 0.1, 10, 8, api_name='/teach')[0]
+        assert refused.startswith('**Error:**') and 'no saved maps of training images' in refused
+        # The first 8 training images' maps, painted where their shape is (white).
+        masks = ShapesDataset(train=True, size=8).masks
+        for index in range(8):
+            painted = tmp_path / f'mask-{index}.png'
+            Image.fromarray(masks[index].astype(np.uint8) * 255).convert('RGB').save(painted)
+            client.predict('train', index, 'circle', api_name='/show_split')
+            saved = client.predict(editor_value(str(painted)), 'circle', api_name='/save')[0]
+            assert f'edited_maps/train/{index}.png' in saved
+        client.predict('test', 0, 'circle', api_name='/show_split')  # a held-out one: unused
+        client.predict(editor_value(half_map(tmp_path / 'half.png')), 'circle', api_name='/save')
+        assert '**Saved training maps:** 8' in client.predict(api_name='/teach_status')[0]
+
+        started = client.predict(4, 16, 0.01, 10, 64, api_name='/teach')
+        assert 'Started' in started[0] and 'taught/run-1' in started[0]
+        command = started[1].split('```')[1].strip()
+        assert command.startswith('python cifar.py --dataset shapes --weights ')
+        assert '--attention-maps out/edited_maps/train' in command and '--epochs 4' in command
+        second = client.predict(4, 16, 0.1, 10, 64, api_name='/teach')[0]
+        assert 'a teaching run is already running' in second
+        # The command is in a file, to run again from a terminal.
+        with open(tmp_path / 'out' / 'taught' / 'run-1' / 'command.sh') as f:
+            written = f.read().splitlines()[-1]
+        full = [os.path.relpath(a, tmp_path) if os.path.isabs(a) else a
+                for a in shlex.split(written)[2:]]
+        assert full == shlex.split(command)[2:]
+        # A page reloaded (a new visitor) finds the run.
+        again = Client(server.url, verbose=False)
+        assert 'taught/run-1' in again.predict(api_name='/teach_status')[1]
+        done = wait_for(client, '**Taught**')
+        client.predict('train', 0, 'circle', api_name='/show_split')
+        answer = client.predict(api_name='/teach_status')
+        comparison = answer[4]
+        assert 'test accuracy' in comparison and 'pointing game ±2 px' in comparison, answer
+        row = next(line for line in comparison.splitlines() if 'painted regions' in line)
+        before, after = (float(cell) for cell in row.strip('|').split('|')[1:])
+        assert after > before + 0.02, comparison  # the map moved the painted way
+        assert 'this image' in comparison
+        assert answer[2] is not None and answer[3] is not None  # both maps shown
+        assert str(tmp_path) not in done[1] + comparison  # no path of this machine shown
+        assert digest(checkpoint) == served  # the served checkpoint is only read
+
+        # A second run, stopped: it saves and says how to continue.
+        client.predict(200, 4, 0.1, 10, 8, api_name='/teach')
+        wait_for(client, 'Train ')
+        stopping = client.predict(api_name='/stop_teaching')
+        assert 'Stopping' in stopping[0]
+        stopped = wait_for(client, '**Stopped**')
+        assert 'taught/run-2/checkpoint.pth.tar' in stopped[1] and '--resume' in stopped[1]
+        assert os.path.isfile(tmp_path / 'out' / 'taught' / 'run-2' / 'checkpoint.pth.tar')
+        assert 'no teaching run is running' in client.predict(api_name='/stop_teaching')[0]
+    finally:
+        server.stop()
+    assert 'Traceback' not in server.output, server.output
+
+
+def test_no_teach_leaves_the_section_out(tmp_path):
+    checkpoint = save_project_checkpoint(tiny_model(gate='multiply'), str(tmp_path / 'm.pth.tar'))
+    server = Server([checkpoint, '--dataset', 'shapes', '-o', 'out', '--no-teach'],
+                    str(tmp_path))
+    try:
+        server.wait_until_up()
+        names = Client(server.url, verbose=False).view_api(print_info=False, return_format='dict')
+        assert '/teach' not in names['named_endpoints'] and '/save' in names['named_endpoints']
+    finally:
+        server.stop()
+
+
+# -- the pieces, in-process -----------------------------------------------------------------
+
+def shapes_teacher(tmp_path, checkpoint=None):
+    checkpoint = checkpoint or save_project_checkpoint(tiny_model(gate='multiply'),
+                                                       str(tmp_path / 'm.pth.tar'))
+    editor = MapEditor(load_model(checkpoint), CPU, str(tmp_path / 'out' / 'edited_maps'),
+                       dataset='shapes')
+    return Teacher(editor, checkpoint, str(tmp_path / 'out'), gpu_id='cpu')
+
+
+def test_saved_maps_are_counted_per_class_and_an_image_once(tmp_path):
+    teacher = shapes_teacher(tmp_path)
+    editor = teacher.editor
+    painted = Image.open(half_map(tmp_path / 'half.png'))
+    for index, value in ((0, painted), (0, painted.rotate(90)), (3, painted)):
+        explained = editor.explain(editor.picture_from_split('train', index))
+        editor.save(explained, editor.map_from_image(value, explained.scale))
+    explained = editor.explain(editor.picture_from_split('test', 1))
+    editor.save(explained, editor.map_from_image(painted, explained.scale))
+    labels = editor.split('train').targets
+    names = editor.names
+    expected = {}
+    for index in (0, 3):
+        expected[names[labels[index]]] = expected.get(names[labels[index]], 0) + 1
+    assert teacher.saved_maps() == dict(sorted(expected.items()))
+    assert '**Saved training maps:** 2' in maps_text(teacher)
+    contrast = teacher.contrast(editor)
+    assert contrast['maps'] == 2 and contrast['contrast'] is not None
+
+
+def test_the_command_is_the_scripts_and_bad_settings_are_refused(tmp_path):
+    teacher = shapes_teacher(tmp_path)
+    argv, shown = teacher.command('RUN', 3, 16, 0.01, 10, 64)
+    maps = os.path.join(str(tmp_path), 'out', 'edited_maps', 'train')
+    assert argv[1].endswith('cifar.py') and argv[2:] == [
+        '--dataset', 'shapes', '--weights', teacher.checkpoint, '--attention-maps', maps,
+        '--epochs', '3', '--train-batch', '16', '--lr', '0.01', '--map-loss-weight', '10',
+        '--train-size', '64', '--manualSeed', '1', '--gpu-id', 'cpu', '-c', 'RUN']
+    # Shown to visitors: no path of this machine outside the page's folder.
+    assert shown == ('python cifar.py --dataset shapes --weights .../m.pth.tar '
+                     '--attention-maps .../train --epochs 3 --train-batch 16 --lr 0.01 '
+                     '--map-loss-weight 10 --train-size 64 --manualSeed 1 --gpu-id cpu -c RUN')
+    for settings, words in (((0, 8, 0.1, 10), 'epochs must be a whole number of at least 1'),
+                            ((1.5, 8, 0.1, 10), 'epochs must be a whole number'),
+                            ((1, 8, -0.1, 10), 'learning rate must be positive'),
+                            ((1, 8, 0.1, -1), 'map loss weight must be at least 0'),
+                            ((1, 8, float('nan'), 1), 'learning rate must be positive'),
+                            ((1, 8, 0.1, 10), 'no saved maps of training images')):
+        with pytest.raises(AbnError, match=words):
+            teacher.start(*settings)
+    assert status_text(teacher) == 'No teaching run yet.' and comparison_text(teacher) == ''
+
+
+def test_an_authors_file_or_a_page_without_a_data_set_cannot_teach(tmp_path):
+    checkpoint = save_project_checkpoint(tiny_model(gate='multiply'), str(tmp_path / 'm.pth.tar'))
+    editor = MapEditor(load_model(checkpoint), CPU, str(tmp_path / 'maps'))  # files only
+    teacher = Teacher(editor, checkpoint, str(tmp_path))
+    assert 'start the page with --dataset shapes' in teacher.why_not()
+    with pytest.raises(AbnError, match='--dataset shapes'):
+        teacher.start(1, 8, 0.1, 10)
+    editor.loaded.spec = None  # as for the authors' files
+    assert 'authors' in teacher.why_not() and 'not available' in maps_text(teacher)
+
+
+def test_a_multitask_page_teaches_with_celeba_py(tmp_path):
+    argv = ['--dataset', 'shapes-multi', '--image-size', '32', '--width', '8', '--train-size',
+            '16', '--test-size', '8', '--epochs', '1', '--train-batch', '8', '--gpu-id', 'cpu',
+            '-j', '0', '--save-attention', '0', '--manualSeed', '1', '-c', str(tmp_path / 'm')]
+    assert celeba.main(argv) == 0
+    checkpoint = str(tmp_path / 'm' / 'checkpoint.pth.tar')
+    editor = MapEditor(load_model(checkpoint), CPU, str(tmp_path / 'out' / 'edited_maps'),
+                       dataset='shapes-multi')
+    teacher = Teacher(editor, checkpoint, str(tmp_path / 'out'), gpu_id='cpu',
+                      measure_images=16)
+    painted = Image.open(half_map(tmp_path / 'half.png'))
+    for index, attribute in ((0, 3), (1, 3), (1, 0)):
+        explained = editor.explain(editor.picture_from_split('train', index), attribute)
+        path, _ = editor.save(explained, editor.map_from_image(painted, explained.scale))
+        assert path.endswith(os.path.join(editor.names[attribute], 'train', f'{index}.png'))
+    assert teacher.saved_maps() == {'circle': 1, 'frame': 2}
+    run = teacher.start(2, 2, 0.1, 10, 4)
+    assert run.shown.startswith('python celeba.py --dataset shapes-multi --weights ')
+    assert run.argv[run.argv.index('--attention-maps') + 1] == editor.maps_dir
+    deadline = time.monotonic() + WAIT
+    while run.state in ('starting', 'running', 'measuring') and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert run.state == 'finished', (run.note, run.lines()[-20:])
+    scores = teacher.scores
+    assert set(scores['before']['pointing_per_attribute']) <= set(editor.names)
+    assert scores['before']['maps'] == 3 and scores['after']['maps'] == 3
+    assert 'mean attribute accuracy' in comparison_text(teacher)
+    teacher.close()

@@ -1,0 +1,153 @@
+"""The page's Teach section (utils.serve.teach has the run): the saved training maps, the
+run's settings, Teach and Stop, the command, the progress, and the taught model beside the
+first. A timer asks every second; the run belongs to the page, so a reloaded page finds it."""
+from utils.serve.teach import DEFAULT_BATCH, DEFAULTS, shown_path
+
+TICK_SECONDS = 1.0
+
+
+def maps_text(teacher):
+    reason = teacher.why_not()
+    if reason:
+        return f'Teach is not available here: {reason}.'
+    saved = teacher.saved_maps()
+    if not saved:
+        return ('**Saved training maps:** none yet. Show images of the **train** split, paint '
+                'their maps and save them; then teach.')
+    total = sum(saved.values())
+    what = 'attribute' if teacher.editor.multitask else 'class'
+    groups = ', '.join(f'{name} {count}' for name, count in saved.items())
+    return (f'**Saved training maps:** {total} (per {what}: {groups}), in '
+            f'`{teacher.editor.shown_path(teacher.maps_folder())}`.')
+
+
+def status_text(teacher):
+    run = teacher.run
+    if run is None:
+        return 'No teaching run yet.'
+    where = teacher.editor.shown_path(run.folder)
+    lines = []
+    if run.state in ('starting', 'running'):
+        epoch, step = run.progress()
+        lines.append(f'**Teaching** in `{where}`' + (' (stopping...)' if run.stopping else '')
+                     + f': {epoch or "starting"}')
+        if step:
+            lines.append(f'`{step}`')
+    elif run.state == 'measuring':
+        lines.append(f'**Measuring**: the run in `{where}` is done; both models are measured '
+                     f'on the test split...')
+    elif run.state == 'finished':
+        lines.append(f'**Taught**: `{teacher.editor.shown_path(run.checkpoint())}` (the '
+                     f'checkpoint the page serves is unchanged).')
+    elif run.state == 'stopped':
+        lines.append(f'**Stopped**: its checkpoint `{teacher.editor.shown_path(run.checkpoint())}` '
+                     f'can be continued with the command below plus `--resume '
+                     f'{shown_path(run.checkpoint())}`.')
+    else:
+        lines.append(f'**The run failed**: {run.note}')
+    lines.append(f'Command (in full in `{where}/command.sh`, to run again from a '
+                 f'terminal):\n```\n{run.shown}\n```')
+    return '\n\n'.join(lines)
+
+
+def comparison_text(teacher, before_ranking=None, after_ranking=None, headline=None):
+    scores = teacher.scores
+    if not scores:
+        return ''
+    before, after = scores['before'], scores['after']
+    rows = [('test accuracy' if not teacher.editor.multitask else 'test mean attribute '
+             'accuracy', f"{before['accuracy']:.2f}%", f"{after['accuracy']:.2f}%")]
+    if 'pointing' in before:
+        rows.append((f"pointing game ±{before['radius']} px", f"{before['pointing']:.1f}%",
+                     f"{after['pointing']:.1f}%"))
+    for name, value in before.get('pointing_per_attribute', {}).items():
+        rows.append((f'  {name}', f'{value:.1f}%', f"{after['pointing_per_attribute'][name]:.1f}%"))
+    if before.get('contrast') is not None:
+        rows.append((f"map inside - outside the painted regions ({before['maps']} saved maps)",
+                     f"{before['contrast']:+.3f}", f"{after['contrast']:+.3f}"))
+    if before_ranking is not None and headline is not None:
+        rows.append(('this image', headline(before_ranking), headline(after_ranking)))
+    table = '\n'.join(f'| {a} | {b} | {c} |' for a, b, c in rows)
+    return (f"Measured on the first {before['images']} test images:\n\n"
+            f'| | before | after |\n|---|---|---|\n{table}')
+
+
+class TeachHandlers:
+    """The Teach section's events."""
+
+    def __init__(self, teacher, gr):
+        self.teacher, self.gr = teacher, gr
+
+    def start(self, epochs, batch, lr, weight, train_size):
+        self.teacher.start(epochs, batch, lr, weight, train_size)
+        return [f'Started: `{self.teacher.editor.shown_path(self.teacher.run.folder)}`.',
+                status_text(self.teacher)]
+
+    def stop(self):
+        self.teacher.stop()
+        return ['Stopping: the run saves its checkpoint at the next step.',
+                status_text(self.teacher)]
+
+    def tick(self, explained, seen):
+        """Every second: the saved maps, the run's state, and, when a taught model is new or
+        the picture changed, the picture's map before and after."""
+        teacher, skip = self.teacher, self.gr.skip()
+        out = [maps_text(teacher), status_text(teacher)]
+        picture = explained.picture if explained is not None else None
+        key = (teacher.version, id(picture), getattr(explained, 'attribute', None))
+        if teacher.after is None or key == seen:
+            return out + [skip, skip, comparison_text(teacher) if key != seen else skip, seen]
+        if picture is None:
+            return out + [skip, skip, comparison_text(teacher), key]
+        after = teacher.after.explain(picture, explained.attribute)
+        editor = teacher.editor
+
+        def headline(ranking):
+            return editor.headline(ranking, explained.attribute)
+        return out + [explained.panels['ABN attention'], after.panels['ABN attention'],
+                      comparison_text(teacher, explained.ranking, after.ranking, headline), key]
+
+
+def add_teach_section(gr, teacher, state, message, guarded):
+    """The Teach widgets and their events, under the editor's; `guarded` as Handlers'."""
+    on = TeachHandlers(teacher, gr)
+    multitask = teacher.editor.multitask
+    script = 'celeba' if multitask else teacher.editor.loaded.spec.script \
+        if teacher.editor.loaded.spec else 'cifar'
+    with gr.Accordion('Teach: fine-tune on the saved maps', open=True, elem_id='teach-section'):
+        gr.Markdown('Fine-tunes a copy of this model on the saved maps of training images '
+                    '(the feature extractor fixed; the map loss pulls each map towards its '
+                    'saved one), in the background, then shows the taught model beside this '
+                    'one. The page stays usable; the served checkpoint is never changed.')
+        saved = gr.Markdown(maps_text(teacher), elem_id='teach-maps')
+        with gr.Row():
+            epochs = gr.Number(DEFAULTS['epochs'], precision=0, label='epochs',
+                               elem_id='teach-epochs', minimum=1)
+            batch = gr.Number(DEFAULT_BATCH.get(script, 64), precision=0, label='batch size',
+                              elem_id='teach-batch', minimum=1)
+            lr = gr.Number(DEFAULTS['lr'], label='learning rate', elem_id='teach-lr')
+            weight = gr.Number(DEFAULTS['map_loss_weight'], label='map loss weight (gamma)',
+                               elem_id='teach-weight')
+            train_size = gr.Number(DEFAULTS['train_size'], precision=0,
+                                   label='training images (0: all)', elem_id='teach-size')
+        with gr.Row():
+            teach = gr.Button('Teach', variant='primary', elem_id='teach')
+            stop = gr.Button('Stop', elem_id='teach-stop')
+        status = gr.Markdown(status_text(teacher), elem_id='teach-status')
+        with gr.Row():
+            before = gr.Image(label='before: ABN attention', type='numpy', interactive=False,
+                              format='png', elem_id='panel-before')
+            after = gr.Image(label='after teaching: ABN attention', type='numpy',
+                             interactive=False, format='png', elem_id='panel-after')
+            comparison = gr.Markdown('', elem_id='teach-comparison')
+    seen = gr.State(None)
+    outputs = [message, status]
+    teach.click(guarded(on.start, outputs), [epochs, batch, lr, weight, train_size], outputs,
+                api_name='teach')
+    stop.click(guarded(on.stop, outputs), [], outputs, api_name='stop_teaching')
+    timer = gr.Timer(TICK_SECONDS)
+    shown = [saved, status, before, after, comparison, seen]
+    timer.tick(guarded(on.tick, shown), [state, seen], shown, show_progress='hidden',
+               api_name='teach_status')
+    return on
+
