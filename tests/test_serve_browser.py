@@ -267,6 +267,8 @@ def test_paint_save_teach_and_compare_in_a_browser(tmp_path, trained_shapes):
 
     checkpoint = os.path.abspath(os.environ.get('ABN_TEACH_CHECKPOINT') or trained_shapes)
     screenshots = os.environ.get('ABN_TEACH_SCREENSHOTS')
+    with open(checkpoint, 'rb') as f:
+        served = f.read()
     out = tmp_path / 'out'
     server = Server([checkpoint, '--dataset', 'shapes', '-o', 'out'], cwd=tmp_path)
     masks = ShapesDataset(train=True, size=8).masks
@@ -337,8 +339,15 @@ def test_paint_save_teach_and_compare_in_a_browser(tmp_path, trained_shapes):
             Image.fromarray(masks[index].astype(np.uint8) * 255).save(mask_file)
             driver.find_element(By.CSS_SELECTOR, '#map-upload input[type=file]').send_keys(
                 str(mask_file))
-            says('message', 'Map loaded')
+            # Loaded once the box is empty again (the message box may show a late stroke's
+            # answer instead: strokes answer as they arrive).
+            wait.until(lambda d: d.find_elements(By.CSS_SELECTOR,
+                                                 '#map-upload input[type=file]'))
             save(index)
+            with Image.open(out / 'edited_maps' / 'train' / f'{index}.png') as image:
+                saved = np.asarray(image) > 127
+            cells = masks[index].reshape(16, 2, 16, 2).mean((1, 3))
+            assert np.array_equal(saved, cells >= 0.5), index  # the mask, not the own map
         says('teach-maps', 'Saved training maps: 8')
 
         # Teach: 64 training images (8 with maps), 4 epochs of 4 steps.
@@ -373,6 +382,8 @@ def test_paint_save_teach_and_compare_in_a_browser(tmp_path, trained_shapes):
             driver.execute_script('arguments[0].scrollIntoView()', section)
             driver.save_screenshot(os.path.join(screenshots, 'teach-after.png'))
         assert os.path.isfile(out / 'taught' / 'run-1' / 'command.sh')
+        with open(checkpoint, 'rb') as f:
+            assert f.read() == served  # the served checkpoint is only read
         driver.quit()
         driver = None
         assert server.interrupt() == 130

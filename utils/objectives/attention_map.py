@@ -87,24 +87,20 @@ class MapMeter:
         self.sums = state['map'].to(device=self.device, dtype=torch.float64)
 
 
-@register_objective
-class AttentionMapObjective(SingleLabelObjective):
-    """The authors' two cross-entropies plus `weight` x the map loss, on targets
-    {'label', 'map', 'has_map'} (training with --attention-maps); plain class indices
-    (evaluation) get the two cross-entropies alone. Accuracy and model_best as single-label."""
-    name = NAME
-    log_columns = SingleLabelObjective.log_columns + ['Train Map Loss']
-
-    def __init__(self, weight=DEFAULT_MAP_LOSS_WEIGHT):
-        self.weight = weight
+class TeachesMaps:
+    """What teaching the map adds to an objective (a mixin, before its base class): targets
+    {'label', 'map', 'has_map'} in training, `weight` x `compare_maps(model maps, given
+    maps, has_map)` as 'map_loss', the meter's map loss, its summary and log.txt column.
+    Plain targets (evaluation) get the base's losses alone."""
+    compare_maps = staticmethod(map_loss)
 
     def losses(self, output, target):
         if not isinstance(target, dict):
             return super().losses(output, target)
         losses = super().losses(output, target['label'])
         if output.attention_map is not None:
-            losses['map_loss'] = self.weight * map_loss(output.attention_map.float(),
-                                                        target['map'], target['has_map'])
+            losses['map_loss'] = self.weight * self.compare_maps(
+                output.attention_map.float(), target['map'], target['has_map'])
         return losses
 
     def new_meter(self, device):
@@ -123,3 +119,15 @@ class AttentionMapObjective(SingleLabelObjective):
         if isinstance(target, dict):
             target = target['label']
         return super().captions(predictions, scores, target, class_names)
+
+
+@register_objective
+class AttentionMapObjective(TeachesMaps, SingleLabelObjective):
+    """The authors' two cross-entropies plus `weight` x the map loss, on targets
+    {'label', 'map', 'has_map'} (training with --attention-maps); plain class indices
+    (evaluation) get the two cross-entropies alone. Accuracy and model_best as single-label."""
+    name = NAME
+    log_columns = SingleLabelObjective.log_columns + ['Train Map Loss']
+
+    def __init__(self, weight=DEFAULT_MAP_LOSS_WEIGHT):
+        self.weight = weight

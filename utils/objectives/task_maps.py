@@ -13,7 +13,7 @@ person leaves unpainted pulls nowhere; a 0/1 mask asks for the map's highest val
 object and its lowest elsewhere. A given map of one gray level says nothing of where: it is
 left out.
 """
-from utils.objectives.attention_map import DEFAULT_MAP_LOSS_WEIGHT, MapMeter, fit_to
+from utils.objectives.attention_map import DEFAULT_MAP_LOSS_WEIGHT, TeachesMaps, fit_to
 from utils.objectives.base import register_objective
 from utils.objectives.multi_label import MultiLabelFocalObjective, MultiLabelObjective
 
@@ -52,12 +52,13 @@ def task_map_loss(maps, given, has_map):
 
 
 @register_objective
-class MultiLabelMapObjective(MultiLabelObjective):
+class MultiLabelMapObjective(TeachesMaps, MultiLabelObjective):
     """BCE (or, with `focal`, the authors' weighted focal loss) on both branches plus `weight`
     x task_map_loss, on targets {'label', 'map', 'has_map'} (training with --attention-maps);
     plain (N, T) targets (evaluation) get the two branch losses alone."""
     name = NAME
     log_columns = MultiLabelObjective.log_columns + ['Train Map Loss']
+    compare_maps = staticmethod(task_map_loss)
 
     def __init__(self, weight=DEFAULT_MAP_LOSS_WEIGHT, focal=False, **options):
         super().__init__(**options)
@@ -72,31 +73,6 @@ class MultiLabelMapObjective(MultiLabelObjective):
         if self.focal is not None:
             return self.focal.branch_losses(output, target)
         return super().branch_losses(output, target)
-
-    def losses(self, output, target):
-        if not isinstance(target, dict):
-            return super().losses(output, target)
-        losses = super().losses(output, target['label'])
-        losses['map_loss'] = self.weight * task_map_loss(output.attention_map.float(),
-                                                         target['map'], target['has_map'])
-        return losses
-
-    def new_meter(self, device):
-        return MapMeter(super().new_meter(device))
-
-    def summary_text(self, summary, attention):
-        text = super().summary_text(summary, attention)
-        if 'map_loss' in summary:
-            text += f" | map loss {summary['map_loss']:.4f} ({summary['maps']} maps)"
-        return text
-
-    def log_row(self, lr, train, valid, seconds):
-        return super().log_row(lr, train, valid, seconds) + [train.get('map_loss', 0.0)]
-
-    def captions(self, predictions, scores, target, class_names):
-        if isinstance(target, dict):
-            target = target['label']
-        return super().captions(predictions, scores, target, class_names)
 
     def save_attention(self, out_dir, inputs, output, targets, data, start_index, grid_name,
                        title):
