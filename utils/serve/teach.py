@@ -114,6 +114,10 @@ class Teacher:
             return ('Teach starts from a checkpoint of this project that names its data set; '
                     'this one does not (an authors\' file?): fine-tune from a terminal with '
                     '--weights and --attention-maps (docs/teach.md)')
+        if editor.loaded.imagenet:
+            return ('Teach covers the data sets the page serves (cifar.py\'s and '
+                    'shapes-multi); for an imagenet.py model run python imagenet.py --data DIR '
+                    '--weights CHECKPOINT --attention-maps MAPS from a terminal (docs/teach.md)')
         if not editor.splits:
             return ('Teach needs the training split: start the page with --dataset '
                     f'{spec.dataset}')
