@@ -59,6 +59,8 @@ def test_documented_command_is_accepted(doc, script, argv):
     if hasattr(args, 'attention_maps'):  # cifar.py and imagenet.py teach maps
         check_teach_arguments(args)
     if hasattr(module, 'check_arguments'):  # imagenet.py's own (image size, --depth)
+        if getattr(args, 'weights', None) and not os.path.exists(args.weights):
+            args.weights = None  # a checkpoint an earlier documented run writes
         module.check_arguments(args)
     classes = CLASSES.get(getattr(args, 'dataset', None), 1000)
     task = module.TASK if hasattr(module, 'TASK') else module.make_task(args)  # celeba.py's
