@@ -13,6 +13,7 @@ import torch
 from PIL import Image
 
 import celeba
+from tests.fakedata import authors_checkpoint
 from tests.test_explain import save_project_checkpoint, tiny_model
 from tests.test_serve_browser import Server
 from utils.errors import AbnError
@@ -156,7 +157,10 @@ def test_an_authors_file_or_a_page_without_a_data_set_cannot_teach(tmp_path):
     assert 'start the page with --dataset shapes' in teacher.why_not()
     with pytest.raises(AbnError, match='--dataset shapes'):
         teacher.start(1, 8, 0.1, 10)
-    editor.loaded.spec = None  # as for the authors' files
+    # The authors' file of the same model: its command would need the architecture options.
+    authors = authors_checkpoint(tiny_model(gate='multiply'), str(tmp_path / 'authors.pth.tar'))
+    teacher = Teacher(MapEditor(load_model(checkpoint), CPU, str(tmp_path / 'maps'),
+                                dataset='shapes'), authors, str(tmp_path))
     assert 'authors' in teacher.why_not() and 'not available' in maps_text(teacher)
 
 

@@ -104,13 +104,15 @@ class Teacher:
         self.after = None  # a MapEditor of the taught model, once loaded
         self.scores = None  # {'before': {...}, 'after': {...}}
         self.version = 0  # grows whenever a new comparison is ready
+        # The run's command names no architecture options: the file must record them.
+        self.describes_itself = _describes_itself(checkpoint)
 
     # ---- what can be taught ----
     def why_not(self):
         """None when this page can teach, else one line saying why not."""
         editor = self.editor
         spec = editor.loaded.spec
-        if spec is None or not os.path.isfile(self.checkpoint) or spec.dataset is None:
+        if not self.describes_itself or spec is None or spec.dataset is None:
             return ('Teach starts from a checkpoint of this project that names its data set; '
                     'this one does not (an authors\' file?): fine-tune from a terminal with '
                     '--weights and --attention-maps (docs/teach.md)')
@@ -357,6 +359,16 @@ def _saved_map_files(folder, multitask):
         grouped.setdefault((parts[0] if multitask else None, index), []).append(path)
     return [((attribute, index), files) for (attribute, index), files in sorted(
         grouped.items(), key=lambda item: (str(item[0][0]), item[0][1]))]
+
+
+def _describes_itself(path):
+    """Whether `path` is a checkpoint of this project (one that records its model spec)."""
+    from utils.weights.checkpoint import load_checkpoint
+    from utils.weights.modelspec import spec_from_checkpoint
+    try:
+        return os.path.isfile(path) and spec_from_checkpoint(load_checkpoint(path)) is not None
+    except AbnError:
+        return False  # e.g. a safetensors file of export.py: not a start for a training run
 
 
 def shown_path(text):
