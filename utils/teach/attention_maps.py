@@ -186,13 +186,7 @@ def load_map_set(text, dataset, dataset_name):
     used = set(indices)
     paths, keys, unused = {}, {}, 0
     for key, path in files:
-        targets = by_key.get(key)
-        sibling = SIBLING.match(key)
-        if targets is None and sibling:  # <stem>~2: a second map of <stem>
-            key = sibling.group(1)
-            targets = by_key.get(key)
-        if targets is None and samples is None and key.isdigit():
-            targets = by_key.get(str(int(key)))  # 0007.png is image 7
+        key, targets = images_named(by_key, key, numbered=samples is None)
         if targets is None:
             raise AbnError(f'--attention-maps: {path} names no training image (the maps of '
                            f'this data set are {os.path.join(folder, layout)})')
@@ -210,6 +204,20 @@ def load_map_set(text, dataset, dataset_name):
     maps = MapSet(folder, paths=paths, keys=keys)
     maps.unused = unused
     return maps
+
+
+def images_named(by_key, key, numbered):
+    """(the key of the image a map file names, that image's indices or None), `by_key` the
+    training split's {key: indices}: `<stem>~2` is a second map of `<stem>`; with
+    `numbered` (images known by index), `0007` is image 7."""
+    targets = by_key.get(key)
+    sibling = SIBLING.match(key)
+    if targets is None and sibling:
+        key = sibling.group(1)
+        targets = by_key.get(key)
+    if targets is None and numbered and key.isdigit():
+        targets = by_key.get(str(int(key)))
+    return key, targets
 
 
 def flatten_subsets(dataset):

@@ -30,8 +30,8 @@ from PIL import Image
 
 from utils.data.images import image_files_by_key
 from utils.errors import AbnError
-from utils.teach.attention_maps import (SHAPES_MASKS, SIBLING, flatten_subsets, parse_source,
-                                        read_map, read_maps, shapes_mask_subset)
+from utils.teach.attention_maps import (SHAPES_MASKS, flatten_subsets, images_named,
+                                        parse_source, read_map, read_maps, shapes_mask_subset)
 from utils.visualize import safe_name
 
 HELD_OUT = ('test', 'valid', 'val')
@@ -142,14 +142,8 @@ def load_task_map_set(text, dataset, dataset_name):
         if len(parts) == 3 and parts[1] != 'train':
             raise AbnError(f'--attention-maps: {path}: the split folder of a map is train '
                            f'(test, valid and val are held out and not read)')
-        task, stem = by_folder[parts[0]], parts[-1]
-        sibling = SIBLING.match(stem)
-        targets = by_key.get(stem)
-        if targets is None and sibling:
-            stem = sibling.group(1)
-            targets = by_key.get(stem)
-        if targets is None and stem.isdigit():
-            targets = by_key.get(str(int(stem)))
+        task = by_folder[parts[0]]
+        stem, targets = images_named(by_key, parts[-1], numbered=True)
         if targets is None:
             raise AbnError(f'--attention-maps: {path} names no training image (the maps of '
                            f'this data set are {expected})')
