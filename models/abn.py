@@ -52,8 +52,7 @@ class AttentionBranchNetwork(nn.Module):
         self.gate = gate
         # The CIFAR ResNeXt defines bn_att but never applies it; kept for its checkpoints.
         self.uses_bn_att = True
-        # Modules kept fixed by freeze_feature_extractor (a tuple: not registered twice).
-        self.frozen_modules = ()
+        self.feature_extractor_frozen = False  # freeze_feature_extractor
 
     # -- pieces a family provides ------------------------------------------------------
     def extract_features(self, x):
@@ -115,8 +114,7 @@ class AttentionBranchNetwork(nn.Module):
 
     def train(self, mode=True):
         super().train(mode)
-        for module in self.frozen_modules:
-            module.eval()  # frozen BatchNorm layers keep their running statistics
+        keep_frozen_in_eval(self)
         return self
 
     def forward(self, x, attention=None):
@@ -151,9 +149,18 @@ def freeze_feature_extractor(model):
     modules = tuple(model.feature_extractor_modules())
     for module in modules:
         module.requires_grad_(False)
-    model.frozen_modules = modules
+    model.feature_extractor_frozen = True
     model.train(model.training)
     return sum(p.numel() for module in modules for p in module.parameters())
+
+
+def keep_frozen_in_eval(model):
+    """The frozen feature extractor's layers back in eval mode (after `model.train()`). They
+    are looked up anew each time: a layer replaced since the freeze (SyncBatchNorm's
+    conversion makes new BatchNorm modules, on the same parameters) is frozen too."""
+    if getattr(model, 'feature_extractor_frozen', False):
+        for module in model.feature_extractor_modules():
+            module.eval()  # frozen BatchNorm layers keep their running statistics
 
 
 def init_conv_bn(model):

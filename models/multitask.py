@@ -36,7 +36,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
 
-from .abn import AbnOutput, init_conv_bn
+from .abn import AbnOutput, init_conv_bn, keep_frozen_in_eval
 from .imagenet.resnet import BLOCKS  # depth -> (block, blocks per stage)
 from .registry import ModelRegistry
 from .stages import resnet_stage
@@ -106,7 +106,7 @@ class MultitaskABN(nn.Module):
         self.residual_attention = residual_attention
         self.gate = 'residual' if residual_attention else 'multiply'
         self.fold_tasks = fold_tasks
-        self.frozen_modules = ()  # set by freeze_feature_extractor (a tuple: not registered)
+        self.feature_extractor_frozen = False  # models.abn.freeze_feature_extractor
         e = block.expansion
         w = width
         self.conv1 = nn.Conv2d(3, w, kernel_size=7, stride=2, padding=3, bias=False)
@@ -131,8 +131,7 @@ class MultitaskABN(nn.Module):
 
     def train(self, mode=True):
         super().train(mode)
-        for module in self.frozen_modules:
-            module.eval()  # frozen BatchNorm layers keep their running statistics
+        keep_frozen_in_eval(self)
         return self
 
     def attention_branch(self, features):

@@ -1,11 +1,14 @@
 """Processes and devices: torchrun's environment for DistributedDataParallel, --gpu-id for a
 single process (one device, or several with DataParallel as the authors), else the CPU."""
+import math
 import os
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
+import torch.nn as nn
 
 from utils.errors import AbnError
 
@@ -27,12 +30,32 @@ class Runtime:
         if self.is_main:
             print(*args, **kwargs, flush=True)
 
+    @property
+    def cuda_devices(self):
+        """The CUDA devices this process computes on (DataParallel's several, else its one)."""
+        if self.device.type != 'cuda':
+            return []
+        return list(self.device_ids) or [self.device.index if self.device.index is not None
+                                         else torch.cuda.current_device()]
+
+
+# How long a process waits in a collective for the others (init_process_group's timeout):
+# NCCL's own default, 10 minutes, is shorter than what a rank may wait behind another's work
+# (local rank 0 indexing or downloading ImageNet behind a barrier, rank 0's fsync'd saves).
+DEFAULT_DIST_TIMEOUT_MINUTES = 60
+
+
+def print_main(*args, **kwargs):
+    """print() in the main process only (rank 0 under torchrun): for code without a Runtime."""
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        print(*args, **kwargs, flush=True)
+
 
 def launched_by_torchrun():
     return 'RANK' in os.environ and 'WORLD_SIZE' in os.environ and 'LOCAL_RANK' in os.environ
 
 
-def restart_safe_rendezvous():
+def restart_safe_rendezvous(timeout):
     """init_process_group's store under torchrun, kept apart per restart of the group.
 
     The workers of every start of the group (--max-restarts) share the agent's store, and
@@ -42,17 +65,17 @@ def restart_safe_rendezvous():
     put back here. Elsewhere (no agent store) env:// is left as it is."""
     if os.environ.get('TORCHELASTIC_USE_AGENT_STORE') != str(True):
         return {}
-    from torch.distributed.constants import default_pg_timeout
     world_size = int(os.environ['WORLD_SIZE'])
     store = dist.TCPStore(os.environ['MASTER_ADDR'], int(os.environ['MASTER_PORT']),
-                          world_size, is_master=False, timeout=default_pg_timeout)
+                          world_size, is_master=False, timeout=timeout)
     attempt = os.environ.get('TORCHELASTIC_RESTART_COUNT', '0')
     return {'store': dist.PrefixStore(f'/worker/attempt_{attempt}', store),
             'rank': int(os.environ['RANK']), 'world_size': world_size}
 
 
-def setup_runtime(gpu_id):
-    """Picks the device(s). Under torchrun: one process per device (CUDA, else CPU with gloo).
+def setup_runtime(gpu_id, dist_timeout=DEFAULT_DIST_TIMEOUT_MINUTES):
+    """Picks the device(s). Under torchrun: one process per device (CUDA, else CPU with gloo),
+    whose collectives wait `dist_timeout` minutes for the other processes before they fail.
     Otherwise --gpu-id: 'cpu', one id, or several (DataParallel)."""
     if launched_by_torchrun():
         local_rank = int(os.environ['LOCAL_RANK'])
@@ -65,7 +88,9 @@ def setup_runtime(gpu_id):
         else:
             device, backend = torch.device('cpu'), 'gloo'
         if not dist.is_initialized():
-            dist.init_process_group(backend=backend, **restart_safe_rendezvous())
+            timeout = timedelta(minutes=dist_timeout)
+            dist.init_process_group(backend=backend, timeout=timeout,
+                                    **restart_safe_rendezvous(timeout))
         return Runtime(device=device, device_ids=[], rank=dist.get_rank(),
                        world_size=dist.get_world_size(), local_rank=local_rank,
                        distributed=True)
@@ -105,6 +130,14 @@ def local_main_first(runtime):
     yield
     if runtime.distributed and first:
         dist.barrier()
+
+
+def broadcast_module_state(module, runtime):
+    """Every parameter and buffer of `module` as rank 0 holds them, in every process (in
+    place): a state rank 0 read from its files reaches processes that may not see them."""
+    if runtime.distributed:
+        for tensor in module.state_dict().values():
+            dist.broadcast(tensor, src=0)
 
 
 def broadcast_object(value, runtime):
@@ -195,3 +228,29 @@ def sync_batchnorm(module, device):
     for name, child in module.named_children():
         module.add_module(name, sync_batchnorm(child, device))
     return module
+
+
+class AutocastForward(nn.Module):
+    """`module`'s forward under autocast to `dtype`, for DataParallel. DataParallel runs each
+    replica in a thread of its own and enters autocast there without a dtype, and the
+    autocast state is per thread: the replicas would compute in float16 (without a gradient
+    scaler) while the run chose bfloat16. Inside the replica, the run's dtype holds."""
+
+    def __init__(self, module, device_type, dtype):
+        super().__init__()
+        self.module = module
+        self.device_type, self.dtype = device_type, dtype
+
+    def forward(self, *args, **kwargs):
+        with torch.autocast(self.device_type, dtype=self.dtype):
+            return self.module(*args, **kwargs)
+
+
+def smallest_chunk(batch, devices):
+    """The fewest images DataParallel gives one device of a batch of `batch` (it splits with
+    torch.chunk: ceil(batch / devices) a device, the last gets the rest; 7 on 4 devices:
+    2, 2, 2, 1)."""
+    if devices <= 1 or batch <= 0:
+        return batch
+    size = math.ceil(batch / devices)
+    return batch - size * (math.ceil(batch / size) - 1)

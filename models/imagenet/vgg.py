@@ -23,13 +23,45 @@ from ..registry import IMAGENET_MODELS
 from .base import ImageNetABN
 
 
+class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
+    """torch's adaptive average pooling (no weights: torchvision's keys are unchanged), but
+    with a deterministic backward pass under torch.use_deterministic_algorithms: CUDA has
+    none for torch's (--deterministic would fail at the first step). There it pools with
+    two averaging matrices (rows, then columns), whose products are deterministic; an input
+    already of the output size (7x7 at 224 px) passes unchanged, as torch's pooling leaves it."""
+
+    def forward(self, x):
+        size = nn.modules.utils._pair(self.output_size)
+        size = tuple(s if s is not None else x.shape[-2 + i] for i, s in enumerate(size))
+        if tuple(x.shape[-2:]) == size:
+            return x
+        if not torch.are_deterministic_algorithms_enabled():
+            return super().forward(x)
+        rows = averaging_matrix(x.shape[-2], size[0], x)
+        columns = averaging_matrix(x.shape[-1], size[1], x)
+        return torch.einsum('oh,nchw,pw->ncop', rows, x, columns)
+
+
+def averaging_matrix(length, size, like):
+    """(size, length): row i averages the inputs of adaptive pooling's bin i, [floor(i L /
+    S), ceil((i + 1) L / S))."""
+    bins = torch.arange(size, device=like.device)
+    starts = (bins * length) // size
+    ends = -((-(bins + 1) * length) // size)
+    positions = torch.arange(length, device=like.device)
+    inside = (positions >= starts[:, None]) & (positions < ends[:, None])
+    inside = inside.to(like.dtype)
+    return inside / inside.sum(1, keepdim=True)
+
+
 class ImageNetVGG(ImageNetABN):
     last_stage, classifier_name = 'features', 'classifier.6'
 
     def __init__(self, cfg, num_classes=1000, attention=True, gate='residual', dropout=0.5):
         super().__init__(num_classes, attention, gate)
         vgg = VGG(make_layers(cfg, batch_norm=True), num_classes, dropout=dropout)
-        self.features, self.avgpool, self.classifier = vgg.features, vgg.avgpool, vgg.classifier
+        self.features, self.classifier = vgg.features, vgg.classifier
+        self.avgpool = AdaptiveAvgPool2d(vgg.avgpool.output_size)
         pools = [i for i, m in enumerate(self.features) if isinstance(m, nn.MaxPool2d)]
         self.pool4, self.pool5 = pools[-2:]
         if attention:

@@ -132,14 +132,19 @@ def crop_flip(images, top, left, flip, padding):
 
 class Normalizer:
     """ToTensor's division by 255, then Normalize's (x - mean) / std: the same float32
-    operations in the same order, so the results are bitwise those of the faithful path."""
+    operations in the same order, so the results are bitwise those of the faithful path.
+
+    Every operand is a tensor on the device: CUDA divides by a Python number (a CPU scalar)
+    as a multiplication by its reciprocal, which differs from ToTensor's true division in
+    the last bit for some pixel values; by a tensor on the device it divides truly."""
 
     def __init__(self, mean, std, device):
+        self.scale = torch.tensor(255.0, dtype=torch.float32, device=device)
         self.mean = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.std = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
 
     def __call__(self, images):
-        return images.float().div_(255).sub_(self.mean).div_(self.std)
+        return images.float().div_(self.scale).sub_(self.mean).div_(self.std)
 
 
 @contextmanager
@@ -178,7 +183,7 @@ class DeviceLoader:
         self.normalize = Normalizer(augmentation.mean, augmentation.std, self.device)
         count = len(images)
         self.sampler = (EpochSampler(range(count), runtime.world_size, runtime.rank, seed,
-                                     batch_size)
+                                     batch_size, devices=max(len(runtime.device_ids), 1))
                         if train else ShardSampler(count, runtime.world_size, runtime.rank))
         self.samples = self.sampler.length if train else len(self.sampler)
         self.generator = torch.Generator(device=self.device)

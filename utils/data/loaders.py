@@ -7,6 +7,7 @@ import torch
 import torch.utils.data as tud
 from torch.utils.data.distributed import DistributedSampler
 
+from utils.distributed import smallest_chunk
 from utils.signals import ignore_stop_signals, stop_signals_blocked
 
 
@@ -44,15 +45,17 @@ class EpochSampler(DistributedSampler):
     seed + epoch; with one process, a plain shuffle) that yields (epoch, index) keys and can
     start an epoch part-way, for resuming."""
 
-    def __init__(self, dataset, num_replicas, rank, seed, batch_size=None):
+    def __init__(self, dataset, num_replicas, rank, seed, batch_size=None, devices=1):
         super().__init__(dataset, num_replicas=num_replicas, rank=rank, shuffle=True,
                          seed=seed, drop_last=False)
         self.start = 0
-        # A last batch of one image would fail in BatchNorm wherever the maps are 1x1
-        # (imagenet.py --image-size 32): it is dropped; each epoch's shuffle drops another.
+        # A last batch that gives a device one image would fail in BatchNorm wherever the
+        # maps are 1x1 (imagenet.py --image-size 32): it is dropped; each epoch's shuffle
+        # drops others. `devices`: DataParallel's, which split each batch between them.
         self.length = self.num_samples
-        if batch_size and batch_size > 1 and self.num_samples % batch_size == 1:
-            self.length -= 1
+        last = self.num_samples % batch_size if batch_size else 0
+        if batch_size and batch_size > 1 and last and smallest_chunk(last, devices) == 1:
+            self.length -= last
 
     def set_epoch(self, epoch, start=0):
         super().set_epoch(epoch)
@@ -121,7 +124,8 @@ class Loader:
 
 
 def make_train_loader(dataset, batch_size, runtime, seed, workers):
-    sampler = EpochSampler(dataset, runtime.world_size, runtime.rank, seed, batch_size)
+    sampler = EpochSampler(dataset, runtime.world_size, runtime.rank, seed, batch_size,
+                           devices=max(len(runtime.device_ids), 1))
     return Loader(SeededAugmentation(dataset, seed), batch_size, sampler, workers,
                   runtime.device.type == 'cuda', train=True)
 

@@ -118,10 +118,19 @@ def road(logits, inputs, maps, classes, percentiles=ROAD_PERCENTILES, seed=0):
 
     targets = [ClassifierOutputSoftmaxTarget(int(c)) for c in classes]
     maps = np.ascontiguousarray(maps, dtype=np.float32)
-    with torch.random.fork_rng(devices=[]), torch.no_grad():
+    # torch.manual_seed seeds every CUDA device too: their states are kept and given back
+    with torch.random.fork_rng(devices=initialized_cuda_devices()), torch.no_grad():
         torch.manual_seed(seed)
         return np.asarray(ROADCombined(percentiles=list(percentiles))(inputs, maps, targets,
                                                                       logits))
+
+
+def initialized_cuda_devices():
+    """The CUDA devices whose random state this process may have used (none before CUDA
+    starts: asking would start it)."""
+    if not torch.cuda.is_available() or not torch.cuda.is_initialized():
+        return []
+    return list(range(torch.cuda.device_count()))
 
 
 # -- accumulation and the report -------------------------------------------------------------

@@ -17,6 +17,7 @@ import torchvision.transforms as T
 
 from utils.data.attributes import MULTI_SPLIT_SEEDS, ShapesMultiDataset, map_picture
 from utils.data.images import find_images, load_rgb
+from utils.distributed import setup_runtime
 from utils.errors import AbnError
 from utils.explain.measures import pointing_game, pointing_tolerance
 from utils.objectives.per_attribute import predict
@@ -65,9 +66,8 @@ class MultitaskExplainRun:
     def __init__(self, args, loaded):
         """`loaded`: the checkpoint's model (utils.weights.loading.load_model)."""
         self.args = args
-        device = 'cpu' if args.gpu_id == 'cpu' or not torch.cuda.is_available() else \
-            f'cuda:{args.gpu_id}'
-        self.device = torch.device(device)
+        # --gpu-id as every tool reads it: 'cpu', -1, a device, or several (the first)
+        self.device = setup_runtime(args.gpu_id).device
         self.model, self.spec = loaded.model, loaded.spec
         self.model.eval().to(self.device)
         if not self.model.has_attention:

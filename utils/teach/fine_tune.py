@@ -25,6 +25,7 @@ Why the mean squared difference, and gamma = 10 (docs/teach.md has the measureme
 import dataclasses
 import os
 
+from utils.distributed import print_main
 from utils.errors import AbnError
 from utils.teach.attention_maps import WithAttentionMaps, load_map_set, map_device_loader
 from utils.teach.task_maps import is_multitask, load_task_map_set
@@ -102,7 +103,7 @@ def teaching_task(task, args):
             unused, held_out = getattr(maps, 'unused', 0), getattr(maps, 'held_out', 0)
             what = (f'{record["count"]} maps of {len(record["images"])} of' if record['count']
                     != len(record['images']) else f'{record["count"]} of')
-            print(f'    attention maps: {what} {len(bundle.train)} training images, from '
+            print_main(f'    attention maps: {what} {len(bundle.train)} training images, from '
                   f'{record["source"]}'
                   + (f' ({unused} more name images outside --train-size)' if unused else '')
                   + (f' ({held_out} of held-out splits left out)' if held_out else ''))

@@ -109,25 +109,33 @@ class CheckpointPolicy:
             save_checkpoint(state, self.path(LAST))
 
 
-def rng_state():
+def rng_state(cuda_devices=()):
+    """This process's random state: Python's, NumPy's, torch's CPU generator and those of
+    the CUDA devices it computes on (`cuda_devices`, in the run's order)."""
     state = np.random.get_state()
     return {
         'python': random.getstate(),
         'numpy': [state[0], torch.from_numpy(state[1].astype(np.int64)), state[2], state[3],
                   state[4]],
         'torch': torch.get_rng_state(),
-        'cuda': torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+        'cuda': [torch.cuda.get_rng_state(device) for device in cuda_devices],
     }
 
 
-def set_rng_state(state):
+def set_rng_state(state, cuda_devices=()):
+    """Restores rng_state's `state`; its CUDA states go to this run's devices in order
+    (not to device numbers: a requeue onto a smaller node, or another CUDA_VISIBLE_DEVICES,
+    has other ones). Returns whether every saved CUDA state found a device and every device
+    a state."""
     random.setstate(_tuples(state['python']))
     numpy = state['numpy']
     np.random.set_state((numpy[0], numpy[1].numpy().astype(np.uint32), int(numpy[2]),
                          int(numpy[3]), float(numpy[4])))
     torch.set_rng_state(state['torch'])
-    if state.get('cuda') and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state['cuda'])
+    saved = list(state.get('cuda') or [])
+    for device, device_state in zip(cuda_devices, saved):
+        torch.cuda.set_rng_state(device_state, device)
+    return len(saved) == len(cuda_devices)
 
 
 def _tuples(value):
@@ -180,7 +188,7 @@ def run_state(run, epoch, step, meter=None):
         # per process, like the random state: each resumes its own partial sums
         'epoch_meter': gather_objects(meter.state_dict(), run.runtime)
         if meter is not None else None,
-        'rng': gather_objects(rng_state(), run.runtime),
+        'rng': gather_objects(rng_state(run.runtime.cuda_devices), run.runtime),
         'arch': run.spec.arch, 'model_args': run.model_args,
         'num_classes': len(data.classes), 'class_names': list(data.classes),
         'dataset': data.name, 'image_size': data.image_size,
@@ -211,7 +219,12 @@ def restore_run(run, saved):
                          len(meters) == run.runtime.world_size else None)
     states = saved.get('rng') or []
     if len(states) == run.runtime.world_size:
-        set_rng_state(states[run.runtime.rank])
+        devices = run.runtime.cuda_devices
+        if not set_rng_state(states[run.runtime.rank], devices):
+            run.print(f'note: the checkpoint was saved with '
+                      f'{len(states[run.runtime.rank].get("cuda") or [])} CUDA devices a '
+                      f'process, this run has {len(devices)}: the random state of the '
+                      f'devices without a saved one starts afresh')
     elif states:
         run.print('note: the checkpoint was saved by a different number of processes; '
                   'the random state starts afresh')

@@ -20,7 +20,8 @@ from contextlib import contextmanager
 import torch
 
 from utils.data.images import CorruptImageError
-from utils.distributed import setup_runtime, shutdown
+from utils.distributed import (broadcast_module_state, broadcast_object, setup_runtime,
+                               shutdown)
 from utils.errors import AbnError
 from utils.progress import Progress
 from utils.signals import StopSignals
@@ -245,7 +246,11 @@ class Run(RunSetup):
     def finish(self, title):
         self.print('\n' + self.objective.best_text(self.checkpoints.best))
         best_path = self.checkpoints.path(BEST)
-        if self.valid_loader is not self.test_loader and os.path.exists(best_path):
+        # Rank 0 wrote the file: its answer holds for every process, which then tests the
+        # best model together (a process deciding by its own look at the file could skip
+        # the collectives the others enter, or find the previous best).
+        has_best = broadcast_object(os.path.exists(best_path), self.runtime)
+        if self.valid_loader is not self.test_loader and has_best:
             self.test_best(best_path)
         if self.runtime.is_main and os.path.exists(best_path):
             best = ckpt.load_checkpoint(best_path)
@@ -260,10 +265,13 @@ class Run(RunSetup):
         return 0
 
     def test_best(self, best_path):
-        """With a validation split: the best model (picked on it) once on the test split."""
-        best = ckpt.load_checkpoint(best_path)
-        self.net.load_state_dict(best['state_dict'])
-        self.print(f'==> The best model (epoch {best["epoch"]}) on the test split')
+        """With a validation split: the best model (picked on it) once on the test split.
+        Rank 0 reads the file and hands its weights to the other processes."""
+        if self.runtime.is_main:
+            best = ckpt.load_checkpoint(best_path)
+            self.net.load_state_dict(best['state_dict'])
+            self.print(f'==> The best model (epoch {best["epoch"]}) on the test split')
+        broadcast_module_state(self.net, self.runtime)
         with images_readable():
             summary = self.evaluate(loader=self.test_loader, title='Test')
         self.print(self.objective.evaluation_text(summary, self.attention))
@@ -300,7 +308,7 @@ def main(args, task, given=None):
     the user typed (ArgumentParser.given_options); the others may come from --resume's file."""
     resolve_resume(args)
     check_training_arguments(args)
-    runtime = setup_runtime(args.gpu_id)
+    runtime = setup_runtime(args.gpu_id, args.dist_timeout)
     apply_fast(args, runtime.device)
     try:
         return Run(args, task, runtime, given).run()

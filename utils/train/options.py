@@ -4,6 +4,7 @@ files."""
 import argparse
 import os
 
+from utils.distributed import DEFAULT_DIST_TIMEOUT_MINUTES
 from utils.errors import AbnError
 from utils.train.tensorboard_log import require_tensorboard
 
@@ -99,20 +100,27 @@ def add_training_arguments(parser, defaults):
                              '--amp --compile (cifar.py: also --fast-data)')
     device.add_argument('--sync-bn', action='store_true',
                         help='SyncBatchNorm across processes (torchrun runs only)')
+    device.add_argument('--dist-timeout', default=DEFAULT_DIST_TIMEOUT_MINUTES, type=float,
+                        metavar='MIN',
+                        help='torchrun: how long a process waits for the others in a '
+                             'collective before the run fails (default: %(default)s minutes)')
     return parser
 
 
 def apply_fast(args, device):
     """--fast: the fast path's flags for `device` (BENCHMARKS.md). The CPU gets neither --amp
     (bf16 on a CPU without native bf16, such as AVX2 ones, is about 5x slower) nor --compile
-    (no measured gain, a minute or more of compiling)."""
+    (no measured gain, a minute or more of compiling). Nor does a run with --sync-bn get
+    --compile: torch.compile breaks its graph at every SyncBatchNorm (pytorch/pytorch#161302),
+    many small graphs for a long compile."""
     if not getattr(args, 'fast', False):
         return
     args.channels_last = True
     if hasattr(args, 'fast_data'):
         args.fast_data = True
     if device.type == 'cuda':
-        args.amp = args.compile = True
+        args.amp = True
+        args.compile = args.compile or not args.sync_bn
 
 
 # The models with dropout (--drop): ResNeXt takes the authors' dropRate only to refuse it.
@@ -160,6 +168,8 @@ def check_training_arguments(args):
         raise AbnError('--print-freq must be at least 1')
     if not 0 <= args.drop < 1:
         raise AbnError('--drop must be in [0, 1)')
+    if args.dist_timeout <= 0:
+        raise AbnError(f'--dist-timeout must be positive minutes, got {args.dist_timeout:g}')
     if args.save_every_steps < 0:
         raise AbnError('--save-every-steps must not be negative')
     if args.evaluate and not args.resume:

@@ -13,7 +13,8 @@ import torch.nn as nn
 
 from utils.data.datasets import check_images
 from utils.data.loaders import make_eval_loader, make_train_loader
-from utils.distributed import broadcast_object, local_main_first, sync_batchnorm
+from utils.distributed import (AutocastForward, broadcast_object, local_main_first,
+                               smallest_chunk, sync_batchnorm)
 from utils.errors import AbnError
 from utils.objectives import get_objective
 from utils.train.checkpoints import CheckpointPolicy, restore_run
@@ -30,6 +31,53 @@ def seed_everything(seed):
     torch.manual_seed(seed)
 
 
+def use_deterministic_algorithms():
+    """--deterministic: deterministic kernels only (an op without one raises), and cuBLAS
+    with the fixed workspace its deterministic mode needs (CUDA 10.2 and later; torch
+    raises at the first matrix product without it). The variable must be set before
+    cuBLAS starts, which is at the first matrix product: here, before the model exists."""
+    os.environ.setdefault('CUBLAS_WORKSPACE_CONFIG', ':4096:8')
+    torch.use_deterministic_algorithms(True)
+    torch.backends.cudnn.deterministic = True
+    torch.backends.cudnn.benchmark = False
+
+
+def amp_dtype(runtime):
+    """--amp's dtype: bfloat16 on the CPU and on GPUs that compute it natively (compute
+    capability 8.0, Ampere, and later; ROCm), else float16 with a gradient scaler.
+    torch.cuda.is_bf16_supported() also counts the emulation of older GPUs (V100, T4), far
+    slower than their float16; with DataParallel every device must have it."""
+    if runtime.device.type != 'cuda':
+        return torch.bfloat16
+    native = torch.version.hip or all(torch.cuda.get_device_capability(device)[0] >= 8
+                                      for device in runtime.cuda_devices)
+    return torch.bfloat16 if native else torch.float16
+
+
+def parallel_model(net, runtime, args, dtype, note=print):
+    """What the loop calls: `net` (already on its device) inside DistributedDataParallel
+    (torchrun) or DataParallel (--gpu-id 0,1), then torch.compile (--compile). `dtype`: the
+    autocast dtype, which DataParallel's replicas get inside their forward."""
+    model = net
+    if runtime.distributed:
+        ids = [runtime.device.index] if runtime.device.type == 'cuda' else None
+        model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
+    elif runtime.device_ids:
+        if args.amp:
+            model = AutocastForward(model, runtime.device.type, dtype)
+        model = nn.DataParallel(model, device_ids=runtime.device_ids)
+    if not args.compile:
+        return model
+    if runtime.device_ids:
+        # Compiling DataParallel compiles its dispatch; the replicas run in threads of
+        # their own, eager: the compile time would buy nothing.
+        note('note: torch.compile (--compile, --fast) is left out with DataParallel (--gpu-id '
+             'with several devices): its replicas would run uncompiled; torchrun runs '
+             'compiled processes')
+        return model
+    return torch.compile(model)
+
+
 def move_to(value, device):
     """`value` with every tensor in it (through tuples, lists and dicts) on `device`."""
     if isinstance(value, torch.Tensor):
@@ -40,6 +88,27 @@ def move_to(value, device):
         moved = [move_to(item, device) for item in value]
         return type(value)(*moved) if hasattr(value, '_fields') else type(value)(moved)
     return value
+
+
+def check_device_shares(data, args, runtime):
+    """Refuses, in one line, data that leaves a process or a device without its share:
+    under torchrun a process without an evaluation image skips the collectives the others
+    wait in (DDP's buffer broadcast, the meters' sums) and the run hangs; DataParallel
+    giving a device one training image fails in BatchNorm where the maps are 1x1."""
+    if runtime.distributed:
+        for split, part, flag in (('test', data.test, '--test-size'),
+                                  ('validation', data.valid, '--test-size')):
+            if part is not None and len(part) < runtime.world_size:
+                raise AbnError(f'the {split} split has {len(part)} images for '
+                               f'{runtime.world_size} processes: every process needs at least '
+                               f'one (raise {flag}, or start fewer processes)')
+    devices = len(runtime.device_ids)
+    if devices > 1 and not args.evaluate and smallest_chunk(args.train_batch, devices) == 1:
+        raise AbnError(f'--train-batch {args.train_batch} over {devices} devices gives one of '
+                       f'them a single image (DataParallel splits a batch into '
+                       f'{-(-args.train_batch // devices)}-image parts), where BatchNorm has the '
+                       f'statistics of one image and fails on 1x1 maps: use a multiple of '
+                       f'{devices}')
 
 
 class RunSetup:
@@ -53,7 +122,11 @@ class RunSetup:
         self.objective = self.make_objective(task.objective)
 
     def make_objective(self, name):
-        """The objective `name`, with the task's options when it is the task's own."""
+        """The objective `name`, with the task's options when it is the task's own. A
+        teaching run's file is evaluated (-e) by the task's own objective: the map loss
+        needs the given maps, the measures are the classifier's."""
+        if self.args.evaluate and name == self.task.map_objective:
+            name = self.task.objective
         options = self.task.objective_options
         if options is not None and name != self.task.objective:
             raise AbnError(f"{self.args.resume} is a run of the objective '{name}', not "
@@ -87,9 +160,7 @@ class RunSetup:
             args.manualSeed = broadcast_object(random.randint(1, 10000), runtime)
         seed_everything(args.manualSeed + runtime.rank)
         if args.deterministic:
-            torch.use_deterministic_algorithms(True)
-            torch.backends.cudnn.deterministic = True
-            torch.backends.cudnn.benchmark = False
+            use_deterministic_algorithms()
         elif runtime.device.type == 'cuda':
             torch.backends.cudnn.benchmark = True
 
@@ -104,6 +175,7 @@ class RunSetup:
             self.data = self.task.build_data(args, args.evaluate, normalization)
         data = self.data
         check_images(data, args.skip_bad_images, runtime)  # a bad file stops us now, not later
+        check_device_shares(data, args, runtime)
         self.objective.bind(data)
         if self.legacy and normalization is not None:
             self.print(f'    authors\' checkpoint: inputs normalised as in their scripts '
@@ -184,14 +256,7 @@ class RunSetup:
         if args.sync_bn and runtime.distributed:
             model = sync_batchnorm(model, runtime.device)
         self.net = model  # the unwrapped model: its state_dict is what checkpoints hold
-        if runtime.distributed:
-            ids = [runtime.device.index] if runtime.device.type == 'cuda' else None
-            model = nn.parallel.DistributedDataParallel(model, device_ids=ids)
-        elif runtime.device_ids:
-            model = nn.DataParallel(model, device_ids=runtime.device_ids)
-        if args.compile:
-            model = torch.compile(model)
-        self.wrapped = model
+        self.wrapped = parallel_model(model, runtime, args, self.amp_dtype, self.print)
 
     def autocast(self):
         if not self.args.amp:
@@ -200,9 +265,7 @@ class RunSetup:
 
     def setup_amp(self):
         device = self.runtime.device
-        self.amp_dtype = torch.bfloat16
-        if self.args.amp and device.type == 'cuda' and not torch.cuda.is_bf16_supported():
-            self.amp_dtype = torch.float16
+        self.amp_dtype = amp_dtype(self.runtime)
         enabled = self.args.amp and self.amp_dtype == torch.float16
         self.scaler = torch.amp.GradScaler(device.type, enabled=enabled)
 
@@ -223,8 +286,8 @@ class RunSetup:
         do). Returns self."""
         args, runtime = self.args, self.runtime
         self.setup()
+        self.setup_amp()  # before placing: DataParallel's replicas take its dtype
         self.place_model()
-        self.setup_amp()
         self.optimizer = torch.optim.SGD(self.net.parameters(), lr=args.lr,
                                          momentum=args.momentum, weight_decay=args.weight_decay)
         self.start_epoch, self.start_step, self.resumed_meter = args.start_epoch, 0, None
