@@ -127,7 +127,8 @@ def get_args_parser():
                            'page, into OUTPUT/taught/run-N), e.g. on a page shared with '
                            'people who should not start them')
 
-    add_authors_architecture_arguments(parser, sorted(set(CIFAR_MODELS) | set(IMAGENET_MODELS)))
+    add_authors_architecture_arguments(parser, sorted(set(CIFAR_MODELS) | set(IMAGENET_MODELS)),
+                                       registry=IMAGENET_MODELS)
     return parser
 
 

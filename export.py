@@ -41,7 +41,7 @@ def get_args_parser():
                              'PyTorch and print the largest differences (fails above '
                              f'{TOLERANCE:g} of the output\'s scale)')
     arch = add_authors_architecture_arguments(
-        parser, sorted(set(CIFAR_MODELS) | set(IMAGENET_MODELS)))
+        parser, sorted(set(CIFAR_MODELS) | set(IMAGENET_MODELS)), registry=IMAGENET_MODELS)
     arch.add_argument('-d', '--dataset', choices=sorted(DATASET_CLASS_COUNTS),
                       help="the data set an authors' checkpoint was trained on (its classes)")
     return parser

@@ -7,7 +7,11 @@
 file of export.py, or the authors' files with their flags as keywords, and returns the
 model with `explain(images)` (utils.api). One entry per registered architecture, named after
 the script that trains it (`cifar_resnet`, `imagenet_resnet50`, `celeba_mtabn_v1_resnet18`,
-...), builds the model freshly initialised: no published weights are downloaded.
+...), builds the model freshly initialised: no published weights are downloaded. `timm` and
+`torchvision` build any model of those libraries as an ABN, as imagenet.py's `-a timm:NAME`:
+
+    model = torch.hub.load(REPO, 'timm', 'convnext_atto', num_classes=10, image_size=128,
+                           source='local')
 """
 # Private names: torch.hub.list shows every public callable here as an entry point.
 from models import CIFAR_MODELS as _CIFAR_MODELS
@@ -15,7 +19,7 @@ from models import IMAGENET_MODELS as _IMAGENET_MODELS
 from models import MULTITASK_MODELS as _MULTITASK_MODELS
 from utils.api import load as _load
 
-dependencies = ['torch', 'torchvision', 'numpy', 'PIL', 'scipy']
+dependencies = ['torch', 'torchvision', 'numpy', 'PIL', 'scipy']  # and timm for timm's models
 
 
 def from_checkpoint(path, device='cpu', **options):
@@ -41,3 +45,18 @@ for _script, _registry in (('cifar', _CIFAR_MODELS), ('imagenet', _IMAGENET_MODE
                            ('celeba', _MULTITASK_MODELS)):
     for _arch in _registry:
         globals()[f'{_script}_{_arch}'] = _entry(_registry, _script, _arch)
+
+
+
+def _library_entry(source):
+    def build(name, **options):
+        return _entry(_IMAGENET_MODELS, 'imagenet', f'{source}:{name}')(**options)
+    build.__name__ = source
+    build.__doc__ = (f"{source}'s model NAME as an ABN, freshly initialised (imagenet.py's "
+                     f"-a {source}:NAME); options: num_classes, attention, gate, split, "
+                     f"image_size.")
+    return build
+
+
+timm = _library_entry('timm')
+torchvision = _library_entry('torchvision')

@@ -49,25 +49,36 @@ def get_args_parser():
                         help='evaluation resizes the shorter side to PX before the centre crop '
                              '(default: image size x 256/224, so 256 at 224)')
     add_training_arguments(parser, DEFAULTS)
-    add_architecture_arguments(
+    arch = add_architecture_arguments(
         parser, sorted(IMAGENET_MODELS), arch='resnet18', gate='residual',
         sizes=dict(depth=None, cardinality=32, base_width=4, widen_factor=4),
         helps={'depth': "accepted for the authors' commands; the depth is part of -a "
                         "(resnet50, ...)",
-               'widen_factor': "accepted for the authors' commands; no ImageNet model uses it"})
+               'widen_factor': "accepted for the authors' commands; no ImageNet model uses it"},
+        registry=IMAGENET_MODELS)
+    arch.add_argument('--split', type=int, default=None, metavar='STAGE',
+                      help='-a timm:NAME and torchvision:NAME: the first stage of the attention '
+                           'and perception branches, negative from the end (default: -1, the '
+                           'last stage; vision transformers: -3, their last 3 blocks)')
     start = parser.add_argument_group('pretrained weights (new runs)')
     start.add_argument('--pretrained', action='store_true',
-                       help="start from torchvision's ImageNet weights (downloaded); the "
-                            "attention stage starts as a copy of the last stage")
+                       help="start from the library's ImageNet weights (torchvision's for the "
+                            "authors' families; downloaded); the attention stage starts as a "
+                            "copy of the last stage, the heads fresh")
+    start.add_argument('--pretrained-file', default=None, metavar='PATH',
+                       help="--pretrained from a local file of those weights (offline "
+                            "machines): the file the library would download, e.g. timm's "
+                            "model.safetensors or torchvision's resnet50-*.pth")
     start.add_argument('--weights', default=None, metavar='PATH',
                        help='start from a local file instead: a state_dict (torchvision\'s) '
-                            'or a checkpoint')
+                            'or a checkpoint of this project (every weight it fits)')
     add_teach_arguments(parser, weights=False)
     return parser
 
 
 # builder argument -> flag (its args dest): what a checkpoint of imagenet.py records
-MODEL_FLAGS = dict(cardinality='cardinality', base_width='base_width')
+MODEL_FLAGS = dict(cardinality='cardinality', base_width='base_width', split='split',
+                   image_size='image_size')
 
 
 def model_options(args):
@@ -93,6 +104,15 @@ def check_arguments(args):
     if resize_size(args) < args.image_size:
         raise AbnError(f'--resize-size {args.resize_size} is smaller than --image-size '
                        f'{args.image_size}: the centre crop would not fit')
+    library = IMAGENET_MODELS.library_name(args.arch)
+    if args.split is not None and library is None:
+        raise AbnError(f'--split applies to the models of timm and torchvision (-a timm:NAME, '
+                       f'-a torchvision:NAME); {args.arch} is split as the authors split it')
+    if library is not None:
+        if args.depth is not None:
+            raise AbnError(f'--depth {args.depth} does not apply to {args.arch}: its size is '
+                           f'part of its name')
+        return model
     named_depth = int(re.search(r'\d+', args.arch).group())
     if args.depth is not None and args.depth != named_depth:
         raise AbnError(f'--depth {args.depth} contradicts -a {args.arch}: the depth is part of '

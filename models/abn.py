@@ -107,6 +107,10 @@ class AttentionBranchNetwork(nn.Module):
         attention_logits = F.adaptive_avg_pool2d(self.att_conv2(a), 1).flatten(1)
         return attention_logits, attention_map
 
+    def map_size(self, features):
+        """(h, w) of the attention map for these features."""
+        return tuple(features.shape[-2:])
+
     def apply_attention(self, features, attention_map):
         if self.gate == 'residual':
             return features * (1 + attention_map)
@@ -127,7 +131,7 @@ class AttentionBranchNetwork(nn.Module):
             return AbnOutput(None, self.perceive(features), None)
         attention_logits, attention_map = self.attention_branch(features)
         if attention is not None:
-            attention_map = _fit_map(attention.to(features.dtype), features.shape[-2:])
+            attention_map = _fit_map(attention.to(features.dtype), self.map_size(features))
         perception_logits = self.perceive(self.apply_attention(features, attention_map))
         return AbnOutput(attention_logits, perception_logits, attention_map)
 
@@ -147,11 +151,16 @@ def freeze_feature_extractor(model):
     `model.train()` says, so BatchNorm running statistics and dropout do not change it either.
     Returns the number of parameters frozen."""
     modules = tuple(model.feature_extractor_modules())
+    # parameters of the model itself that the extractor uses (a ViT's position embedding)
+    extra = tuple(getattr(model, 'feature_extractor_parameters', tuple)())
     for module in modules:
         module.requires_grad_(False)
+    for parameter in extra:
+        parameter.requires_grad_(False)
     model.feature_extractor_frozen = True
     model.train(model.training)
-    return sum(p.numel() for module in modules for p in module.parameters())
+    return sum(p.numel() for module in modules for p in module.parameters()) + \
+        sum(p.numel() for p in extra)
 
 
 def keep_frozen_in_eval(model):

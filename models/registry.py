@@ -1,27 +1,79 @@
 """Models register themselves by name; the scripts build them through `create`, so no script
-branches on an architecture's name."""
+branches on an architecture's name. A registry may also build the models of libraries
+(`sources`: 'timm', 'torchvision'), by the names 'timm:NAME' and 'torchvision:NAME'
+(models.backbones)."""
 import inspect
+
+
+def library_builder(source, name):
+    """The builder of a library's model `name` as an ABN (models.backbones.build): its
+    arguments are what a checkpoint records."""
+    from .backbones import build
+
+    def builder(num_classes=1000, attention=True, gate='residual', split=None, image_size=224):
+        return build(source, name, num_classes, attention, gate, split, image_size)
+    builder.__name__ = builder.__qualname__ = f'{source}:{name}'
+    builder.__doc__ = f"{source}'s {name} as an ABN (models.backbones)."
+    return builder
 
 
 class ModelRegistry(dict):
     """name -> builder function. `create` passes a builder only the options it declares, so
     one set of command-line options (depth, widen_factor, ...) serves every family."""
 
-    def __init__(self, title):
+    def __init__(self, title, sources=()):
         super().__init__()
         self.title = title
+        self.sources = tuple(sources)
 
     def register(self, builder):
         self[builder.__name__] = builder
         return builder
 
+    def library_name(self, name):
+        """(source, name) where `name` is 'source:name' of one of this registry's sources."""
+        from .backbones import split_name
+        parts = split_name(name)
+        return parts if parts is not None and parts[0] in self.sources else None
+
+    def __contains__(self, name):
+        if dict.__contains__(self, name):
+            return True
+        parts = self.library_name(name)
+        if parts is None:
+            return False
+        from .backbones import library_names
+        return parts[1] in library_names(parts[0])
+
+    def __getitem__(self, name):
+        if dict.__contains__(self, name):
+            return dict.__getitem__(self, name)
+        parts = self.library_name(name)
+        if parts is None:
+            raise KeyError(name)
+        return library_builder(*parts)
+
+    def check_name(self, name):
+        """Raises ValueError in one line, with the nearest names, for a name it cannot build."""
+        if dict.__contains__(self, name):
+            return
+        parts = self.library_name(name)
+        if parts is not None:
+            from .backbones import check_name
+            check_name(*parts)
+            return
+        import difflib
+        near = difflib.get_close_matches(str(name), list(dict.keys(self)), n=3, cutoff=0.6)
+        sources = ''.join(f', or {s}:NAME' for s in self.sources)
+        raise ValueError(f"unknown {self.title} architecture '{name}': "
+                         + (f"did you mean {', '.join(near)}? " if near else '')
+                         + f"choose one of {', '.join(sorted(dict.keys(self)))}{sources}")
+
     def options_of(self, name):
         return set(inspect.signature(self[name]).parameters)
 
     def create(self, name, **options):
-        if name not in self:
-            raise ValueError(f"unknown {self.title} architecture '{name}': choose one of "
-                             f"{', '.join(sorted(self))}")
+        self.check_name(name)
         accepted = self.options_of(name)
         kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}
         return self[name](**kwargs)
@@ -35,6 +87,19 @@ class ModelRegistry(dict):
         resolved.update({k: v for k, v in options.items() if k in parameters and v is not None})
         return resolved
 
+    def names(self, pattern='*'):
+        """The names it builds that match `pattern` (fnmatch): its own, then each source's
+        ('timm:convnext*', or 'convnext*' across all)."""
+        import fnmatch
+        from .backbones import library_names
+        found = [n for n in sorted(dict.keys(self)) if fnmatch.fnmatchcase(n, pattern)]
+        for source in self.sources:
+            inner = pattern[len(source) + 1:] if pattern.startswith(source + ':') else \
+                pattern if ':' not in pattern else None
+            if inner is not None:
+                found += [f'{source}:{n}' for n in library_names(source, inner)]
+        return found
+
 
 CIFAR_MODELS = ModelRegistry('CIFAR')
-IMAGENET_MODELS = ModelRegistry('ImageNet')
+IMAGENET_MODELS = ModelRegistry('ImageNet', sources=('timm', 'torchvision'))

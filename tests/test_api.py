@@ -218,7 +218,7 @@ except TypeError as error:
                if callable(getattr(hubconf, name)) and not name.startswith('_')}
     expected = {f'{script}_{arch}' for script, registry in (
         ('cifar', CIFAR_MODELS), ('imagenet', IMAGENET_MODELS), ('celeba', MULTITASK_MODELS))
-        for arch in registry} | {'from_checkpoint'}
+        for arch in registry} | {'from_checkpoint', 'timm', 'torchvision'}  # + the libraries'
     assert entries == expected
 
 

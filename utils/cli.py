@@ -42,17 +42,69 @@ SIZE_OPTIONS = {
 }
 
 
+class ArchitectureName:
+    """argparse's type of -a: one of `names`, or 'timm:NAME' / 'torchvision:NAME' of a model
+    that library has (`sources`); a wrong name gets the nearest ones in its one line."""
+
+    def __init__(self, names, sources=()):
+        self.names, self.sources = list(names), tuple(sources)
+        self.__name__ = 'architecture'  # argparse names the type in its message
+
+    def __call__(self, text):
+        if text in self.names:
+            return text
+        from models.backbones import check_name, split_name
+        parts = split_name(text)
+        try:
+            if parts is not None and parts[0] in self.sources:
+                check_name(*parts)
+                return text
+        except ValueError as error:
+            raise argparse.ArgumentTypeError(str(error)) from None
+        import difflib
+        near = difflib.get_close_matches(text, self.names, n=3, cutoff=0.6)
+        raise argparse.ArgumentTypeError(
+            f"invalid choice: '{text}' ("
+            + (f"did you mean {', '.join(near)}? " if near else '')
+            + f"choose from {', '.join(self.names)}"
+            + ''.join(f', or {source}:NAME' for source in self.sources) + ')')
+
+
+class ListModels(argparse.Action):
+    """--list-models [PATTERN]: prints the architectures -a takes that match, then exits."""
+
+    def __init__(self, option_strings, dest, registry=None, **kwargs):
+        self.registry = registry
+        super().__init__(option_strings, dest, nargs='?', const='*', default=argparse.SUPPRESS,
+                         **kwargs)
+
+    def __call__(self, parser, namespace, pattern, option_string=None):
+        names = self.registry.names(pattern)
+        print('\n'.join(names) if names else f'no architecture matches {pattern!r}')
+        parser.exit(0 if names else 1)
+
+
 def add_architecture_arguments(parser, arch_names, sizes, arch=None, gate=None, baseline=True,
-                               helps=None, title='architecture'):
+                               helps=None, title='architecture', registry=None):
     """-a/--arch, --gate, --baseline and the size options (`sizes`: dest -> default, None
     where the script decides later) of cifar.py, imagenet.py and explain.py. `helps`
-    replaces a help text (dest -> text) where a script means something else by it."""
+    replaces a help text (dest -> text) where a script means something else by it.
+    `registry`: its library sources' names are taken too (timm:NAME, torchvision:NAME), and
+    --list-models [PATTERN] lists them."""
     helps = helps or {}
     group = parser.add_argument_group(title)
     shown = f' (default: {arch})' if arch else ''
-    group.add_argument('--arch', '-a', metavar='ARCH', default=arch, choices=arch_names,
-                       help=helps.get('arch', f"model architecture: {' | '.join(arch_names)}")
-                       + shown)
+    sources = registry.sources if registry is not None else ()
+    libraries = ''.join(f' | {source}:NAME' for source in sources)
+    group.add_argument('--arch', '-a', metavar='ARCH', default=arch,
+                       type=ArchitectureName(arch_names, sources),
+                       help=helps.get('arch', f"model architecture: {' | '.join(arch_names)}"
+                                      + libraries) + shown)
+    if registry is not None:
+        group.add_argument('--list-models', metavar='PATTERN', action=ListModels,
+                           registry=registry,
+                           help="list the architectures -a takes that match PATTERN (e.g. "
+                                "'timm:convnext*', 'resnet*'; default: all), then exit")
     if baseline:
         group.add_argument('--baseline', action='store_true',
                            help='build the plain backbone without the attention branch')
@@ -75,13 +127,13 @@ CHECKPOINT_HELP = ("a checkpoint of cifar.py, imagenet.py or celeba.py, a .safet
                    "export.py, or one of the authors' checkpoints")
 
 
-def add_authors_architecture_arguments(parser, arch_names):
+def add_authors_architecture_arguments(parser, arch_names, registry=None):
     """The options that describe one of the authors' checkpoints, which record nothing (-a,
     --gate, the sizes, --num-classes, --class-names, --image-size): explain.py's and
     export.py's. Returns the group."""
     from utils.weights.loading import ARCH_OPTIONS
     arch = add_architecture_arguments(
-        parser, arch_names, baseline=False, sizes=dict.fromkeys(ARCH_OPTIONS),
+        parser, arch_names, baseline=False, sizes=dict.fromkeys(ARCH_OPTIONS), registry=registry,
         helps={'arch': 'model architecture (default: resnet)',
                'gate': "how the map gates the features (default: residual, the authors')"},
         title="architecture of the authors' checkpoints (those of cifar.py, imagenet.py and "

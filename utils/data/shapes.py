@@ -109,9 +109,9 @@ def _draw(labels, rng, size):
     n = len(labels)
     images, background, xs, ys = _clutter(n, rng, size)
 
-    # The object: random scale and position fully inside the image, and a colour that
-    # differs clearly from the background.
-    scale = rng.uniform(6.0, 11.0, (n, 1, 1))
+    # The object: random scale (in proportion to the image: 6 to 11 px at 32 px) and
+    # position fully inside the image, and a colour that differs clearly from the background.
+    scale = rng.uniform(6.0, 11.0, (n, 1, 1)) * (size / IMAGE_SIZE)
     cx = rng.uniform(scale[:, 0, 0], size - scale[:, 0, 0])[:, None, None]
     cy = rng.uniform(scale[:, 0, 0], size - scale[:, 0, 0])[:, None, None]
     colour = rng.uniform(0, 1, (n, 1, 1, 3)).astype(np.float32)
@@ -151,3 +151,54 @@ class ShapesDataset(torch.utils.data.Dataset):
         if self.transform is not None:
             image = self.transform(image)
         return image, self.targets[index]
+
+
+def write_image_folder(folder, size=96, train=5000, val=1000, masks=True):
+    """`shapes` as an image folder for imagenet.py at `size` px: folder/train/<class>/<i>.png
+    and folder/val/<class>/<i>.png, and with `masks` the objects' masks in the layout of
+    explain.py --masks and --attention-maps: folder/masks/<split>/<class>/<i>.png. Returns
+    the number of images written."""
+    import os
+    written = 0
+    for split, count, seed in (('train', train, SPLIT_SEEDS['train']),
+                               ('val', val, SPLIT_SEEDS['test'])):
+        images, labels, objects = generate_shapes(count, seed, size)
+        for index, (image, label, mask) in enumerate(zip(images, labels, objects)):
+            name = SHAPE_CLASSES[label]
+            targets = [(os.path.join(folder, split, name), image)]
+            if masks:
+                targets.append((os.path.join(folder, 'masks', split, name),
+                                mask.astype(np.uint8) * 255))
+            for directory, pixels in targets:
+                os.makedirs(directory, exist_ok=True)
+                Image.fromarray(pixels).save(os.path.join(directory, f'{index}.png'))
+            written += 1
+    return written
+
+
+def main(argv=None):
+    import argparse
+    parser = argparse.ArgumentParser(
+        prog='python -m utils.data.shapes',
+        description='write the shapes data set as an image folder for imagenet.py (train/ and '
+                    'val/, one folder per class), with the objects\' masks (masks/)')
+    parser.add_argument('folder', metavar='DIR')
+    parser.add_argument('--size', type=int, default=96, help='image side in pixels '
+                                                             '(default: %(default)s)')
+    parser.add_argument('--train', type=int, default=5000, metavar='N',
+                        help='training images (default: %(default)s)')
+    parser.add_argument('--val', type=int, default=1000, metavar='N',
+                        help='validation images (default: %(default)s)')
+    parser.add_argument('--no-masks', action='store_true', help='leave the masks out')
+    args = parser.parse_args(argv)
+    if args.size < 16 or args.train < 1 or args.val < 1:
+        parser.error('--size must be at least 16, --train and --val at least 1')
+    count = write_image_folder(args.folder, args.size, args.train, args.val, not args.no_masks)
+    print(f'{count} images of {args.size} px written to {args.folder} (train/, val/'
+          + (', masks/' if not args.no_masks else '') + ')')
+    return 0
+
+
+if __name__ == '__main__':
+    import sys
+    sys.exit(main())

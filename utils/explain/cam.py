@@ -74,9 +74,10 @@ class Explanation:
 
 
 def supports_cam(model):
-    """CAM is exact only for the base class's classifier: global average pooling, then
-    `final_linear`."""
-    return type(model).classify is AttentionBranchNetwork.classify
+    """CAM is exact only for a classifier that is global average pooling, then
+    `final_linear`: the base class's, or a library model's whose own head was found to be
+    that (`cam_exact`, models.backbones)."""
+    return getattr(model, 'cam_exact', type(model).classify is AttentionBranchNetwork.classify)
 
 
 def scale_to_unit(maps):

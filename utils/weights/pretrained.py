@@ -25,11 +25,29 @@ def torchvision_weights(name):
     return torchvision.models.get_model_weights(name).IMAGENET1K_V1
 
 
+def is_library_model(model):
+    """A timm or torchvision model split into an ABN (models.backbones)."""
+    return getattr(model, 'backbone_name', None) is not None
+
+
 def check_pretrained_arguments(args, model):
-    """Checks that need no download: the file exists, torchvision has weights for the model."""
-    if args.weights and not os.path.isfile(args.weights):
-        raise AbnError(f'--weights {args.weights}: no such file')
-    if args.pretrained and not args.weights and torchvision_weights(model.torchvision_name) is None:
+    """Checks that need no download: the files exist, one start is asked for, the library
+    has weights for the model."""
+    pretrained_file = getattr(args, 'pretrained_file', None)
+    for flag, path in (('--weights', args.weights), ('--pretrained-file', pretrained_file)):
+        if path and not os.path.isfile(path):
+            raise AbnError(f'{flag} {path}: no such file')
+    if pretrained_file and args.weights:
+        raise AbnError('--pretrained-file and --weights are two starts: give one')
+    if is_library_model(model):
+        from models.backbones import has_pretrained
+        if args.pretrained and not (args.weights or pretrained_file) and \
+                not has_pretrained(model.source, model.backbone_name):
+            raise AbnError(f'--pretrained: {model.source} has no ImageNet weights for '
+                           f'{model.backbone_name}; pass --weights FILE to start from your own')
+        return
+    if args.pretrained and not args.weights and not pretrained_file and \
+            torchvision_weights(model.torchvision_name) is None:
         raise AbnError(f'--pretrained: torchvision has no ImageNet weights for {args.arch}'
                        + (f' ({model.torchvision_name})' if model.torchvision_name else '')
                        + '; pass --weights FILE to start from your own')
@@ -96,7 +114,9 @@ def load_pretrained(model, state_dict, source, model_name):
 
 def init_pretrained(model, args, runtime):
     """Task.init_pretrained of imagenet.py: a new run starts from --weights FILE, else from
-    torchvision's weights with --pretrained, else from scratch."""
+    the library's weights with --pretrained (or --pretrained-file), else from scratch."""
+    if is_library_model(model):
+        return init_library_pretrained(model, args, runtime)
     start = starting_weights(model, args, runtime)
     if start is None:
         return
@@ -109,6 +129,8 @@ def starting_weights(model, args, runtime):
     weights with --pretrained; None for a start from scratch."""
     if args.weights:
         return load_checkpoint(args.weights)['state_dict'], args.weights
+    if getattr(args, 'pretrained_file', None):
+        return load_checkpoint(args.pretrained_file)['state_dict'], args.pretrained_file
     if args.pretrained:
         name = model.torchvision_name
         return (download(name, show_progress=runtime.is_main),
@@ -147,3 +169,116 @@ def init_multitask_pretrained(model, args, runtime):
     runtime.print(f'==> Pretrained: {source}: {len(chosen)} tensors loaded'
                   + ('; starting fresh: the attention branch and the task heads' if fresh
                      else ' (every weight: attention branch and task heads included)'))
+
+
+# -- timm and torchvision models (models.backbones) -------------------------------------------
+
+def init_library_pretrained(model, args, runtime):
+    """A library model's start: --weights FILE (a checkpoint of this project: every weight
+    that fits; or the library's own state_dict), --pretrained-file FILE or --pretrained (the
+    library's ImageNet weights, read by the library itself: timm drops a classifier of other
+    classes and resamples a ViT's position embedding). The attention stage then starts as a
+    copy of the pretrained last stage; the heads start fresh."""
+    pretrained_file = getattr(args, 'pretrained_file', None)
+    if args.weights:
+        state = clean_state_dict(load_checkpoint(args.weights)['state_dict'])
+        if any(key.startswith('backbone.') for key in state):  # a checkpoint of this project
+            summary = load_abn_weights(model, state, args.weights)
+        else:
+            summary = load_backbone_weights(model, state, args.weights)
+    elif args.pretrained or pretrained_file:
+        where = pretrained_file or f"{model.source}'s {model.backbone_name} ImageNet weights"
+        summary = load_backbone_weights(model, library_weights(model, pretrained_file), where)
+    else:
+        return
+    runtime.print(f'==> Pretrained: {summary}')
+
+
+def library_weights(model, pretrained_file):
+    """The library's weights of `model` (downloaded, or from `pretrained_file`)."""
+    from models.backbones import library_state_dict
+    source, name = model.source, model.backbone_name
+    if source == 'torchvision' and pretrained_file:
+        return load_checkpoint(pretrained_file)['state_dict']
+    image_size = getattr(getattr(model.backbone, 'patch_embed', None), 'img_size', (224,))[0]
+    try:
+        state = library_state_dict(source, name, model.num_classes, image_size, pretrained_file)
+        if pretrained_file:  # timm adapts a file without complaint: the names must agree
+            check_names(model, clean_state_dict(load_checkpoint(pretrained_file)['state_dict']),
+                        pretrained_file)
+        return state
+    except AbnError:
+        raise
+    except Exception as error:  # the hub's and the library's errors are many kinds
+        reason = str(error).strip().splitlines()[0] if str(error).strip() else \
+            type(error).__name__
+        if pretrained_file:
+            raise AbnError(f'--pretrained-file {pretrained_file} does not fit {source}:{name} '
+                           f'({reason[:300]})') from None
+        raise AbnError(f"--pretrained could not get {source}'s {name} weights ({reason[:200]}). "
+                       f'Offline? Download them elsewhere and pass --pretrained-file FILE'
+                       ) from None
+
+
+def check_names(model, state, source):
+    """Every weight of the library's model is in `state` and nothing else (its classifier
+    apart): a file of another model loads nothing by mistake."""
+    own = set(model.backbone.state_dict())
+    classifier = model.classifier_path + '.'
+    missing = sorted(k for k in own - set(state) if not k.startswith(classifier)
+                     and not k.endswith('num_batches_tracked'))
+    unexpected = sorted(k for k in set(state) - own if not k.startswith(classifier))
+    if missing or unexpected:
+        example = (f'{len(missing)} missing, e.g. {missing[0]}' if missing else
+                   f'{len(unexpected)} the model lacks, e.g. {unexpected[0]}')
+        raise AbnError(f'--pretrained-file {source} does not fit {model.source}:'
+                       f'{model.backbone_name}: its weights differ ({example}). Check -a')
+
+
+def load_backbone_weights(model, state, source):
+    """The library model's weights `state` into `model.backbone` (every weight but the
+    classifier must fit), then the attention stage copied from the last stage."""
+    own = model.backbone.state_dict()
+    classifier = model.classifier_path + '.'
+    chosen, misfits = {}, []
+    for key, tensor in own.items():
+        if key in state and state[key].shape == tensor.shape:
+            chosen[key] = state[key]
+        elif not key.startswith(classifier) and not key.endswith('num_batches_tracked'):
+            misfits.append(key)
+    if misfits:
+        key = misfits[0]
+        what = (f'file {list(state[key].shape)}, model {list(own[key].shape)}' if key in state
+                else 'missing')
+        raise AbnError(f'{source} does not fit {model.source}:{model.backbone_name}: '
+                       f'{len(misfits)} weights missing or of another shape (e.g. {key}: {what})')
+    model.backbone.load_state_dict(chosen, strict=False)
+    model.copy_stage_to_attention()
+    fresh = [key for key in own if key.startswith(classifier) and key not in chosen]
+    parts = [f'{len(chosen)} tensors loaded']
+    if model.has_attention:
+        parts.append('the attention stage copied from the last stage')
+    parts.append(f'starting fresh: the classifier ({model.num_classes} classes)' if fresh
+                 else 'the classifier kept')
+    if model.has_attention:
+        parts[-1] += ' and the attention head'
+    return f'{source}: {"; ".join(parts)}'
+
+
+def load_abn_weights(model, state, source):
+    """A checkpoint of this project for the same backbone: every weight that fits (a
+    classifier and attention head of other classes start fresh)."""
+    own = model.state_dict()
+    chosen = {key: state[key] for key, tensor in own.items()
+              if key in state and state[key].shape == tensor.shape}
+    missing = [key for key in own if key not in chosen and not key.endswith('num_batches_tracked')]
+    classes = ('backbone.' + model.classifier_path + '.', 'att_conv', 'bn_att2', 'att_conv3',
+               'att_conv2')
+    misfits = [key for key in missing if not key.startswith(classes)]
+    if misfits:
+        raise AbnError(f'{source} does not fit {model.source}:{model.backbone_name}: '
+                       f'{len(misfits)} weights missing or of another shape (e.g. {misfits[0]})')
+    model.load_state_dict(chosen, strict=False)
+    return (f'{source}: {len(chosen)} tensors loaded'
+            + (f'; starting fresh for {model.num_classes} classes: {len(missing)} tensors'
+               if missing else ''))

@@ -1,0 +1,180 @@
+"""Any timm or torchvision classifier as an ABN: `-a timm:NAME`, `-a torchvision:NAME`.
+
+`build(source, name, ...)` makes the library's model (fresh weights, a classifier for the
+data's classes, built for the run's image size), finds its stages in the library's own
+description of it (models.backbones.split) and splits it as the authors split their
+families (models.backbones.cnn; vision transformers: models.backbones.vit). `split` picks
+the first stage of the two branches (negative from the end; default: the last stage, for a
+ViT the last 3 blocks). Pretrained weights are the library's (`library_state_dict`), loaded
+into the backbone, the attention stage starting as a copy of the pretrained last stage.
+timm is imported when a timm name is used.
+"""
+import copy
+import difflib
+import fnmatch
+
+import torch
+import torchvision
+
+from .cnn import BackboneABN
+from .split import DOWNSAMPLING_RULES, timm_trunk, torchvision_trunk  # noqa: F401
+from .vit import VisionTransformerABN
+
+SOURCES = ('timm', 'torchvision')
+VIT_DEFAULT_SPLIT = -3  # a ViT's branches: its last 3 blocks (a quarter of a 12-block ViT)
+
+
+def split_name(arch):
+    """('timm', 'resnet18') for 'timm:resnet18'; None for a name of no library."""
+    if not isinstance(arch, str) or ':' not in arch:
+        return None
+    source, _, name = arch.partition(':')
+    return (source, name) if source in SOURCES and name else None
+
+
+def _timm():
+    import timm
+    return timm
+
+
+def library_names(source, pattern='*'):
+    """The classifiers `source` can build whose name matches `pattern`."""
+    if source == 'timm':
+        return list(_timm().list_models(pattern))
+    names = torchvision.models.list_models(module=torchvision.models)
+    return [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+
+
+def check_name(source, name):
+    """Raises ValueError naming the nearest names where `source` has no model `name`."""
+    names = library_names(source)
+    if name in names:
+        return
+    near = difflib.get_close_matches(name, names, n=3, cutoff=0.6)
+    hint = f': did you mean {", ".join(f"{source}:{n}" for n in near)}?' if near else \
+        f' (list them with --list-models "{source}:*")'
+    raise ValueError(f"{source} has no model '{name}'{hint}")
+
+
+def is_vit(source, name):
+    if source != 'timm':
+        return False
+    from timm.models.vision_transformer import VisionTransformer
+    with torch.device('meta'):
+        model = _timm().create_model(name, pretrained=False)
+    return isinstance(model, VisionTransformer)
+
+
+def library_model(source, name, num_classes, image_size, vit=False, pretrained=False,
+                  pretrained_file=None):
+    """The library's own model with `num_classes` outputs; ViTs for `image_size`, pooling
+    the patch tokens (timm's global_pool='avg', with the final norm kept before it)."""
+    if source == 'timm':
+        options = dict(global_pool='avg', fc_norm=False) if vit else {}
+        if pretrained_file:
+            options['pretrained_cfg_overlay'] = dict(file=pretrained_file)
+        create = _timm().create_model
+        pretrained = pretrained or bool(pretrained_file)
+        try:  # models with a fixed input size (ViTs, MLP-Mixers) are built for the run's
+            return create(name, pretrained=pretrained, num_classes=num_classes,
+                          img_size=image_size, **options)
+        except TypeError:  # ... the others take none
+            return create(name, pretrained=pretrained, num_classes=num_classes, **options)
+    if name.startswith(('vit_', 'swin_', 'maxvit')):
+        raise ValueError(f'torchvision:{name} is a transformer: the ViTs come from timm here '
+                         f'(e.g. timm:vit_base_patch16_224)')
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+
+
+def trunk_of(source, name, image_size, vit):
+    """The trunk of the model, found on a twin on the meta device (no memory, no arithmetic),
+    or on the CPU for the few models that cannot be built there (torchvision's RegNets)."""
+    find = timm_trunk if source == 'timm' else torchvision_trunk
+    try:
+        with torch.device('meta'):
+            twin = library_model(source, name, 1000, image_size, vit).eval()
+        return find(twin, image_size, 'meta')
+    except (RuntimeError, NotImplementedError):
+        with torch.device('cpu'):
+            twin = library_model(source, name, 1000, image_size, vit).eval()
+        return find(twin, image_size, 'cpu')
+
+
+def build(source, name, num_classes=1000, attention=True, gate='residual', split=None,
+          image_size=224):
+    """The ABN of `source`'s model `name` (see the module's docstring); `split=None` is the
+    family's default. Raises ValueError in one line for what cannot be split."""
+    check_name(source, name)
+    vit = is_vit(source, name)
+    if vit:
+        backbone = library_model(source, name, num_classes, image_size, vit=True)
+        depth = len(backbone.blocks)
+        split = VIT_DEFAULT_SPLIT if split is None else split
+        check_split(split, depth, f'{source}:{name}', 'blocks')
+        model = VisionTransformerABN(backbone, name, split, num_classes, attention, gate)
+    else:
+        try:
+            trunk = trunk_of(source, name, image_size, vit)
+        except (ValueError, RuntimeError, NotImplementedError, AttributeError) as error:
+            raise ValueError(f'{source}:{name} cannot be split into a feature extractor and '
+                             f'a last stage: {str(error).splitlines()[0]}') from None
+        split = -1 if split is None else split
+        check_split(split, len(trunk.stage_ends), f'{source}:{name}', 'stages')
+        backbone = library_model(source, name, num_classes, image_size)
+        model = BackboneABN(backbone, source, name, trunk, split, num_classes, attention, gate)
+        if attention:
+            check_keeps_resolution(model, trunk, image_size)
+    model.check_head()
+    return model
+
+
+def check_split(split, count, arch, what):
+    """`split` picks the first stage (block) of the branches: -1 .. -(count-1), or
+    1 .. count-1 (the feature extractor keeps at least one)."""
+    if not (-count < split < 0 or 0 < split < count):
+        raise ValueError(f'--split {split} is out of range for {arch}, which has {count} '
+                         f'{what}: give -1 .. -{count - 1} (from the end) or 1 .. {count - 1}')
+
+
+def check_keeps_resolution(model, trunk, image_size):
+    """The attention stage must keep the extractor's resolution (probed on meta tensors)."""
+    first = trunk.stage_start(model.split)
+    before = trunk.parts[first - 1]
+    side = image_size // before.stride
+    probe = torch.zeros(1, before.channels, side, side, device='meta')
+    with torch.no_grad():
+        out = copy.deepcopy(model.att_stage).to('meta')(probe)
+    if tuple(out.shape[-2:]) != (side, side):
+        raise ValueError(f'the downsampling of {model.source}:{model.backbone_name}\'s last '
+                         f'stage cannot be removed by the rules ({"; ".join(DOWNSAMPLING_RULES)}'
+                         f'): its copy turns {side}x{side} maps into '
+                         f'{out.shape[-2]}x{out.shape[-1]}')
+
+
+def has_pretrained(source, name):
+    """Whether the library publishes ImageNet weights of `name`."""
+    if source == 'timm':
+        return bool(_timm().is_model_pretrained(name))
+    try:
+        return torchvision.models.get_model_weights(name) is not None
+    except ValueError:
+        return False
+
+
+def library_state_dict(source, name, num_classes, image_size, pretrained_file=None):
+    """The library's pretrained weights for the model (downloaded by the library, or read
+    from `pretrained_file`), as a state_dict of its own model: timm adapts them itself (its
+    classifier dropped for other classes, a ViT's position embedding resampled)."""
+    if source == 'timm':
+        vit = is_vit(source, name)
+        model = library_model(source, name, num_classes, image_size, vit, pretrained=True,
+                              pretrained_file=pretrained_file)
+        return model.state_dict()
+    if pretrained_file:
+        raise NotImplementedError  # torchvision files are read by the caller (a state_dict)
+    weights = torchvision.models.get_model_weights(name).DEFAULT
+    return weights.get_state_dict(progress=True, check_hash=True)
+
+
+__all__ = ['BackboneABN', 'DOWNSAMPLING_RULES', 'SOURCES', 'VisionTransformerABN', 'build',
+           'check_name', 'has_pretrained', 'library_names', 'library_state_dict', 'split_name']

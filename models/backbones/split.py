@@ -1,0 +1,193 @@
+"""Where a timm or torchvision CNN is split, read from the library's own description of it.
+
+A backbone's *trunk* is the forward path to the maps its head pools: the modules its
+features' forward calls, in order, each with the total stride of its output. Its *stages*
+are runs of those modules:
+- timm: every model that supports `features_only` lists its stages in `feature_info` (the
+  module that ends each one, its channels and reduction); modules after the last one and
+  before the head (EfficientNet's conv_head, ConvNeXt's norm_pre) join the last stage;
+- torchvision: the children of the model before its global pooling (their nn.Sequential
+  containers opened one level: `features`, `trunk_output`, `layer4`), cut where the stride
+  changes.
+
+Which modules a forward calls, and their strides, are recorded with forward hooks on a
+probe image on the meta device (no memory, no arithmetic), and the split is checked: the
+modules in order must give the library's own features.
+
+The attention branch is a copy of the stages after the split with their downsampling
+removed, so that the map keeps the feature extractor's resolution. One table of rules does
+it for every family (DOWNSAMPLING_RULES); a copy whose output still shrinks is refused.
+"""
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+
+@dataclass
+class Part:
+    path: str  # the module's dotted name in the backbone
+    stride: int  # the total stride of its output
+    channels: int
+
+
+@dataclass
+class Trunk:
+    parts: list  # Part, in the order the forward calls them
+    stage_ends: list  # index of each stage's last part
+
+    def stage_start(self, stage):
+        """The index of the first part of stage `stage` (0-based, negative from the end)."""
+        return 0 if stage == 0 else self.stage_ends[stage - 1] + 1
+
+
+def called_children(model, run, probe):
+    """[(name, output)] of `model`'s direct children, in the order `run(probe)` calls them
+    (a child called twice is kept once, at its first call)."""
+    calls, handles = [], []
+    for name, child in model.named_children():
+        handles.append(child.register_forward_hook(
+            lambda module, inputs, output, name=name: calls.append((name, output))))
+    try:
+        with torch.no_grad():
+            run(probe)
+    finally:
+        for handle in handles:
+            handle.remove()
+    seen, ordered = set(), []
+    for name, output in calls:
+        if name not in seen:
+            seen.add(name)
+            ordered.append((name, output))
+    return ordered
+
+
+def opened(model, names, should_open):
+    """`names` of children, each nn.Sequential that `should_open(name)` opened into its own
+    children ('features' -> 'features.0', 'features.1', ...)."""
+    out = []
+    for name in names:
+        child = model.get_submodule(name)
+        if isinstance(child, nn.Sequential) and should_open(name):
+            out += [f'{name}.{inner}' for inner, _ in child.named_children()]
+        else:
+            out.append(name)
+    return out
+
+
+def trace_parts(model, paths, probe):
+    """Runs the modules at `paths` one after another on `probe`, returning
+    the Parts and the output; raises ValueError where an output is not an NCHW map."""
+    size = probe.shape[-1]
+    x, parts = probe, []
+    with torch.no_grad():
+        for path in paths:
+            x = model.get_submodule(path)(x)
+            if not isinstance(x, torch.Tensor) or x.dim() != 4:
+                shape = tuple(x.shape) if isinstance(x, torch.Tensor) else type(x).__name__
+                raise ValueError(f"its part '{path}' outputs {shape}, not feature maps "
+                                 f"(N, C, H, W)")
+            parts.append(Part(path, max(size // max(x.shape[-1], 1), 1), x.shape[1]))
+    return parts, x
+
+
+def timm_trunk(model, image_size, device='meta'):
+    """The trunk of a timm model, its stages from `feature_info`."""
+    modules = [info['module'] for info in model.feature_info]
+    probe = torch.zeros(1, 3, image_size, image_size, device=device)
+    called = called_children(model, model.forward_features, probe)
+    names = [name for name, _ in called]
+    paths = opened(model, names, lambda name: any(m.startswith(name + '.') for m in modules))
+    missing = [m for m in modules if m not in paths]
+    if missing:
+        raise ValueError(f"its stage '{missing[0]}' is not one module of its forward path")
+    parts, out = trace_parts(model, paths, probe)
+    for info, end in zip(model.feature_info, (paths.index(m) for m in modules)):
+        if parts[end].channels != info['num_chs']:
+            raise ValueError(f"its stage '{info['module']}' outputs {parts[end].channels} "
+                             f"channels where timm says {info['num_chs']}: its maps are not "
+                             f"laid out (N, C, H, W)")
+    ends = [paths.index(m) for m in modules]
+    ends[-1] = len(paths) - 1  # what follows the last stage, before the head, joins it
+    with torch.no_grad():
+        check_same(model.forward_features(probe), out)
+    return Trunk(parts, ends)
+
+
+def torchvision_trunk(model, image_size, device='meta'):
+    """The trunk of a torchvision classifier: its children before the global pooling,
+    containers opened one level, stages where the stride changes."""
+    probe = torch.zeros(1, 3, image_size, image_size, device=device)
+    called = called_children(model, model, probe)
+    names = []
+    for name, _ in called:
+        if isinstance(model.get_submodule(name), nn.AdaptiveAvgPool2d):
+            break
+        names.append(name)
+    else:
+        raise ValueError('it has no global average pooling (nn.AdaptiveAvgPool2d) before '
+                         'its classifier')
+    paths = opened(model, names, lambda name: True)
+    parts, _ = trace_parts(model, paths, probe)
+    ends = [i for i, part in enumerate(parts)
+            if i + 1 == len(parts) or parts[i + 1].stride != part.stride]
+    return Trunk(parts, ends)
+
+
+def check_same(expected, got):
+    if tuple(expected.shape) != tuple(got.shape):
+        raise ValueError(f'its modules, run in order, give maps of shape {tuple(got.shape)}, '
+                         f'its own features {tuple(expected.shape)}: it does not run its '
+                         f'stages one after another')
+
+
+# How a copy of the last stages loses its downsampling, so that the attention map keeps
+# the feature extractor's resolution (docs/imagenet.md has the table):
+# - a strided convolution (ResNet, RegNet, the depthwise convolutions of EfficientNet and
+#   MobileNet, ConvNeXt's 2x2 downsampling layer) gets stride 1, and 'same' padding where
+#   its own padding would shrink the map (an even kernel: ConvNeXt's);
+# - a pooling whose kernel is its stride (ResNet-D's average-pooling shortcut) becomes an
+#   identity: it only downsamples;
+# - another strided pooling gets stride 1, its padding keeping the size.
+DOWNSAMPLING_RULES = ('strided convolution -> stride 1 (same padding for even kernels)',
+                      'pooling with kernel = stride -> identity',
+                      'other strided pooling -> stride 1')
+
+
+def _pair(value):
+    return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
+
+
+class SamePaddedConv2d(nn.Conv2d):
+    """A stride-1 convolution whose output keeps its input's size however even its kernel:
+    the missing padding goes right and below (as 'same' padding does). The same parameters
+    as nn.Conv2d; a converted convolution keeps its weights (its class is changed)."""
+
+    def forward(self, x):
+        pads = []
+        for p, d, k in reversed(list(zip(_pair(self.padding), _pair(self.dilation),
+                                          _pair(self.kernel_size)))):
+            missing = d * (k - 1) - 2 * p
+            pads += [0, missing]
+        return super().forward(F.pad(x, pads))
+
+
+def remove_downsampling(stage):
+    """Applies DOWNSAMPLING_RULES to every module of `stage` (in place); returns it."""
+    for name, module in list(stage.named_modules()):
+        if isinstance(module, nn.Conv2d) and max(_pair(module.stride)) > 1:
+            module.stride = (1, 1)
+            kernel, dilation = _pair(module.kernel_size), _pair(module.dilation)
+            padding = _pair(module.padding) if not isinstance(module.padding, str) else None
+            if type(module) is nn.Conv2d and padding is not None and \
+                    any(2 * p < d * (k - 1) for p, d, k in zip(padding, dilation, kernel)):
+                module.__class__ = SamePaddedConv2d
+        elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)) and \
+                max(_pair(module.stride)) > 1:
+            if _pair(module.kernel_size) == _pair(module.stride):
+                parent, _, child = name.rpartition('.')
+                setattr(stage.get_submodule(parent) if parent else stage, child, nn.Identity())
+            else:
+                module.stride = 1
+    return stage
