@@ -55,7 +55,8 @@ def get_args_parser():
         parser, sorted(MULTITASK_MODELS), arch='mtabn_v1_resnet18', gate='multiply',
         sizes={'width': None},
         helps={'gate': 'how map t gates the features for task t: multiply g*M_t (the authors\' '
-                       'default and their published checkpoint) or residual g*(1+M_t)'})
+                       'default and their published checkpoint) or residual g*(1+M_t)'},
+        registry=MULTITASK_MODELS)
     parser.add_argument('--residual-attention', action='store_true',
                         help="the authors' flag: the same as --gate residual")
     parser.add_argument('--focal-loss', action='store_true',

@@ -37,7 +37,8 @@ def get_args_parser():
     add_architecture_arguments(
         parser, sorted(CIFAR_MODELS), arch='resnet', gate='residual',
         sizes=dict(depth=None, cardinality=8, widen_factor=4, growthRate=12, compressionRate=2),
-        helps={'depth': 'model depth (default: resnet 110, densenet 100, wrn 28, resnext 29)'})
+        helps={'depth': 'model depth (default: resnet 110, densenet 100, wrn 28, resnext 29)'},
+        registry=CIFAR_MODELS)
     fast = parser.add_argument_group('fast path (opt-in; the default is the authors\' setup)')
     fast.add_argument('--fast-data', action='store_true',
                       help='CIFAR/SVHN/shapes: hold the data on the training device and crop, '

@@ -45,6 +45,11 @@ def get_args_parser():
     parser.add_argument('--image-size', default=224, type=int, metavar='PX',
                         help='side of the training crops and of the evaluation centre crop '
                              '(default: %(default)s)')
+    parser.add_argument('--scale', default=(0.08, 1.0), type=float, nargs=2,
+                        metavar=('LOW', 'HIGH'),
+                        help="the training crops' share of the image's area, as timm's --scale "
+                             "(default: 0.08 1, the authors' and torchvision's; images of one "
+                             "small object want a higher LOW, or their crops miss it)")
     parser.add_argument('--resize-size', default=None, type=int, metavar='PX',
                         help='evaluation resizes the shorter side to PX before the centre crop '
                              '(default: image size x 256/224, so 256 at 224)')
@@ -101,6 +106,10 @@ def check_arguments(args):
     if args.image_size < model.min_image_size:
         raise AbnError(f'--image-size {args.image_size} is too small for {args.arch}: it takes '
                        f'images of at least {model.min_image_size} px')
+    low, high = args.scale
+    if not 0 < low <= high <= 1:
+        raise AbnError(f'--scale {low:g} {high:g}: give two shares of the image\'s area, '
+                       f'0 < LOW <= HIGH <= 1')
     if resize_size(args) < args.image_size:
         raise AbnError(f'--resize-size {args.resize_size} is smaller than --image-size '
                        f'{args.image_size}: the centre crop would not fit')
@@ -120,18 +129,21 @@ def check_arguments(args):
     return model
 
 
-def imagenet_transforms(mean, std, image_size, resize):
-    """The authors' (and torchvision's) ImageNet augmentation: random resized crops and flips
-    for training; resize and centre crop for evaluation."""
+def imagenet_transforms(mean, std, image_size, resize, scale=(0.08, 1.0)):
+    """The authors' (and torchvision's) ImageNet augmentation: random resized crops (of
+    `scale` of the image's area) and flips for training; resize and centre crop for
+    evaluation."""
     tail = [T.ToTensor(), T.Normalize(mean, std)]
-    train = T.Compose([T.RandomResizedCrop(image_size), T.RandomHorizontalFlip()] + tail)
+    train = T.Compose([T.RandomResizedCrop(image_size, scale=tuple(scale)),
+                       T.RandomHorizontalFlip()] + tail)
     test = T.Compose([T.Resize(resize), T.CenterCrop(image_size)] + tail)
     return train, test
 
 
 def build_data(args, evaluate_only, normalization):
     mean, std = normalization or IMAGENET_NORMALIZATION
-    train_tf, test_tf = imagenet_transforms(mean, std, args.image_size, resize_size(args))
+    train_tf, test_tf = imagenet_transforms(mean, std, args.image_size, resize_size(args),
+                                            args.scale)
     test = image_folder_split(args.data, ('val', 'test'), test_tf, args.skip_bad_images)
     train = None if evaluate_only else image_folder_split(
         args.data, ('train',), train_tf, args.skip_bad_images, role='training')

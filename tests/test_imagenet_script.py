@@ -60,6 +60,19 @@ def test_data_come_from_the_folders_with_imagenet_transforms(data_root):
     assert (data.mean, data.std) == ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))
 
 
+def test_the_crops_share_of_the_image_is_an_option(data_root, tmp_path, capsys):
+    """--scale, as timm's: the authors' 0.08..1 by default; a data set of one small object
+    wants crops that keep it."""
+    args = imagenet.get_args_parser().parse_args(['--data', data_root, '--image-size', '32'])
+    crop = imagenet.build_data(args, False, None).train.transform.transforms[0]
+    assert crop.scale == (0.08, 1.0)
+    args = imagenet.get_args_parser().parse_args(['--data', data_root, '--scale', '0.7', '1'])
+    assert imagenet.build_data(args, False, None).train.transform.transforms[0].scale == (0.7, 1)
+    assert_refused(imagenet.main, ['--data', data_root, '--scale', '0', '1', '-c',
+                                   str(tmp_path / 'run')], '--scale 0 1: give two shares',
+                   str(tmp_path), capsys)
+
+
 def test_a_run_records_classes_and_draws_them(trained):
     best = ckpt.load_checkpoint(os.path.join(trained, 'model_best.pth.tar'))
     assert best['arch'] == 'resnet18' and best['num_classes'] == 3

@@ -61,6 +61,10 @@ class ArchitectureName:
                 return text
         except ValueError as error:
             raise argparse.ArgumentTypeError(str(error)) from None
+        if parts is not None and not self.sources:
+            raise argparse.ArgumentTypeError(
+                f"invalid choice: '{text}': the models of timm and torchvision train with "
+                f"imagenet.py (docs/imagenet.md)")
         import difflib
         near = difflib.get_close_matches(text, self.names, n=3, cutoff=0.6)
         raise argparse.ArgumentTypeError(

@@ -31,7 +31,7 @@ from utils.teach.attention_maps import WithAttentionMaps, load_map_set, map_devi
 from utils.teach.task_maps import is_multitask, load_task_map_set
 from utils.train.engine import main as engine_main
 from utils.weights import checkpoint as ckpt
-from utils.weights.modelspec import spec_from_checkpoint
+from utils.weights.loading import file_spec
 
 DEFAULT_MAP_LOSS_WEIGHT = 10.0
 NAME = 'attention-maps'
@@ -158,10 +158,9 @@ def weights_normalization(path, legacy_normalization):
     files, the recorded one for this project's (None: the data set's own)."""
     if not os.path.isfile(path):
         raise AbnError(f'--weights {path}: no such file')
-    saved = ckpt.load_checkpoint(path)
+    saved, spec = file_spec(path)
     if ckpt.is_legacy(saved):
         return legacy_normalization
-    spec = spec_from_checkpoint(saved)
     return spec.normalization if spec is not None else None
 
 
@@ -182,9 +181,8 @@ def load_weights(model, args, runtime):
         return
     if not os.path.isfile(path):
         raise AbnError(f'--weights {path}: no such file')
-    saved = ckpt.load_checkpoint(path)
-    spec = spec_from_checkpoint(saved)
-    gate = spec.model_args.get('gate', 'residual') if spec is not None else None
+    saved, spec = file_spec(path)
+    gate = spec.gate if spec is not None else None
     if gate is not None and gate != model.gate:  # not in the weights: they would load
         raise AbnError(f'--weights {path} was trained with --gate {gate}, not {model.gate}: '
                        f'pass --gate {gate}')

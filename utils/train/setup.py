@@ -3,6 +3,7 @@ options a resumed file records, the seed, the data, the model (new, resumed or p
 its placement (device, memory format, SyncBN, the parallel wrapper, torch.compile), AMP, the
 optimizer and the loaders. `RunSetup.prepare()` does all of it; `Run` (utils.train.engine)
 adds the loops."""
+import dataclasses
 import os
 import random
 from contextlib import nullcontext
@@ -20,7 +21,7 @@ from utils.objectives import get_objective
 from utils.train.checkpoints import CheckpointPolicy, restore_run
 from utils.train.options import check_dropout
 from utils.weights import checkpoint as ckpt
-from utils.weights.loading import model_from_checkpoint
+from utils.weights.loading import file_spec, model_from_checkpoint, resolve_spec
 from utils.weights.modelspec import (ModelSpec, build_model, check_script, resolve_flags,
                                      spec_from_checkpoint)
 
@@ -111,6 +112,15 @@ def check_device_shares(data, args, runtime):
                        f'{devices}')
 
 
+def with_data(spec, data, objective):
+    """`spec` completed with what the run's data say: classes, normalisation, sizes."""
+    return dataclasses.replace(spec, class_names=list(data.classes),
+                               normalization=(tuple(data.mean), tuple(data.std)),
+                               image_size=data.image_size,
+                               resize_size=getattr(data, 'resize_size', None),
+                               objective=objective, dataset=data.name)
+
+
 class RunSetup:
     """One invocation's set-up: everything the loops use."""
 
@@ -188,6 +198,11 @@ class RunSetup:
         if self.file_spec is not None:
             self.check_resumed_classes()
             self.spec = self.file_spec
+        elif self.resumed is not None:  # an authors' file: the one reading of them
+            self.spec = with_data(resolve_spec(
+                self.resumed, args.resume, arch=args.arch, num_classes=len(data.classes),
+                script=self.task.name, gate=args.gate, **self.task.model_options(args)),
+                data, self.objective.name)
         else:
             self.spec = self.spec_of_flags(num_classes=len(data.classes), data=data)
         self.model_args = self.spec.model_args
@@ -216,11 +231,9 @@ class RunSetup:
         path = getattr(self.args, 'weights', None)
         if not path or not os.path.isfile(path):
             return
-        spec = spec_from_checkpoint(ckpt.load_checkpoint(path))
-        if spec is None:
-            return
-        check_script(spec, self.task.name, path, flag='--weights')
-        resolve_flags(spec, self.args, self.given, self.task.model_flags, path)
+        _, spec = file_spec(path, self.task.name, '--weights')
+        if spec is not None:
+            resolve_flags(spec, self.args, self.given, self.task.model_flags, path)
 
     def spec_of_flags(self, num_classes, data=None):
         """The ModelSpec the command line describes (new runs and the authors' files)."""
@@ -228,13 +241,8 @@ class RunSetup:
         model_args = task.registry.model_args(args.arch, **task.model_options(args),
                                               num_classes=num_classes,
                                               attention=not args.baseline, gate=args.gate)
-        if data is None:
-            return ModelSpec(task.name, args.arch, model_args, objective=self.objective.name)
-        return ModelSpec(task.name, args.arch, model_args, class_names=list(data.classes),
-                         normalization=(tuple(data.mean), tuple(data.std)),
-                         image_size=data.image_size,
-                         resize_size=getattr(data, 'resize_size', None),
-                         objective=self.objective.name, dataset=data.name)
+        spec = ModelSpec(task.name, args.arch, model_args, objective=self.objective.name)
+        return spec if data is None else with_data(spec, data, self.objective.name)
 
     def check_resumed_classes(self):
         spec, data, path = self.file_spec, self.data, self.args.resume

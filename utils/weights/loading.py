@@ -1,8 +1,17 @@
 """One way from a checkpoint file to a model, for every script, the attention editor and the
-Python API: `model_from_checkpoint` builds the model a checkpoint's spec describes and loads
-its weights (training's `--resume` and `-e` use it too); `load_model` adds what explaining an
-image needs (normalisation, sizes, class names), and accepts the authors' files, which
-describe nothing, with their architecture options."""
+Python API, in two steps:
+
+1. `resolve_spec(saved, path, ...)`: the ModelSpec of the file and the options typed with it.
+   This project's files describe themselves (typed options that contradict them are refused);
+   the authors' files, which record nothing, take their architecture from the typed options
+   and their class count from the options, the data set or the file's classifier: the one
+   place that reads them.
+2. `model_from_checkpoint(saved, path, spec)`: the model built from the spec, with the file's
+   weights.
+
+`load_model(path, ...)` is both, plus what explaining an image needs (normalisation, sizes,
+class names); training's `--resume`, `-e` and `--weights` resolve their files the same way
+(`file_spec` reads only what a file says of itself)."""
 import os
 from dataclasses import dataclass
 
@@ -13,8 +22,8 @@ from utils.data.datasets import AUTHORS_NORMALIZATION, NORMALIZATION, SMALL_IMAG
 from utils.data.inputs import DATASET_CLASS_COUNTS, KNOWN_CLASSES, read_class_names
 from utils.errors import AbnError
 from utils.weights import checkpoint as ckpt
-from utils.weights.modelspec import (ModelSpec, build_model, flag_name, legacy_num_classes,
-                                     registry_for, spec_from_checkpoint)
+from utils.weights.modelspec import (ModelSpec, build_model, check_script, flag_name,
+                                     legacy_num_classes, registry_for, spec_from_checkpoint)
 from utils.weights.portable import is_safetensors, read_safetensors
 
 # The size options of the authors' CIFAR families, as builder arguments.
@@ -35,7 +44,7 @@ class LoadedModel:
 
     @property
     def multitask(self):
-        return self.spec is not None and self.spec.script == 'celeba'
+        return self.spec is not None and self.spec.multitask
 
 
 def architecture_options(args):
@@ -84,6 +93,44 @@ def _looks_like_torch_file(path):
     return head.startswith(b'PK\x03\x04') or head[:1] == b'\x80'
 
 
+def file_spec(path, script=None, flag='--weights'):
+    """(the file's contents, the ModelSpec it records or None for the authors' and the
+    libraries' files); with `script`, a file of another script is refused in one line."""
+    saved = read_checkpoint(path)
+    spec = spec_from_checkpoint(saved)
+    if spec is not None and script is not None:
+        check_script(spec, script, path, flag=flag)
+    return saved, spec
+
+
+def resolve_spec(saved, path, role='model', arch=None, num_classes=None, dataset=None,
+                 script=None, **options):
+    """The ModelSpec of the model in `saved` (the contents of the file at `path`):
+    - a file of this project: its own spec. Options given that contradict it are refused
+      with role='model' (the training scripts' words), and ignored with another role (a
+      baseline beside the model); with `script`, a file of another script is refused;
+    - an authors' file: the spec its options describe (`arch`, `gate`, the sizes), of the
+      `script` that trains `arch` (read off the name where not given), its class count
+      `num_classes`, else `dataset`'s, else read off the file's classifier."""
+    options = {k: v for k, v in options.items() if v is not None}
+    spec = spec_from_checkpoint(saved)
+    if spec is None:
+        return authors_spec(saved, path, arch, options, num_classes, dataset, script)
+    if script is not None:
+        check_script(spec, script, path)
+    if role == 'model':
+        contradicted = [f"{flag_name(k)} {v}" for k, v in options.items()
+                        if k in spec.model_args and spec.model_args[k] != v]
+        if arch and arch != spec.arch:
+            contradicted.insert(0, f'-a {arch}')
+        if contradicted:
+            # The same words as the training scripts' refusal (modelspec.resolve_flags).
+            raise AbnError(f'{path} holds {spec.describe()}, which {", ".join(contradicted)}'
+                           f' contradict{"s" if len(contradicted) == 1 else ""}: leave '
+                           f'these options out (the file records them)')
+    return spec
+
+
 def model_from_checkpoint(saved, path, spec=None):
     """(model with the checkpoint's weights, its spec); `spec` is required for the authors'
     files, which record none."""
@@ -110,20 +157,9 @@ def load_model(path, role='model', saved=None, arch=None, gate=None, num_classes
     if unknown:
         raise TypeError(f'load_model() got unknown options: {", ".join(unknown)}')
     checkpoint = saved if saved is not None else read_checkpoint(path)
-    given = {k: v for k, v in dict(sizes, gate=gate).items() if v is not None}
-    spec = spec_from_checkpoint(checkpoint)
-    if spec is not None:
-        if role == 'model':
-            # Options given for a file that describes itself must agree with it.
-            contradicted = [f"{flag_name(k)} {v}" for k, v in given.items()
-                            if k in spec.model_args and spec.model_args[k] != v]
-            if arch and arch != spec.arch:
-                contradicted.insert(0, f'-a {arch}')
-            if contradicted:
-                # The same words as the training scripts' refusal (modelspec.resolve_flags).
-                raise AbnError(f'{path} holds {spec.describe()}, which {", ".join(contradicted)}'
-                               f' contradict{"s" if len(contradicted) == 1 else ""}: leave '
-                               f'these options out (the file records them)')
+    authors = spec_from_checkpoint(checkpoint) is None
+    spec = resolve_spec(checkpoint, path, role, arch, num_classes, dataset, gate=gate, **sizes)
+    if not authors:
         imagenet = spec.script == 'imagenet'
         normalization = spec.normalization or NORMALIZATION.get(spec.dataset,
                                                                 NORMALIZATION['imagefolder'])
@@ -131,7 +167,6 @@ def load_model(path, role='model', saved=None, arch=None, gate=None, num_classes
         size = int(spec.image_size or (224 if imagenet else 32))
         resize_size = spec.resize_size
     else:
-        spec = authors_spec(checkpoint, path, arch, given, num_classes, dataset)
         imagenet = spec.script == 'imagenet'
         normalization = NORMALIZATION['imagefolder'] if imagenet else AUTHORS_NORMALIZATION
         names = KNOWN_CLASSES.get(dataset)
@@ -148,15 +183,28 @@ def load_model(path, role='model', saved=None, arch=None, gate=None, num_classes
                        spec.dataset, resize_size or round(size * 256 / 224), spec)
 
 
-def authors_spec(checkpoint, path, arch, given, num_classes, dataset):
+def has_attention_branch(state, script, arch, given):
+    """Whether a state_dict holds the attention branch of `arch`: any of the weights its ABN
+    has and its plain baseline lacks (the authors' baselines have none)."""
+    registry = registry_for(script)
+    try:
+        with torch.device('meta'):
+            keys = [set(registry.create(arch, **dict(given, num_classes=2, attention=a))
+                        .state_dict()) for a in (True, False)]
+    except (ValueError, TypeError):
+        return True
+    return bool((keys[0] - keys[1]) & set(state))
+
+
+def authors_spec(checkpoint, path, arch, given, num_classes, dataset, script=None):
     """The ModelSpec of an authors' file, which records none: from their flags (`given`: the
     sizes and gate), and the class count from `num_classes`, the data set, or the file's
     classifier."""
     arch = arch or 'resnet'
-    script = architecture_family(arch)
+    script = script or architecture_family(arch)
     state = ckpt.clean_state_dict(checkpoint['state_dict'])
-    attention = 'att_conv.weight' in state  # the authors' baselines have no head
-    spec = ModelSpec(script, arch, dict(given, attention=attention))
+    spec = ModelSpec(script, arch, dict(given, attention=has_attention_branch(
+        state, script, arch, given)))
     num_classes = num_classes or DATASET_CLASS_COUNTS.get(dataset)
     if num_classes is None:  # read it off the classifier's weight
         num_classes = legacy_num_classes(checkpoint, spec)

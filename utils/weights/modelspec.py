@@ -72,6 +72,11 @@ class ModelSpec:
     def gate(self):
         return self.model_args.get('gate', 'residual')
 
+    @property
+    def multitask(self):
+        """One map and one output per task (celeba.py's models)."""
+        return self.script == 'celeba'
+
     def describe(self):
         return describe(self.arch, self.model_args, self.attention)
 
