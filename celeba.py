@@ -20,10 +20,10 @@ from utils.data.attributes import (ATTRIBUTES_CSV, MAP_MODES, MULTI_IMAGE_SIZE, 
                                    read_attribute_csv)
 from utils.data.datasets import DataBundle, first_n
 from utils.errors import AbnError
-from utils.teach.fine_tune import add_teach_arguments, check_teach_arguments, teaching_task
-from utils.train.engine import main as engine_main
+from utils.train.engine import main as train
 from utils.train.options import add_training_arguments
 from utils.train.task import Task
+from utils.train.teaching import add_teach_arguments
 from utils.weights.pretrained import check_pretrained_arguments, init_multitask_pretrained
 
 DATASETS = ('celeba', 'attributes', 'shapes-multi')
@@ -173,23 +173,44 @@ def resolve_gate(args, given):
         given.add('gate')
 
 
+class CelebaTask(Task):
+    """celeba.py's attribute data, its objective (BCE, or the authors' focal loss), its
+    checks and its pretrained start."""
+    name, registry, model_flags = 'celeba', MULTITASK_MODELS, MODEL_FLAGS
+    legacy_normalization = NO_NORMALIZATION
+    objective, map_objective = 'multi-label', 'multi-label-attention-maps'
+
+    def configured(self, args, given):
+        resolve_gate(args, given)
+        if args.focal_loss:
+            task = CelebaTask()
+            task.objective = 'multi-label-focal'
+            return task
+        return self
+
+    def build_data(self, args, evaluate_only, normalization):
+        return build_data(args, evaluate_only, normalization)
+
+    def check_arguments(self, args):
+        check_arguments(args)
+
+    def objective_options(self, args):
+        return dict(map_style=args.map_style, max_tasks=args.map_tasks)
+
+    def init_pretrained(self, model, args, runtime):
+        init_multitask_pretrained(model, args, runtime)
+
+
+TASK = CelebaTask()
+
+
 def make_task(args):
-    return Task(name='celeba', registry=MULTITASK_MODELS, build_data=build_data,
-                model_flags=MODEL_FLAGS,
-                legacy_normalization=NO_NORMALIZATION, init_pretrained=init_multitask_pretrained,
-                objective='multi-label-focal' if args.focal_loss else 'multi-label',
-                objective_options=lambda args: dict(map_style=args.map_style,
-                                                    max_tasks=args.map_tasks),
-                check_arguments=check_arguments, map_objective='multi-label-attention-maps')
+    """The task for parsed options (the docs' test builds their data through it)."""
+    return TASK.configured(args, None)
 
 
 def main(argv=None):
-    parser = get_args_parser()
-    args = parser.parse_args(argv)
-    given = parser.given_options(argv)
-    resolve_gate(args, given)
-    check_teach_arguments(args)
-    return engine_main(args, teaching_task(make_task(args), args), given)
+    return train(get_args_parser(), TASK, argv)
 
 
 if __name__ == '__main__':

@@ -14,10 +14,11 @@ from models import CIFAR_MODELS
 from utils.cli import ArgumentParser, add_architecture_arguments, run
 from utils.data.datasets import AUTHORS_NORMALIZATION, SMALL_IMAGE_DATASETS, build_small_image_data
 from utils.data.fastdata import device_loader
-from utils.teach.fine_tune import add_teach_arguments
-from utils.teach.fine_tune import main as teachable_main
+from utils.train.engine import main as train
 from utils.train.options import add_training_arguments
 from utils.train.task import Task
+from utils.train.teaching import add_teach_arguments
+from utils.weights.pretrained import load_checkpoint_weights, weights_normalization
 
 DEFAULTS = dict(epochs=300, train_batch=128, test_batch=100, schedule=[150, 225],
                 weight_decay=5e-4)
@@ -52,35 +53,49 @@ MODEL_FLAGS = dict(depth='depth', cardinality='cardinality', widen_factor='widen
                    growthRate='growthRate', compressionRate='compressionRate', dropRate='drop')
 
 
-def build_data(args, evaluate_only, normalization):
-    return build_small_image_data(args.dataset, args.data, args.train_size, args.test_size,
-                                  evaluate_only, args.image_size, args.skip_bad_images,
-                                  normalization)
+class CifarTask(Task):
+    """cifar.py's data sets and fast path; a new run may start from --weights, every weight
+    of a checkpoint, with the normalisation that file was trained with."""
+    name, registry, model_flags = 'cifar', CIFAR_MODELS, MODEL_FLAGS
+    legacy_normalization = AUTHORS_NORMALIZATION
+
+    def build_data(self, args, evaluate_only, normalization):
+        if normalization is None and args.weights and not args.resume:
+            normalization = weights_normalization(args.weights, self.legacy_normalization)
+        return build_small_image_data(args.dataset, args.data, args.train_size, args.test_size,
+                                      evaluate_only, args.image_size, args.skip_bad_images,
+                                      normalization)
+
+    def init_pretrained(self, model, args, runtime):
+        if args.weights:
+            load_checkpoint_weights(model, args.weights, runtime)
+
+    def fast_train_loader(self, args, data, runtime):
+        return fast_loader(args, data, runtime, train=True)
+
+    def fast_eval_loader(self, args, data, runtime):
+        return fast_loader(args, data, runtime, train=False)
 
 
-def fast_loader(train):
-    """The engine's hook for --fast-data: a device-resident loader, or None (the standard
-    loader) where the data set is not one it can reproduce."""
-    def make(args, bundle, runtime):
-        if not args.fast_data:
-            return None
-        dataset, batch = (bundle.train, args.train_batch) if train else (bundle.test,
-                                                                         args.test_batch)
-        loader, reason = device_loader(dataset, batch, runtime, args.manualSeed, train)
-        if loader is None:
-            runtime.print(f'note: --fast-data is ignored for {args.dataset} '
-                          f'{"training" if train else "evaluation"} ({reason})')
-        return loader
-    return make
+def fast_loader(args, bundle, runtime, train):
+    """--fast-data: a device-resident loader, or None (the standard loader) where the data
+    set is not one it can reproduce."""
+    if not args.fast_data:
+        return None
+    dataset, batch = (bundle.train, args.train_batch) if train else (bundle.test,
+                                                                     args.test_batch)
+    loader, reason = device_loader(dataset, batch, runtime, args.manualSeed, train)
+    if loader is None:
+        runtime.print(f'note: --fast-data is ignored for {args.dataset} '
+                      f'{"training" if train else "evaluation"} ({reason})')
+    return loader
 
 
-TASK = Task(name='cifar', registry=CIFAR_MODELS, build_data=build_data,
-            model_flags=MODEL_FLAGS, legacy_normalization=AUTHORS_NORMALIZATION,
-            fast_train_loader=fast_loader(train=True), fast_eval_loader=fast_loader(train=False))
+TASK = CifarTask()
 
 
 def main(argv=None):
-    return teachable_main(get_args_parser(), TASK, argv)
+    return train(get_args_parser(), TASK, argv)
 
 
 if __name__ == '__main__':

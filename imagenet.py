@@ -23,10 +23,10 @@ from utils.data.datasets import (
     image_folder_split,
 )
 from utils.errors import AbnError
-from utils.teach.fine_tune import add_teach_arguments
-from utils.teach.fine_tune import main as teachable_main
+from utils.train.engine import main as train
 from utils.train.options import add_training_arguments
 from utils.train.task import Task
+from utils.train.teaching import add_teach_arguments
 from utils.weights.pretrained import check_pretrained_arguments, init_pretrained
 from utils.weights.resume import resolve_resume
 
@@ -154,22 +154,31 @@ def build_data(args, evaluate_only, normalization):
                       resize_size=resize_size(args))
 
 
-def check_all_arguments(args):
-    """Task.check_arguments: the command line's checks, once --resume's file has supplied
-    the options the user did not type."""
-    model = check_arguments(args)
-    resolve_resume(args)
-    if not args.resume:
-        check_pretrained_arguments(args, model)
+class ImagenetTask(Task):
+    """imagenet.py's image folders, its checks and its pretrained starts."""
+    name, registry, model_flags = 'imagenet', IMAGENET_MODELS, MODEL_FLAGS
+    legacy_normalization = IMAGENET_NORMALIZATION
+
+    def build_data(self, args, evaluate_only, normalization):
+        return build_data(args, evaluate_only, normalization)
+
+    def check_arguments(self, args):
+        """The command line's checks, once --resume's file has supplied the options the
+        user did not type."""
+        model = check_arguments(args)
+        resolve_resume(args)
+        if not args.resume:
+            check_pretrained_arguments(args, model)
+
+    def init_pretrained(self, model, args, runtime):
+        init_pretrained(model, args, runtime)
 
 
-TASK = Task(name='imagenet', registry=IMAGENET_MODELS, build_data=build_data,
-            model_flags=MODEL_FLAGS, legacy_normalization=IMAGENET_NORMALIZATION,
-            init_pretrained=init_pretrained, check_arguments=check_all_arguments)
+TASK = ImagenetTask()
 
 
 def main(argv=None):
-    return teachable_main(get_args_parser(), TASK, argv)
+    return train(get_args_parser(), TASK, argv)
 
 
 if __name__ == '__main__':

@@ -2,7 +2,6 @@
 download, and cifar.py's own engine set up from a command line, so that what is timed is
 what the script runs (its loaders, its training step, its evaluation)."""
 import contextlib
-import dataclasses
 import io
 import os
 import platform
@@ -26,7 +25,7 @@ from utils.data.datasets import (NORMALIZATION, DataBundle, build_small_image_da
                                  small_image_transforms)
 from utils.distributed import setup_runtime  # noqa: E402
 from utils.signals import StopSignals  # noqa: E402
-from utils.train.engine import Run  # noqa: E402
+from utils.train.engine import prepare_training  # noqa: E402
 from utils.train.options import apply_fast, check_training_arguments  # noqa: E402
 
 
@@ -90,11 +89,11 @@ class Setup:
         apply_fast(args, self.runtime.device)
         self.workdir = tempfile.TemporaryDirectory(prefix='abn-bench-')
         args.checkpoint = self.workdir.name
-        task = dataclasses.replace(cifar.TASK, build_data=lambda *_: data)
-        run = Run(args, task, self.runtime)
+        task = cifar.CifarTask()
+        task.build_data = lambda *_: data
         with contextlib.redirect_stdout(io.StringIO()):
-            run.prepare()  # the engine's own set-up, through its public steps
-        self.run = run
+            # the engine's own set-up, through its public steps
+            self.run = prepare_training(args, task, self.runtime)
         self.epoch = 0
         self.stop = StopSignals(self.runtime)
 

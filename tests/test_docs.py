@@ -14,7 +14,7 @@ import torch
 
 from tests.helpers import ROOT, documentation
 from utils.explain.run import check_arguments as check_explain_arguments
-from utils.teach.fine_tune import check_teach_arguments
+from utils.train.teaching import check_teach_arguments
 from utils.train.options import check_training_arguments
 
 CLASSES = {'cifar10': 10, 'cifar100': 100, 'svhn': 10, 'shapes': 10, 'imagefolder': 7,

@@ -33,10 +33,10 @@ from utils.distributed import Runtime, smallest_chunk, sync_batchnorm
 from utils.errors import AbnError
 from utils.explain.measures import road
 from utils.objectives import get_objective
-from utils.train import checkpoints
+from utils.train import state as training_state
 from utils.train.options import apply_fast
-from utils.train.setup import (amp_dtype, check_device_shares, parallel_model,
-                               use_deterministic_algorithms)
+from utils.train.placement import (amp_dtype, check_device_shares, parallel_model,
+                                   use_deterministic_algorithms)
 from utils.weights.modelspec import ModelSpec
 
 pytestmark = pytest.mark.usefixtures('one_thread')
@@ -130,12 +130,12 @@ def test_amp_takes_bfloat16_only_where_the_gpu_computes_it(monkeypatch, capabili
 
 # -- 3: the random state of fewer devices ---------------------------------------------------
 
-def resumed_run(runtime, printed):
-    """What restore_run reads of a run, for a file without optimizer or scaler."""
-    return SimpleNamespace(args=Namespace(evaluate=False, resume='ckpt', momentum=0.9,
-                                          weight_decay=0),
-                           runtime=runtime, print=printed.append,
-                           checkpoints=SimpleNamespace(restore=lambda saved: None))
+def resumed_state(runtime, printed):
+    """A run's state for a file without optimizer or scaler; its notes go to `printed`."""
+    runtime.print = printed.append
+    return training_state.TrainingState(
+        None, None, None, SimpleNamespace(restore=lambda saved: None), runtime, None, None,
+        Namespace(evaluate=False, resume='ckpt', momentum=0.9, weight_decay=0, start_epoch=0))
 
 
 def test_a_run_saved_on_two_gpus_resumes_on_one(monkeypatch):
@@ -143,12 +143,11 @@ def test_a_run_saved_on_two_gpus_resumes_on_one(monkeypatch):
     states go to this run's devices in order; torch's set_rng_state_all would address a
     device this machine does not have."""
     fake = fake_cuda(monkeypatch, devices=2)
-    saved_state = checkpoints.rng_state(cuda_runtime([0, 1]).cuda_devices)  # DataParallel
+    saved_state = training_state.rng_state(cuda_runtime([0, 1]).cuda_devices)  # DataParallel
     assert [int(s) for s in saved_state['cuda']] == [0, 1]
     fake = fake_cuda(monkeypatch, devices=1)
     printed = []
-    checkpoints.restore_run(resumed_run(cuda_runtime(), printed),
-                            {'epoch': 1, 'rng': [saved_state]})
+    resumed_state(cuda_runtime(), printed).load_state_dict({'epoch': 1, 'rng': [saved_state]})
     assert fake.calls == [('set_rng_state', 0)] and int(fake.states[0]) == 0
     assert 'saved with 2 CUDA devices a process, this run has 1' in printed[0]
 
@@ -158,12 +157,11 @@ def test_a_ddp_process_saves_and_restores_its_own_device(monkeypatch):
     resume it goes to whatever device the process has then."""
     fake = fake_cuda(monkeypatch, devices=2)
     fake.states[1] = torch.tensor([42], dtype=torch.uint8)
-    saved_state = checkpoints.rng_state(cuda_runtime(index=1).cuda_devices)
+    saved_state = training_state.rng_state(cuda_runtime(index=1).cuda_devices)
     assert [int(s) for s in saved_state['cuda']] == [42]
     fake = fake_cuda(monkeypatch, devices=1)
     printed = []
-    checkpoints.restore_run(resumed_run(cuda_runtime(), printed),
-                            {'epoch': 1, 'rng': [saved_state]})
+    resumed_state(cuda_runtime(), printed).load_state_dict({'epoch': 1, 'rng': [saved_state]})
     assert int(fake.states[0]) == 42 and printed == []
 
 

@@ -1,4 +1,4 @@
-"""Teaching the map (--attention-maps): the given maps and their loaders (attention_maps;
-`python -m utils.teach.attention_maps DIR` writes the shapes masks as such a folder; task_maps
-for celeba.py's maps per attribute), and the options and Task of a fine-tuning run
-(fine_tune). The losses are utils.objectives.attention_map and utils.objectives.task_maps."""
+"""The given maps of map teaching (--attention-maps) and their loaders: attention_maps
+(`python -m utils.teach.attention_maps DIR` writes the shapes masks as such a folder), and
+task_maps for celeba.py's maps per attribute. The engine adds the teaching itself
+(utils.train.teaching); the losses are utils.objectives.attention_map and task_maps."""

@@ -1,4 +1,5 @@
-"""Training: the engine shared by cifar.py, imagenet.py and celeba.py (engine: the loops;
-setup: model, data and devices; checkpoints: what a run saves and resumes; attention_images),
-a script's Task (task), the training options (options), log.txt (logger) and TensorBoard
-(tensorboard_log)."""
+"""Training: the scripts' main and the loop (engine), the run's set-up (setup) and where its
+model computes (placement), its state and the checkpoints it is saved to (state,
+checkpoints), map teaching added by --attention-maps (teaching), a script's Task (task),
+the training options (options), log.txt (logger), TensorBoard (tensorboard_log) and the
+attention images (attention_images)."""

@@ -1,18 +1,12 @@
-"""A training run's checkpoints: which directory and which epoch is best
-(`CheckpointPolicy`, which the loop asks to save), what a checkpoint of this moment holds
-(`run_state`) and how a resumed run gets all of it back (`restore_run`)."""
+"""A training run's checkpoints: which directory, which epoch is best and how files are
+written (`CheckpointPolicy`, which the loop asks to save); what a checkpoint holds is the
+run's state (utils.train.state)."""
 import os
-import random
 import shlex
 import shutil
 import sys
 
-import numpy as np
-import torch
-
-from utils.distributed import gather_objects
 from utils.errors import AbnError
-from utils.weights import checkpoint as ckpt
 from utils.weights.checkpoint import (BEST, LAST, copy_checkpoint, remove_stale_temporaries,
                                       save_checkpoint)
 from utils.weights.resume import AUTO, resume_requested_auto
@@ -109,39 +103,6 @@ class CheckpointPolicy:
             save_checkpoint(state, self.path(LAST))
 
 
-def rng_state(cuda_devices=()):
-    """This process's random state: Python's, NumPy's, torch's CPU generator and those of
-    the CUDA devices it computes on (`cuda_devices`, in the run's order)."""
-    state = np.random.get_state()
-    return {
-        'python': random.getstate(),
-        'numpy': [state[0], torch.from_numpy(state[1].astype(np.int64)), state[2], state[3],
-                  state[4]],
-        'torch': torch.get_rng_state(),
-        'cuda': [torch.cuda.get_rng_state(device) for device in cuda_devices],
-    }
-
-
-def set_rng_state(state, cuda_devices=()):
-    """Restores rng_state's `state`; its CUDA states go to this run's devices in order
-    (not to device numbers: a requeue onto a smaller node, or another CUDA_VISIBLE_DEVICES,
-    has other ones). Returns whether every saved CUDA state found a device and every device
-    a state."""
-    random.setstate(_tuples(state['python']))
-    numpy = state['numpy']
-    np.random.set_state((numpy[0], numpy[1].numpy().astype(np.uint32), int(numpy[2]),
-                         int(numpy[3]), float(numpy[4])))
-    torch.set_rng_state(state['torch'])
-    saved = list(state.get('cuda') or [])
-    for device, device_state in zip(cuda_devices, saved):
-        torch.cuda.set_rng_state(device_state, device)
-    return len(saved) == len(cuda_devices)
-
-
-def _tuples(value):
-    return tuple(_tuples(v) for v in value) if isinstance(value, (list, tuple)) else value
-
-
 def plain_args(args):
     """args as JSON-safe primitives (stored in checkpoints and args.json)."""
     out = {}
@@ -175,56 +136,3 @@ def resume_command(path):
     # quoted for a POSIX shell: a -c path with spaces still pastes as one argument
     return launcher + shlex.join([os.path.basename(sys.argv[0] or 'cifar.py')] + out
                                  + ['--resume', path])
-
-
-def run_state(run, epoch, step, meter=None):
-    """The checkpoint of this moment: the authors' keys (their 'acc' and 'best_acc' hold
-    the objective's metric), what an exact resume needs, and the model's spec."""
-    data = run.data
-    return {
-        'epoch': epoch, 'state_dict': run.net.state_dict(), 'acc': run.checkpoints.last,
-        'best_acc': run.checkpoints.best, 'optimizer': run.optimizer.state_dict(),
-        'step': step, 'scaler': run.scaler.state_dict(),
-        # per process, like the random state: each resumes its own partial sums
-        'epoch_meter': gather_objects(meter.state_dict(), run.runtime)
-        if meter is not None else None,
-        'rng': gather_objects(rng_state(run.runtime.cuda_devices), run.runtime),
-        'arch': run.spec.arch, 'model_args': run.model_args,
-        'num_classes': len(data.classes), 'class_names': list(data.classes),
-        'dataset': data.name, 'image_size': data.image_size,
-        'normalization': {'mean': list(data.mean), 'std': list(data.std)},
-        'model_spec': run.spec.to_dict(),
-        'args': plain_args(run.args), 'format': ckpt.FORMAT,
-    }
-
-
-def restore_run(run, saved):
-    """Optimizer, scaler, epoch, step, best accuracy and random state of a resumed run."""
-    args = run.args
-    if 'optimizer' in saved and saved['optimizer'] and not args.evaluate:
-        try:
-            run.optimizer.load_state_dict(saved['optimizer'])
-        except (ValueError, KeyError, RuntimeError) as error:
-            raise AbnError(f'the optimizer state in {args.resume} does not fit this model '
-                           f'({error})') from None
-        for group in run.optimizer.param_groups:  # flags follow this run's options
-            group['momentum'], group['weight_decay'] = args.momentum, args.weight_decay
-    if saved.get('scaler'):
-        run.scaler.load_state_dict(saved['scaler'])
-    run.start_epoch = int(saved.get('epoch', 0))
-    run.start_step = int(saved.get('step', 0) or 0)
-    run.checkpoints.restore(saved)
-    meters = saved.get('epoch_meter') if run.start_step else None
-    run.resumed_meter = (meters[run.runtime.rank] if meters and
-                         len(meters) == run.runtime.world_size else None)
-    states = saved.get('rng') or []
-    if len(states) == run.runtime.world_size:
-        devices = run.runtime.cuda_devices
-        if not set_rng_state(states[run.runtime.rank], devices):
-            run.print(f'note: the checkpoint was saved with '
-                      f'{len(states[run.runtime.rank].get("cuda") or [])} CUDA devices a '
-                      f'process, this run has {len(devices)}: the random state of the '
-                      f'devices without a saved one starts afresh')
-    elif states:
-        run.print('note: the checkpoint was saved by a different number of processes; '
-                  'the random state starts afresh')

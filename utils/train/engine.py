@@ -1,7 +1,8 @@
-"""The engine shared by cifar.py, imagenet.py and celeba.py: the training and evaluation loops
-over a set-up run (utils.train.setup), with its checkpoints (utils.train.checkpoints), logs and
-attention images. A script supplies a `Task` (utils.train.task: its model registry and how it
-builds its data) and calls `main(args, task)`.
+"""The engine shared by cifar.py, imagenet.py and celeba.py: `main(parser, task, argv)`, the
+scripts' main, and the loop (`Trainer`) over a prepared run (utils.train.setup), saving the
+run's state (utils.train.state) through its checkpoint policy, with logs and attention
+images. A script supplies a `Task` (utils.train.task: its model registry and how it builds
+its data); map teaching is added when --attention-maps asks for it (utils.train.teaching).
 
 Training follows the authors: SGD with momentum and weight decay, the learning rate
 multiplied by gamma at each epoch of --schedule, and `model_best` the epoch with the best
@@ -26,11 +27,12 @@ from utils.errors import AbnError
 from utils.progress import Progress
 from utils.signals import StopSignals
 from utils.train.attention_images import write_attention_images
-from utils.train.checkpoints import plain_args, resume_command, run_state
+from utils.train.checkpoints import plain_args, resume_command
 from utils.train.logger import Logger
 from utils.train.options import apply_fast, check_training_arguments
-from utils.train.setup import RunSetup
+from utils.train.setup import TrainingSetup
 from utils.train.task import Task
+from utils.train.teaching import check_teach_arguments, with_map_teaching
 from utils.train.tensorboard_log import open_log as open_tensorboard_log
 from utils.weights import checkpoint as ckpt
 from utils.weights.checkpoint import BEST, LAST
@@ -88,8 +90,25 @@ def agree(runtime, stop, meter):
     return stop_flag == 0, (None if step == never else step)
 
 
-class Run(RunSetup):
-    """One invocation: the set-up (RunSetup), the loops that use it, and the whole run."""
+class Trainer:
+    """The loops over a prepared TrainingSetup: training epochs, evaluation, the run's state
+    saved through its checkpoint policy; `fit()` trains the whole run, `evaluate_only()`
+    evaluates a checkpoint (-e)."""
+
+    def __init__(self, setup):
+        self.setup = setup
+        self.args, self.task, self.runtime, self.print = (setup.args, setup.task, setup.runtime,
+                                                         setup.print)
+        self.objective, self.data, self.spec = setup.objective, setup.data, setup.spec
+        self.description, self.attention = setup.description, setup.attention
+        self.net, self.wrapped = setup.net, setup.wrapped
+        self.optimizer, self.scaler = setup.optimizer, setup.scaler
+        self.state, self.checkpoints = setup.state, setup.checkpoints
+        self.checkpoint_dir = setup.checkpoint_dir
+        self.train_loader = getattr(setup, 'train_loader', None)
+        self.valid_loader, self.test_loader = setup.valid_loader, setup.test_loader
+        self.autocast, self.to_device = setup.autocast, setup.to_device
+        self.describe_device = setup.describe_device
 
     def forward_losses(self, inputs, targets):
         """(the model's AbnOutput, the objective's named losses)."""
@@ -111,16 +130,16 @@ class Run(RunSetup):
     def train_one_epoch(self, epoch, stop):
         args, runtime = self.args, self.runtime
         self.wrapped.train()
-        loader = self.train_loader
-        loader.set_epoch(epoch, self.start_step)
-        total = self.start_step + len(loader)
+        loader, state = self.train_loader, self.state
+        loader.set_epoch(epoch, state.step)
+        total = state.step + len(loader)
         meter = self.objective.new_meter(runtime.device)
-        if self.resumed_meter is not None:
-            meter.load_state_dict(self.resumed_meter)
-            self.resumed_meter = None
+        if state.meter is not None:
+            meter.load_state_dict(state.meter)
+            state.meter = None
         progress = Progress(f'Train {epoch + 1}', total, enabled=runtime.is_main)
-        step = self.start_step
-        self.start_step = 0
+        step = state.step
+        state.step = 0
         for inputs, targets in loader:
             inputs, targets = self.to_device(inputs, targets)
             output, losses = self.forward_losses(inputs, targets)
@@ -143,7 +162,7 @@ class Run(RunSetup):
                 if stop_now and step < total:
                     raise StopRequested(epoch, step, meter)
                 if checkpoint_due and step < total:
-                    self.checkpoints.save(run_state(self, epoch, step, meter))
+                    self.checkpoints.save(self.state.state_dict(epoch, step, meter))
             else:
                 progress.update(step)
         meter.all_reduce()
@@ -175,33 +194,31 @@ class Run(RunSetup):
         return summary
 
     # ---- the whole run ----
-    def run(self):
-        args, runtime = self.args, self.runtime
-        self.prepare()
-        if args.evaluate:
-            return self.run_evaluation()
-        if self.complete:
+    def fit(self):
+        """Trains from the run's state to --epochs; returns the process's exit status."""
+        args, runtime, state = self.args, self.runtime, self.state
+        if self.setup.complete:
             return self.report_complete()
         logger = None
         self.tensorboard = runtime.is_main and open_tensorboard_log(args, self.checkpoint_dir,
-                                                                    self.start_epoch)
+                                                                    state.epoch)
         if runtime.is_main:
             with open(os.path.join(self.checkpoint_dir, 'args.json'), 'w') as f:
                 json.dump(plain_args(args), f, indent=2, sort_keys=True)
             objective = self.objective
             logger = Logger(os.path.join(self.checkpoint_dir, 'log.txt'), objective.log_columns,
-                            resume_epochs=self.start_epoch if self.resumed is not None else None,
+                            resume_epochs=state.epoch if self.setup.resumed is not None else None,
                             metric_label=objective.metric_label,
                             higher_is_better=objective.higher_is_better)
         self.print(f'==> Training on {self.describe_device()}, seed {args.manualSeed}, '
                    f'checkpoints in {self.checkpoint_dir}')
-        if self.start_epoch or self.start_step:
-            self.print(f'    resuming at epoch {self.start_epoch + 1}'
-                       + (f', step {self.start_step + 1}' if self.start_step else ''))
+        if state.epoch or state.step:
+            self.print(f'    resuming at epoch {state.epoch + 1}'
+                       + (f', step {state.step + 1}' if state.step else ''))
 
         title = f'{self.task.name} {self.data.name}: {self.description}'
         with StopSignals(runtime) as stop:
-            for epoch in range(self.start_epoch, args.epochs):
+            for epoch in range(state.epoch, args.epochs):
                 lr = step_schedule_lr(args, epoch)
                 set_lr(self.optimizer, lr)
                 self.print(f'\nEpoch: [{epoch + 1} | {args.epochs}] LR: {lr:f}')
@@ -223,13 +240,13 @@ class Run(RunSetup):
                     logger.plot(os.path.join(self.checkpoint_dir, 'log.png'), title)
                     if self.tensorboard:
                         self.tensorboard.log_epoch(logger.columns, logger.rows[-1], epoch + 1)
-                self.checkpoints.save(run_state(self, epoch + 1, 0), is_best)
+                self.checkpoints.save(self.state.state_dict(epoch + 1, 0), is_best)
                 if getattr(self.train_loader, 'dropped', 0):
                     self.print(f'    {self.train_loader.dropped} unreadable images skipped so far')
         return self.finish(title)
 
     def stop_and_save(self, stop, epoch, step, meter):
-        self.checkpoints.save(run_state(self, epoch, step, meter))
+        self.checkpoints.save(self.state.state_dict(epoch, step, meter))
         path = self.checkpoints.path(LAST)
         self.print(f'Saved {path} at epoch {epoch + 1}, step {step}. To continue:\n'
                    f'  {resume_command(path)}')
@@ -238,7 +255,7 @@ class Run(RunSetup):
     def report_complete(self):
         best = self.checkpoints.best
         best = f'{best:.2f}' if best is not None else 'unknown'
-        self.print(f'The run in {self.checkpoint_dir} is complete: {self.start_epoch} epochs '
+        self.print(f'The run in {self.checkpoint_dir} is complete: {self.state.epoch} epochs '
                    f'of --epochs {self.args.epochs}, best {self.objective.metric_label} {best}. '
                    f'Nothing to do (raise --epochs to train more); files: {self.checkpoint_dir}')
         return 0
@@ -284,7 +301,8 @@ class Run(RunSetup):
                                                         list(self.data.classes)):
                 self.print(f'    {path}')
 
-    def run_evaluation(self):
+    def evaluate_only(self):
+        """-e: the checkpoint's model on the test split; returns the exit status."""
         self.print('\nEvaluation only')
         with images_readable():
             summary = self.evaluate()
@@ -303,17 +321,30 @@ class Run(RunSetup):
         return 0
 
 
-def main(args, task, given=None):
-    """Runs training or evaluation; returns the process exit status. `given`: the options
-    the user typed (ArgumentParser.given_options); the others may come from --resume's file."""
+def prepare_training(args, task, runtime, given=None):
+    """The loop over a run set up from `args` (parsed and checked) and `task`."""
+    return Trainer(TrainingSetup(args, task, runtime, given).prepare())
+
+
+def main(parser, task, argv=None):
+    """The main of cifar.py, imagenet.py and celeba.py: their options parsed, the task
+    configured for them and taught the given maps where --attention-maps asks for it, then
+    training or evaluation; returns the process exit status. Options the user did not type
+    may come from --resume's file."""
+    args = parser.parse_args(argv)
+    given = parser.given_options(argv)
+    task = task.configured(args, given)
+    check_teach_arguments(args)
+    task = with_map_teaching(task, args)
     resolve_resume(args)
     check_training_arguments(args)
     runtime = setup_runtime(args.gpu_id, args.dist_timeout)
     apply_fast(args, runtime.device)
     try:
-        return Run(args, task, runtime, given).run()
+        trainer = prepare_training(args, task, runtime, given)
+        return trainer.evaluate_only() if args.evaluate else trainer.fit()
     finally:
         shutdown(runtime)
 
 
-__all__ = ['Run', 'Task', 'main', 'step_schedule_lr']
+__all__ = ['Task', 'Trainer', 'main', 'prepare_training', 'step_schedule_lr']

@@ -1,38 +1,56 @@
-"""What a script contributes to the engine: its model registry, how it builds its data, and
-the hooks of its options."""
-from dataclasses import dataclass
-from typing import Callable, Optional
+"""What a script contributes to the engine: a small base class whose methods a script
+overrides, as a Lightning DataModule (its model registry, how it builds its data, its
+checks and its start from pretrained weights); the engine calls them."""
+from typing import Optional
 
 
-@dataclass
 class Task:
-    """What a script contributes to the engine."""
-    name: str  # shown in titles: 'cifar', 'imagenet'
-    registry: object  # models.registry.ModelRegistry
-    # (args, evaluate_only, normalization or None) -> DataBundle
-    build_data: Callable
+    """The defaults are those of a script with nothing of its own to add: a subclass sets
+    the class attributes and overrides the methods it has."""
+
+    name: str = ''  # shown in titles and checked against checkpoints: 'cifar', 'imagenet'
+    registry = None  # models.registry.ModelRegistry
     # builder argument -> the args dest that sets it, e.g. {'depth': 'depth', 'dropRate':
     # 'drop'}: the architecture options, which a self-describing checkpoint also supplies
-    model_flags: dict
+    model_flags: dict = {}
     # normalisation of the authors' checkpoints, which do not record it
-    legacy_normalization: tuple
-    # (model, args, runtime) -> None: starts a fresh model from pretrained weights
-    init_pretrained: Optional[Callable] = None
-    # (args, bundle, runtime) -> loader or None: the fast path's device-resident loaders
-    fast_train_loader: Optional[Callable] = None
-    fast_eval_loader: Optional[Callable] = None
+    legacy_normalization: Optional[tuple] = None
     # the registry name of what is optimised and measured (utils.objectives)
     objective: str = 'single-label'
-    # args -> {keyword: value} for that objective's constructor (e.g. a loss weight)
-    objective_options: Optional[Callable] = None
-    # what --attention-maps optimises instead (utils.teach.fine_tune): the objective plus
-    # the map loss; it takes the task's objective options, `weight` and `focal`
+    # what --attention-maps optimises instead (utils.train.teaching): the objective plus the
+    # map loss; it takes the task's objective options, `weight` and `focal`
     map_objective: str = 'attention-maps'
-    # (model, args, runtime) -> None: once the weights are in (a new, resumed or pretrained
-    # run) and before the model is placed on its device, e.g. to freeze part of it
-    prepare_model: Optional[Callable] = None
-    # args -> None: the script's own checks, once a resumed file's options are applied
-    check_arguments: Optional[Callable] = None
+
+    def configured(self, args, given):
+        """The task for these parsed options (`given`: the dests typed, which it may add
+        to); a script whose objective depends on an option returns a copy."""
+        return self
+
+    def build_data(self, args, evaluate_only, normalization):
+        """The DataBundle of the run (`normalization`: (mean, std) a checkpoint asks for,
+        or None for the data set's own)."""
+        raise NotImplementedError
+
+    def check_arguments(self, args):
+        """The script's own checks, once a resumed file's options are applied."""
+
+    def objective_options(self, args):
+        """{keyword: value} for the objective's constructor, or None where the task has no
+        options of its own (a resumed file's objective is then taken as it is)."""
+        return None
+
+    def init_pretrained(self, model, args, runtime):
+        """A new model's start from pretrained weights (--pretrained, --weights ...)."""
+
+    def prepare_model(self, model, args, runtime):
+        """Once the weights are in and before the model is placed on its device."""
+
+    def fast_train_loader(self, args, data, runtime):
+        """The fast path's device-resident training loader, or None (the standard one)."""
+        return None
+
+    def fast_eval_loader(self, args, data, runtime):
+        return None
 
     def model_options(self, args):
         """The architecture options of `args`, as the registry's builders name them."""

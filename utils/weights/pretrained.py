@@ -1,4 +1,5 @@
-"""Starting a new ImageNet model from pretrained weights (imagenet.py --pretrained/--weights).
+"""Starting a new model from weights: cifar.py --weights (every weight of a checkpoint,
+`load_checkpoint_weights`), imagenet.py --pretrained/--pretrained-file/--weights, celeba.py's.
 
 The backbone comes from the weights; the rest starts from the model's own initialisation: the
 attention head, and the classifier when the file was trained for another number of classes.
@@ -11,7 +12,8 @@ import os
 import torchvision
 
 from utils.errors import AbnError
-from utils.weights.checkpoint import clean_state_dict, load_checkpoint
+from utils.weights.checkpoint import (clean_state_dict, is_legacy, load_checkpoint,
+                                      load_model_state)
 
 # The authors' names for the attention branch; the plain backbones have no such names.
 ATTENTION_PREFIXES = ('att_', 'bn_att')
@@ -282,3 +284,30 @@ def load_abn_weights(model, state, source):
     return (f'{source}: {len(chosen)} tensors loaded'
             + (f'; starting fresh for {model.num_classes} classes: {len(missing)} tensors'
                if missing else ''))
+
+
+# -- a checkpoint's every weight (cifar.py --weights) -------------------------------------------
+
+def weights_normalization(path, legacy_normalization):
+    """The input normalisation the model in `path` was trained with: the authors' for their
+    files, the recorded one for this project's (None: the data set's own)."""
+    from utils.weights.loading import file_spec
+    if not os.path.isfile(path):
+        raise AbnError(f'--weights {path}: no such file')
+    saved, spec = file_spec(path)
+    if is_legacy(saved):
+        return legacy_normalization
+    return spec.normalization if spec is not None else None
+
+
+def load_checkpoint_weights(model, path, runtime):
+    """--weights: every weight of the checkpoint at `path`, which must fit the model."""
+    from utils.weights.loading import file_spec
+    if not os.path.isfile(path):
+        raise AbnError(f'--weights {path}: no such file')
+    saved, spec = file_spec(path)
+    if spec is not None and spec.gate != model.gate:  # not in the weights: they would load
+        raise AbnError(f'--weights {path} was trained with --gate {spec.gate}, not '
+                       f'{model.gate}: pass --gate {spec.gate}')
+    load_model_state(model, saved, path, type(model).__name__)
+    runtime.print(f'==> Weights: {path}')

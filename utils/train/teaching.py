@@ -1,0 +1,149 @@
+"""Teaching the map, as the engine adds it to a run given `--attention-maps`: fine-tune an ABN
+so that its attention map follows maps a person gave (Mitsuhara et al., "Embedding Human
+Knowledge into Deep Neural Network via Attention Map", the authors' follow-up):
+
+    loss = L_att + L_per + gamma * L_map,  L_map = ||M'(x) - M(x)||_2^2 / (h w)
+
+M the model's map, M' the given one (utils.teach.attention_maps), over the training images
+that have a map; the others train with L_att + L_per only. celeba.py's maps are given per
+attribute (utils.teach.task_maps) and compared as patterns (utils.objectives.task_maps). As in
+the paper the feature extractor stays fixed (`--train-feature-extractor` trains it too) and
+the run starts from trained weights (`--weights FILE`, or `--resume` of a fine-tuning run).
+
+Why the mean squared difference, and gamma = 10 (docs/teach.md has the measurements):
+- it is the paper's L2 norm, squared so that its gradient shrinks to 0 at the target (the
+  plain norm's gradient has length gamma everywhere, and jitters around the target), and
+  divided by the map's pixels, so that gamma means the same at 8x8, 16x16 or 14x14;
+- both maps are in [0, 1], so L_map is in [0, 1]: about 0.1 to 0.3 for an untaught map
+  against object masks, while a trained model's L_att + L_per is about 0.1. gamma = 10 makes
+  the map the larger part of the loss while it is learnt, and leaves the classification
+  terms a say (on `shapes`: gamma L_map 0.56 over the epoch, L_att + L_per 0.12);
+- it is averaged over the images that have a map, not over the batch, so the pull on each
+  given map does not depend on how many images have one (1% of maps means fewer steps that
+  teach, not weaker ones).
+"""
+from utils.distributed import print_main
+from utils.errors import AbnError
+from utils.teach.attention_maps import WithAttentionMaps, load_map_set, map_device_loader
+from utils.teach.task_maps import is_multitask, load_task_map_set
+from utils.train.task import Task
+
+DEFAULT_MAP_LOSS_WEIGHT = 10.0
+
+
+def add_teach_arguments(parser, weights=True):
+    """--attention-maps, --map-loss-weight, --train-feature-extractor (and --weights, for a
+    script that has none)."""
+    group = parser.add_argument_group(
+        'teaching the map (fine-tuning with given attention maps, Mitsuhara et al.)')
+    group.add_argument('--attention-maps', metavar='DIR',
+                       help='grayscale maps (white: attend) for some training images, laid out '
+                            'like them: DIR/<class>/<image stem>.png for image folders, '
+                            'DIR/<index>.png for the built-in sets, DIR/<attribute>/train/<index '
+                            'or stem>.png per attribute for celeba.py (the attention editor\'s '
+                            'layout); any size. shapes-masks:P%% takes the shapes (or '
+                            'shapes-multi) object masks of a seeded P%% of the images')
+    group.add_argument('--map-loss-weight', type=float, metavar='GAMMA',
+                       help=f'gamma of the map loss (default: {DEFAULT_MAP_LOSS_WEIGHT:g})')
+    group.add_argument('--train-feature-extractor', action='store_true',
+                       help='also train the feature extractor (default: fixed, as in the paper)')
+    if weights:
+        group.add_argument('--weights', metavar='PATH',
+                           help='start a new run from the weights of a checkpoint (of this '
+                                'project or the authors\'), with a fresh optimizer and epoch 0')
+    return parser
+
+
+def check_teach_arguments(args):
+    """One-line refusals of options that cannot work together; sets the weight's default."""
+    teaching = bool(getattr(args, 'attention_maps', None))
+    if not teaching:
+        for flag, value in (('--map-loss-weight', getattr(args, 'map_loss_weight', None)),
+                            ('--train-feature-extractor',
+                             getattr(args, 'train_feature_extractor', False))):
+            if value:
+                raise AbnError(f'{flag} needs --attention-maps')
+        return
+    if args.baseline:
+        raise AbnError('--attention-maps needs an attention branch: drop --baseline')
+    if args.evaluate:
+        raise AbnError('--attention-maps is for training; evaluate without it')
+    if args.map_loss_weight is None:
+        args.map_loss_weight = DEFAULT_MAP_LOSS_WEIGHT
+    if args.map_loss_weight < 0:
+        raise AbnError('--map-loss-weight must not be negative')
+
+
+class MapTeaching(Task):
+    """A script's task with the given maps attached to its training data, the map objective
+    and the frozen feature extractor; everything else is the script's own."""
+
+    def __init__(self, task):
+        self.task = task
+        self.name, self.registry, self.model_flags = task.name, task.registry, task.model_flags
+        self.legacy_normalization = task.legacy_normalization
+        self.objective = self.map_objective = task.map_objective
+
+    def build_data(self, args, evaluate_only, normalization):
+        bundle = self.task.build_data(args, evaluate_only, normalization)
+        if bundle.train is None:
+            return bundle
+        load = load_task_map_set if is_multitask(bundle.train) else load_map_set
+        maps = load(args.attention_maps, bundle.train, bundle.name)
+        bundle.train = WithAttentionMaps(bundle.train, maps)
+        record = maps.record()
+        args.attention_maps_count = record['count']
+        args.attention_maps_images = [str(key) for key in record['images']]
+        unused, held_out = getattr(maps, 'unused', 0), getattr(maps, 'held_out', 0)
+        what = (f'{record["count"]} maps of {len(record["images"])} of' if record['count']
+                != len(record['images']) else f'{record["count"]} of')
+        print_main(f'    attention maps: {what} {len(bundle.train)} training images, from '
+                   f'{record["source"]}'
+                   + (f' ({unused} more name images outside --train-size)' if unused else '')
+                   + (f' ({held_out} of held-out splits left out)' if held_out else ''))
+        return bundle
+
+    def check_arguments(self, args):
+        self.task.check_arguments(args)
+
+    def objective_options(self, args):
+        options = dict(self.task.objective_options(args) or {})
+        options['weight'] = args.map_loss_weight
+        if self.task.objective == 'multi-label-focal':  # the map objective adds the map loss
+            options['focal'] = True
+        return options
+
+    def init_pretrained(self, model, args, runtime):
+        self.task.init_pretrained(model, args, runtime)
+
+    def prepare_model(self, model, args, runtime):
+        self.task.prepare_model(model, args, runtime)
+        if args.train_feature_extractor:
+            return
+        from models.abn import freeze_feature_extractor
+        try:
+            count = freeze_feature_extractor(model)
+        except NotImplementedError:
+            raise AbnError(f'{type(model).__name__} does not list its feature extractor: '
+                           f'pass --train-feature-extractor') from None
+        runtime.print(f'    feature extractor fixed: {count / 1e6:.2f}M parameters')
+
+    def fast_train_loader(self, args, data, runtime):
+        if not getattr(args, 'fast_data', False):
+            return None
+        loader, reason = map_device_loader(data.train, args.train_batch, runtime,
+                                           args.manualSeed)
+        if loader is None:
+            runtime.print(f'note: --fast-data is ignored for training ({reason})')
+        return loader
+
+    def fast_eval_loader(self, args, data, runtime):
+        return self.task.fast_eval_loader(args, data, runtime)
+
+    def model_options(self, args):
+        return self.task.model_options(args)
+
+
+def with_map_teaching(task, args):
+    """The task itself, or with --attention-maps the task taught the given maps."""
+    return MapTeaching(task) if getattr(args, 'attention_maps', None) else task
