@@ -135,7 +135,7 @@ def get_args_parser():
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     if args.serve:  # the attention editor's page: utils/serve
-        from utils.serve.page import serve_command
+        from utils.serve.server import serve_command
         return serve_command(args)
     check_arguments(args)
     loaded = load_model(args.checkpoint, **architecture_options(args))

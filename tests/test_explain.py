@@ -18,9 +18,9 @@ from tests.fakedata import authors_checkpoint, randomise
 from tests.helpers import documentation, run_script
 from utils.data.datasets import AUTHORS_NORMALIZATION, NORMALIZATION
 from utils.data.shapes import SHAPE_CLASSES, generate_shapes
-from utils.explain.cam import (Explainer, class_activation_maps, perception_probabilities,
-                               scale_to_unit)
+from utils.explain.cam import class_activation_maps, perception_probabilities, scale_to_unit
 from utils.explain.measures import deletion_insertion, energy_inside, pointing_game, road
+from utils.explain.methods import Explainer
 from utils.visualize import upsample_maps
 from utils.weights import checkpoint as ckpt
 

@@ -19,7 +19,7 @@ from tests.test_explain import save_project_checkpoint, tiny_model
 from utils.data.shapes import SHAPE_CLASSES, generate_shapes
 from utils.errors import AbnError
 from utils.serve.editor import MapEditor
-from utils.serve.page import INSTALL_HINT, require_gradio, serve
+from utils.serve.server import INSTALL_HINT, require_gradio, serve
 from utils.weights.loading import LoadedModel, architecture_options, load_model
 
 CPU = torch.device('cpu')
@@ -210,7 +210,7 @@ def multitask_loaded():
 def test_multitask_maps_choose_the_attribute_and_show_every_probability(tmp_path):
     editor = MapEditor(multitask_loaded(), CPU, str(tmp_path))
     try:
-        assert editor.multitask and editor.explainer.methods == ('abn',)  # no CAM, Grad-CAM
+        assert editor.multitask and tuple(editor.methods) == ('abn',)  # no CAM, Grad-CAM
         images, _, _ = generate_shapes(1, seed=3)
         path = tmp_path / 'face.png'
         Image.fromarray(images[0]).save(path)
@@ -289,7 +289,7 @@ def test_ctrl_c_ends_the_command_even_when_something_keeps_it_open():
     import subprocess
     import sys
     code = ('import threading, time\n'
-            'from utils.serve.page import exit_at_the_latest_after\n'
+            'from utils.serve.server import exit_at_the_latest_after\n'
             'threading.Thread(target=lambda: time.sleep(3600)).start()  # not a daemon\n'
             'exit_at_the_latest_after(1, 130)\n')
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -329,7 +329,7 @@ def test_the_host_check_rules():
 
 
 def test_saves_claim_names_where_the_file_system_has_no_hard_links(tmp_path, monkeypatch):
-    from utils.serve.editor import visible_stem, write_new_map
+    from utils.teach.map_store import visible_stem, write_new_map
 
     def no_links(source, target):
         raise PermissionError(1, 'Operation not permitted')

@@ -19,7 +19,7 @@ from utils.data.attributes import ShapesMultiDataset
 from utils.errors import AbnError
 from utils.objectives import get_objective
 from utils.objectives.task_maps import MultiLabelMapObjective, stretched, task_map_loss
-from utils.serve.editor import to_gray
+from utils.serve.pictures import to_gray
 from utils.teach.attention_maps import WithAttentionMaps
 from utils.teach.task_maps import load_task_map_set
 from utils.weights import checkpoint as ckpt

@@ -169,6 +169,49 @@ METRICS = {
 }
 
 
+def split_scores(answer, dataset, count, masks, size, radius, names=None, batch=100):
+    """{'images', 'accuracy', 'radius', 'pointing' (and per task 'pointing_per_attribute')}
+    of a model on the first `count` images of `dataset` (items (image, label)):
+    `answer(images, labels)` gives (the number correct, its maps (N, T, h, w) in [0, 1]);
+    accuracy is a percentage of the images, the pointing game (within `radius` px, at `size`
+    px) is scored where `masks` (the data set's, (N, [T,] H, W)) exist: for one map
+    channel against the object, for T channels (`names`) each against its own object, over
+    the images where it is present, then averaged."""
+    import torch.nn.functional as F
+    correct, seen, pointing, per_task = 0.0, 0, [], {}
+    for start in range(0, count, batch):
+        items = [dataset[i] for i in range(start, min(count, start + batch))]
+        images = torch.stack([item[0] for item in items])
+        labels = torch.stack([torch.as_tensor(item[1]) for item in items])
+        right, maps = answer(images, labels)
+        correct, seen = correct + right, seen + len(items)
+        if masks is None:
+            continue
+        up = F.interpolate(maps.float(), size=(size, size), mode='bilinear',
+                           align_corners=False).numpy()
+        truth = torch.as_tensor(np.asarray(masks[start:start + len(items)])).float()
+        truth = truth[:, None] if truth.dim() == 3 else truth  # (N, T, H, W)
+        if truth.shape[-1] != size:
+            truth = F.interpolate(truth, size=(size, size), mode='nearest')
+        truth = truth.numpy() > 0.5
+        if names is None:
+            pointing.extend(pointing_game(up[:, 0], truth[:, 0], radius))
+            continue
+        for t in range(up.shape[1]):
+            present = truth[:, t].reshape(len(items), -1).any(1)
+            if present.any():
+                per_task.setdefault(names[t], []).extend(
+                    pointing_game(up[present, t], truth[present, t], radius))
+    scores = {'images': seen, 'accuracy': 100 * correct / max(seen, 1), 'radius': radius}
+    if per_task:
+        scores['pointing_per_attribute'] = {k: 100 * float(np.mean(v))
+                                            for k, v in per_task.items()}
+        scores['pointing'] = float(np.mean(list(scores['pointing_per_attribute'].values())))
+    elif pointing:
+        scores['pointing'] = 100 * float(np.mean(pointing))
+    return scores
+
+
 class MetricTable:
     """Per-image scores by (map name, metric), summarised as mean and standard error."""
 

@@ -20,10 +20,12 @@ from utils.data.images import find_images, load_rgb
 from utils.distributed import setup_runtime
 from utils.errors import AbnError
 from utils.explain.measures import pointing_game, pointing_tolerance
+from utils.explain.methods import METHODS
 from utils.objectives.per_attribute import predict
 from utils.visualize import save_task_attention_images
 
-METHODS = ('ABN', 'CAM', 'Grad-CAM', 'random')
+SHORT = {name: method.short for name, method in METHODS.items()}
+SHOWN = tuple(SHORT.values())  # the methods' columns, in the registry's order
 
 
 def chosen_tasks(task, names):
@@ -112,10 +114,10 @@ class MultitaskExplainRun:
         if args.measure and masks is None:
             print('note: --measure scores the pointing game on data with masks '
                   '(--dataset shapes-multi); image files have none')
-        totals = {method: {self.names[t]: [] for t in self.tasks} for method in METHODS}
+        totals = {method: {self.names[t]: [] for t in self.tasks} for method in SHOWN}
         radius = args.pointing_tolerance
         radius = pointing_tolerance(self.size) if radius is None else radius
-        tolerant = {method: {self.names[t]: [] for t in self.tasks} for method in METHODS}
+        tolerant = {method: {self.names[t]: [] for t in self.tasks} for method in SHOWN}
         records = []
         drawn = 0
         for start in range(0, len(inputs), args.batch_size):
@@ -142,12 +144,13 @@ class MultitaskExplainRun:
             if not measure:
                 continue
             size = (self.size, self.size)
-            maps = {'ABN': upsample(map_picture(output.attention_map[:, self.tasks], 'pos',
+            maps = {SHORT['abn']: upsample(map_picture(output.attention_map[:, self.tasks], 'pos',
                                                 dims=(-2, -1)), size)}
             if args.compare or args.measure:
                 cam, grad_cam = task_cams(self.model, x, self.tasks)
-                maps['CAM'], maps['Grad-CAM'] = upsample(cam, size), upsample(grad_cam, size)
-            maps['random'] = upsample(torch.rand(len(x), len(self.tasks), *cam.shape[-2:],
+                maps[SHORT['cam']] = upsample(cam, size)
+                maps[SHORT['gradcam']] = upsample(grad_cam, size)
+            maps[SHORT['random']] = upsample(torch.rand(len(x), len(self.tasks), *cam.shape[-2:],
                                                  generator=generator), size)
             batch_masks = masks[start:start + len(x)]
             for k, t in enumerate(self.tasks):
@@ -181,7 +184,7 @@ class MultitaskExplainRun:
                 scores = {name: float(np.mean(v)) for name, v in per_task.items() if v}
                 scores['mean'] = float(np.mean(list(scores.values()))) if scores else None
                 table[title][method] = scores
-        counts = {name: len(v) for name, v in totals['ABN'].items()}
+        counts = {name: len(v) for name, v in totals[SHORT['abn']].items()}
         with open(os.path.join(self.args.output, 'metrics.json'), 'w') as f:
             json.dump({'model': self.spec.describe(), 'checkpoint': self.args.checkpoint,
                        'images': images, 'images with the attribute': counts,

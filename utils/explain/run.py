@@ -10,7 +10,8 @@ import torch
 from utils.data.inputs import build_inputs, read_edited_maps, read_masks
 from utils.distributed import setup_runtime
 from utils.errors import AbnError
-from utils.explain.cam import TITLES, Explainer, perception_probabilities, renormalize, supports_cam
+from utils.explain.cam import perception_probabilities, renormalize
+from utils.explain.methods import Explainer, available_methods, title
 from utils.explain.measures import MetricTable, measure_maps, pointing_tolerance, write_report
 from utils.progress import Progress
 from utils.visualize import (blend, class_label, denormalize, safe_name, save_comparison_grid,
@@ -111,12 +112,12 @@ def picture_panels(picture, heats, i, own_map, explained=None):
     panels = []
     if own_map is not None:
         height, width = own_map.shape[-2:]
-        panels.append((f'attention map ({height}x{width})', heats[TITLES['abn']][i], (0, 1)))
+        panels.append((f'attention map ({height}x{width})', heats[title('abn')][i], (0, 1)))
     for name, heat in heats.items():
-        title = 'ABN overlay' if name == TITLES['abn'] else name
-        if explained is not None and name.endswith(('CAM', 'Grad-CAM')):
-            title = f'{name} of {explained}'
-        panels.append((title, blend(picture, heat[i]), None))
+        shown = 'ABN overlay' if name == title('abn') else name
+        if explained is not None and name.endswith((title('cam'), title('gradcam'))):
+            shown = f'{name} of {explained}'
+        panels.append((shown, blend(picture, heat[i]), None))
     return panels
 
 
@@ -177,15 +178,15 @@ class ExplainRun:
             if loaded is None:
                 continue
             loaded.model.to(self.device)
-            methods = ['abn'] if loaded.model.has_attention and not prefix else []
+            wanted = ['abn'] if loaded.model.has_attention and not prefix else []
             if args.compare or args.measure or not loaded.model.has_attention:
-                methods += ['cam', 'gradcam']
-                if not supports_cam(loaded.model):
-                    methods.remove('cam')
-                    print(f'note: no CAM for {prefix}{loaded.description}: its perception branch '
-                          f'does not end in global average pooling + one linear layer')
+                wanted += ['cam', 'gradcam']
             if args.measure and not prefix:
-                methods.append('random')
+                wanted.append('random')
+            methods = available_methods(loaded.model, wanted)
+            if 'cam' in wanted and 'cam' not in methods:
+                print(f'note: no CAM for {prefix}{loaded.description}: its perception branch '
+                      f'does not end in global average pooling + one linear layer')
             try:
                 out.append((prefix, loaded, Explainer(loaded.model, methods, seed=args.seed)))
             except ValueError as error:
@@ -279,7 +280,7 @@ class ExplainRun:
         for result in results:
             for method, heat in result.explanation.maps.items():
                 if method != 'random':
-                    heats[result.prefix + TITLES[method]] = heat[:count]
+                    heats[result.prefix + title(method)] = heat[:count]
         self.pictures.extend(pictures)
         self.picture_targets.extend(int(t) for t in targets[:count])
         for name, heat in heats.items():
@@ -303,7 +304,7 @@ class ExplainRun:
 
     def draw_edit(self, stem, picture, heats, i, start, record, true_class):
         edit = upsample_maps(self.edits[start + i].float(), picture.shape[:2])[0]
-        panels = [('own map', blend(picture, heats[TITLES['abn']][i]), None),
+        panels = [('own map', blend(picture, heats[title('abn')][i]), None),
                   ('edited map', blend(picture, edit), None)]
         rankings = [('top-5, own map', record['top5']),
                     ('top-5, edited map', record['edited']['top5'])]
@@ -322,7 +323,7 @@ class ExplainRun:
         for result in results:
             model = result.loaded.model
             for method, heat in result.explanation.maps.items():
-                measure_maps(self.table, result.prefix + TITLES[method], heat, result.inputs,
+                measure_maps(self.table, result.prefix + title(method), heat, result.inputs,
                              result.explanation.classes,
                              predict=lambda images: perception_probabilities(model, images),
                              logits=lambda images: model(images).perception_logits,

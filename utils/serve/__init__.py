@@ -1,4 +1,6 @@
-"""The attention editor (explain.py --serve): what a visitor looks at and edits, without the
-page (editor), the Gradio page over it (page), who may reach it (access), and teaching from
-it: fine-tuning runs on the saved maps and the taught model beside the first (teach, and its
-section of the page, teach_page)."""
+"""The attention editor (explain.py --serve), a room of one concern a module: the server
+(server), the page's layout and events (page, teach_page), a visitor's answers over the model
+(editor), the images it serves (gallery), its pictures (pictures), single-label versus
+multi-task models (kinds), teaching from the page (teach: what is taught and measured;
+teach_job: the background run), and who may reach it (access). The saved maps' store is
+utils.teach.map_store, which --attention-maps reads."""

@@ -1,48 +1,18 @@
-"""The attention editor's page: Gradio widgets over a MapEditor (utils.serve.editor), which
-holds the state and the operations; `serve_command` is `explain.py --serve`."""
-import logging
+"""The attention editor's page: it lays out the Gradio widgets and wires their events to
+`Handlers`, which answer through a MapEditor (utils.serve.editor: the model and a visitor's
+answers); the Teach section is utils.serve.teach_page, the server utils.serve.server."""
 import os
-import shutil
-import signal
-import sys
-import tempfile
-import threading
-import time
-import traceback
-import warnings
 
-import numpy as np
-import torch
 from PIL import Image
 
-from utils.data.images import read_only_raster_formats
-from utils.distributed import setup_runtime
 from utils.errors import AbnError
-from utils.serve.access import check_exposure, read_login, trusted_hosts_middleware
-from utils.serve.editor import MapEditor, read_image, to_gray
-from utils.serve.teach import Teacher
+from utils.serve.pictures import enlarged, read_image, to_gray
 from utils.serve.teach_page import add_teach_section
 from utils.visualize import as_uint8, safe_name
-from utils.weights.loading import architecture_options, load_model
 
-INSTALL_HINT = 'pip install -r requirements-serve.txt'
 SPLITS = ('test', 'train')
 PREDICTION = 'the prediction'  # the class chooser's first choice: each image's own answer
-MAX_PIXELS = 40_000_000  # uploads with more are refused before they are decoded
 IDLE_MINUTES = 30  # a visitor's state, uploads and pictures are freed after this idle
-SESSION_CAPACITY = 200  # visitors' states held at most (Gradio's default: 10,000)
-
-
-def require_gradio():
-    """Gradio, without telemetry or update checks; one line saying what to install when it
-    is missing (training users need not have it)."""
-    os.environ.setdefault('GRADIO_ANALYTICS_ENABLED', 'False')
-    os.environ.setdefault('HF_HUB_OFFLINE', '1')
-    try:
-        import gradio
-    except ImportError:
-        raise AbnError(f'--serve needs Gradio, which is not installed: {INSTALL_HINT}') from None
-    return gradio
 
 
 class Handlers:
@@ -80,8 +50,8 @@ class Handlers:
             text += (f' CAM and Grad-CAM explain **{explained.explained_class}**; the ABN map '
                      'is the same for every class.')
         class_update = self.gr.update(
-            visible=not editor.multitask and (picture.split is None
-                                              or editor.dataset == 'imagefolder'),
+            visible=not editor.kind.per_attribute and (picture.split is None
+                                                       or editor.dataset == 'imagefolder'),
             value=explained.true_name or max(explained.ranking, key=explained.ranking.get))
         return ([text, explained] + [explained.panels[t] for t in self.panel_titles]
                 + [explained.ranking, Image.fromarray(explained.editor_image).convert('RGB'),
@@ -139,10 +109,9 @@ class Handlers:
             return [self.gr.skip()] * 5
         edited = editor.map_from_image(read_image(path, editor.max_pixels), explained.scale)
         gray = as_uint8(to_gray(edited, explained.scale))
-        enlarged = np.kron(gray, np.ones((editor.cell(), editor.cell()), np.uint8))
         # The file box is emptied: the map is in the painter, and the box takes the next one.
         return ['Map loaded: run the perception branch on it, or paint on it.',
-                Image.fromarray(enlarged).convert('RGB'),
+                Image.fromarray(enlarged(gray, editor.cell())).convert('RGB'),
                 editor.edited_overlay(explained, edited), self.gr.skip(), None]
 
     def save_edit(self, explained, value, chosen_class):
@@ -165,9 +134,6 @@ def listed_names(paths):
 def build_page(editor, gr, idle_seconds=IDLE_MINUTES * 60, teacher=None):
     """The Gradio page over `editor`: the widgets, and their events wired to Handlers; with
     a `teacher` (utils.serve.teach), the Teach section below them."""
-    ranked = editor.tasks if editor.multitask else 5
-    ranking_label = 'P(attribute)' if editor.multitask else 'top-5'
-
     # Uploads and pictures older than `idle_seconds` are deleted every quarter of it, and a
     # visitor's state once idle that long (a client that never closes its tab included).
     idle_seconds = max(1, int(idle_seconds))
@@ -178,262 +144,119 @@ def build_page(editor, gr, idle_seconds=IDLE_MINUTES * 60, teacher=None):
                     'Pick an image, look at where the network looks, paint on the map '
                     '(white brush: attend, black brush: ignore, any size) and see how the '
                     'perception branch answers; save the edited map as training data.')
-        message = gr.Markdown('Pick an image to begin.', elem_id='message')
-        with gr.Row():
-            if editor.splits:
-                with gr.Column(min_width=200):
-                    split = gr.Radio(list(SPLITS), value='test', label=f'{editor.dataset} split',
-                                     elem_id='split')
-                    index = gr.Number(value=0, precision=0, label='image index', elem_id='index')
-                    load = gr.Button('Show this image', elem_id='load', variant='primary')
-            if editor.files:
-                with gr.Column(min_width=200):
-                    names = list(listed_names(editor.files))
-                    chosen_file = gr.Dropdown(names, value=names[0],
-                                              label='image file', elem_id='file')
-                    load_file = gr.Button('Show this file', elem_id='load-file')
-            with gr.Column(min_width=200):
-                upload = gr.File(label='or upload an image', type='filepath', elem_id='upload')
-            attribute = gr.Dropdown(editor.names, value=editor.names[0], label='attribute',
-                                    visible=editor.multitask, elem_id='attribute')
-            target = gr.Dropdown([PREDICTION] + editor.names, value=PREDICTION,
-                                 label='CAM and Grad-CAM of', elem_id='target-class',
-                                 visible=len(editor.explainer.methods) > 1)
-        with gr.Row():
-            titles = ['input', 'ABN attention'] + [t for m, t in (('cam', 'CAM'),
-                                                                   ('gradcam', 'Grad-CAM'))
-                                                     if m in editor.explainer.methods]
-            images = {t: gr.Image(label=t, type='numpy', interactive=False, format='png',
-                                  elem_id=f'panel-{safe_name(t).lower()}', min_width=120)
-                      for t in titles}
-            own_ranking = gr.Label(num_top_classes=ranked, label=f'{ranking_label}, own map',
-                                   elem_id='own-ranking')
-        size = editor.cell() * max(editor.map_height, editor.map_width)
-        with gr.Row():
-            painter = gr.ImageEditor(
-                label=f'the map ({editor.map_width}x{editor.map_height}): paint on it',
-                type='pil', image_mode='RGB', sources=(), transforms=(), layers=False,
-                brush=gr.Brush(colors=['#ffffff', '#000000'], default_color='#ffffff',
-                               color_mode='fixed', default_size=max(2, size // 10)),
-                eraser=gr.Eraser(default_size=max(2, size // 10)),
-                canvas_size=(editor.cell() * editor.map_width,
-                             editor.cell() * editor.map_height),
-                fixed_canvas=True, format='png', elem_id='painter')
-            edited_image = gr.Image(label='edited map over the input', type='numpy',
-                                    interactive=False, format='png', elem_id='panel-edited')
-            edited_ranking = gr.Label(num_top_classes=ranked,
-                                      label=f'{ranking_label}, edited map',
-                                      elem_id='edited-ranking')
-        with gr.Row():
-            apply = gr.Button('Run on the edited map', elem_id='apply', variant='primary')
-            map_file = gr.File(label='or load a map (grayscale, white: attend)',
-                               type='filepath', elem_id='map-upload')
-            class_name = gr.Dropdown(editor.names, value=None, label='class (folder of the '
-                                     'saved map)', elem_id='class', visible=False)
-            save = gr.Button('Save the edited map', elem_id='save')
-        saved = gr.Markdown('', elem_id='saved')
-
-        shown = [message, state] + list(images.values()) + [own_ranking, painter, edited_image,
-                                                            edited_ranking, class_name]
-
-        on = Handlers(editor, gr, list(images))
-        attribute_inputs = [attribute, target]
-        if editor.splits:
-            load.click(on.guarded(on.show_split, shown), [split, index] + attribute_inputs,
-                       shown, api_name='show_split')
-        if editor.files:
-            load_file.click(on.guarded(on.show_listed, shown), [chosen_file] + attribute_inputs,
-                            shown, api_name='show_file')
-        upload.upload(on.guarded(on.show_file, shown), [upload] + attribute_inputs, shown,
-                      api_name='upload')
-        attribute.change(on.guarded(on.reshow, shown), [state] + attribute_inputs, shown,
-                         api_name='reshow')
-        target.change(on.guarded(on.reshow, shown), [state] + attribute_inputs, shown,
-                      api_name='explain_class')
-        edit_outputs = [message, edited_image, edited_ranking]
-        apply.click(on.guarded(on.run_edit, edit_outputs), [state, painter], edit_outputs,
-                    api_name='run_edit', preprocess=False)
-        # Each stroke answers too; strokes faster than the model queue up as the latest one.
-        painter.input(on.guarded(on.run_edit, edit_outputs), [state, painter], edit_outputs,
-                      trigger_mode='always_last', show_progress='hidden', api_name='stroke',
-                      preprocess=False)
-        map_outputs = [message, painter, edited_image, edited_ranking, map_file]
-        map_file.upload(on.guarded(on.load_map, map_outputs), [state, map_file], map_outputs,
-                        api_name='load_map')
-        save_outputs = [message, saved]
-        save.click(on.guarded(on.save_edit, save_outputs), [state, painter, class_name],
-                   save_outputs, api_name='save', preprocess=False)
+        w = Widgets(message=gr.Markdown('Pick an image to begin.', elem_id='message'),
+                    state=state)
+        lay_out_pickers(w, editor, gr)
+        lay_out_answers(w, editor, gr)
+        lay_out_editing(w, editor, gr)
+        on = Handlers(editor, gr, list(w.images))
+        wire(w, on, editor)
         if teacher is not None:
-            add_teach_section(gr, teacher, state, message, on.guarded)
+            add_teach_section(gr, teacher, state, w.message, on.guarded)
     return page
 
 
-def serve(args, loaded, device, host='127.0.0.1', port=7860):
-    """Starts the page and blocks until interrupted. Refuses a --host other than loopback
-    without a login (utils.serve.access); the page's uploads and pictures live in a folder
-    of its own, removed when it stops."""
-    gr = require_gradio()
-    login = read_login(getattr(args, 'auth', None), getattr(args, 'auth_file', None))
-    exposure = check_exposure(host, login)
-    if device.type == 'cpu' and loaded.image_size <= 64:
-        # One small image is too little work to share: on a busy machine a second thread
-        # only waits (ResNet-110, CIFAR: 0.16 s with one thread, seconds with two).
-        torch.set_num_threads(1)
-    quiet_gradio_tracebacks()
-    atomic_gradio_cache()
-    read_only_raster_formats()  # Gradio decodes the painter's images with a plain Image.open
-    # Pillow refuses larger images, whoever decodes them (Gradio decodes uploads too).
-    saved_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, MAX_PIXELS // 2  # errs at 2x
-    warnings.simplefilter('ignore', Image.DecompressionBombWarning)
-    temporary = tempfile.mkdtemp(prefix='abn-editor-')
-    saved_folder = os.environ.get('GRADIO_TEMP_DIR')
-    os.environ['GRADIO_TEMP_DIR'] = temporary  # read by Gradio when a page is built
-    editor = teacher = None
-    # SIGTERM (kill, a scheduler) ends the page as Ctrl+C does: its folder is removed.
-    previous = signal.signal(signal.SIGTERM, _interrupt) \
-        if threading.current_thread() is threading.main_thread() else None
-    try:
-        editor = MapEditor(loaded, device, os.path.join(args.output, 'edited_maps'),
-                           dataset=args.dataset, data_root=args.data, files=args.inputs,
-                           max_pixels=MAX_PIXELS)
-        teacher = None if getattr(args, 'no_teach', False) else Teacher(
-            editor, args.checkpoint, args.output, args.data,
-            'cpu' if device.type == 'cpu' else str(getattr(args, 'gpu_id', 0)))
-        page = build_page(editor, gr, getattr(args, 'idle_minutes', IDLE_MINUTES) * 60, teacher)
-        page.queue(default_concurrency_limit=1)
-        launch(page, editor, host, port, login, exposure, args)
-    finally:
-        if teacher is not None:
-            teacher.close()
-        if editor is not None:
-            editor.close()
-        shutil.rmtree(temporary, ignore_errors=True)
-        if previous is not None:
-            signal.signal(signal.SIGTERM, previous)
-        # Whoever called serve() in-process (the tests) gets its settings back.
-        Image.MAX_IMAGE_PIXELS = saved_limit
-        if saved_folder is None:
-            os.environ.pop('GRADIO_TEMP_DIR', None)
-        else:
-            os.environ['GRADIO_TEMP_DIR'] = saved_folder
-    return 0
+class Widgets(dict):
+    """The page's widgets by name (attribute access), as the layout made them."""
+    __getattr__ = dict.__getitem__
+
+    def __setattr__(self, name, value):
+        self[name] = value
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
+def lay_out_pickers(w, editor, gr):
+    """Where an image comes from: a split and an index, a listed file, an upload; the
+    attribute (multi-task) and the class CAM and Grad-CAM explain."""
+    with gr.Row():
+        if editor.splits:
+            with gr.Column(min_width=200):
+                w.split = gr.Radio(list(SPLITS), value='test', label=f'{editor.dataset} split',
+                                   elem_id='split')
+                w.index = gr.Number(value=0, precision=0, label='image index', elem_id='index')
+                w.load = gr.Button('Show this image', elem_id='load', variant='primary')
+        if editor.files:
+            with gr.Column(min_width=200):
+                names = list(listed_names(editor.files))
+                w.chosen_file = gr.Dropdown(names, value=names[0], label='image file',
+                                            elem_id='file')
+                w.load_file = gr.Button('Show this file', elem_id='load-file')
+        with gr.Column(min_width=200):
+            w.upload = gr.File(label='or upload an image', type='filepath', elem_id='upload')
+        w.attribute = gr.Dropdown(editor.names, value=editor.names[0], label='attribute',
+                                  visible=editor.kind.per_attribute, elem_id='attribute')
+        w.target = gr.Dropdown([PREDICTION] + editor.names, value=PREDICTION,
+                               label='CAM and Grad-CAM of', elem_id='target-class',
+                               visible=len(editor.methods) > 1)
 
 
-def launch(page, editor, host, port, login, exposure, args):
-    max_mb = getattr(args, 'max_upload_mb', 20)  # checked by serve_command
-    try:
-        page.launch(server_name=host, server_port=port, share=False, inbrowser=False,
-                    quiet=True, show_error=False, ssr_mode=False, footer_links=[],
-                    prevent_thread_lock=True, auth=login, max_file_size=int(max_mb * 2 ** 20),
-                    state_session_capacity=SESSION_CAPACITY, mcp_server=False,
-                    app_kwargs={'middleware': [trusted_hosts_middleware(
-                        host, getattr(args, 'allowed_host', ()))]})
-    except OSError as error:
-        raise AbnError(f'cannot serve on {host}:{port} (is the port taken? --port P '
-                       f'picks another): {error}') from None
-    print(f'==> {editor.loaded.description} on {editor.device.type}: the attention editor at '
-          f'http://{host}:{port} (Ctrl+C stops it); edited maps go to '
-          f'{editor.maps_dir}', flush=True)
-    if exposure:
-        print(exposure, flush=True)
-    try:
-        while page.is_running:
-            time.sleep(0.5)
-    except KeyboardInterrupt:
-        exit_at_the_latest_after(CLOSE_SECONDS, 130)
-        raise
-    finally:
-        page.close()
+def lay_out_answers(w, editor, gr):
+    """The input and each method's overlay, and the ranking with the model's own map."""
+    kind = editor.kind
+    with gr.Row():
+        w.images = {t: gr.Image(label=t, type='numpy', interactive=False, format='png',
+                                elem_id=f'panel-{safe_name(t).lower()}', min_width=120)
+                    for t in editor.panel_titles()}
+        w.own_ranking = gr.Label(num_top_classes=len(editor.names) if kind.per_attribute
+                                 else kind.shown_classes,
+                                 label=f'{kind.ranking_label}, own map', elem_id='own-ranking')
 
 
-class _OneLineTraceback:
-    """Stands in for the `traceback` module inside Gradio's request handling: a request it
-    refuses (a value outside a dropdown's choices, a malformed payload) prints one line on
-    the terminal instead of a stack."""
-
-    def __getattr__(self, name):
-        return getattr(traceback, name)
-
-    @staticmethod
-    def print_exc(*args, **kwargs):
-        kind, error, _ = sys.exc_info()
-        text = str(error).splitlines()[0][:200] if error is not None and str(error) else ''
-        name = kind.__name__ if kind else 'error'
-        print(f'serve: a request failed: {name}: {text}', flush=True)
-
-
-class _OneLineRecords(logging.Filter):
-    """The same for the web server's log: an error record keeps its line, not its stack."""
-
-    def filter(self, record):
-        if record.exc_info:
-            error = record.exc_info[1]
-            record.msg = f'{record.getMessage()}: {type(error).__name__}: {error}'
-            record.args, record.exc_info, record.exc_text = (), None, None
-        return True
-
-
-def atomic_gradio_cache():
-    """Gradio names a picture it serves after a hash of its bytes and rewrites that file in
-    place each time: when two visitors' pictures are identical (two looks at one image), one
-    visitor's download could read the file while the other's request truncates it (seen in
-    the load test: 'Too little data for declared Content-Length'). Here the bytes go to a
-    file of their own, then take the name in one atomic rename."""
-    from gradio import processing_utils
-
-    def save_pil_to_cache(img, cache_dir, name='image', format='webp'):
-        data = processing_utils.encode_pil_to_bytes(img, format)
-        folder = os.path.join(cache_dir, processing_utils.hash_bytes(data))
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.realpath(os.path.join(folder, f'{name}.{format}'))
-        if not os.path.exists(path):
-            handle, partial = tempfile.mkstemp(dir=folder, suffix='.partial')
-            with os.fdopen(handle, 'wb') as f:
-                f.write(data)
-            os.replace(partial, path)
-        return path
-    processing_utils.save_pil_to_cache = save_pil_to_cache
+def lay_out_editing(w, editor, gr):
+    """The painter, the edited map's overlay and ranking, and run, load and save."""
+    kind = editor.kind
+    size = editor.cell() * max(editor.map_height, editor.map_width)
+    with gr.Row():
+        w.painter = gr.ImageEditor(
+            label=f'the map ({editor.map_width}x{editor.map_height}): paint on it',
+            type='pil', image_mode='RGB', sources=(), transforms=(), layers=False,
+            brush=gr.Brush(colors=['#ffffff', '#000000'], default_color='#ffffff',
+                           color_mode='fixed', default_size=max(2, size // 10)),
+            eraser=gr.Eraser(default_size=max(2, size // 10)),
+            canvas_size=(editor.cell() * editor.map_width, editor.cell() * editor.map_height),
+            fixed_canvas=True, format='png', elem_id='painter')
+        w.edited_image = gr.Image(label='edited map over the input', type='numpy',
+                                  interactive=False, format='png', elem_id='panel-edited')
+        w.edited_ranking = gr.Label(num_top_classes=len(editor.names) if kind.per_attribute
+                                    else kind.shown_classes,
+                                    label=f'{kind.ranking_label}, edited map',
+                                    elem_id='edited-ranking')
+    with gr.Row():
+        w.apply = gr.Button('Run on the edited map', elem_id='apply', variant='primary')
+        w.map_file = gr.File(label='or load a map (grayscale, white: attend)',
+                             type='filepath', elem_id='map-upload')
+        w.class_name = gr.Dropdown(editor.names, value=None, label='class (folder of the '
+                                   'saved map)', elem_id='class', visible=False)
+        w.save = gr.Button('Save the edited map', elem_id='save')
+    w.saved = gr.Markdown('', elem_id='saved')
 
 
-def quiet_gradio_tracebacks():
-    import gradio.queueing
-    import gradio.route_utils
-    import gradio.routes
-    import gradio.utils
-    for module in (gradio.queueing, gradio.route_utils, gradio.routes, gradio.utils):
-        module.traceback = _OneLineTraceback()
-    for name in ('uvicorn.error', 'uvicorn', 'gradio'):
-        logging.getLogger(name).addFilter(_OneLineRecords())
-
-
-CLOSE_SECONDS = 15
-
-
-def exit_at_the_latest_after(seconds, status):
-    """Ctrl+C must end the command: the page's server normally closes at once, but a request
-    still running on a loaded machine has kept it open for minutes (the browser test under
-    the full suite). After `seconds` the process exits with `status` whatever is still open."""
-    def force():
-        print(f'note: the page did not close within {seconds} s; exiting', flush=True)
-        os._exit(status)
-    timer = threading.Timer(seconds, force)
-    timer.daemon = True
-    timer.start()
-
-
-def serve_command(args):
-    """`explain.py CHECKPOINT --serve`: the model loaded once, on the GPU when there is one,
-    then the page until Ctrl+C."""
-    require_gradio()  # before loading anything: one line saying what to install
-    check_exposure(args.host, read_login(args.auth, args.auth_file))  # and who may use it
-    for flag, value in (('--max-upload-mb', args.max_upload_mb),
-                        ('--idle-minutes', args.idle_minutes)):
-        if not value > 0:
-            raise AbnError(f'{flag} must be positive, got {value:g}')
-    runtime = setup_runtime(args.gpu_id)
-    loaded = load_model(args.checkpoint, **architecture_options(args))
-    return serve(args, loaded, runtime.device, args.host, args.port)
+def wire(w, on, editor):
+    """The events: each handler's inputs and outputs, and the names the HTTP API knows."""
+    shown = [w.message, w.state] + list(w.images.values()) + [
+        w.own_ranking, w.painter, w.edited_image, w.edited_ranking, w.class_name]
+    chosen = [w.attribute, w.target]
+    if editor.splits:
+        w.load.click(on.guarded(on.show_split, shown), [w.split, w.index] + chosen, shown,
+                     api_name='show_split')
+    if editor.files:
+        w.load_file.click(on.guarded(on.show_listed, shown), [w.chosen_file] + chosen, shown,
+                          api_name='show_file')
+    w.upload.upload(on.guarded(on.show_file, shown), [w.upload] + chosen, shown,
+                    api_name='upload')
+    w.attribute.change(on.guarded(on.reshow, shown), [w.state] + chosen, shown,
+                       api_name='reshow')
+    w.target.change(on.guarded(on.reshow, shown), [w.state] + chosen, shown,
+                    api_name='explain_class')
+    edit_outputs = [w.message, w.edited_image, w.edited_ranking]
+    w.apply.click(on.guarded(on.run_edit, edit_outputs), [w.state, w.painter], edit_outputs,
+                  api_name='run_edit', preprocess=False)
+    # Each stroke answers too; strokes faster than the model queue up as the latest one.
+    w.painter.input(on.guarded(on.run_edit, edit_outputs), [w.state, w.painter], edit_outputs,
+                    trigger_mode='always_last', show_progress='hidden', api_name='stroke',
+                    preprocess=False)
+    map_outputs = [w.message, w.painter, w.edited_image, w.edited_ranking, w.map_file]
+    w.map_file.upload(on.guarded(on.load_map, map_outputs), [w.state, w.map_file], map_outputs,
+                      api_name='load_map')
+    save_outputs = [w.message, w.saved]
+    w.save.click(on.guarded(on.save_edit, save_outputs), [w.state, w.painter, w.class_name],
+                 save_outputs, api_name='save', preprocess=False)

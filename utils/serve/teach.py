@@ -12,10 +12,7 @@ much more the map holds inside the painted regions of the saved maps than outsid
 checkpoint the page serves is only ever read.
 """
 import os
-import re
 import shlex
-import signal
-import subprocess
 import sys
 import threading
 
@@ -23,72 +20,24 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from utils.data.attributes import map_picture
 from utils.data.datasets import base_dataset
-from utils.data.images import image_files_by_key
 from utils.errors import AbnError
-from utils.explain.measures import pointing_game, pointing_tolerance
-from utils.teach.attention_maps import SIBLING, read_maps
+from utils.explain.measures import pointing_tolerance, split_scores
+from utils.serve.editor import MapEditor
+from utils.serve.teach_job import TeachingJob
+from utils.teach.attention_maps import read_maps
+from utils.teach.map_store import saved_training_maps, training_folder
 from utils.visualize import safe_name
+from utils.weights.loading import load_model
 from utils.weights.modelspec import SCRIPTS
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MEASURE_IMAGES = 1000  # test images both models are measured on (the first ones)
 PAINTED = 0.75  # a saved map's painted region: its cells at least this white
-PROGRESS = re.compile(r'^(Train|Valid|Test) \S+ ?\[\d+/\d+\]')
 # Data sets that need no --data folder (generated).
 GENERATED = ('shapes', 'shapes-multi')
 DEFAULTS = {'epochs': 2, 'lr': 0.01, 'map_loss_weight': 10.0, 'train_size': 0}
 DEFAULT_BATCH = {'cifar': 64, 'imagenet': 32, 'celeba': 8}
-
-
-class TeachRun:
-    """One fine-tuning process started from the page."""
-
-    def __init__(self, folder, argv, shown):
-        self.folder, self.argv, self.shown = folder, argv, shown
-        self.output = os.path.join(folder, 'output.txt')
-        self.process = None
-        self.stopping = False
-        self.state = 'starting'  # running, measuring, finished, stopped, failed
-        self.note = ''
-
-    def start(self):
-        env = dict(os.environ, PYTHONUNBUFFERED='1')
-        with open(self.output, 'wb') as out:
-            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=env,
-                                            start_new_session=True)
-        self.state = 'running'
-
-    def lines(self, last=200):
-        try:
-            with open(self.output, 'rb') as f:
-                f.seek(max(0, os.path.getsize(self.output) - 16384))
-                text = f.read().decode('utf-8', 'replace')
-        except OSError:
-            return []
-        return text.splitlines()[-last:]
-
-    def progress(self):
-        """The newest epoch header and progress line of the run's output."""
-        lines = self.lines()
-        epoch = next((line for line in reversed(lines) if line.startswith('Epoch: [')), '')
-        step = next((line for line in reversed(lines) if PROGRESS.match(line)), '')
-        return epoch.strip(), step.strip()
-
-    def error(self):
-        """The run's own one-line error, if it printed one."""
-        return next((line.split('error:', 1)[1].strip() for line in reversed(self.lines())
-                     if 'error:' in line), None)
-
-    def checkpoint(self, name='checkpoint.pth.tar'):
-        return os.path.join(self.folder, name)
-
-    def stop(self):
-        if self.process is not None and self.process.poll() is None:
-            self.stopping = True
-            os.killpg(self.process.pid, signal.SIGTERM)  # the run saves at the next step
 
 
 class Teacher:
@@ -127,34 +76,25 @@ class Teacher:
 
     def maps_folder(self):
         """Where the page saves maps of training images, as --attention-maps reads them."""
-        maps = self.editor.maps_dir
-        return maps if self.editor.multitask else os.path.join(maps, 'train')
+        return training_folder(self.editor.maps_dir, self.editor.kind.per_attribute)
 
     def saved_maps(self):
         """{group: images}: the saved training maps by class (by attribute for multi-task
         models); an image with several maps counts once."""
-        editor, folder = self.editor, self.maps_folder()
-        if not os.path.isdir(folder):
-            return {}
-        images = {}
-        for key, _ in image_files_by_key(folder):
-            parts = key.split('/')
-            if editor.multitask:
-                if len(parts) != 3 or parts[1] != 'train':
+        editor, counts, labels = self.editor, {}, None
+        for attribute, key in saved_training_maps(self.maps_folder(),
+                                                  editor.kind.per_attribute):
+            if attribute is not None or '/' in key:  # an attribute's, or <class>/<stem>
+                group = attribute if attribute is not None else key.split('/')[0]
+            else:  # a built-in split's image, by index: its class
+                if not key.isdigit():
                     continue
-                group = parts[0]
-            elif len(parts) == 2:  # an image folder: <class>/<stem>
-                group = parts[0]
-            else:
-                index = _index_of(parts[-1])
-                if index is None:
-                    continue
-                labels = getattr(base_dataset(editor.split('train')), 'targets', None)
+                labels = labels if labels is not None else editor.gallery.training_labels()
+                index = int(key)
                 group = (editor.names[int(labels[index])] if labels is not None
                          and index < len(labels) else '?')
-            stem = SIBLING.match(parts[-1])
-            images.setdefault(group, set()).add(stem.group(1) if stem else parts[-1])
-        return {group: len(found) for group, found in sorted(images.items())}
+            counts[group] = counts.get(group, 0) + 1
+        return dict(sorted(counts.items()))
 
     # ---- the run ----
     def command(self, folder, epochs, batch, lr, weight, train_size):
@@ -197,7 +137,7 @@ class Teacher:
             with open(os.path.join(folder, 'command.sh'), 'w') as f:
                 f.write(f'#!/bin/sh\n# The fine-tuning run the attention editor started.\n'
                         f'cd {shlex.quote(os.getcwd())}\n{shlex.join(argv)}\n')
-            self.run = TeachRun(folder, argv, shown)
+            self.run = TeachingJob(folder, argv, shown)
             self.run.start()
         threading.Thread(target=self._watch, args=(self.run,), daemon=True).start()
         return self.run
@@ -210,12 +150,8 @@ class Teacher:
 
     def close(self):
         """The page is stopping: so is its run (it saves first)."""
-        if self.run is not None and self.run.process is not None:
-            self.run.stop()
-            try:
-                self.run.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.run.process.pid, signal.SIGKILL)
+        if self.run is not None:
+            self.run.end()
         if self.after is not None:
             self.after.close()
 
@@ -240,8 +176,6 @@ class Teacher:
             return
         run.state = 'measuring'
         try:
-            from utils.serve.editor import MapEditor
-            from utils.weights.loading import load_model
             editor = self.editor
             after = MapEditor(load_model(run.checkpoint()), editor.device, editor.maps_dir)
             after.share_images(editor)
@@ -260,57 +194,21 @@ class Teacher:
     def measure(self, editor):
         """{'accuracy', 'pointing', 'contrast', counts}: test accuracy (mean attribute
         accuracy for multi-task models) and the pointing game of the ABN map on the first
-        `measure_images` test images, the latter where the data set has object masks; the
-        contrast of the map over the saved training maps (mean inside the painted region
-        minus mean outside)."""
-        test = editor.split('test')
-        count = min(len(test), self.measure_images)
-        base = base_dataset(test)
-        masks = getattr(base, 'masks', None)
-        size = editor.size
-        radius = pointing_tolerance(size)
-        correct, seen, pointing = 0.0, 0, []
-        per_attribute = {}
-        for start in range(0, count, 100):
-            items = [test[i] for i in range(start, min(count, start + 100))]
-            x = torch.stack([item[0] for item in items]).to(editor.device)
-            labels = torch.stack([torch.as_tensor(item[1]) for item in items])
+        `measure_images` test images, the latter where the data set has object masks
+        (utils.explain.measures.split_scores); the contrast of the map over the saved
+        training maps (mean inside the painted region minus mean outside)."""
+        test, kind = editor.split('test'), editor.kind
+
+        def answer(images, labels):
             with editor.lock, torch.no_grad():
-                out = editor.model(x)
+                out = editor.model(images.to(editor.device))
             logits, maps = out.perception_logits.float().cpu(), out.attention_map.float().cpu()
-            if editor.multitask:
-                correct += ((logits > 0).float() == labels).float().mean(1).sum().item()
-                maps = map_picture(maps, 'pos', dims=(-2, -1))
-            else:
-                correct += (logits.argmax(1) == labels).sum().item()
-            seen += len(items)
-            if masks is None:
-                continue
-            up = F.interpolate(maps, size=(size, size), mode='bilinear',
-                               align_corners=False).numpy()
-            batch_masks = np.asarray(masks[start:start + len(items)])
-            if batch_masks.shape[-1] != size:
-                batch_masks = F.interpolate(torch.from_numpy(batch_masks).float()[:, None]
-                                            if batch_masks.ndim == 3 else
-                                            torch.from_numpy(batch_masks).float(),
-                                            size=(size, size), mode='nearest').numpy() > 0.5
-                if not editor.multitask:
-                    batch_masks = batch_masks[:, 0]
-            if editor.multitask:
-                for t in range(up.shape[1]):
-                    present = batch_masks[:, t].reshape(len(items), -1).any(1)
-                    if present.any():
-                        per_attribute.setdefault(editor.names[t], []).extend(
-                            pointing_game(up[present, t], batch_masks[present, t], radius))
-            else:
-                pointing.extend(pointing_game(up[:, 0], batch_masks, radius))
-        scores = {'images': seen, 'accuracy': 100 * correct / max(seen, 1), 'radius': radius}
-        if per_attribute:
-            scores['pointing_per_attribute'] = {k: 100 * float(np.mean(v))
-                                                for k, v in per_attribute.items()}
-            scores['pointing'] = float(np.mean(list(scores['pointing_per_attribute'].values())))
-        elif pointing:
-            scores['pointing'] = 100 * float(np.mean(pointing))
+            return kind.correct(logits, labels), kind.measured_maps(maps)
+
+        scores = split_scores(answer, test, min(len(test), self.measure_images),
+                              getattr(base_dataset(test), 'masks', None), editor.size,
+                              pointing_tolerance(editor.size),
+                              editor.names if kind.per_attribute else None)
         scores.update(self.contrast(editor))
         return scores
 
@@ -321,14 +219,16 @@ class Teacher:
         what was painted."""
         values = []
         channels = {safe_name(name): t for t, name in enumerate(editor.names)}
-        for (folder, index), files in _saved_map_files(self.maps_folder(), editor.multitask):
-            attribute = channels.get(folder, -1) if editor.multitask else 0
-            if attribute < 0 or index >= len(editor.split('train')):
+        per_attribute = editor.kind.per_attribute
+        for (folder, key), files in saved_training_maps(self.maps_folder(),
+                                                       per_attribute).items():
+            attribute = channels.get(folder, -1) if per_attribute else 0
+            if attribute < 0 or not key.isdigit() or int(key) >= len(editor.split('train')):
                 continue
             painted = read_maps(files) >= PAINTED
             if painted.all() or not painted.any():
                 continue
-            explained = editor.explain(editor.picture_from_split('train', index), attribute)
+            explained = editor.explain(editor.picture_from_split('train', int(key)), attribute)
             own = explained.own_map[attribute]
             scale = explained.scale
             drawn = own if scale is None else own / (2 * scale) + 0.5
@@ -339,26 +239,6 @@ class Teacher:
                 continue
             values.append(float(drawn[region].mean() - drawn[~region].mean()))
         return {'contrast': float(np.mean(values)) if values else None, 'maps': len(values)}
-
-
-def _saved_map_files(folder, multitask):
-    """[((attribute, index), files)] of the saved maps of a built-in training split."""
-    if not os.path.isdir(folder):
-        return []
-    grouped = {}
-    for key, path in image_files_by_key(folder):
-        parts = key.split('/')
-        if multitask and (len(parts) != 3 or parts[1] != 'train'):
-            continue
-        if not multitask and len(parts) != 1:
-            continue
-        stem = SIBLING.match(parts[-1])
-        index = _index_of(stem.group(1) if stem else parts[-1])
-        if index is None:
-            continue
-        grouped.setdefault((parts[0] if multitask else None, index), []).append(path)
-    return [((attribute, index), files) for (attribute, index), files in sorted(
-        grouped.items(), key=lambda item: (str(item[0][0]), item[0][1]))]
 
 
 def _describes_itself(path):
@@ -380,10 +260,6 @@ def shown_path(text):
     if relative != os.pardir and not relative.startswith(os.pardir + os.sep):
         return relative
     return '.../' + os.path.basename(text)
-
-
-def _index_of(stem):
-    return int(stem) if stem.isdigit() else None
 
 
 def _whole(value, name, least):

@@ -15,7 +15,7 @@ def maps_text(teacher):
         return ('**Saved training maps:** none yet. Show images of the **train** split, paint '
                 'their maps and save them; then teach.')
     total = sum(saved.values())
-    what = 'attribute' if teacher.editor.multitask else 'class'
+    what = teacher.editor.kind.noun
     groups = ', '.join(f'{name} {count}' for name, count in saved.items())
     return (f'**Saved training maps:** {total} (per {what}: {groups}), in '
             f'`{teacher.editor.shown_path(teacher.maps_folder())}`.')
@@ -55,8 +55,8 @@ def comparison_text(teacher, before_ranking=None, after_ranking=None, headline=N
     if not scores:
         return ''
     before, after = scores['before'], scores['after']
-    rows = [('test accuracy' if not teacher.editor.multitask else 'test mean attribute '
-             'accuracy', f"{before['accuracy']:.2f}%", f"{after['accuracy']:.2f}%")]
+    rows = [(teacher.editor.kind.accuracy_label, f"{before['accuracy']:.2f}%",
+             f"{after['accuracy']:.2f}%")]
     if 'pointing' in before:
         rows.append((f"pointing game ±{before['radius']} px", f"{before['pointing']:.1f}%",
                      f"{after['pointing']:.1f}%"))
@@ -111,9 +111,8 @@ class TeachHandlers:
 def add_teach_section(gr, teacher, state, message, guarded):
     """The Teach widgets and their events, under the editor's; `guarded` as Handlers'."""
     on = TeachHandlers(teacher, gr)
-    multitask = teacher.editor.multitask
-    script = 'celeba' if multitask else teacher.editor.loaded.spec.script \
-        if teacher.editor.loaded.spec else 'cifar'
+    spec = teacher.editor.loaded.spec
+    script = 'celeba' if teacher.editor.kind.per_attribute else spec.script if spec else 'cifar'
     with gr.Accordion('Teach: fine-tune on the saved maps', open=True, elem_id='teach-section'):
         gr.Markdown('Fine-tunes a copy of this model on the saved maps of training images '
                     '(the feature extractor fixed; the map loss pulls each map towards its '

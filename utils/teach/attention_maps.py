@@ -20,7 +20,6 @@ path), or the map rides as a fourth channel through the device-side crop and fli
 import argparse
 import copy
 import os
-import re
 import sys
 
 import numpy as np
@@ -33,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from utils.data.fastdata import DeviceLoader, reproducible_split
 from utils.data.images import image_files_by_key, open_image
 from utils.errors import AbnError
+from utils.teach.map_store import images_named
 
 SHAPES_MASKS = 'shapes-masks'
 # The subset of `shapes-masks:P%` is drawn with this seed, not --manualSeed: every run of
@@ -111,7 +111,6 @@ def read_maps(paths):
 
 # Folders of maps of images no run may train on: the page saves test-split maps there.
 HELD_OUT_SPLITS = ('test', 'val')
-SIBLING = re.compile(r'^(.*)~(\d+)$')  # <stem>~2: another map of the image <stem>
 
 
 def check_not_held_out(folder):
@@ -204,20 +203,6 @@ def load_map_set(text, dataset, dataset_name):
     maps = MapSet(folder, paths=paths, keys=keys)
     maps.unused = unused
     return maps
-
-
-def images_named(by_key, key, numbered):
-    """(the key of the image a map file names, that image's indices or None), `by_key` the
-    training split's {key: indices}: `<stem>~2` is a second map of `<stem>`; with
-    `numbered` (images known by index), `0007` is image 7."""
-    targets = by_key.get(key)
-    sibling = SIBLING.match(key)
-    if targets is None and sibling:
-        key = sibling.group(1)
-        targets = by_key.get(key)
-    if targets is None and numbered and key.isdigit():
-        targets = by_key.get(str(int(key)))
-    return key, targets
 
 
 def flatten_subsets(dataset):

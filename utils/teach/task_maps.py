@@ -1,7 +1,7 @@
 """Attention maps given per attribute, for teaching a multi-task ABN: `celeba.py
 --attention-maps DIR`.
 
-The layout is the one the attention editor saves multi-task maps in (utils.serve.editor):
+The layout is the one the attention editor saves multi-task maps in (utils.teach.map_store):
 
     DIR/<attribute>/train/<key>.png     maps of the training split (the page's layout)
     DIR/<attribute>/<key>.png           the same without the split folder
@@ -30,8 +30,9 @@ from PIL import Image
 
 from utils.data.images import image_files_by_key
 from utils.errors import AbnError
-from utils.teach.attention_maps import (SHAPES_MASKS, flatten_subsets, images_named,
-                                        parse_source, read_map, read_maps, shapes_mask_subset)
+from utils.teach.attention_maps import (SHAPES_MASKS, flatten_subsets, parse_source, read_map,
+                                        read_maps, shapes_mask_subset)
+from utils.teach.map_store import images_named
 from utils.visualize import safe_name
 
 HELD_OUT = ('test', 'valid', 'val')
