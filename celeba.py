@@ -20,9 +20,9 @@ from utils.data.attributes import (ATTRIBUTES_CSV, MAP_MODES, MULTI_IMAGE_SIZE, 
                                    read_attribute_csv)
 from utils.data.datasets import DataBundle, first_n
 from utils.errors import AbnError
-from utils.train.engine import main as train
+from utils.train.engine import script_main
 from utils.train.options import add_training_arguments
-from utils.train.task import Task
+from utils.train.script import TrainingScript
 from utils.train.teaching import add_teach_arguments
 from utils.weights.pretrained import check_pretrained_arguments, init_multitask_pretrained
 
@@ -173,7 +173,7 @@ def resolve_gate(args, given):
         given.add('gate')
 
 
-class CelebaTask(Task):
+class CelebaScript(TrainingScript):
     """celeba.py's attribute data, its objective (BCE, or the authors' focal loss), its
     checks and its pretrained start."""
     name, registry, model_flags = 'celeba', MULTITASK_MODELS, MODEL_FLAGS
@@ -183,9 +183,9 @@ class CelebaTask(Task):
     def configured(self, args, given):
         resolve_gate(args, given)
         if args.focal_loss:
-            task = CelebaTask()
-            task.objective = 'multi-label-focal'
-            return task
+            focal = CelebaScript()
+            focal.objective = 'multi-label-focal'
+            return focal
         return self
 
     def build_data(self, args, evaluate_only, normalization):
@@ -201,16 +201,11 @@ class CelebaTask(Task):
         init_multitask_pretrained(model, args, runtime)
 
 
-TASK = CelebaTask()
-
-
-def make_task(args):
-    """The task for parsed options (the docs' test builds their data through it)."""
-    return TASK.configured(args, None)
+SCRIPT = CelebaScript()
 
 
 def main(argv=None):
-    return train(get_args_parser(), TASK, argv)
+    return script_main(get_args_parser(), SCRIPT, argv)
 
 
 if __name__ == '__main__':

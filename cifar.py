@@ -14,9 +14,9 @@ from models import CIFAR_MODELS
 from utils.cli import ArgumentParser, add_architecture_arguments, run
 from utils.data.datasets import AUTHORS_NORMALIZATION, SMALL_IMAGE_DATASETS, build_small_image_data
 from utils.data.fastdata import device_loader
-from utils.train.engine import main as train
+from utils.train.engine import script_main
 from utils.train.options import add_training_arguments
-from utils.train.task import Task
+from utils.train.script import TrainingScript
 from utils.train.teaching import add_teach_arguments
 from utils.weights.pretrained import load_checkpoint_weights, weights_normalization
 
@@ -53,7 +53,7 @@ MODEL_FLAGS = dict(depth='depth', cardinality='cardinality', widen_factor='widen
                    growthRate='growthRate', compressionRate='compressionRate', dropRate='drop')
 
 
-class CifarTask(Task):
+class CifarScript(TrainingScript):
     """cifar.py's data sets and fast path; a new run may start from --weights, every weight
     of a checkpoint, with the normalisation that file was trained with."""
     name, registry, model_flags = 'cifar', CIFAR_MODELS, MODEL_FLAGS
@@ -91,11 +91,11 @@ def fast_loader(args, bundle, runtime, train):
     return loader
 
 
-TASK = CifarTask()
+SCRIPT = CifarScript()
 
 
 def main(argv=None):
-    return train(get_args_parser(), TASK, argv)
+    return script_main(get_args_parser(), SCRIPT, argv)
 
 
 if __name__ == '__main__':

@@ -30,7 +30,7 @@ from utils.data.datasets import SMALL_IMAGE_DATASETS
 from utils.errors import AbnError
 from utils.explain.measures import ROAD_PERCENTILES
 from utils.explain.multitask import explain_multitask
-from utils.explain.run import ExplainRun, check_arguments
+from utils.explain.run import ExplanationReport, check_arguments
 from utils.weights.loading import architecture_options, load_model
 
 
@@ -147,7 +147,7 @@ def main(argv=None):
             raise AbnError('--target-class chooses one class of a single-label model; '
                            "celeba.py's models explain attributes: choose them with --task")
         return explain_multitask(args, loaded)
-    return ExplainRun(args, loaded).run()
+    return ExplanationReport(args, loaded).write()
 
 
 if __name__ == '__main__':

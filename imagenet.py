@@ -23,9 +23,9 @@ from utils.data.datasets import (
     image_folder_split,
 )
 from utils.errors import AbnError
-from utils.train.engine import main as train
+from utils.train.engine import script_main
 from utils.train.options import add_training_arguments
-from utils.train.task import Task
+from utils.train.script import TrainingScript
 from utils.train.teaching import add_teach_arguments
 from utils.weights.pretrained import check_pretrained_arguments, init_pretrained
 from utils.weights.resume import resolve_resume
@@ -154,7 +154,7 @@ def build_data(args, evaluate_only, normalization):
                       resize_size=resize_size(args))
 
 
-class ImagenetTask(Task):
+class ImagenetScript(TrainingScript):
     """imagenet.py's image folders, its checks and its pretrained starts."""
     name, registry, model_flags = 'imagenet', IMAGENET_MODELS, MODEL_FLAGS
     legacy_normalization = IMAGENET_NORMALIZATION
@@ -174,11 +174,11 @@ class ImagenetTask(Task):
         init_pretrained(model, args, runtime)
 
 
-TASK = ImagenetTask()
+SCRIPT = ImagenetScript()
 
 
 def main(argv=None):
-    return train(get_args_parser(), TASK, argv)
+    return script_main(get_args_parser(), SCRIPT, argv)
 
 
 if __name__ == '__main__':

@@ -89,11 +89,11 @@ class Setup:
         apply_fast(args, self.runtime.device)
         self.workdir = tempfile.TemporaryDirectory(prefix='abn-bench-')
         args.checkpoint = self.workdir.name
-        task = cifar.CifarTask()
-        task.build_data = lambda *_: data
+        script = cifar.CifarScript()
+        script.build_data = lambda *_: data
         with contextlib.redirect_stdout(io.StringIO()):
             # the engine's own set-up, through its public steps
-            self.run = prepare_training(args, task, self.runtime)
+            self.run = prepare_training(args, script, self.runtime)
         self.epoch = 0
         self.stop = StopSignals(self.runtime)
 

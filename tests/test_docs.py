@@ -63,10 +63,10 @@ def test_documented_command_is_accepted(doc, script, argv):
             args.weights = None  # a checkpoint an earlier documented run writes
         module.check_arguments(args)
     classes = CLASSES.get(getattr(args, 'dataset', None), 1000)
-    task = module.TASK if hasattr(module, 'TASK') else module.make_task(args)  # celeba.py's
-    options = task.model_options(args)
+    script = module.SCRIPT
+    options = script.model_options(args)
     with torch.device('meta'):
-        model = task.registry.create(args.arch, **options, num_classes=classes,
+        model = script.registry.create(args.arch, **options, num_classes=classes,
                                             attention=not args.baseline, gate=args.gate)
     assert model.has_attention != args.baseline
 

@@ -108,12 +108,12 @@ def test_the_authors_files_still_take_the_architecture_flags(tmp_path, capsys):
 @pytest.fixture
 def recorded_sizes(monkeypatch):
     seen = {}
-    build = imagenet.TASK.build_data
+    build = imagenet.SCRIPT.build_data
 
     def spy(args, evaluate_only, normalization):
         seen['sizes'] = (args.image_size, imagenet.resize_size(args))
         return build(args, evaluate_only, normalization)
-    monkeypatch.setattr(imagenet.TASK, 'build_data', spy)
+    monkeypatch.setattr(imagenet.SCRIPT, 'build_data', spy)
     return seen
 
 

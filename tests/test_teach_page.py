@@ -154,14 +154,14 @@ def test_an_authors_file_or_a_page_without_a_data_set_cannot_teach(tmp_path):
     checkpoint = save_project_checkpoint(tiny_model(gate='multiply'), str(tmp_path / 'm.pth.tar'))
     editor = MapEditor(load_model(checkpoint), CPU, str(tmp_path / 'maps'))  # files only
     teacher = Teacher(editor, checkpoint, str(tmp_path))
-    assert 'start the page with --dataset shapes' in teacher.why_not()
+    assert 'start the page with --dataset shapes' in teacher.unavailable_reason()
     with pytest.raises(AbnError, match='--dataset shapes'):
         teacher.start(1, 8, 0.1, 10)
     # The authors' file of the same model: its command would need the architecture options.
     authors = authors_checkpoint(tiny_model(gate='multiply'), str(tmp_path / 'authors.pth.tar'))
     teacher = Teacher(MapEditor(load_model(checkpoint), CPU, str(tmp_path / 'maps'),
                                 dataset='shapes'), authors, str(tmp_path))
-    assert 'authors' in teacher.why_not() and 'not available' in maps_text(teacher)
+    assert 'authors' in teacher.unavailable_reason() and 'not available' in maps_text(teacher)
 
 
 def test_a_multitask_page_teaches_with_celeba_py_and_measures_per_attribute(tmp_path):

@@ -64,7 +64,10 @@ def upsample(maps, size):
                          align_corners=False).cpu().numpy()
 
 
-class MultitaskExplainRun:
+class MultitaskReport:
+    """explain.py's report for a checkpoint of celeba.py: each task's maps drawn, and with
+    --measure each method's pointing game per attribute; `write()` writes the files."""
+
     def __init__(self, args, loaded):
         """`loaded`: the checkpoint's model (utils.weights.loading.load_model)."""
         self.args = args
@@ -105,7 +108,7 @@ class MultitaskExplainRun:
         files = find_images(args.inputs)[:args.num_images]
         return torch.stack([self.transform(load_rgb(f)) for f in files]), None, None
 
-    def run(self):
+    def write(self):
         args = self.args
         os.makedirs(args.output, exist_ok=True)
         inputs, targets, masks = self.images()
@@ -211,4 +214,4 @@ class MultitaskExplainRun:
 
 def explain_multitask(args, loaded):
     """explain.py's entry for a checkpoint of celeba.py; returns the exit status."""
-    return MultitaskExplainRun(args, loaded).run()
+    return MultitaskReport(args, loaded).write()

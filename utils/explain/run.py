@@ -131,7 +131,10 @@ class ModelResult:
     inputs: torch.Tensor  # the batch in this model's normalisation, on the device
 
 
-class ExplainRun:
+class ExplanationReport:
+    """explain.py's report over its images: predictions.json, the pictures (ReportPictures),
+    the measures; `write()` explains every batch and writes the files."""
+
     def __init__(self, args, loaded=None):
         """`args`: explain.py's, through check_arguments; `loaded`: the model of
         args.checkpoint, when already loaded."""
@@ -154,7 +157,8 @@ class ExplainRun:
             raise AbnError('--edit needs a model with an attention branch; this one is a plain '
                            'baseline')
         self.explainers = self.make_explainers()
-        self.pictures, self.picture_targets, self.heats, self.records = [], [], {}, []
+        self.records = []
+        self.pictures = ReportPictures(args, self.main, self.names, self.edits)
         self.radius = args.pointing_tolerance
         if self.radius is None:
             self.radius = pointing_tolerance(self.main.image_size)
@@ -193,7 +197,8 @@ class ExplainRun:
                 raise AbnError(str(error)) from None
         return out
 
-    def run(self):
+    def write(self):
+        """Explains every batch and writes the results; returns the exit status."""
         args = self.args
         try:
             os.makedirs(os.path.join(args.output, 'maps'), exist_ok=True)
@@ -253,7 +258,7 @@ class ExplainRun:
                 shown = ', '.join(f"{r['name']} {100 * r['probability']:.1f}%"
                                   for r in record['top5'])
                 print(f"  {record['index']:04d} {record['source']}: {shown}")
-        self.draw(inputs, targets, results, edited, start, stop)
+        self.pictures.draw(inputs, targets, results, edited, start, stop, self.records)
         if args.measure:
             self.measure(results, masks)
 
@@ -268,8 +273,63 @@ class ExplainRun:
                                                 attention=edit).cpu())
         return torch.cat(out)
 
-    # ---- pictures ----
-    def draw(self, inputs, targets, results, edited, start, stop):
+    # ---- measures ----
+    def measure(self, results, masks):
+        """Each map is scored against its own model: the class it explains (the prediction,
+        or --target-class's) and, for deletion/insertion, that model's probabilities."""
+        args = self.args
+        for result in results:
+            model = result.loaded.model
+            for method, heat in result.explanation.maps.items():
+                measure_maps(self.table, result.prefix + title(method), heat, result.inputs,
+                             result.explanation.classes,
+                             predict=lambda images: perception_probabilities(model, images),
+                             logits=lambda images: model(images).perception_logits,
+                             masks=masks, radius=self.radius, steps=args.steps,
+                             road_percentiles=args.road_percentiles, seed=args.seed)
+
+    # ---- results ----
+    def write_results(self):
+        args = self.args
+        out = args.output
+        with open(os.path.join(out, 'predictions.json'), 'w') as f:
+            json.dump({'model': self.main.description, 'checkpoint': args.checkpoint,
+                       'images': self.records}, f, indent=2)
+        written = [os.path.join(out, 'predictions.json')]
+        if self.pictures.pictures:
+            written.append(self.pictures.write_grid(self.records))
+        accuracy = 100 * self.correct / self.labelled if self.labelled else None
+        if accuracy is not None:
+            print(f'    top-1 accuracy on the {self.labelled} labelled images: {accuracy:.2f}%')
+        if args.measure:
+            meta = {'model': self.main.description, 'checkpoint': args.checkpoint,
+                    'baseline': self.baseline.description if self.baseline else None,
+                    'images': len(self.inputs), 'source': args.dataset or 'image files',
+                    'top-1 accuracy': None if accuracy is None else round(accuracy, 2),
+                    'pointing tolerance (px)': self.radius,
+                    'deletion/insertion steps': args.steps,
+                    'ROAD percentiles': ','.join(map(str, args.road_percentiles)) or None,
+                    'seed': args.seed}
+            paths = write_report(out, self.table, meta)
+            with open(paths[1]) as f:
+                print('\n' + f.read())
+            written += paths
+        count = len(self.pictures.pictures)
+        pictures = f', and pictures of {count} images' if count else ''
+        print(f'Results in {out}: {", ".join(os.path.basename(p) for p in written)}{pictures}')
+        return 0
+
+
+class ReportPictures:
+    """explain.py's pictures: one per image (the input, the ABN map, each overlay, the
+    rankings; and the edited map's), the maps as grayscale files, and the grid of them all."""
+
+    def __init__(self, args, main, names, edits):
+        self.args, self.main, self.names, self.edits = args, main, names, edits
+        self.pictures, self.targets, self.heats = [], [], {}
+
+    def draw(self, inputs, targets, results, edited, start, stop, records):
+        """The pictures of a batch's first --save-images images, each with its ranking."""
         limit = self.args.save_images
         count = (stop - start) if limit is None else max(0, min(stop, limit) - start)
         if count == 0:
@@ -282,11 +342,11 @@ class ExplainRun:
                 if method != 'random':
                     heats[result.prefix + title(method)] = heat[:count]
         self.pictures.extend(pictures)
-        self.picture_targets.extend(int(t) for t in targets[:count])
+        self.targets.extend(int(t) for t in targets[:count])
         for name, heat in heats.items():
             self.heats.setdefault(name, []).extend(heat)
         for i in range(count):
-            record = self.records[start + i]
+            record = records[start + i]
             name = os.path.splitext(os.path.basename(record['source']))[0]
             stem = f'{start + i:04d}_{safe_name(name)}'
             true_class = int(targets[i])
@@ -315,59 +375,14 @@ class ExplainRun:
               f"{100 * before['probability']:.1f}% -> {after['name']} "
               f"{100 * after['probability']:.1f}%")
 
-    # ---- measures ----
-    def measure(self, results, masks):
-        """Each map is scored against its own model: the class it explains (the prediction,
-        or --target-class's) and, for deletion/insertion, that model's probabilities."""
-        args = self.args
-        for result in results:
-            model = result.loaded.model
-            for method, heat in result.explanation.maps.items():
-                measure_maps(self.table, result.prefix + title(method), heat, result.inputs,
-                             result.explanation.classes,
-                             predict=lambda images: perception_probabilities(model, images),
-                             logits=lambda images: model(images).perception_logits,
-                             masks=masks, radius=self.radius, steps=args.steps,
-                             road_percentiles=args.road_percentiles, seed=args.seed)
-
-    # ---- results ----
-    def write_results(self):
-        args = self.args
-        out = args.output
-        with open(os.path.join(out, 'predictions.json'), 'w') as f:
-            json.dump({'model': self.main.description, 'checkpoint': args.checkpoint,
-                       'images': self.records}, f, indent=2)
-        written = [os.path.join(out, 'predictions.json')]
-        if self.pictures:
-            written.append(self.write_grid())
-        accuracy = 100 * self.correct / self.labelled if self.labelled else None
-        if accuracy is not None:
-            print(f'    top-1 accuracy on the {self.labelled} labelled images: {accuracy:.2f}%')
-        if args.measure:
-            meta = {'model': self.main.description, 'checkpoint': args.checkpoint,
-                    'baseline': self.baseline.description if self.baseline else None,
-                    'images': len(self.inputs), 'source': args.dataset or 'image files',
-                    'top-1 accuracy': None if accuracy is None else round(accuracy, 2),
-                    'pointing tolerance (px)': self.radius,
-                    'deletion/insertion steps': args.steps,
-                    'ROAD percentiles': ','.join(map(str, args.road_percentiles)) or None,
-                    'seed': args.seed}
-            paths = write_report(out, self.table, meta)
-            with open(paths[1]) as f:
-                print('\n' + f.read())
-            written += paths
-        pictures = f', and pictures of {len(self.pictures)} images' if self.pictures else ''
-        print(f'Results in {out}: {", ".join(os.path.basename(p) for p in written)}{pictures}')
-        return 0
-
-    def write_grid(self):
+    def write_grid(self, records):
         pictures = np.stack(self.pictures)
         heats = {name: np.stack(heat) for name, heat in self.heats.items()}
         path = os.path.join(self.args.output, 'grid.png')
-        rows = self.records[:len(pictures)]
+        rows = records[:len(pictures)]
         if len(heats) == 1:  # the plain grid: inputs over their overlays
             predictions = [r['top5'][0]['class'] for r in rows]
-            targets = self.picture_targets if min(self.picture_targets) >= 0 else None
+            targets = self.targets if min(self.targets) >= 0 else None
             return save_grid(path, pictures, next(iter(heats.values())), targets, predictions,
                              self.names, title=self.main.description)
         titles = [f"{r['true'] or ''}\npred {r['top5'][0]['name']}".strip() for r in rows]

@@ -8,8 +8,8 @@ the named losses, asks the meter to update, and compares metrics through `is_bet
 targets it hands over are opaque to it (a class tensor, an (N, T) 0/1 tensor, a dict...).
 
 A new objective is one subclass plus `register_objective`, imported by this package's
-`__init__` so that it is there after `import utils.objectives`; a `Task` names it
-(`Task.objective = 'single-label'`) and checkpoints record the name.
+`__init__` so that it is there after `import utils.objectives`; a `TrainingScript` names it
+(`TrainingScript.objective = 'single-label'`) and checkpoints record the name.
 """
 AUTHORS_COLUMNS = ['Learning Rate', 'Train Loss', 'Valid Loss', 'Train Acc.', 'Valid Acc.']
 

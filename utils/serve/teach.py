@@ -57,7 +57,7 @@ class Teacher:
         self.describes_itself = _describes_itself(checkpoint)
 
     # ---- what can be taught ----
-    def why_not(self):
+    def unavailable_reason(self):
         """None when this page can teach, else one line saying why not."""
         editor = self.editor
         spec = editor.loaded.spec
@@ -113,17 +113,17 @@ class Teacher:
             args += ['--train-size', str(train_size)]
         # A fixed seed: command.sh run again from a terminal repeats the run.
         args += ['--manualSeed', '1', '--gpu-id', self.gpu_id, '-c', folder]
-        shown = ['python', SCRIPTS[spec.script]] + [shown_path(a) for a in args]
+        shown = ['python', SCRIPTS[spec.script]] + [shown_argument(a) for a in args]
         return [sys.executable, script] + args, shlex.join(shown)
 
     def start(self, epochs, batch, lr, weight, train_size=0):
         """Starts a run; AbnError when one is running or the inputs cannot work."""
-        reason = self.why_not()
+        reason = self.unavailable_reason()
         if reason:
             raise AbnError(reason)
-        epochs, batch, train_size = (_whole(epochs, 'epochs', 1), _whole(batch, 'batch size', 1),
-                                     _whole(train_size or 0, 'training images', 0))
-        lr, weight = _positive(lr, 'learning rate'), _positive(weight, 'map loss weight', 0)
+        epochs, batch, train_size = (whole_number(epochs, 'epochs', 1), whole_number(batch, 'batch size', 1),
+                                     whole_number(train_size or 0, 'training images', 0))
+        lr, weight = positive_number(lr, 'learning rate'), positive_number(weight, 'map loss weight', 0)
         with self.lock:
             if self.run is not None and self.run.state in ('starting', 'running', 'measuring'):
                 raise AbnError(f'a teaching run is already {self.run.state}, in '
@@ -251,7 +251,7 @@ def _describes_itself(path):
         return False  # e.g. a safetensors file of export.py: not a start for a training run
 
 
-def shown_path(text):
+def shown_argument(text):
     """A path of the command as a visitor may see it: relative to the page's folder when
     inside it, else `.../<name>` (command.sh has it whole); other arguments as they are."""
     if not os.path.isabs(text):
@@ -262,7 +262,7 @@ def shown_path(text):
     return '.../' + os.path.basename(text)
 
 
-def _whole(value, name, least):
+def whole_number(value, name, least):
     try:
         number = int(value)
     except (TypeError, ValueError):
@@ -272,7 +272,7 @@ def _whole(value, name, least):
     return number
 
 
-def _positive(value, name, least=None):
+def positive_number(value, name, least=None):
     try:
         number = float(value)
     except (TypeError, ValueError):

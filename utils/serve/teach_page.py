@@ -1,13 +1,13 @@
 """The page's Teach section (utils.serve.teach has the run): the saved training maps, the
 run's settings, Teach and Stop, the command, the progress, and the taught model beside the
 first. A timer asks every second; the run belongs to the page, so a reloaded page finds it."""
-from utils.serve.teach import DEFAULT_BATCH, DEFAULTS, shown_path
+from utils.serve.teach import DEFAULT_BATCH, DEFAULTS, shown_argument
 
 TICK_SECONDS = 1.0
 
 
 def maps_text(teacher):
-    reason = teacher.why_not()
+    reason = teacher.unavailable_reason()
     if reason:
         return f'Teach is not available here: {reason}.'
     saved = teacher.saved_maps()
@@ -42,7 +42,7 @@ def status_text(teacher):
     elif run.state == 'stopped':
         lines.append(f'**Stopped**: its checkpoint `{teacher.editor.shown_path(run.checkpoint())}` '
                      f'can be continued with the command below plus `--resume '
-                     f'{shown_path(run.checkpoint())}`.')
+                     f'{shown_argument(run.checkpoint())}`.')
     else:
         lines.append(f'**The run failed**: {run.note}')
     lines.append(f'Command (in full in `{where}/command.sh`, to run again from a '

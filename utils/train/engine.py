@@ -1,17 +1,17 @@
-"""The engine shared by cifar.py, imagenet.py and celeba.py: `main(parser, task, argv)`, the
-scripts' main, and the loop (`Trainer`) over a prepared run (utils.train.setup), saving the
-run's state (utils.train.state) through its checkpoint policy, with logs and attention
-images. A script supplies a `Task` (utils.train.task: its model registry and how it builds
-its data); map teaching is added when --attention-maps asks for it (utils.train.teaching).
+"""The engine shared by cifar.py, imagenet.py and celeba.py: `script_main(parser, script,
+argv)`, the scripts' main, and the loop (`Trainer`) over a prepared run (utils.train.setup),
+saving the run's state (utils.train.state) through its checkpoint policy, with logs and
+attention images. A script supplies a `TrainingScript` (utils.train.script: its model
+registry and how it builds its data); map teaching is added when --attention-maps asks for
+it (utils.train.teaching).
 
 Training follows the authors: SGD with momentum and weight decay, the learning rate
 multiplied by gamma at each epoch of --schedule, and `model_best` the epoch with the best
-test metric. What is optimised and measured is the task's `Objective` (utils.objectives; the
+test metric. What is optimised and measured is the script's `Objective` (utils.objectives; the
 authors' CE(attention logits) + CE(perception logits) and perception top-1 for cifar.py and
 imagenet.py): the loop never looks inside a target.
 """
 import bisect
-import json
 import os
 import re
 import signal
@@ -27,13 +27,12 @@ from utils.errors import AbnError
 from utils.progress import Progress
 from utils.signals import StopSignals
 from utils.train.attention_images import write_attention_images
-from utils.train.checkpoints import plain_args, resume_command
-from utils.train.logger import Logger
+from utils.train.checkpoints import resume_command
+from utils.train.logger import RunLog
 from utils.train.options import apply_fast, check_training_arguments
 from utils.train.setup import TrainingSetup
-from utils.train.task import Task
+from utils.train.script import TrainingScript
 from utils.train.teaching import check_teach_arguments, with_map_teaching
-from utils.train.tensorboard_log import open_log as open_tensorboard_log
 from utils.weights import checkpoint as ckpt
 from utils.weights.checkpoint import BEST, LAST
 from utils.weights.resume import resolve_resume
@@ -74,7 +73,7 @@ def images_readable():
         raise AbnError(corrupt_image_message(error)) from None
 
 
-def agree(runtime, stop, meter):
+def shared_status(runtime, stop, meter):
     """(stop requested, first non-finite step) as all processes see them, in one collective
     (a rank that stopped or raised alone would leave the others waiting forever)."""
     stop_flag = stop.requested()
@@ -90,6 +89,26 @@ def agree(runtime, stop, meter):
     return stop_flag == 0, (None if step == never else step)
 
 
+def complete_message(checkpoints, epochs, wanted, metric_label):
+    best = checkpoints.best
+    best = f'{best:.2f}' if best is not None else 'unknown'
+    return (f'The run in {checkpoints.directory} is complete: {epochs} epochs of --epochs '
+            f'{wanted}, best {metric_label} {best}. Nothing to do (raise --epochs to train '
+            f'more); files: {checkpoints.directory}')
+
+
+def check_finite(bad_step, epoch, checkpoint_dir, optimizer):
+    """Stops the run, in one line, at the first non-finite loss (`bad_step`, or None)."""
+    if bad_step is None:
+        return
+    last = os.path.join(checkpoint_dir, LAST)
+    kept = (f'the last good checkpoint, {last}, is kept' if os.path.exists(last)
+            else 'no checkpoint was written')
+    raise NonFiniteLoss(f'the loss became NaN or infinite at epoch {epoch + 1}, step '
+                        f'{bad_step + 1} (lr {optimizer.param_groups[0]["lr"]:g}); '
+                        f'training stopped and {kept}. Try a lower --lr')
+
+
 class Trainer:
     """The loops over a prepared TrainingSetup: training epochs, evaluation, the run's state
     saved through its checkpoint policy; `fit()` trains the whole run, `evaluate_only()`
@@ -97,7 +116,7 @@ class Trainer:
 
     def __init__(self, setup):
         self.setup = setup
-        self.args, self.task, self.runtime, self.print = (setup.args, setup.task, setup.runtime,
+        self.args, self.script, self.runtime, self.print = (setup.args, setup.script, setup.runtime,
                                                          setup.print)
         self.objective, self.data, self.spec = setup.objective, setup.data, setup.spec
         self.description, self.attention = setup.description, setup.attention
@@ -116,16 +135,6 @@ class Trainer:
             output = self.wrapped(inputs)
             losses = self.objective.losses(output, targets)
         return output, losses
-
-    def check_finite(self, bad_step, epoch):
-        if bad_step is None:
-            return
-        last = os.path.join(self.checkpoint_dir, LAST)
-        kept = (f'the last good checkpoint, {last}, is kept' if os.path.exists(last)
-                else 'no checkpoint was written')
-        raise NonFiniteLoss(f'the loss became NaN or infinite at epoch {epoch + 1}, step '
-                            f'{bad_step + 1} (lr {self.optimizer.param_groups[0]["lr"]:g}); '
-                            f'training stopped and {kept}. Try a lower --lr')
 
     def train_one_epoch(self, epoch, stop):
         args, runtime = self.args, self.runtime
@@ -155,8 +164,8 @@ class Trainer:
             checkpoint_due = args.save_every_steps and step % args.save_every_steps == 0
             shown = step % args.print_freq == 0 or step == total
             if shown or checkpoint_due or (not runtime.distributed and stop.requested()):
-                stop_now, bad_step = agree(runtime, stop, meter)
-                self.check_finite(bad_step, epoch)
+                stop_now, bad_step = shared_status(runtime, stop, meter)
+                check_finite(bad_step, epoch, self.checkpoint_dir, self.optimizer)
                 progress.update(step, self.objective.summary_text(meter.summary(), self.attention)
                                 if shown else None)
                 if stop_now and step < total:
@@ -166,7 +175,8 @@ class Trainer:
             else:
                 progress.update(step)
         meter.all_reduce()
-        self.check_finite(meter.first_nonfinite_step(), epoch)
+        check_finite(meter.first_nonfinite_step(), epoch, self.checkpoint_dir,
+                     self.optimizer)
         summary = meter.summary()
         progress.finish(self.objective.summary_text(summary, self.attention))
         return meter, summary, total
@@ -197,26 +207,18 @@ class Trainer:
     def fit(self):
         """Trains from the run's state to --epochs; returns the process's exit status."""
         args, runtime, state = self.args, self.runtime, self.state
-        if self.setup.complete:
-            return self.report_complete()
-        logger = None
-        self.tensorboard = runtime.is_main and open_tensorboard_log(args, self.checkpoint_dir,
-                                                                    state.epoch)
-        if runtime.is_main:
-            with open(os.path.join(self.checkpoint_dir, 'args.json'), 'w') as f:
-                json.dump(plain_args(args), f, indent=2, sort_keys=True)
-            objective = self.objective
-            logger = Logger(os.path.join(self.checkpoint_dir, 'log.txt'), objective.log_columns,
-                            resume_epochs=state.epoch if self.setup.resumed is not None else None,
-                            metric_label=objective.metric_label,
-                            higher_is_better=objective.higher_is_better)
+        if self.setup.complete:  # a job wrapper re-running a finished job
+            self.print(complete_message(self.checkpoints, self.state.epoch, args.epochs,
+                                        self.objective.metric_label))
+            return 0
+        title = f'{self.script.name} {self.data.name}: {self.description}'
+        self.log = RunLog(args, runtime, self.checkpoint_dir, self.objective, state.epoch,
+                          self.setup.resumed is not None, title)
         self.print(f'==> Training on {self.describe_device()}, seed {args.manualSeed}, '
                    f'checkpoints in {self.checkpoint_dir}')
         if state.epoch or state.step:
             self.print(f'    resuming at epoch {state.epoch + 1}'
                        + (f', step {state.step + 1}' if state.step else ''))
-
-        title = f'{self.task.name} {self.data.name}: {self.description}'
         with StopSignals(runtime) as stop:
             for epoch in range(state.epoch, args.epochs):
                 lr = step_schedule_lr(args, epoch)
@@ -235,11 +237,7 @@ class Trainer:
                 is_best = self.checkpoints.record(valid[self.objective.metric])
                 self.print(f"    valid {self.objective.summary_text(valid, self.attention)} | "
                            f"best {self.checkpoints.best:.2f} | {seconds:.0f}s")
-                if logger is not None:
-                    logger.append(self.objective.log_row(lr, train, valid, seconds))
-                    logger.plot(os.path.join(self.checkpoint_dir, 'log.png'), title)
-                    if self.tensorboard:
-                        self.tensorboard.log_epoch(logger.columns, logger.rows[-1], epoch + 1)
+                self.log.epoch(epoch + 1, self.objective.log_row(lr, train, valid, seconds))
                 self.checkpoints.save(self.state.state_dict(epoch + 1, 0), is_best)
                 if getattr(self.train_loader, 'dropped', 0):
                     self.print(f'    {self.train_loader.dropped} unreadable images skipped so far')
@@ -252,13 +250,6 @@ class Trainer:
                    f'  {resume_command(path)}')
         return 143 if stop.signum == signal.SIGTERM else 130
 
-    def report_complete(self):
-        best = self.checkpoints.best
-        best = f'{best:.2f}' if best is not None else 'unknown'
-        self.print(f'The run in {self.checkpoint_dir} is complete: {self.state.epoch} epochs '
-                   f'of --epochs {self.args.epochs}, best {self.objective.metric_label} {best}. '
-                   f'Nothing to do (raise --epochs to train more); files: {self.checkpoint_dir}')
-        return 0
 
     def finish(self, title):
         self.print('\n' + self.objective.best_text(self.checkpoints.best))
@@ -275,8 +266,7 @@ class Trainer:
                                          title=f'{title}, best epoch {best["epoch"]}')
             if out:
                 self.print(f'Attention images of the best model: {out}')
-        if self.tensorboard:
-            self.tensorboard.finish(os.path.join(self.checkpoint_dir, 'attention', 'grid.png'))
+        self.log.finish()
         self.print(f'Log: {os.path.join(self.checkpoint_dir, "log.txt")}, plot: '
                    f'{os.path.join(self.checkpoint_dir, "log.png")}')
         return 0
@@ -314,37 +304,37 @@ class Trainer:
                 raise AbnError(f'cannot create {self.checkpoint_dir}: {error.strerror}') from None
             self.write_evaluation(summary)
             out = write_attention_images(
-                self, title=f'{self.task.name} {self.data.name}: {self.description}')
+                self, title=f'{self.script.name} {self.data.name}: {self.description}')
             if out:
                 self.print(f'Attention images: {out}')
         self.summary = summary
         return 0
 
 
-def prepare_training(args, task, runtime, given=None):
-    """The loop over a run set up from `args` (parsed and checked) and `task`."""
-    return Trainer(TrainingSetup(args, task, runtime, given).prepare())
+def prepare_training(args, script, runtime, given=None):
+    """The loop over a run set up from `args` (parsed and checked) and `script`."""
+    return Trainer(TrainingSetup(args, script, runtime, given).prepare())
 
 
-def main(parser, task, argv=None):
-    """The main of cifar.py, imagenet.py and celeba.py: their options parsed, the task
+def script_main(parser, script, argv=None):
+    """The main of cifar.py, imagenet.py and celeba.py: their options parsed, the script
     configured for them and taught the given maps where --attention-maps asks for it, then
     training or evaluation; returns the process exit status. Options the user did not type
     may come from --resume's file."""
     args = parser.parse_args(argv)
     given = parser.given_options(argv)
-    task = task.configured(args, given)
+    script = script.configured(args, given)
     check_teach_arguments(args)
-    task = with_map_teaching(task, args)
+    script = with_map_teaching(script, args)
     resolve_resume(args)
     check_training_arguments(args)
     runtime = setup_runtime(args.gpu_id, args.dist_timeout)
     apply_fast(args, runtime.device)
     try:
-        trainer = prepare_training(args, task, runtime, given)
+        trainer = prepare_training(args, script, runtime, given)
         return trainer.evaluate_only() if args.evaluate else trainer.fit()
     finally:
         shutdown(runtime)
 
 
-__all__ = ['Task', 'Trainer', 'main', 'prepare_training', 'step_schedule_lr']
+__all__ = ['TrainingScript', 'Trainer', 'prepare_training', 'script_main', 'step_schedule_lr']

@@ -1,10 +1,12 @@
-"""log.txt (tab-separated, one row per epoch) and its plot, log.png.
+"""log.txt (tab-separated, one row per epoch) and its plot, log.png; `RunLog`, what rank 0
+writes of a run beside its checkpoints (args.json, the log, TensorBoard's scalars).
 
 The columns are the objective's (utils.objectives). The first five are always the authors'
 ('Learning Rate', 'Train Loss', 'Valid Loss', 'Train Acc.', 'Valid Acc.'; accuracies are the
 perception branch's, the model's answer), so their tools read it; the single-label
 objective's columns after them split the losses and accuracies by branch."""
 import gc
+import json
 import os
 
 import matplotlib
@@ -99,3 +101,37 @@ class Logger:
 
 
 __all__ = ['AUTHORS_COLUMNS', 'COLUMNS', 'Logger']
+
+
+class RunLog:
+    """What the main process writes of a run beside its checkpoints: args.json, log.txt and
+    log.png after every epoch, and with --tensorboard its scalars and the attention grid.
+    In the other processes it writes nothing."""
+
+    def __init__(self, args, runtime, directory, objective, start_epoch, resumed, title):
+        from utils.train.checkpoints import plain_args
+        from utils.train.tensorboard_log import open_log
+        self.directory, self.title = directory, title
+        self.logger = self.tensorboard = None
+        if not runtime.is_main:
+            return
+        with open(os.path.join(directory, 'args.json'), 'w') as f:
+            json.dump(plain_args(args), f, indent=2, sort_keys=True)
+        self.logger = Logger(os.path.join(directory, 'log.txt'), objective.log_columns,
+                             resume_epochs=start_epoch if resumed else None,
+                             metric_label=objective.metric_label,
+                             higher_is_better=objective.higher_is_better)
+        self.tensorboard = open_log(args, directory, start_epoch)
+
+    def epoch(self, number, row):
+        """Epoch `number` (from 1) done, its row of log.txt."""
+        if self.logger is None:
+            return
+        self.logger.append(row)
+        self.logger.plot(os.path.join(self.directory, 'log.png'), self.title)
+        if self.tensorboard:
+            self.tensorboard.log_epoch(self.logger.columns, self.logger.rows[-1], number)
+
+    def finish(self):
+        if self.tensorboard:
+            self.tensorboard.finish(os.path.join(self.directory, 'attention', 'grid.png'))

@@ -23,6 +23,14 @@ def add_training_arguments(parser, defaults):
     """The authors' flags (same names, same meanings) plus this project's, except the
     architecture's (add_architecture_arguments). `defaults` holds the per-script values
     (epochs, batch sizes, schedule, weight decay)."""
+    add_data_options(parser)
+    add_optimization_options(parser, defaults)
+    add_checkpoint_options(parser)
+    add_device_options(parser)
+    return parser
+
+
+def add_data_options(parser):
     data = parser.add_argument_group('data')
     data.add_argument('-j', '--workers', default=None, type=int, metavar='N',
                       help='data loading worker processes (default: 4, at most the CPU count)')
@@ -34,6 +42,8 @@ def add_training_arguments(parser, defaults):
                       help='skip (and count) unreadable images in image folders instead of '
                            'stopping with an error naming the file')
 
+
+def add_optimization_options(parser, defaults):
     optim = parser.add_argument_group('optimization')
     optim.add_argument('--epochs', default=defaults['epochs'], type=int, metavar='N',
                        help='number of total epochs to run (default: %(default)s)')
@@ -57,6 +67,8 @@ def add_training_arguments(parser, defaults):
     optim.add_argument('--weight-decay', '--wd', default=defaults['weight_decay'], type=float,
                        metavar='W', help='weight decay (default: %(default)s)')
 
+
+def add_checkpoint_options(parser):
     ckpt = parser.add_argument_group('checkpoints')
     ckpt.add_argument('-c', '--checkpoint', default=None, type=str, metavar='PATH',
                       help='directory for checkpoints, log and images (default: checkpoint, '
@@ -75,7 +87,6 @@ def add_training_arguments(parser, defaults):
     ckpt.add_argument('--tensorboard', action='store_true',
                       help="also write log.txt's scalars and the attention grid for TensorBoard, "
                            "into <checkpoint>/tensorboard (needs the tensorboard package)")
-
     misc = parser.add_argument_group('miscellaneous')
     misc.add_argument('--manualSeed', type=int, help='manual seed: makes a run repeatable')
     misc.add_argument('--deterministic', action='store_true',
@@ -85,6 +96,8 @@ def add_training_arguments(parser, defaults):
     misc.add_argument('--print-freq', default=10, type=int, metavar='N',
                       help='refresh the shown losses every N steps (default: %(default)s)')
 
+
+def add_device_options(parser):
     device = parser.add_argument_group('device and speed')
     device.add_argument('--gpu-id', default='0', type=str,
                         help="CUDA device id(s), comma-separated; several use DataParallel; "
@@ -104,7 +117,6 @@ def add_training_arguments(parser, defaults):
                         metavar='MIN',
                         help='torchrun: how long a process waits for the others in a '
                              'collective before the run fails (default: %(default)s minutes)')
-    return parser
 
 
 def apply_fast(args, device):

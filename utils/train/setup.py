@@ -35,26 +35,47 @@ def with_data(spec, data, objective):
                                objective=objective, dataset=data.name)
 
 
+def spec_of_flags(args, script, objective, num_classes, data=None):
+    """The ModelSpec the command line describes (a new run)."""
+    model_args = script.registry.model_args(args.arch, **script.model_options(args),
+                                          num_classes=num_classes,
+                                          attention=not args.baseline, gate=args.gate)
+    spec = ModelSpec(script.name, args.arch, model_args, objective=objective.name)
+    return spec if data is None else with_data(spec, data, objective.name)
+
+
+def check_classes(spec, data, path):
+    """Refuses a resumed file of other classes than the data's, in one line."""
+    if spec.num_classes not in (None, len(data.classes)):
+        raise AbnError(f"{path} was trained for {spec.num_classes} classes, but this data "
+                       f"set has {len(data.classes)}: check --dataset/--data")
+    names = spec.class_names
+    if names is not None and list(names) != list(data.classes):
+        differ = sorted(set(names) ^ set(data.classes))
+        raise AbnError(f"{path} was trained on other classes than this data "
+                       f"set's ({', '.join(differ[:5])}): check --dataset/--data")
+
+
 class TrainingSetup:
     """One invocation's set-up: everything the loop uses, made by `prepare()`."""
 
-    def __init__(self, args, task, runtime, given=None):
+    def __init__(self, args, script, runtime, given=None):
         """`given`: the options the user typed (ArgumentParser.given_options); None counts
         every option as typed, so none is taken from a resumed file over the flags."""
-        self.args, self.task, self.runtime, self.given = args, task, runtime, given
+        self.args, self.script, self.runtime, self.given = args, script, runtime, given
         self.print = runtime.print
-        self.objective = self.make_objective(task.objective)
+        self.objective = self.make_objective(script.objective)
 
     def make_objective(self, name):
-        """The objective `name`, with the task's options when it is the task's own. A
-        teaching run's file is evaluated (-e) by the task's own objective: the map loss
+        """The objective `name`, with the script's options when it is the script's own. A
+        teaching run's file is evaluated (-e) by the script's own objective: the map loss
         needs the given maps, the measures are the classifier's."""
-        if self.args.evaluate and name == self.task.map_objective:
-            name = self.task.objective
-        options = self.task.objective_options(self.args)
-        if options is not None and name != self.task.objective:
+        if self.args.evaluate and name == self.script.map_objective:
+            name = self.script.objective
+        options = self.script.objective_options(self.args)
+        if options is not None and name != self.script.objective:
             raise AbnError(f"{self.args.resume} is a run of the objective '{name}', not "
-                           f"'{self.task.objective}' as these options ask: give the options of "
+                           f"'{self.script.objective}' as these options ask: give the options of "
                            f"its run, or start a new run from its weights with --weights "
                            f"{self.args.resume}")
         return get_objective(name, **(options or {}))
@@ -101,26 +122,26 @@ class TrainingSetup:
         self.legacy = self.resumed is not None and ckpt.is_legacy(self.resumed)
         self.file_spec = spec_from_checkpoint(self.resumed) if self.resumed is not None else None
         if self.file_spec is not None:
-            check_script(self.file_spec, self.task.name, args.resume)
-            resolve_flags(self.file_spec, args, self.given, self.task.model_flags, args.resume)
+            check_script(self.file_spec, self.script.name, args.resume)
+            resolve_flags(self.file_spec, args, self.given, self.script.model_flags, args.resume)
             self.objective = self.make_objective(self.file_spec.objective)
         elif self.resumed is None:
             self.read_weights_options()
-        self.task.check_arguments(args)
-        check_dropout(args, self.task.registry)
+        self.script.check_arguments(args)
+        check_dropout(args, self.script.registry)
 
     def read_weights_options(self):
         """A new run from `--weights FILE` of this project: as with --resume, the architecture
         options the user did not type come from the file, and a typed one that contradicts
         it is refused in one line (the class count is not among them: a start may be for
         other classes). Files that describe nothing (torchvision's, the authors') are left
-        to the task's own start."""
+        to the script's own start."""
         path = getattr(self.args, 'weights', None)
         if not path or not os.path.isfile(path):
             return
-        _, spec = file_spec(path, self.task.name, '--weights')
+        _, spec = file_spec(path, self.script.name, '--weights')
         if spec is not None:
-            resolve_flags(spec, self.args, self.given, self.task.model_flags, path)
+            resolve_flags(spec, self.args, self.given, self.script.model_flags, path)
 
     def seed(self):
         args, runtime = self.args, self.runtime
@@ -137,15 +158,15 @@ class TrainingSetup:
 
     def build_data(self):
         args, runtime = self.args, self.runtime
-        build_model(self.spec_of_flags(num_classes=2), meta=True)  # impossible options
+        build_model(spec_of_flags(args, self.script, self.objective, 2), meta=True)  # impossible
         normalization = None
         if self.legacy:
-            normalization = self.task.legacy_normalization
+            normalization = self.script.legacy_normalization
         elif self.file_spec is not None and self.file_spec.normalization is not None:
             normalization = self.file_spec.normalization
         self.print(f'==> Preparing data: {getattr(args, "dataset", None) or args.data}')
         with local_main_first(runtime):  # torchrun: one download per machine, not N at once
-            self.data = self.task.build_data(args, args.evaluate, normalization)
+            self.data = self.script.build_data(args, args.evaluate, normalization)
         data = self.data
         check_images(data, args.skip_bad_images, runtime)  # a bad file stops us now, not later
         check_device_shares(data, args, runtime)
@@ -160,56 +181,36 @@ class TrainingSetup:
 
     def build_model(self):
         """The spec (the resumed file's, an authors' file read with the flags, or the
-        flags'), the model with its weights, the task's preparation, the checkpoints."""
+        flags'), the model with its weights, the script's preparation, the checkpoints."""
         args, data = self.args, self.data
         if self.file_spec is not None:
-            self.check_resumed_classes()
+            check_classes(self.file_spec, data, args.resume)
             self.spec = self.file_spec
         elif self.resumed is not None:  # an authors' file: the one reading of them
             self.spec = with_data(resolve_spec(
                 self.resumed, args.resume, arch=args.arch, num_classes=len(data.classes),
-                script=self.task.name, gate=args.gate, **self.task.model_options(args)),
+                script=self.script.name, gate=args.gate, **self.script.model_options(args)),
                 data, self.objective.name)
         else:
-            self.spec = self.spec_of_flags(num_classes=len(data.classes), data=data)
+            self.spec = spec_of_flags(args, self.script, self.objective, len(data.classes), data)
         self.description = self.spec.describe()
         self.print(f"==> Model: {self.description}")
         if self.resumed is not None:
             model, _ = model_from_checkpoint(self.resumed, args.resume, self.spec)
         else:
             model = build_model(self.spec)
-            self.task.init_pretrained(model, args, self.runtime)
+            self.script.init_pretrained(model, args, self.runtime)
         self.print(f'    Total params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M')
-        self.task.prepare_model(model, args, self.runtime)
+        self.script.prepare_model(model, args, self.runtime)
         self.model = model
         self.attention = model.has_attention
         self.checkpoints = CheckpointPolicy(args, self.runtime, self.objective)
         self.checkpoint_dir = self.checkpoints.directory
 
-    def spec_of_flags(self, num_classes, data=None):
-        """The ModelSpec the command line describes (a new run)."""
-        args, task = self.args, self.task
-        model_args = task.registry.model_args(args.arch, **task.model_options(args),
-                                              num_classes=num_classes,
-                                              attention=not args.baseline, gate=args.gate)
-        spec = ModelSpec(task.name, args.arch, model_args, objective=self.objective.name)
-        return spec if data is None else with_data(spec, data, self.objective.name)
-
-    def check_resumed_classes(self):
-        spec, data, path = self.file_spec, self.data, self.args.resume
-        if spec.num_classes not in (None, len(data.classes)):
-            raise AbnError(f"{path} was trained for {spec.num_classes} classes, but this data "
-                           f"set has {len(data.classes)}: check --dataset/--data")
-        names = spec.class_names
-        if names is not None and list(names) != list(data.classes):
-            differ = sorted(set(names) ^ set(data.classes))
-            raise AbnError(f"{path} was trained on other classes than this data "
-                           f"set's ({', '.join(differ[:5])}): check --dataset/--data")
-
     def make_loader(self, train):
-        """The task's fast loader where it has one for this data, else the standard one."""
+        """The script's fast loader where it has one for this data, else the standard one."""
         args, runtime = self.args, self.runtime
-        fast = self.task.fast_train_loader if train else self.task.fast_eval_loader
+        fast = self.script.fast_train_loader if train else self.script.fast_eval_loader
         loader = fast(args, self.data, runtime)
         if loader is not None:
             return loader

@@ -26,7 +26,7 @@ from utils.distributed import print_main
 from utils.errors import AbnError
 from utils.teach.attention_maps import WithAttentionMaps, load_map_set, map_device_loader
 from utils.teach.task_maps import is_multitask, load_task_map_set
-from utils.train.task import Task
+from utils.train.script import TrainingScript
 
 DEFAULT_MAP_LOSS_WEIGHT = 10.0
 
@@ -74,18 +74,18 @@ def check_teach_arguments(args):
         raise AbnError('--map-loss-weight must not be negative')
 
 
-class MapTeaching(Task):
-    """A script's task with the given maps attached to its training data, the map objective
+class MapTeaching(TrainingScript):
+    """A script's script with the given maps attached to its training data, the map objective
     and the frozen feature extractor; everything else is the script's own."""
 
-    def __init__(self, task):
-        self.task = task
-        self.name, self.registry, self.model_flags = task.name, task.registry, task.model_flags
-        self.legacy_normalization = task.legacy_normalization
-        self.objective = self.map_objective = task.map_objective
+    def __init__(self, script):
+        self.script = script
+        self.name, self.registry, self.model_flags = script.name, script.registry, script.model_flags
+        self.legacy_normalization = script.legacy_normalization
+        self.objective = self.map_objective = script.map_objective
 
     def build_data(self, args, evaluate_only, normalization):
-        bundle = self.task.build_data(args, evaluate_only, normalization)
+        bundle = self.script.build_data(args, evaluate_only, normalization)
         if bundle.train is None:
             return bundle
         load = load_task_map_set if is_multitask(bundle.train) else load_map_set
@@ -104,20 +104,20 @@ class MapTeaching(Task):
         return bundle
 
     def check_arguments(self, args):
-        self.task.check_arguments(args)
+        self.script.check_arguments(args)
 
     def objective_options(self, args):
-        options = dict(self.task.objective_options(args) or {})
+        options = dict(self.script.objective_options(args) or {})
         options['weight'] = args.map_loss_weight
-        if self.task.objective == 'multi-label-focal':  # the map objective adds the map loss
+        if self.script.objective == 'multi-label-focal':  # the map objective adds the map loss
             options['focal'] = True
         return options
 
     def init_pretrained(self, model, args, runtime):
-        self.task.init_pretrained(model, args, runtime)
+        self.script.init_pretrained(model, args, runtime)
 
     def prepare_model(self, model, args, runtime):
-        self.task.prepare_model(model, args, runtime)
+        self.script.prepare_model(model, args, runtime)
         if args.train_feature_extractor:
             return
         from models.abn import freeze_feature_extractor
@@ -138,12 +138,12 @@ class MapTeaching(Task):
         return loader
 
     def fast_eval_loader(self, args, data, runtime):
-        return self.task.fast_eval_loader(args, data, runtime)
+        return self.script.fast_eval_loader(args, data, runtime)
 
     def model_options(self, args):
-        return self.task.model_options(args)
+        return self.script.model_options(args)
 
 
-def with_map_teaching(task, args):
-    """The task itself, or with --attention-maps the task taught the given maps."""
-    return MapTeaching(task) if getattr(args, 'attention_maps', None) else task
+def with_map_teaching(script, args):
+    """The script itself, or with --attention-maps the script taught the given maps."""
+    return MapTeaching(script) if getattr(args, 'attention_maps', None) else script

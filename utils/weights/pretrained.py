@@ -115,7 +115,7 @@ def load_pretrained(model, state_dict, source, model_name):
 
 
 def init_pretrained(model, args, runtime):
-    """Task.init_pretrained of imagenet.py: a new run starts from --weights FILE, else from
+    """TrainingScript.init_pretrained of imagenet.py: a new run starts from --weights FILE, else from
     the library's weights with --pretrained (or --pretrained-file), else from scratch."""
     if is_library_model(model):
         return init_library_pretrained(model, args, runtime)
@@ -146,7 +146,7 @@ MULTITASK_FRESH = ('layer4_att.', 'conv_att.', 'output_per.', 'fc.')
 
 
 def init_multitask_pretrained(model, args, runtime):
-    """Task.init_pretrained of celeba.py: the backbone (conv1, bn1, layer1..layer4) from
+    """TrainingScript.init_pretrained of celeba.py: the backbone (conv1, bn1, layer1..layer4) from
     --weights FILE or torchvision's weights (--pretrained); layer4_att, conv_att and the task
     heads start fresh, as in the authors' script, unless the file has them too (a checkpoint
     of celeba.py, e.g. the start of a fine-tuning with --attention-maps). A backbone weight missing or of another

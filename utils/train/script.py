@@ -4,7 +4,7 @@ checks and its start from pretrained weights); the engine calls them."""
 from typing import Optional
 
 
-class Task:
+class TrainingScript:
     """The defaults are those of a script with nothing of its own to add: a subclass sets
     the class attributes and overrides the methods it has."""
 
@@ -18,11 +18,11 @@ class Task:
     # the registry name of what is optimised and measured (utils.objectives)
     objective: str = 'single-label'
     # what --attention-maps optimises instead (utils.train.teaching): the objective plus the
-    # map loss; it takes the task's objective options, `weight` and `focal`
+    # map loss; it takes the script's objective options, `weight` and `focal`
     map_objective: str = 'attention-maps'
 
     def configured(self, args, given):
-        """The task for these parsed options (`given`: the dests typed, which it may add
+        """The script for these parsed options (`given`: the dests typed, which it may add
         to); a script whose objective depends on an option returns a copy."""
         return self
 
@@ -35,7 +35,7 @@ class Task:
         """The script's own checks, once a resumed file's options are applied."""
 
     def objective_options(self, args):
-        """{keyword: value} for the objective's constructor, or None where the task has no
+        """{keyword: value} for the objective's constructor, or None where the script has no
         options of its own (a resumed file's objective is then taken as it is)."""
         return None
 
