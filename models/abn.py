@@ -13,7 +13,9 @@ provides three pieces:
 The attention head itself (layer names as in the authors' code, so their checkpoints load)
 and the gating of the features by the map live here, once, for all families.
 """
-from typing import NamedTuple, Optional
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Optional, Sequence
 
 import torch
 import torch.nn as nn
@@ -43,7 +45,8 @@ class AttentionBranchNetwork(nn.Module):
     returns `(None, perception_logits, None)`.
     """
 
-    def __init__(self, num_classes, attention=True, gate='residual'):
+    def __init__(self, num_classes: int, attention: bool = True,
+                 gate: str = 'residual') -> None:
         super().__init__()
         if gate not in GATES:
             raise ValueError(f"unknown attention gate '{gate}': choose one of {', '.join(GATES)}")
@@ -55,30 +58,30 @@ class AttentionBranchNetwork(nn.Module):
         self.feature_extractor_frozen = False  # freeze_feature_extractor
 
     # -- pieces a family provides ------------------------------------------------------
-    def extract_features(self, x):
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
-    def feature_extractor_modules(self):
+    def feature_extractor_modules(self) -> Sequence[nn.Module]:
         """The modules that `extract_features` runs, in order: what fine-tuning with
         attention maps keeps fixed (freeze_feature_extractor)."""
         raise NotImplementedError
 
     @property
-    def attention_stage(self):
+    def attention_stage(self) -> Callable[[torch.Tensor], torch.Tensor]:
         raise NotImplementedError
 
-    def perception_features(self, features):
+    def perception_features(self, features: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
 
     @property
-    def final_linear(self):
+    def final_linear(self) -> nn.Module:
         raise NotImplementedError
 
-    def classify(self, maps):
+    def classify(self, maps: torch.Tensor) -> torch.Tensor:
         """Global average pooling and the final linear layer."""
         return self.final_linear(F.adaptive_avg_pool2d(maps, 1).flatten(1))
 
-    def perceive(self, features):
+    def perceive(self, features: torch.Tensor) -> torch.Tensor:
         """The perception branch: last stage, pooling, classifier."""
         return self.classify(self.perception_features(features))
 
@@ -97,7 +100,7 @@ class AttentionBranchNetwork(nn.Module):
             # Never in the graph: freezing it keeps DDP from waiting for its gradients.
             self.bn_att.requires_grad_(False)
 
-    def attention_branch(self, features):
+    def attention_branch(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (attention_logits, attention_map) for the feature extractor's output."""
         a = self.attention_stage(features)
         if self.uses_bn_att:
@@ -107,21 +110,22 @@ class AttentionBranchNetwork(nn.Module):
         attention_logits = F.adaptive_avg_pool2d(self.att_conv2(a), 1).flatten(1)
         return attention_logits, attention_map
 
-    def map_size(self, features):
+    def map_size(self, features: torch.Tensor) -> tuple[int, ...]:
         """(h, w) of the attention map for these features."""
         return tuple(features.shape[-2:])
 
-    def apply_attention(self, features, attention_map):
+    def apply_attention(self, features: torch.Tensor,
+                        attention_map: torch.Tensor) -> torch.Tensor:
         if self.gate == 'residual':
             return features * (1 + attention_map)
         return features * attention_map
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> AttentionBranchNetwork:
         super().train(mode)
         keep_frozen_in_eval(self)
         return self
 
-    def forward(self, x, attention=None):
+    def forward(self, x: torch.Tensor, attention: Optional[torch.Tensor] = None) -> AbnOutput:
         """attention: an (N, 1, h, w) map to use instead of the model's own (attention
         editing); it is resized to the feature resolution if needed and returned as the map."""
         features = self.extract_features(x)
@@ -145,7 +149,7 @@ def _fit_map(attention_map, size):
     return attention_map
 
 
-def freeze_feature_extractor(model):
+def freeze_feature_extractor(model: nn.Module) -> int:
     """Keeps the feature extractor fixed, as Mitsuhara et al. do when they fine-tune with
     edited maps: its parameters get no gradients, and its layers stay in eval mode whatever
     `model.train()` says, so BatchNorm running statistics and dropout do not change it either.
@@ -163,7 +167,7 @@ def freeze_feature_extractor(model):
         sum(p.numel() for p in extra)
 
 
-def keep_frozen_in_eval(model):
+def keep_frozen_in_eval(model: nn.Module) -> None:
     """The frozen feature extractor's layers back in eval mode (after `model.train()`). They
     are looked up anew each time: a layer replaced since the freeze (SyncBatchNorm's
     conversion makes new BatchNorm modules, on the same parameters) is frozen too."""
@@ -172,7 +176,7 @@ def keep_frozen_in_eval(model):
             module.eval()  # frozen BatchNorm layers keep their running statistics
 
 
-def init_conv_bn(model):
+def init_conv_bn(model: nn.Module) -> None:
     """The authors' initialisation: conv weights normal(0, sqrt(2 / (k*k*out_channels))),
     which is kaiming_normal fan_out, and BatchNorm weight 1, bias 0. Conv biases (VGG's; the
     ResNets have none) start at 0, as torchvision's."""
@@ -186,5 +190,5 @@ def init_conv_bn(model):
             nn.init.zeros_(m.bias)
 
 
-def count_parameters(model):
+def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

@@ -31,6 +31,10 @@ apply the T sequential running-stat updates in closed form, so the folded call g
 outputs, gradients and running statistics (tests/test_models_multitask.py). `fold_tasks=False`
 runs the authors' loop itself.
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Optional, Sequence, Union
+
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -40,6 +44,9 @@ from .abn import AbnOutput, init_conv_bn, keep_frozen_in_eval
 from .imagenet.resnet import BLOCKS  # depth -> (block, blocks per stage)
 from .registry import ModelRegistry
 from .stages import resnet_stage
+
+if TYPE_CHECKING:
+    from torchvision.models.resnet import BasicBlock, Bottleneck
 
 MULTITASK_MODELS = ModelRegistry('multi-task')
 
@@ -54,7 +61,7 @@ class TaskBatchNorm2d(nn.BatchNorm2d):
 
     tasks = 1
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         t = self.tasks
         if t == 1 or not self.training or not self.track_running_stats or self.momentum is None:
             return super().forward(x)
@@ -99,8 +106,9 @@ class MultitaskABN(nn.Module):
     last_stage, classifier_name = 'layer4', 'output_per'
     has_attention = True
 
-    def __init__(self, block, layers, num_classes=40, residual_attention=True, fold_tasks=True,
-                 width=64):
+    def __init__(self, block: type[Union[BasicBlock, Bottleneck]], layers: Sequence[int],
+                 num_classes: int = 40, residual_attention: bool = True, fold_tasks: bool = True,
+                 width: int = 64) -> None:
         super().__init__()
         self.num_classes = num_classes
         self.residual_attention = residual_attention
@@ -120,29 +128,29 @@ class MultitaskABN(nn.Module):
         self.conv_att = nn.Conv2d(8 * w * e, num_classes, kernel_size=1, bias=False)
         init_conv_bn(self)
 
-    def extract_features(self, x):
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), kernel_size=3, stride=2, padding=1)
         return self.layer3(self.layer2(self.layer1(x)))
 
-    def feature_extractor_modules(self):
+    def feature_extractor_modules(self) -> tuple[nn.Module, ...]:
         """What `extract_features` runs: what teaching the maps keeps fixed
         (models.abn.freeze_feature_extractor)."""
         return (self.conv1, self.bn1, self.layer1, self.layer2, self.layer3)
 
-    def train(self, mode=True):
+    def train(self, mode: bool = True) -> MultitaskABN:
         super().train(mode)
         keep_frozen_in_eval(self)
         return self
 
-    def attention_branch(self, features):
+    def attention_branch(self, features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Returns (attention_logits (N, T), attention_maps (N, T, h, w))."""
         maps = self.conv_att(self.layer4_att(features))
         return maps.mean((2, 3)), maps
 
-    def gated(self, features, task_map):
+    def gated(self, features: torch.Tensor, task_map: torch.Tensor) -> torch.Tensor:
         return features * (1 + task_map) if self.residual_attention else features * task_map
 
-    def perceive(self, features, maps):
+    def perceive(self, features: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
         """Perception logits (N, T): task t sees the features gated by maps[:, t]."""
         if not self.fold_tasks:
             return torch.cat([self.output_per[t](
@@ -163,7 +171,7 @@ class MultitaskABN(nn.Module):
         bias = torch.cat([head.bias for head in self.output_per])
         return (pooled * weight).sum(-1) + bias
 
-    def forward(self, x, attention=None):
+    def forward(self, x: torch.Tensor, attention: Optional[torch.Tensor] = None) -> AbnOutput:
         """`attention`: (N, T, h, w) maps to gate the perception branch with instead of the
         model's own (an edited map, as the single-task models take it); the outputs' maps and
         attention logits stay the model's own."""
@@ -181,11 +189,12 @@ class MultiLabelResNet(torchvision.models.ResNet):
     last_stage, classifier_name = 'layer4', 'fc'
     has_attention = False
 
-    def __init__(self, block, layers, num_classes=40):
+    def __init__(self, block: type[Union[BasicBlock, Bottleneck]], layers: Sequence[int],
+                 num_classes: int = 40) -> None:
         super().__init__(block, layers, num_classes=num_classes)
         self.num_classes = num_classes
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> AbnOutput:
         return AbnOutput(None, super().forward(x), None)
 
 
@@ -200,7 +209,9 @@ def _resolve_gate(residual_attention, gate):
     return True if residual_attention is None else bool(residual_attention)
 
 
-def build_mtabn(depth, num_classes, residual_attention, gate, attention, fold_tasks, width=64):
+def build_mtabn(depth: int, num_classes: int, residual_attention: Optional[bool],
+                gate: Optional[str], attention: bool, fold_tasks: bool,
+                width: int = 64) -> Union[MultitaskABN, MultiLabelResNet]:
     block, layers = BLOCKS[depth]
     if not attention:
         model = MultiLabelResNet(block, layers, num_classes)
@@ -218,8 +229,9 @@ _DOC = """Multi-task ABN V1 with a ResNet-{depth} backbone (the authors' builder
 
 
 def _register(depth):
-    def builder(num_classes=40, residual_attention=None, gate=None, attention=True,
-                fold_tasks=True, width=64):
+    def builder(num_classes: int = 40, residual_attention: Optional[bool] = None,
+                gate: Optional[str] = None, attention: bool = True, fold_tasks: bool = True,
+                width: int = 64) -> Union[MultitaskABN, MultiLabelResNet]:
         return build_mtabn(depth, num_classes, residual_attention, gate, attention, fold_tasks,
                            width)
     builder.__name__ = builder.__qualname__ = f'mtabn_v1_resnet{depth}'
@@ -228,7 +240,8 @@ def _register(depth):
 
 
 def _register_baseline(depth):
-    def builder(num_classes=40, attention=False):  # `attention` recorded: a baseline
+    def builder(num_classes: int = 40,
+                attention: bool = False) -> MultiLabelResNet:  # `attention` recorded: a baseline
         if attention:
             raise ValueError(f'resnet{depth} is the plain multi-label baseline: use '
                              f'mtabn_v1_resnet{depth} for the attention branch')

@@ -2,15 +2,24 @@
 branches on an architecture's name. A registry may also build the models of libraries
 (`sources`: 'timm', 'torchvision'), by the names 'timm:NAME' and 'torchvision:NAME'
 (models.backbones)."""
+from __future__ import annotations
+
 import inspect
+from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+
+if TYPE_CHECKING:
+    import torch.nn as nn
+
+    from .abn import AttentionBranchNetwork
 
 
-def library_builder(source, name):
+def library_builder(source: str, name: str) -> Callable[..., AttentionBranchNetwork]:
     """The builder of a library's model `name` as an ABN (models.backbones.build): its
     arguments are what a checkpoint records."""
     from .backbones import build
 
-    def builder(num_classes=1000, attention=True, gate='residual', split=None, image_size=224):
+    def builder(num_classes: int = 1000, attention: bool = True, gate: str = 'residual',
+                split: Optional[int] = None, image_size: int = 224) -> AttentionBranchNetwork:
         return build(source, name, num_classes, attention, gate, split, image_size)
     builder.__name__ = builder.__qualname__ = f'{source}:{name}'
     builder.__doc__ = f"{source}'s {name} as an ABN (models.backbones)."
@@ -21,22 +30,22 @@ class ModelRegistry(dict):
     """name -> builder function. `create` passes a builder only the options it declares, so
     one set of command-line options (depth, widen_factor, ...) serves every family."""
 
-    def __init__(self, title, sources=()):
+    def __init__(self, title: str, sources: Iterable[str] = ()) -> None:
         super().__init__()
         self.title = title
         self.sources = tuple(sources)
 
-    def register(self, builder):
+    def register(self, builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         self[builder.__name__] = builder
         return builder
 
-    def library_name(self, name):
+    def library_name(self, name: object) -> Optional[tuple[str, str]]:
         """(source, name) where `name` is 'source:name' of one of this registry's sources."""
         from .backbones import split_name
         parts = split_name(name)
         return parts if parts is not None and parts[0] in self.sources else None
 
-    def __contains__(self, name):
+    def __contains__(self, name: object) -> bool:
         if dict.__contains__(self, name):
             return True
         parts = self.library_name(name)
@@ -45,7 +54,7 @@ class ModelRegistry(dict):
         from .backbones import library_names
         return parts[1] in library_names(parts[0])
 
-    def __getitem__(self, name):
+    def __getitem__(self, name: str) -> Callable[..., nn.Module]:
         if dict.__contains__(self, name):
             return dict.__getitem__(self, name)
         parts = self.library_name(name)
@@ -53,7 +62,7 @@ class ModelRegistry(dict):
             raise KeyError(name)
         return library_builder(*parts)
 
-    def check_name(self, name):
+    def check_name(self, name: str) -> None:
         """Raises ValueError in one line, with the nearest names, for a name it cannot build."""
         if dict.__contains__(self, name):
             return
@@ -69,16 +78,16 @@ class ModelRegistry(dict):
                          + (f"did you mean {', '.join(near)}? " if near else '')
                          + f"choose one of {', '.join(sorted(dict.keys(self)))}{sources}")
 
-    def options_of(self, name):
+    def options_of(self, name: str) -> set[str]:
         return set(inspect.signature(self[name]).parameters)
 
-    def create(self, name, **options):
+    def create(self, name: str, **options: Any) -> nn.Module:
         self.check_name(name)
         accepted = self.options_of(name)
         kwargs = {k: v for k, v in options.items() if k in accepted and v is not None}
         return self[name](**kwargs)
 
-    def model_args(self, name, **options):
+    def model_args(self, name: str, **options: Any) -> dict[str, Any]:
         """Every argument the builder will see (the given options it takes, its own defaults
         for the rest): stored in checkpoints so a model can be rebuilt from its file alone."""
         parameters = inspect.signature(self[name]).parameters
@@ -87,7 +96,7 @@ class ModelRegistry(dict):
         resolved.update({k: v for k, v in options.items() if k in parameters and v is not None})
         return resolved
 
-    def names(self, pattern='*'):
+    def names(self, pattern: str = '*') -> list[str]:
         """The names it builds that match `pattern` (fnmatch): its own, then each source's
         ('timm:convnext*', or 'convnext*' across all)."""
         import fnmatch

@@ -1,8 +1,13 @@
 """Stage builders shared by the ResNet families (CIFAR and ImageNet)."""
+from __future__ import annotations
+
+from typing import Any
+
 import torch.nn as nn
 
 
-def resnet_stage(block, inplanes, planes, blocks, stride=1, **block_kwargs):
+def resnet_stage(block: type[nn.Module], inplanes: int, planes: int, blocks: int,
+                 stride: int = 1, **block_kwargs: Any) -> nn.Sequential:
     """`blocks` residual blocks; the first changes stride/width through a projection
     shortcut (downsample.0 conv 1x1, downsample.1 BN), as torchvision and the authors do.
 

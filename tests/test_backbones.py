@@ -17,9 +17,8 @@ import export
 import imagenet
 from models import IMAGENET_MODELS
 from models.abn import freeze_feature_extractor
-from models.backbones import build, library_model
+from models.backbones import library_model
 from models.backbones.split import SamePaddedConv2d, remove_downsampling
-from tests.fakedata import save_run_checkpoint
 from tests.helpers import ROOT, assert_refused, run_script
 from utils.data.shapes import write_image_folder
 from utils.objectives import get_objective
@@ -38,13 +37,13 @@ FAMILIES = [('timm:resnet18', 5, 16), ('timm:convnext_atto', 4, 16),
             ('timm:deit_tiny_patch16_224', 12, 16), ('torchvision:resnet50', 5, 16),
             ('torchvision:convnext_tiny', 4, 16), ('torchvision:efficientnet_b0', 5, 16),
             ('torchvision:mobilenet_v3_large', 5, 16), ('torchvision:regnet_y_400mf', 5, 16)]
-BIG = {'torchvision:resnet50', 'torchvision:convnext_tiny'}  # 25M+ parameters: slow
+DAILY = {'timm:resnet18', 'timm:vit_tiny_patch16_224'}  # the others: the full suite
 SIZE = 64
 
 
 def family_params():
     return [pytest.param(name, stages, stride, id=name,
-                         marks=[pytest.mark.slow] if name in BIG else [])
+                         marks=[] if name in DAILY else [pytest.mark.slow])
             for name, stages, stride in FAMILIES]
 
 
@@ -56,6 +55,7 @@ def images(batch=2, seed=0, size=SIZE):
 def test_every_family_is_split_trained_saved_reloaded_and_exported(arch, stages, stride,
                                                                    tmp_path):
     source, name = arch.split(':')
+    torch.manual_seed(0)  # the same weights on every run, whatever ran before
     model = IMAGENET_MODELS.create(arch, num_classes=3, image_size=SIZE)
     # the map at the feature extractor's resolution, its plain twin the library's model
     out = model.eval()(images())
@@ -76,7 +76,9 @@ def test_every_family_is_split_trained_saved_reloaded_and_exported(arch, stages,
     model.train()
     objective = get_objective('single-label')
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+    # a small step: one step of a large rate leaves some families' BatchNorm statistics so
+    # far off that float32 rounding, in ONNX as in PyTorch, decides the logits
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
     objective.total_loss(objective.losses(model(images(4, 1)), torch.tensor([0, 1, 2, 0]))
                          ).backward()
     optimizer.step()
@@ -265,6 +267,7 @@ def trained(folder, tmp_path_factory):
     return directory
 
 
+@pytest.mark.slow
 def test_a_trained_backbone_evaluates_resumes_explains_exports_and_teaches(trained, folder,
                                                                           tmp_path, capsys):
     best = os.path.join(trained, 'model_best.pth.tar')

@@ -3,12 +3,15 @@ import os
 import re
 import sys
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 
 import bench_multitask  # noqa: E402
 
 
+@pytest.mark.slow
 def test_bench_multitask_ends_with_the_ratio(capsys):
     bench_multitask.main(['--tasks', '2', '--batch', '2', '--image-size', '32', '--rounds', '1'])
     lines = capsys.readouterr().out.strip().splitlines()

@@ -22,6 +22,7 @@ def run_script(module, argv, monkeypatch, capsys):
     return capsys.readouterr().out.strip().splitlines()
 
 
+@pytest.mark.slow
 def test_bench_train_ends_with_the_training_ratio(monkeypatch, capsys):
     lines = run_script(bench_train, ['--depth', '8', '--batch', '8', '--steps', '2',
                                      '--test-batch', '8', '--rounds', '1', '--gpu-id', 'cpu',
@@ -63,6 +64,7 @@ def test_profile_step_ends_with_the_layout_ratio(monkeypatch, capsys):
     assert re.fullmatch(r'channels-last/NCHW training images/s: \d+\.\d\dx', lines[-1])
 
 
+@pytest.mark.slow
 def test_bench_export_ends_with_the_ratios_to_eager(monkeypatch, capsys):
     pytest.importorskip('onnxruntime', reason='pip install -r requirements-export.txt')
     import bench_export

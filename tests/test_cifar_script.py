@@ -122,6 +122,7 @@ def test_resume_continues_at_the_saved_epoch_and_lr(trained, cifar_root, tmp_pat
     assert ckpt.load_checkpoint(os.path.join(directory, 'checkpoint.pth.tar'))['epoch'] == 3
 
 
+@pytest.mark.slow
 def test_baseline_and_multiply_gate_train(tmp_path, capsys):
     for extra in (['--baseline'], ['--gate', 'multiply']):
         directory = str(tmp_path / extra[0].strip('-'))

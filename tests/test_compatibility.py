@@ -53,7 +53,8 @@ def script_run(name, folders):
                          *SMALL_SHAPES], ['--dataset', 'shapes-multi']
 
 
-@pytest.mark.parametrize('name', ['cifar', 'imagenet', 'celeba'])
+@pytest.mark.parametrize('name', ['cifar', pytest.param('imagenet', marks=pytest.mark.slow),
+                                  pytest.param('celeba', marks=pytest.mark.slow)])
 def test_the_scripts_checkpoints_keep_format_1_and_work_after_the_move(name, folders, tmp_path,
                                                                          capsys):
     main, train_args, explain_inputs = script_run(name, folders)

@@ -15,10 +15,12 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import cifar
-from tests.test_reliability import wait_for
+from tests.helpers import wait_for
 from utils.cli import run
 from utils.distributed import GlooSyncBatchNorm, sync_batchnorm
 from utils.weights import checkpoint as ckpt
+
+pytestmark = pytest.mark.slow  # torchrun processes: the full suite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 64 training images: one global batch of 32 per step, 2 steps an epoch; 33 test images, an

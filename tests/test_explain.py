@@ -15,14 +15,13 @@ from PIL import Image
 import explain
 from models import CIFAR_MODELS
 from tests.fakedata import authors_checkpoint, randomise
-from tests.helpers import documentation, run_script
+from tests.helpers import documentation, run_script, save_project_checkpoint, tiny_model
 from utils.data.datasets import AUTHORS_NORMALIZATION, NORMALIZATION
 from utils.data.shapes import SHAPE_CLASSES, generate_shapes
 from utils.explain.cam import class_activation_maps, perception_probabilities, scale_to_unit
 from utils.explain.measures import deletion_insertion, energy_inside, pointing_game, road
 from utils.explain.methods import Explainer
 from utils.visualize import upsample_maps
-from utils.weights import checkpoint as ckpt
 
 CPU = ['--gpu-id', 'cpu']
 
@@ -40,24 +39,6 @@ def one_thread():
 def cli(argv, capsys):
     """Runs explain.py in this process; returns (exit status, stdout, stderr)."""
     return run_script(explain.main, argv, capsys)
-
-
-def tiny_model(attention=True, gate='residual', seed=0):
-    model = CIFAR_MODELS.create('resnet', depth=8, num_classes=10, attention=attention, gate=gate)
-    return randomise(model, seed).eval()
-
-
-def save_project_checkpoint(model, path):
-    """A checkpoint as cifar.py writes it (the keys explain.py reads)."""
-    mean, std = NORMALIZATION['shapes']
-    ckpt.save_checkpoint({
-        'epoch': 1, 'state_dict': model.state_dict(), 'arch': 'resnet',
-        'model_args': CIFAR_MODELS.model_args('resnet', depth=8, num_classes=10,
-                                              attention=model.has_attention, gate=model.gate),
-        'num_classes': 10, 'class_names': list(SHAPE_CLASSES), 'dataset': 'shapes',
-        'image_size': 32, 'normalization': {'mean': list(mean), 'std': list(std)},
-        'format': ckpt.FORMAT}, path)
-    return path
 
 
 @pytest.fixture(scope='module')

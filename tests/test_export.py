@@ -65,7 +65,11 @@ def assert_close(got, want, what):
     assert difference <= TOLERANCE * scale, f'{what}: {difference:.3g} at scale {scale:.3g}'
 
 
-@pytest.mark.parametrize('name', sorted(MODELS))
+DAILY = ('cifar-resnet', 'imagenet-resnet18')  # the other families: the full suite
+
+
+@pytest.mark.parametrize('name', [n if n in DAILY else pytest.param(n, marks=pytest.mark.slow)
+                                  for n in sorted(MODELS)])
 def test_onnx_and_pt2_give_pytorchs_three_outputs_at_batch_1_and_5(name, tmp_path):
     loaded = load_model(write_checkpoint(name, str(tmp_path)))
     model = loaded.model

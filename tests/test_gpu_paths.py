@@ -167,6 +167,7 @@ def test_a_ddp_process_saves_and_restores_its_own_device(monkeypatch):
 
 # -- 4, 10d: torchrun with a validation split -------------------------------------------------
 
+@pytest.mark.slow
 def test_two_processes_test_the_best_model_together(tmp_path):
     """celeba.py keeps model_best by its validation split, then tests it: every process
     enters that test, whether or not rank 0's file was written when it looked (the other

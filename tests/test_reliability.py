@@ -8,13 +8,15 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 import torch
 
 from tests.fakedata import write_image_folder
+from tests.helpers import wait_for
 from utils.weights import checkpoint as ckpt
+
+pytestmark = pytest.mark.slow  # real processes killed and resumed: the full suite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # 12 steps an epoch, 2 epochs, deterministic: small enough for seconds, long enough to hit.
@@ -32,19 +34,6 @@ def start(directory, *extra, **kwargs):
 def finish(process, timeout=300):
     out, _ = process.communicate(timeout=timeout)
     return process.returncode, out
-
-
-def wait_for(process, text, timeout=300):
-    """Reads the process's output until a line contains `text`; returns what was read."""
-    seen, deadline = [], time.time() + timeout
-    while time.time() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        seen.append(line)
-        if text in line:
-            return ''.join(seen)
-    raise AssertionError(f'{text!r} never appeared:\n' + ''.join(seen))
 
 
 def weights(directory):

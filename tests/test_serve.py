@@ -15,7 +15,7 @@ from PIL import Image
 import explain
 from models.abn import AbnOutput
 from tests.helpers import run_script
-from tests.test_explain import save_project_checkpoint, tiny_model
+from tests.helpers import save_project_checkpoint, tiny_model
 from utils.data.shapes import SHAPE_CLASSES, generate_shapes
 from utils.errors import AbnError
 from utils.serve.editor import MapEditor

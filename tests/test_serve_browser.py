@@ -13,104 +13,20 @@ The picture in docs/serve.md is this test's screenshot:
 """
 import os
 import re
-import signal
-import socket
-import subprocess
-import sys
-import threading
-import time
-import urllib.request
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from tests.test_explain import save_project_checkpoint, tiny_model
+from tests.helpers import WAIT, Server, save_project_checkpoint, tiny_model
+
+pytestmark = pytest.mark.slow  # a real browser: the full suite
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CHROMIUM, CHROMEDRIVER = '/usr/bin/chromium', '/usr/bin/chromedriver'
-WAIT = 120  # seconds: generous, for a busy 2-core machine; every wait is for an element
 FLAGS = ('--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
          '--disable-background-networking', '--disable-component-update', '--disable-sync',
          '--window-size=1400,1320')
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(('127.0.0.1', 0))
-        return s.getsockname()[1]
-
-
-def as_from_a_terminal():
-    """The server's signals as a command typed in a terminal has them: SIGINT and SIGTERM
-    delivered and at their defaults, whatever earlier tests left in this process."""
-    signal.pthread_sigmask(signal.SIG_UNBLOCK, (signal.SIGINT, signal.SIGTERM))
-    signal.signal(signal.SIGINT, signal.SIG_DFL)
-    signal.signal(signal.SIGTERM, signal.SIG_DFL)
-
-
-class Server:
-    """`explain.py ... --serve` in its own process; its output collected by a thread."""
-
-    def __init__(self, argv, cwd, env=None):
-        self.port = free_port()
-        self.url = f'http://127.0.0.1:{self.port}/'
-        env = dict(os.environ, GRADIO_ANALYTICS_ENABLED='False', PYTHONUNBUFFERED='1',
-                   OMP_NUM_THREADS='1', **(env or {}))
-        # What this test process's main thread does with SIGINT, which the server inherits
-        # (a blocked or ignored SIGINT survives exec): reported if Ctrl+C fails.
-        self.parent_sigint = (signal.getsignal(signal.SIGINT),
-                              signal.SIGINT in signal.pthread_sigmask(signal.SIG_BLOCK, []))
-        self.process = subprocess.Popen(
-            [sys.executable, os.path.join(ROOT, 'explain.py')] + argv
-            + ['--serve', '--port', str(self.port), '--gpu-id', 'cpu'],
-            cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-            preexec_fn=as_from_a_terminal)
-        self.lines = []
-        self.reader = threading.Thread(target=self._read, daemon=True)
-        self.reader.start()
-
-    def _read(self):
-        for line in self.process.stdout:
-            self.lines.append(line)
-
-    @property
-    def output(self):
-        return ''.join(self.lines)
-
-    def wait_until_up(self):
-        deadline = time.monotonic() + WAIT
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                pytest.fail(f'the server stopped:\n{self.output}')
-            try:
-                with urllib.request.urlopen(self.url, timeout=5) as response:
-                    if response.status == 200:
-                        return
-            except OSError:
-                pass
-            time.sleep(0.5)
-        pytest.fail(f'the page did not come up in {WAIT} s:\n{self.output}')
-
-    def interrupt(self):
-        """Ctrl+C: the server closes and the command exits as interrupted."""
-        self.process.send_signal(signal.SIGINT)
-        try:
-            return self.process.wait(timeout=WAIT)
-        except subprocess.TimeoutExpired:
-            pytest.fail(f'Ctrl+C did not end the server in {WAIT} s (this process\'s SIGINT '
-                        f'handler and blocked: {self.parent_sigint}):\n{self.output}')
-
-    def stop(self):
-        if self.process.poll() is not None:
-            return
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self.reader.join(timeout=10)
 
 
 def browser(tmp_path):

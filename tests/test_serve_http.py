@@ -22,11 +22,12 @@ import pytest
 from PIL import Image
 
 from tests.helpers import ROOT
-from tests.test_explain import save_project_checkpoint, tiny_model
-from tests.test_serve_browser import Server
+from tests.helpers import Server, save_project_checkpoint, tiny_model
 
 pytest.importorskip('gradio_client', reason='pip install -r requirements-serve.txt')
 from gradio_client import Client, handle_file  # noqa: E402
+
+pytestmark = pytest.mark.slow  # the page as a command, over HTTP: the full suite
 
 httpx = pytest.importorskip('httpx')
 

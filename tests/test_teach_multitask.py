@@ -210,6 +210,7 @@ def base(tmp_path_factory):
     return root
 
 
+@pytest.mark.slow
 def test_fine_tuning_teaches_every_attributes_map(base, tmp_path, capsys):
     out = str(tmp_path / 'taught')
     start = str(base / 'base' / 'checkpoint.pth.tar')

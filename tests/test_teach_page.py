@@ -14,8 +14,7 @@ from PIL import Image
 
 import celeba
 from tests.fakedata import authors_checkpoint
-from tests.test_explain import save_project_checkpoint, tiny_model
-from tests.test_serve_browser import Server
+from tests.helpers import Server, save_project_checkpoint, tiny_model
 from utils.errors import AbnError
 from utils.serve.editor import MapEditor
 from utils.serve.teach import Teacher
@@ -24,6 +23,8 @@ from utils.weights.loading import load_model
 
 pytest.importorskip('gradio_client', reason='pip install -r requirements-serve.txt')
 from gradio_client import Client, handle_file  # noqa: E402
+
+pytestmark = pytest.mark.slow  # teaching runs started from the page: the full suite
 
 CPU = torch.device('cpu')
 WAIT = 240  # seconds for a run and its measures on a busy 2-core machine

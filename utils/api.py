@@ -9,9 +9,11 @@
 export.py, or one of the authors' files with their architecture flags as keywords
 (`load(path, arch='resnet', depth=110, dataset='cifar100')`). The preprocessing (resize,
 centre crop, normalisation) comes from the file. docs/api.md describes every field."""
+from __future__ import annotations
+
 import os
 from dataclasses import dataclass
-from typing import List, Optional
+from typing import TYPE_CHECKING, Any, Iterable, List, Optional
 
 import numpy as np
 import torch
@@ -26,11 +28,16 @@ from utils.data.inputs import image_transform
 from utils.errors import AbnError
 from utils.weights.loading import load_model
 
+if TYPE_CHECKING:
+    from models import AbnOutput
+    from utils.weights.loading import LoadedModel
+
 # Slack for float pixels that went through arithmetic: beyond it they are not in [0, 1].
 _PIXEL_SLACK = 1e-3
 
 
-def load(path, device='cpu', **options):
+def load(path: str | os.PathLike[str], device: str | torch.device = 'cpu',
+         **options: Any) -> Abn:
     """The model a file holds, ready to explain images (an `Abn`). `options`: for the authors'
     checkpoints, which record nothing, their flags as keywords: arch ('-a'), depth, gate,
     cardinality, widen_factor, growthRate, compressionRate, and num_classes or dataset;
@@ -58,10 +65,10 @@ class Result:
     attention_logits: Optional[torch.Tensor]
     sources: List[str]  # what each image was: its path, 'PIL image 2', 'tensor 3[0]'
 
-    def __len__(self):
+    def __len__(self) -> int:
         return len(self.sources)
 
-    def top(self, k=5):
+    def top(self, k: int = 5) -> list[list[tuple[str, float]]]:
         """Each image's k most probable (name, probability) pairs, most probable first."""
         values, indices = self.probabilities.topk(min(k, self.probabilities.shape[1]), dim=1)
         return [[(self.names[i], float(v)) for v, i in zip(row_v, row_i)]
@@ -73,7 +80,7 @@ class Abn(nn.Module):
     `abn.explain(images)` preprocesses images as the model's evaluation did and returns a
     `Result`. `abn.model` is the nn.Module itself."""
 
-    def __init__(self, loaded, device='cpu'):
+    def __init__(self, loaded: LoadedModel, device: str | torch.device = 'cpu') -> None:
         super().__init__()
         self.model = loaded.model
         self.loaded = loaded
@@ -88,18 +95,20 @@ class Abn(nn.Module):
         self.to(device).eval()
 
     @property
-    def names(self):
+    def names(self) -> list[str]:
         return list(self.loaded.class_names or map(str, range(self.model.num_classes)))
 
     @property
-    def device(self):
+    def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
-    def forward(self, x, attention=None):
+    def forward(self, x: torch.Tensor, attention: torch.Tensor | None = None) -> AbnOutput:
         return self.model(x) if attention is None else self.model(x, attention)
 
     # -- preprocessing -----------------------------------------------------------------
-    def preprocess(self, images):
+    def preprocess(self, images: str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
+                   | Iterable[str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor]
+                   ) -> tuple[torch.Tensor, list[tuple[int, int]], list[str]]:
         """(normalised batch (N, 3, S, S), each image's (height, width), sources). `images`:
         one or a list of paths, PIL images, numpy arrays (H, W, 3) and tensors ((3, H, W) or
         a batch (N, 3, H, W); float in [0, 1] or uint8 in 0-255, before normalisation)."""
@@ -169,7 +178,9 @@ class Abn(nn.Module):
 
     # -- explaining --------------------------------------------------------------------
     @torch.inference_mode()
-    def explain(self, images, batch_size=64):
+    def explain(self, images: str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
+                | Iterable[str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor],
+                batch_size: int = 64) -> Result:
         """The model's answer and attention map for each image (a `Result`)."""
         inputs, sizes, sources = self.preprocess(images)
         outputs = [self.model(inputs[start:start + batch_size].to(self.device))

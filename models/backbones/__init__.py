@@ -9,22 +9,25 @@ ViT the last 3 blocks). Pretrained weights are the library's (`library_state_dic
 into the backbone, the attention stage starting as a copy of the pretrained last stage.
 timm is imported when a timm name is used.
 """
+from __future__ import annotations
+
 import copy
 import difflib
 import fnmatch
+from typing import Optional, Union
 
 import torch
 import torchvision
 
 from .cnn import BackboneABN
-from .split import DOWNSAMPLING_RULES, timm_trunk, torchvision_trunk  # noqa: F401
+from .split import DOWNSAMPLING_RULES, Trunk, timm_trunk, torchvision_trunk  # noqa: F401
 from .vit import VisionTransformerABN
 
 SOURCES = ('timm', 'torchvision')
 VIT_DEFAULT_SPLIT = -3  # a ViT's branches: its last 3 blocks (a quarter of a 12-block ViT)
 
 
-def split_name(arch):
+def split_name(arch: object) -> Optional[tuple[str, str]]:
     """('timm', 'resnet18') for 'timm:resnet18'; None for a name of no library."""
     if not isinstance(arch, str) or ':' not in arch:
         return None
@@ -37,7 +40,7 @@ def _timm():
     return timm
 
 
-def library_names(source, pattern='*'):
+def library_names(source: str, pattern: str = '*') -> list[str]:
     """The classifiers `source` can build whose name matches `pattern`."""
     if source == 'timm':
         return list(_timm().list_models(pattern))
@@ -45,7 +48,7 @@ def library_names(source, pattern='*'):
     return [name for name in names if fnmatch.fnmatchcase(name, pattern)]
 
 
-def check_name(source, name):
+def check_name(source: str, name: str) -> None:
     """Raises ValueError naming the nearest names where `source` has no model `name`."""
     names = library_names(source)
     if name in names:
@@ -56,7 +59,7 @@ def check_name(source, name):
     raise ValueError(f"{source} has no model '{name}'{hint}")
 
 
-def is_vit(source, name):
+def is_vit(source: str, name: str) -> bool:
     if source != 'timm':
         return False
     from timm.models.vision_transformer import VisionTransformer
@@ -65,8 +68,9 @@ def is_vit(source, name):
     return isinstance(model, VisionTransformer)
 
 
-def library_model(source, name, num_classes, image_size, vit=False, pretrained=False,
-                  pretrained_file=None):
+def library_model(source: str, name: str, num_classes: int, image_size: int, vit: bool = False,
+                  pretrained: bool = False,
+                  pretrained_file: Optional[str] = None) -> torch.nn.Module:
     """The library's own model with `num_classes` outputs; ViTs for `image_size`, pooling
     the patch tokens (timm's global_pool='avg', with the final norm kept before it)."""
     if source == 'timm':
@@ -86,7 +90,7 @@ def library_model(source, name, num_classes, image_size, vit=False, pretrained=F
     return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
 
 
-def trunk_of(source, name, image_size, vit):
+def trunk_of(source: str, name: str, image_size: int, vit: bool) -> Trunk:
     """The trunk of the model, found on a twin on the meta device (no memory, no arithmetic),
     or on the CPU for the few models that cannot be built there (torchvision's RegNets)."""
     find = timm_trunk if source == 'timm' else torchvision_trunk
@@ -100,8 +104,9 @@ def trunk_of(source, name, image_size, vit):
         return find(twin, image_size, 'cpu')
 
 
-def build(source, name, num_classes=1000, attention=True, gate='residual', split=None,
-          image_size=224):
+def build(source: str, name: str, num_classes: int = 1000, attention: bool = True,
+          gate: str = 'residual', split: Optional[int] = None,
+          image_size: int = 224) -> Union[BackboneABN, VisionTransformerABN]:
     """The ABN of `source`'s model `name` (see the module's docstring); `split=None` is the
     family's default. Raises ValueError in one line for what cannot be split."""
     check_name(source, name)
@@ -128,7 +133,7 @@ def build(source, name, num_classes=1000, attention=True, gate='residual', split
     return model
 
 
-def check_split(split, count, arch, what):
+def check_split(split: int, count: int, arch: str, what: str) -> None:
     """`split` picks the first stage (block) of the branches: -1 .. -(count-1), or
     1 .. count-1 (the feature extractor keeps at least one)."""
     if not (-count < split < 0 or 0 < split < count):
@@ -136,7 +141,7 @@ def check_split(split, count, arch, what):
                          f'{what}: give -1 .. -{count - 1} (from the end) or 1 .. {count - 1}')
 
 
-def check_keeps_resolution(model, trunk, image_size):
+def check_keeps_resolution(model: BackboneABN, trunk: Trunk, image_size: int) -> None:
     """The attention stage must keep the extractor's resolution (probed on meta tensors)."""
     first = trunk.stage_start(model.split)
     before = trunk.parts[first - 1]
@@ -151,7 +156,7 @@ def check_keeps_resolution(model, trunk, image_size):
                          f'{out.shape[-2]}x{out.shape[-1]}')
 
 
-def has_pretrained(source, name):
+def has_pretrained(source: str, name: str) -> bool:
     """Whether the library publishes ImageNet weights of `name`."""
     if source == 'timm':
         return bool(_timm().is_model_pretrained(name))
@@ -161,7 +166,8 @@ def has_pretrained(source, name):
         return False
 
 
-def library_state_dict(source, name, num_classes, image_size, pretrained_file=None):
+def library_state_dict(source: str, name: str, num_classes: int, image_size: int,
+                       pretrained_file: Optional[str] = None) -> dict[str, torch.Tensor]:
     """The library's pretrained weights for the model (downloaded by the library, or read
     from `pretrained_file`), as a state_dict of its own model: timm adapts them itself (its
     classifier dropped for other classes, a ViT's position embedding resampled)."""

@@ -11,6 +11,8 @@ weights load as the library saves them); the attention stage is `att_stage.<i>`,
 the i-th module after the split. CAM is exact where the head is global average pooling and
 one linear layer (checked on the model itself: `cam_exact`).
 """
+from __future__ import annotations
+
 import copy
 
 import torch
@@ -18,14 +20,14 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..abn import AttentionBranchNetwork
-from .split import remove_downsampling
+from .split import Trunk, remove_downsampling
 
 
 class BackboneABN(AttentionBranchNetwork):
     min_image_size = 32
 
-    def __init__(self, backbone, source, name, trunk, split, num_classes, attention=True,
-                 gate='residual'):
+    def __init__(self, backbone: nn.Module, source: str, name: str, trunk: Trunk, split: int,
+                 num_classes: int, attention: bool = True, gate: str = 'residual') -> None:
         super().__init__(num_classes, attention, gate)
         self.backbone = backbone
         self.source, self.backbone_name, self.split = source, name, split
@@ -41,32 +43,32 @@ class BackboneABN(AttentionBranchNetwork):
             self._make_attention_head(trunk.parts[-1].channels)
         self.cam_exact = False  # set by check_head once the weights exist
 
-    def part(self, path):
+    def part(self, path: str) -> nn.Module:
         return self.backbone.get_submodule(path)
 
     # -- the pieces of an AttentionBranchNetwork ------------------------------------------
-    def extract_features(self, x):
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         for path in self.extractor_paths:
             x = self.part(path)(x)
         return x
 
-    def feature_extractor_modules(self):
+    def feature_extractor_modules(self) -> list[nn.Module]:
         return [self.part(path) for path in self.extractor_paths]
 
     @property
-    def attention_stage(self):
+    def attention_stage(self) -> nn.Module:
         return self.att_stage
 
-    def perception_features(self, features):
+    def perception_features(self, features: torch.Tensor) -> torch.Tensor:
         for path in self.stage_paths:
             features = self.part(path)(features)
         return features
 
     @property
-    def final_linear(self):
+    def final_linear(self) -> nn.Module:
         return self.part(self.classifier_path)
 
-    def classify(self, maps):
+    def classify(self, maps: torch.Tensor) -> torch.Tensor:
         """The model's own head: timm's forward_head, torchvision's pooling and classifier."""
         if self.source == 'timm':
             return self.backbone.forward_head(maps)
@@ -78,19 +80,20 @@ class BackboneABN(AttentionBranchNetwork):
         return x
 
     # -- weights ---------------------------------------------------------------------------
-    def copy_stage_to_attention(self):
+    def copy_stage_to_attention(self) -> None:
         """The attention stage as a copy of the perception's (after pretrained weights)."""
         if self.has_attention:
             for copied, path in zip(self.att_stage, self.stage_paths):
                 copied.load_state_dict(self.part(path).state_dict())
 
-    def check_head(self):
+    def check_head(self) -> bool:
         """Whether CAM is exact: in eval mode the head is average pooling + final_linear."""
         self.cam_exact = head_is_linear(self, self.part(self.stage_paths[-1]))
         return self.cam_exact
 
 
-def head_of(backbone, source, trunk):
+def head_of(backbone: nn.Module, source: str,
+            trunk: Trunk) -> tuple[tuple[str, ...], bool, str]:
     """(paths of the head's modules after pooling, whether to flatten first, the classifier's
     path). timm: its forward_head and get_classifier(); torchvision: the children after its
     global pooling, flattened first unless the first one takes maps (ConvNeXt's LayerNorm2d)."""
@@ -114,7 +117,7 @@ def _path_of(model, module):
     return next(name for name, m in model.named_modules() if m is module)
 
 
-def head_is_linear(model, last_part):
+def head_is_linear(model: AttentionBranchNetwork, last_part: nn.Module) -> bool:
     """In eval mode, does the head give final_linear(mean of the maps)? Probed on random
     maps of the last stage's width."""
     linear = model.final_linear

@@ -18,7 +18,10 @@ The attention branch is a copy of the stages after the split with their downsamp
 removed, so that the map keeps the feature extractor's resolution. One table of rules does
 it for every family (DOWNSAMPLING_RULES); a copy whose output still shrinks is refused.
 """
+from __future__ import annotations
+
 from dataclasses import dataclass
+from typing import Any, Callable, Iterable, Union
 
 import torch
 import torch.nn as nn
@@ -34,15 +37,16 @@ class Part:
 
 @dataclass
 class Trunk:
-    parts: list  # Part, in the order the forward calls them
-    stage_ends: list  # index of each stage's last part
+    parts: list[Part]  # Part, in the order the forward calls them
+    stage_ends: list[int]  # index of each stage's last part
 
-    def stage_start(self, stage):
+    def stage_start(self, stage: int) -> int:
         """The index of the first part of stage `stage` (0-based, negative from the end)."""
         return 0 if stage == 0 else self.stage_ends[stage - 1] + 1
 
 
-def called_children(model, run, probe):
+def called_children(model: nn.Module, run: Callable[[torch.Tensor], Any],
+                    probe: torch.Tensor) -> list[tuple[str, Any]]:
     """[(name, output)] of `model`'s direct children, in the order `run(probe)` calls them
     (a child called twice is kept once, at its first call)."""
     calls, handles = [], []
@@ -63,7 +67,8 @@ def called_children(model, run, probe):
     return ordered
 
 
-def opened(model, names, should_open):
+def opened(model: nn.Module, names: Iterable[str],
+           should_open: Callable[[str], bool]) -> list[str]:
     """`names` of children, each nn.Sequential that `should_open(name)` opened into its own
     children ('features' -> 'features.0', 'features.1', ...)."""
     out = []
@@ -76,7 +81,8 @@ def opened(model, names, should_open):
     return out
 
 
-def trace_parts(model, paths, probe):
+def trace_parts(model: nn.Module, paths: Iterable[str],
+                probe: torch.Tensor) -> tuple[list[Part], torch.Tensor]:
     """Runs the modules at `paths` one after another on `probe`, returning
     the Parts and the output; raises ValueError where an output is not an NCHW map."""
     size = probe.shape[-1]
@@ -92,7 +98,8 @@ def trace_parts(model, paths, probe):
     return parts, x
 
 
-def timm_trunk(model, image_size, device='meta'):
+def timm_trunk(model: nn.Module, image_size: int,
+               device: Union[str, torch.device] = 'meta') -> Trunk:
     """The trunk of a timm model, its stages from `feature_info`."""
     modules = [info['module'] for info in model.feature_info]
     probe = torch.zeros(1, 3, image_size, image_size, device=device)
@@ -115,7 +122,8 @@ def timm_trunk(model, image_size, device='meta'):
     return Trunk(parts, ends)
 
 
-def torchvision_trunk(model, image_size, device='meta'):
+def torchvision_trunk(model: nn.Module, image_size: int,
+                      device: Union[str, torch.device] = 'meta') -> Trunk:
     """The trunk of a torchvision classifier: its children before the global pooling,
     containers opened one level, stages where the stride changes."""
     probe = torch.zeros(1, 3, image_size, image_size, device=device)
@@ -135,7 +143,7 @@ def torchvision_trunk(model, image_size, device='meta'):
     return Trunk(parts, ends)
 
 
-def check_same(expected, got):
+def check_same(expected: torch.Tensor, got: torch.Tensor) -> None:
     if tuple(expected.shape) != tuple(got.shape):
         raise ValueError(f'its modules, run in order, give maps of shape {tuple(got.shape)}, '
                          f'its own features {tuple(expected.shape)}: it does not run its '
@@ -164,7 +172,7 @@ class SamePaddedConv2d(nn.Conv2d):
     the missing padding goes right and below (as 'same' padding does). The same parameters
     as nn.Conv2d; a converted convolution keeps its weights (its class is changed)."""
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = []
         for p, d, k in reversed(list(zip(_pair(self.padding), _pair(self.dilation),
                                           _pair(self.kernel_size)))):
@@ -173,7 +181,7 @@ class SamePaddedConv2d(nn.Conv2d):
         return super().forward(F.pad(x, pads))
 
 
-def remove_downsampling(stage):
+def remove_downsampling(stage: nn.Module) -> nn.Module:
     """Applies DOWNSAMPLING_RULES to every module of `stage` (in place); returns it."""
     for name, module in list(stage.named_modules()):
         if isinstance(module, nn.Conv2d) and max(_pair(module.stride)) > 1:

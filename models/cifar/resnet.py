@@ -5,6 +5,9 @@ n = (depth - 2) // 6 blocks per stage, so ResNet-110 is 3 stages of 18 bottlenec
 Feature extractor: conv1, bn1, layer1, layer2 (16x16 at 32 px); attention stage: att_layer3
 (stride-1 copy of layer3); perception branch: layer3, global average pool, fc.
 """
+from __future__ import annotations
+
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -15,7 +18,8 @@ from ..stages import resnet_stage
 
 
 class CifarResNet(AttentionBranchNetwork):
-    def __init__(self, depth=110, num_classes=10, attention=True, gate='residual'):
+    def __init__(self, depth: int = 110, num_classes: int = 10, attention: bool = True,
+                 gate: str = 'residual') -> None:
         super().__init__(num_classes, attention, gate)
         if depth < 8 or (depth - 2) % 6:
             raise ValueError(f'ResNet depth must be 6n+2 (8, 14, 20, 32, 44, 56, 110, ...), '
@@ -35,26 +39,27 @@ class CifarResNet(AttentionBranchNetwork):
         self.fc = nn.Linear(width, num_classes)
         init_conv_bn(self)
 
-    def feature_extractor_modules(self):
+    def feature_extractor_modules(self) -> list[nn.Module]:
         return [self.conv1, self.bn1, self.layer1, self.layer2]
 
-    def extract_features(self, x):
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn1(self.conv1(x)))
         return self.layer2(self.layer1(x))
 
     @property
-    def attention_stage(self):
+    def attention_stage(self) -> nn.Sequential:
         return self.att_layer3
 
-    def perception_features(self, features):
+    def perception_features(self, features: torch.Tensor) -> torch.Tensor:
         return self.layer3(features)
 
     @property
-    def final_linear(self):
+    def final_linear(self) -> nn.Linear:
         return self.fc
 
 
 @CIFAR_MODELS.register
-def resnet(depth=110, num_classes=10, attention=True, gate='residual'):
+def resnet(depth: int = 110, num_classes: int = 10, attention: bool = True,
+           gate: str = 'residual') -> CifarResNet:
     """ResNet-`depth` for CIFAR with ABN (the authors' `-a resnet`)."""
     return CifarResNet(depth=depth, num_classes=num_classes, attention=attention, gate=gate)

@@ -5,6 +5,9 @@ stage_att (stride-1 copy of stage_3); perception branch: stage_3, global average
 classifier. Faithful to the authors' code, the head skips bn_att (it exists, unused, so their
 checkpoints load and give their outputs).
 """
+from __future__ import annotations
+
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
@@ -15,7 +18,8 @@ from ..registry import CIFAR_MODELS
 class ResNeXtBottleneck(nn.Module):
     """Type C bottleneck: 1x1 reduce, grouped 3x3, 1x1 expand; D = C * out / w channels."""
 
-    def __init__(self, in_channels, out_channels, stride, cardinality, widen_factor):
+    def __init__(self, in_channels: int, out_channels: int, stride: int, cardinality: int,
+                 widen_factor: int) -> None:
         super().__init__()
         d = cardinality * out_channels // widen_factor
         self.conv_reduce = nn.Conv2d(in_channels, d, kernel_size=1, bias=False)
@@ -31,14 +35,15 @@ class ResNeXtBottleneck(nn.Module):
                 in_channels, out_channels, kernel_size=1, stride=stride, bias=False))
             self.shortcut.add_module('shortcut_bn', nn.BatchNorm2d(out_channels))
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         out = F.relu(self.bn_reduce(self.conv_reduce(x)))
         out = F.relu(self.bn(self.conv_conv(out)))
         out = self.bn_expand(self.conv_expand(out))
         return F.relu(self.shortcut(x) + out)
 
 
-def resnext_stage(name, blocks, in_channels, out_channels, stride, cardinality, widen_factor):
+def resnext_stage(name: str, blocks: int, in_channels: int, out_channels: int, stride: int,
+                  cardinality: int, widen_factor: int) -> nn.Sequential:
     stage = nn.Sequential()
     for i in range(blocks):
         stage.add_module(f'{name}_bottleneck_{i}', ResNeXtBottleneck(
@@ -48,8 +53,9 @@ def resnext_stage(name, blocks, in_channels, out_channels, stride, cardinality, 
 
 
 class CifarResNeXt(AttentionBranchNetwork):
-    def __init__(self, cardinality=8, depth=29, num_classes=10, widen_factor=4, attention=True,
-                 gate='residual'):
+    def __init__(self, cardinality: int = 8, depth: int = 29, num_classes: int = 10,
+                 widen_factor: int = 4, attention: bool = True,
+                 gate: str = 'residual') -> None:
         super().__init__(num_classes, attention, gate)
         if depth < 11 or (depth - 2) % 9:
             raise ValueError(f'ResNeXt depth must be 9n+2 (11, 20, 29, ...), got {depth}')
@@ -71,28 +77,29 @@ class CifarResNeXt(AttentionBranchNetwork):
         nn.init.kaiming_normal_(self.classifier.weight)
         nn.init.zeros_(self.classifier.bias)
 
-    def feature_extractor_modules(self):
+    def feature_extractor_modules(self) -> list[nn.Module]:
         return [self.conv_1_3x3, self.bn_1, self.stage_1, self.stage_2]
 
-    def extract_features(self, x):
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.relu(self.bn_1(self.conv_1_3x3(x)))
         return self.stage_2(self.stage_1(x))
 
     @property
-    def attention_stage(self):
+    def attention_stage(self) -> nn.Sequential:
         return self.stage_att
 
-    def perception_features(self, features):
+    def perception_features(self, features: torch.Tensor) -> torch.Tensor:
         return self.stage_3(features)
 
     @property
-    def final_linear(self):
+    def final_linear(self) -> nn.Linear:
         return self.classifier
 
 
 @CIFAR_MODELS.register
-def resnext(cardinality=8, depth=29, num_classes=10, widen_factor=4, dropRate=0.0,
-            attention=True, gate='residual'):
+def resnext(cardinality: int = 8, depth: int = 29, num_classes: int = 10,
+            widen_factor: int = 4, dropRate: float = 0.0, attention: bool = True,
+            gate: str = 'residual') -> CifarResNeXt:
     """ResNeXt-`depth` (`cardinality` x 64d at widen factor 4) for CIFAR with ABN (the
     authors' `-a resnext`). The authors accept dropRate and ignore it; here it is refused."""
     if dropRate:

@@ -6,6 +6,11 @@ fc. The blocks are torchvision's, whose names are also the authors', so the auth
 checkpoints load, and the plain baseline (attention=False) is torchvision's ResNet/ResNeXt key
 for key. Pooling is global at any input size (the authors hard-code 14 and 7 for 224 px).
 """
+from __future__ import annotations
+
+from typing import Optional, Union
+
+import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torchvision.models.resnet import BasicBlock, Bottleneck
@@ -30,8 +35,9 @@ class ImageNetResNet(ImageNetABN):
     groups and width_per_group make the Bottleneck ResNeXt's, as in torchvision."""
     last_stage, classifier_name = 'layer4', 'fc'
 
-    def __init__(self, block, layers, num_classes=1000, attention=True, gate='residual',
-                 groups=1, width_per_group=64):
+    def __init__(self, block: type[Union[BasicBlock, Bottleneck]], layers: list[int],
+                 num_classes: int = 1000, attention: bool = True, gate: str = 'residual',
+                 groups: int = 1, width_per_group: int = 64) -> None:
         super().__init__(num_classes, attention, gate)
         e = block.expansion
         options = dict(groups=groups, base_width=width_per_group)
@@ -47,27 +53,28 @@ class ImageNetResNet(ImageNetABN):
         self.fc = nn.Linear(512 * e, num_classes)
         init_conv_bn(self)
 
-    def feature_extractor_modules(self):
+    def feature_extractor_modules(self) -> list[nn.Module]:
         return [self.conv1, self.bn1, self.layer1, self.layer2, self.layer3]
 
-    def extract_features(self, x):
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         x = F.max_pool2d(F.relu(self.bn1(self.conv1(x))), kernel_size=3, stride=2, padding=1)
         return self.layer3(self.layer2(self.layer1(x)))
 
     @property
-    def attention_stage(self):
+    def attention_stage(self) -> nn.Sequential:
         return self.att_layer4
 
-    def perception_features(self, features):
+    def perception_features(self, features: torch.Tensor) -> torch.Tensor:
         return self.layer4(features)
 
     @property
-    def final_linear(self):
+    def final_linear(self) -> nn.Linear:
         return self.fc
 
 
-def build_resnet(depth, num_classes, attention, gate, block=None, torchvision_name=None,
-                 **options):
+def build_resnet(depth: int, num_classes: int, attention: bool, gate: str,
+                 block: Optional[type[Union[BasicBlock, Bottleneck]]] = None,
+                 torchvision_name: Optional[str] = None, **options: int) -> ImageNetResNet:
     """ResNet-`depth`; `block` replaces the family's block type (the SE variants)."""
     default_block, layers = BLOCKS[depth]
     model = ImageNetResNet(block or default_block, layers, num_classes, attention, gate,
@@ -77,36 +84,42 @@ def build_resnet(depth, num_classes, attention, gate, block=None, torchvision_na
 
 
 @IMAGENET_MODELS.register
-def resnet18(num_classes=1000, attention=True, gate='residual'):
+def resnet18(num_classes: int = 1000, attention: bool = True,
+             gate: str = 'residual') -> ImageNetResNet:
     """ResNet-18 with ABN (the authors' `-a resnet18`)."""
     return build_resnet(18, num_classes, attention, gate, torchvision_name='resnet18')
 
 
 @IMAGENET_MODELS.register
-def resnet34(num_classes=1000, attention=True, gate='residual'):
+def resnet34(num_classes: int = 1000, attention: bool = True,
+             gate: str = 'residual') -> ImageNetResNet:
     """ResNet-34 with ABN."""
     return build_resnet(34, num_classes, attention, gate, torchvision_name='resnet34')
 
 
 @IMAGENET_MODELS.register
-def resnet50(num_classes=1000, attention=True, gate='residual'):
+def resnet50(num_classes: int = 1000, attention: bool = True,
+             gate: str = 'residual') -> ImageNetResNet:
     """ResNet-50 with ABN (the authors' published ImageNet model)."""
     return build_resnet(50, num_classes, attention, gate, torchvision_name='resnet50')
 
 
 @IMAGENET_MODELS.register
-def resnet101(num_classes=1000, attention=True, gate='residual'):
+def resnet101(num_classes: int = 1000, attention: bool = True,
+              gate: str = 'residual') -> ImageNetResNet:
     """ResNet-101 with ABN (the authors' published ImageNet model)."""
     return build_resnet(101, num_classes, attention, gate, torchvision_name='resnet101')
 
 
 @IMAGENET_MODELS.register
-def resnet152(num_classes=1000, attention=True, gate='residual'):
+def resnet152(num_classes: int = 1000, attention: bool = True,
+              gate: str = 'residual') -> ImageNetResNet:
     """ResNet-152 with ABN (the authors' published ImageNet model)."""
     return build_resnet(152, num_classes, attention, gate, torchvision_name='resnet152')
 
 
-def build_resnext(depth, cardinality, base_width, num_classes, attention, gate):
+def build_resnext(depth: int, cardinality: int, base_width: int, num_classes: int,
+                  attention: bool, gate: str) -> ImageNetResNet:
     if cardinality < 1 or base_width < 1:
         raise ValueError(f'ResNeXt needs a positive --cardinality and --base-width, got '
                          f'{cardinality} and {base_width}')
@@ -116,14 +129,16 @@ def build_resnext(depth, cardinality, base_width, num_classes, attention, gate):
 
 
 @IMAGENET_MODELS.register
-def resnext50(cardinality=32, base_width=4, num_classes=1000, attention=True, gate='residual'):
+def resnext50(cardinality: int = 32, base_width: int = 4, num_classes: int = 1000,
+              attention: bool = True, gate: str = 'residual') -> ImageNetResNet:
     """ResNeXt-50 (`cardinality` x `base_width`d) with ABN: `-a resnext50 --cardinality 32
     --base-width 4` is torchvision's resnext50_32x4d."""
     return build_resnext(50, cardinality, base_width, num_classes, attention, gate)
 
 
 @IMAGENET_MODELS.register
-def resnext101(cardinality=32, base_width=4, num_classes=1000, attention=True, gate='residual'):
+def resnext101(cardinality: int = 32, base_width: int = 4, num_classes: int = 1000,
+               attention: bool = True, gate: str = 'residual') -> ImageNetResNet:
     """ResNeXt-101 (`cardinality` x `base_width`d) with ABN: `--cardinality 32 --base-width 8`
     is torchvision's resnext101_32x8d, `--cardinality 64 --base-width 4` its resnext101_64x4d."""
     return build_resnext(101, cardinality, base_width, num_classes, attention, gate)

@@ -11,8 +11,11 @@ baseline is torchvision's model. The split, in indices of `features`:
 - perception branch: the conv5 block (its output is what CAM/Grad-CAM explain), pool5
   (features[43]), avgpool (adaptive, 7x7) and the classifier MLP (4096, 4096, classes).
 """
+from __future__ import annotations
+
 import copy
 from collections import OrderedDict
+from typing import Union
 
 import torch
 import torch.nn as nn
@@ -30,7 +33,7 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
     two averaging matrices (rows, then columns), whose products are deterministic; an input
     already of the output size (7x7 at 224 px) passes unchanged, as torch's pooling leaves it."""
 
-    def forward(self, x):
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
         size = nn.modules.utils._pair(self.output_size)
         size = tuple(s if s is not None else x.shape[-2 + i] for i, s in enumerate(size))
         if tuple(x.shape[-2:]) == size:
@@ -42,7 +45,7 @@ class AdaptiveAvgPool2d(nn.AdaptiveAvgPool2d):
         return torch.einsum('oh,nchw,pw->ncop', rows, x, columns)
 
 
-def averaging_matrix(length, size, like):
+def averaging_matrix(length: int, size: int, like: torch.Tensor) -> torch.Tensor:
     """(size, length): row i averages the inputs of adaptive pooling's bin i, [floor(i L /
     S), ceil((i + 1) L / S))."""
     bins = torch.arange(size, device=like.device)
@@ -57,7 +60,8 @@ def averaging_matrix(length, size, like):
 class ImageNetVGG(ImageNetABN):
     last_stage, classifier_name = 'features', 'classifier.6'
 
-    def __init__(self, cfg, num_classes=1000, attention=True, gate='residual', dropout=0.5):
+    def __init__(self, cfg: list[Union[str, int]], num_classes: int = 1000,
+                 attention: bool = True, gate: str = 'residual', dropout: float = 0.5) -> None:
         super().__init__(num_classes, attention, gate)
         vgg = VGG(make_layers(cfg, batch_norm=True), num_classes, dropout=dropout)
         self.features, self.classifier = vgg.features, vgg.classifier
@@ -73,26 +77,27 @@ class ImageNetVGG(ImageNetABN):
             # stage starts as a stage of its own, not a clone of conv5
             init_conv_bn(self)
 
-    def feature_extractor_modules(self):
+    def feature_extractor_modules(self) -> list[nn.Module]:
         return list(self.features[:self.pool4 + 1])
 
-    def extract_features(self, x):
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         return self.features[:self.pool4 + 1](x)
 
     @property
-    def attention_stage(self):
+    def attention_stage(self) -> nn.Sequential:
         return self.att_features
 
-    def perception_features(self, features):
+    def perception_features(self, features: torch.Tensor) -> torch.Tensor:
         return self.features[self.pool4 + 1:self.pool5](features)
 
-    def classify(self, maps):
+    def classify(self, maps: torch.Tensor) -> torch.Tensor:
         pooled = self.avgpool(self.features[self.pool5](maps))
         return self.classifier(torch.flatten(pooled, 1))
 
 
 @IMAGENET_MODELS.register
-def vgg16_bn(num_classes=1000, attention=True, gate='residual'):
+def vgg16_bn(num_classes: int = 1000, attention: bool = True,
+             gate: str = 'residual') -> ImageNetVGG:
     """VGG-16 with batch normalisation and ABN (torchvision's vgg16_bn backbone)."""
     model = ImageNetVGG(cfgs['D'], num_classes, attention, gate)
     model.torchvision_name = 'vgg16_bn'

@@ -1,6 +1,9 @@
 """Attention images of a run: for the first test images, the input, the map and their blend
 with the true and predicted class, drawn by the objective."""
+from __future__ import annotations
+
 import os
+from typing import Any
 
 import torch
 from torch.utils.data import default_collate
@@ -9,7 +12,8 @@ from utils.progress import Progress
 
 
 @torch.no_grad()
-def write_attention_images(run, state_dict=None, title=''):
+def write_attention_images(run: Any, state_dict: dict[str, torch.Tensor] | None = None,
+                           title: str = '') -> str | None:
     """The best (or evaluated) model's attention images of the first --save-attention test
     images into <checkpoint>/attention, with grid.png (grid_NNN.png past 64 images); returns
     the folder, or None when there is nothing to draw."""

@@ -11,12 +11,15 @@ test metric. What is optimised and measured is the script's `Objective` (utils.o
 authors' CE(attention logits) + CE(perception logits) and perception top-1 for cifar.py and
 imagenet.py): the loop never looks inside a target.
 """
+from __future__ import annotations
+
 import bisect
 import os
 import re
 import signal
 import time
 from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -37,6 +40,18 @@ from utils.weights import checkpoint as ckpt
 from utils.weights.checkpoint import BEST, LAST
 from utils.weights.resume import resolve_resume
 
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterator, Sequence
+
+    from torch import Tensor
+
+    from models.abn import AbnOutput
+    from utils.data.fastdata import DeviceLoader
+    from utils.data.loaders import Loader
+    from utils.distributed import Runtime
+    from utils.train.checkpoints import CheckpointPolicy
+
 
 class NonFiniteLoss(AbnError):
     pass
@@ -46,17 +61,17 @@ class StopRequested(Exception):
     """SIGTERM or Ctrl-C: stop at the next step boundary and save."""
 
 
-def step_schedule_lr(args, epoch):
+def step_schedule_lr(args: argparse.Namespace, epoch: int) -> float:
     """The authors' schedule in closed form: lr * gamma^(milestones reached by `epoch`)."""
     return args.lr * args.gamma ** bisect.bisect_right(args.schedule, epoch)
 
 
-def set_lr(optimizer, lr):
+def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group['lr'] = lr
 
 
-def corrupt_image_message(error):
+def corrupt_image_message(error: CorruptImageError) -> str:
     """The one line of a CorruptImageError, also when re-raised from a loader worker (whose
     message carries the worker's traceback)."""
     last = str(error).strip().splitlines()[-1]
@@ -65,7 +80,7 @@ def corrupt_image_message(error):
 
 
 @contextmanager
-def images_readable():
+def images_readable() -> Iterator[None]:
     """An unreadable image met by a loader becomes the one-line error that names it."""
     try:
         yield
@@ -73,7 +88,7 @@ def images_readable():
         raise AbnError(corrupt_image_message(error)) from None
 
 
-def shared_status(runtime, stop, meter):
+def shared_status(runtime: Runtime, stop: StopSignals, meter: Any) -> tuple[bool, int | None]:
     """(stop requested, first non-finite step) as all processes see them, in one collective
     (a rank that stopped or raised alone would leave the others waiting forever)."""
     stop_flag = stop.requested()
@@ -89,7 +104,8 @@ def shared_status(runtime, stop, meter):
     return stop_flag == 0, (None if step == never else step)
 
 
-def complete_message(checkpoints, epochs, wanted, metric_label):
+def complete_message(checkpoints: CheckpointPolicy, epochs: int, wanted: int,
+                     metric_label: str) -> str:
     best = checkpoints.best
     best = f'{best:.2f}' if best is not None else 'unknown'
     return (f'The run in {checkpoints.directory} is complete: {epochs} epochs of --epochs '
@@ -97,7 +113,8 @@ def complete_message(checkpoints, epochs, wanted, metric_label):
             f'more); files: {checkpoints.directory}')
 
 
-def check_finite(bad_step, epoch, checkpoint_dir, optimizer):
+def check_finite(bad_step: int | None, epoch: int, checkpoint_dir: str,
+                 optimizer: torch.optim.Optimizer) -> None:
     """Stops the run, in one line, at the first non-finite loss (`bad_step`, or None)."""
     if bad_step is None:
         return
@@ -114,7 +131,7 @@ class Trainer:
     saved through its checkpoint policy; `fit()` trains the whole run, `evaluate_only()`
     evaluates a checkpoint (-e)."""
 
-    def __init__(self, setup):
+    def __init__(self, setup: TrainingSetup) -> None:
         self.setup = setup
         self.args, self.script, self.runtime, self.print = (setup.args, setup.script, setup.runtime,
                                                          setup.print)
@@ -129,14 +146,14 @@ class Trainer:
         self.autocast, self.to_device = setup.autocast, setup.to_device
         self.describe_device = setup.describe_device
 
-    def forward_losses(self, inputs, targets):
+    def forward_losses(self, inputs: Tensor, targets: Any) -> tuple[AbnOutput, dict[str, Tensor]]:
         """(the model's AbnOutput, the objective's named losses)."""
         with self.autocast():
             output = self.wrapped(inputs)
             losses = self.objective.losses(output, targets)
         return output, losses
 
-    def train_one_epoch(self, epoch, stop):
+    def train_one_epoch(self, epoch: int, stop: StopSignals) -> tuple[Any, dict[str, Any], int]:
         args, runtime = self.args, self.runtime
         self.wrapped.train()
         loader, state = self.train_loader, self.state
@@ -182,7 +199,8 @@ class Trainer:
         return meter, summary, total
 
     @torch.no_grad()
-    def evaluate(self, stop=None, title=None, loader=None):
+    def evaluate(self, stop: StopSignals | None = None, title: str | None = None,
+                 loader: Loader | DeviceLoader | None = None) -> dict[str, Any] | None:
         """The meter's summary over `loader` (default: the split that picks model_best, the
         validation split where the data has one, else test)."""
         runtime = self.runtime
@@ -204,7 +222,7 @@ class Trainer:
         return summary
 
     # ---- the whole run ----
-    def fit(self):
+    def fit(self) -> int:
         """Trains from the run's state to --epochs; returns the process's exit status."""
         args, runtime, state = self.args, self.runtime, self.state
         if self.setup.complete:  # a job wrapper re-running a finished job
@@ -243,15 +261,14 @@ class Trainer:
                     self.print(f'    {self.train_loader.dropped} unreadable images skipped so far')
         return self.finish(title)
 
-    def stop_and_save(self, stop, epoch, step, meter):
+    def stop_and_save(self, stop: StopSignals, epoch: int, step: int, meter: Any) -> int:
         self.checkpoints.save(self.state.state_dict(epoch, step, meter))
         path = self.checkpoints.path(LAST)
         self.print(f'Saved {path} at epoch {epoch + 1}, step {step}. To continue:\n'
                    f'  {resume_command(path)}')
         return 143 if stop.signum == signal.SIGTERM else 130
 
-
-    def finish(self, title):
+    def finish(self, title: str) -> int:
         self.print('\n' + self.objective.best_text(self.checkpoints.best))
         best_path = self.checkpoints.path(BEST)
         # Rank 0 wrote the file: its answer holds for every process, which then tests the
@@ -271,7 +288,7 @@ class Trainer:
                    f'{os.path.join(self.checkpoint_dir, "log.png")}')
         return 0
 
-    def test_best(self, best_path):
+    def test_best(self, best_path: str) -> None:
         """With a validation split: the best model (picked on it) once on the test split.
         Rank 0 reads the file and hands its weights to the other processes."""
         if self.runtime.is_main:
@@ -285,13 +302,13 @@ class Trainer:
         self.write_evaluation(summary)
         self.test_summary = summary
 
-    def write_evaluation(self, summary):
+    def write_evaluation(self, summary: dict[str, Any]) -> None:
         if self.runtime.is_main:
             for path in self.objective.write_evaluation(summary, self.checkpoint_dir,
                                                         list(self.data.classes)):
                 self.print(f'    {path}')
 
-    def evaluate_only(self):
+    def evaluate_only(self) -> int:
         """-e: the checkpoint's model on the test split; returns the exit status."""
         self.print('\nEvaluation only')
         with images_readable():
@@ -311,12 +328,14 @@ class Trainer:
         return 0
 
 
-def prepare_training(args, script, runtime, given=None):
+def prepare_training(args: argparse.Namespace, script: TrainingScript, runtime: Runtime,
+                     given: set[str] | None = None) -> Trainer:
     """The loop over a run set up from `args` (parsed and checked) and `script`."""
     return Trainer(TrainingSetup(args, script, runtime, given).prepare())
 
 
-def script_main(parser, script, argv=None):
+def script_main(parser: Any, script: TrainingScript,
+                argv: Sequence[str] | None = None) -> int:
     """The main of cifar.py, imagenet.py and celeba.py: their options parsed, the script
     configured for them and taught the given maps where --attention-maps asks for it, then
     training or evaluation; returns the process exit status. Options the user did not type

@@ -5,9 +5,12 @@ The columns are the objective's (utils.objectives). The first five are always th
 ('Learning Rate', 'Train Loss', 'Valid Loss', 'Train Acc.', 'Valid Acc.'; accuracies are the
 perception branch's, the model's answer), so their tools read it; the single-label
 objective's columns after them split the losses and accuracies by branch."""
+from __future__ import annotations
+
 import gc
 import json
 import os
+from typing import TYPE_CHECKING
 
 import matplotlib
 
@@ -17,6 +20,13 @@ from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from utils.objectives import AUTHORS_COLUMNS, SingleLabelObjective
 
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Iterable, Sequence
+
+    from utils.distributed import Runtime
+    from utils.objectives.base import Objective
+
 # The single-label objective's columns (each objective defines its own `log_columns`).
 COLUMNS = SingleLabelObjective.log_columns
 
@@ -25,8 +35,9 @@ class Logger:
     """Appends rows to log.txt. Resuming keeps the rows of the epochs the checkpoint holds
     and drops any written after it (a run killed between the log and the checkpoint)."""
 
-    def __init__(self, path, columns=COLUMNS, resume_epochs=None, metric_label='top-1',
-                 higher_is_better=True):
+    def __init__(self, path: str, columns: Iterable[str] = COLUMNS,
+                 resume_epochs: int | None = None, metric_label: str = 'top-1',
+                 higher_is_better: bool = True) -> None:
         self.path = path
         self.columns = list(columns)
         self.metric_label, self.higher_is_better = metric_label, higher_is_better
@@ -51,12 +62,12 @@ class Logger:
     def _format(row):
         return '\t'.join(f'{v:.6f}' for v in row) + '\n'
 
-    def append(self, row):
+    def append(self, row: Sequence[float]) -> None:
         self.rows.append(list(row))
         with open(self.path, 'a') as f:
             f.write(self._format(row))
 
-    def plot(self, path, title=''):
+    def plot(self, path: str, title: str = '') -> None:
         """Learning curves: loss and metric of both branches, train and validation, and LR."""
         if not self.rows:
             return
@@ -108,7 +119,8 @@ class RunLog:
     log.png after every epoch, and with --tensorboard its scalars and the attention grid.
     In the other processes it writes nothing."""
 
-    def __init__(self, args, runtime, directory, objective, start_epoch, resumed, title):
+    def __init__(self, args: argparse.Namespace, runtime: Runtime, directory: str,
+                 objective: Objective, start_epoch: int, resumed: bool, title: str) -> None:
         from utils.train.checkpoints import plain_args
         from utils.train.tensorboard_log import open_log
         self.directory, self.title = directory, title
@@ -123,7 +135,7 @@ class RunLog:
                              higher_is_better=objective.higher_is_better)
         self.tensorboard = open_log(args, directory, start_epoch)
 
-    def epoch(self, number, row):
+    def epoch(self, number: int, row: Sequence[float]) -> None:
         """Epoch `number` (from 1) done, its row of log.txt."""
         if self.logger is None:
             return
@@ -132,6 +144,6 @@ class RunLog:
         if self.tensorboard:
             self.tensorboard.log_epoch(self.logger.columns, self.logger.rows[-1], number)
 
-    def finish(self):
+    def finish(self) -> None:
         if self.tensorboard:
             self.tensorboard.finish(os.path.join(self.directory, 'attention', 'grid.png'))

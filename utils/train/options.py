@@ -1,12 +1,20 @@
 """The training options of cifar.py, imagenet.py and celeba.py: the authors' flags (same names,
 same meanings) plus this project's, `--fast`, and the checks that need no data, model or
 files."""
+from __future__ import annotations
+
 import argparse
 import os
+from typing import TYPE_CHECKING, Any
 
 from utils.distributed import DEFAULT_DIST_TIMEOUT_MINUTES
 from utils.errors import AbnError
 from utils.train.tensorboard_log import require_tensorboard
+
+if TYPE_CHECKING:
+    import torch
+
+    from models.registry import ModelRegistry
 
 
 class _GivenSchedule(argparse.Action):
@@ -19,7 +27,8 @@ class _GivenSchedule(argparse.Action):
 
 
 
-def add_training_arguments(parser, defaults):
+def add_training_arguments(parser: argparse.ArgumentParser,
+                           defaults: dict[str, Any]) -> argparse.ArgumentParser:
     """The authors' flags (same names, same meanings) plus this project's, except the
     architecture's (add_architecture_arguments). `defaults` holds the per-script values
     (epochs, batch sizes, schedule, weight decay)."""
@@ -30,7 +39,7 @@ def add_training_arguments(parser, defaults):
     return parser
 
 
-def add_data_options(parser):
+def add_data_options(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group('data')
     data.add_argument('-j', '--workers', default=None, type=int, metavar='N',
                       help='data loading worker processes (default: 4, at most the CPU count)')
@@ -43,7 +52,7 @@ def add_data_options(parser):
                            'stopping with an error naming the file')
 
 
-def add_optimization_options(parser, defaults):
+def add_optimization_options(parser: argparse.ArgumentParser, defaults: dict[str, Any]) -> None:
     optim = parser.add_argument_group('optimization')
     optim.add_argument('--epochs', default=defaults['epochs'], type=int, metavar='N',
                        help='number of total epochs to run (default: %(default)s)')
@@ -68,7 +77,7 @@ def add_optimization_options(parser, defaults):
                        metavar='W', help='weight decay (default: %(default)s)')
 
 
-def add_checkpoint_options(parser):
+def add_checkpoint_options(parser: argparse.ArgumentParser) -> None:
     ckpt = parser.add_argument_group('checkpoints')
     ckpt.add_argument('-c', '--checkpoint', default=None, type=str, metavar='PATH',
                       help='directory for checkpoints, log and images (default: checkpoint, '
@@ -97,7 +106,7 @@ def add_checkpoint_options(parser):
                       help='refresh the shown losses every N steps (default: %(default)s)')
 
 
-def add_device_options(parser):
+def add_device_options(parser: argparse.ArgumentParser) -> None:
     device = parser.add_argument_group('device and speed')
     device.add_argument('--gpu-id', default='0', type=str,
                         help="CUDA device id(s), comma-separated; several use DataParallel; "
@@ -119,7 +128,7 @@ def add_device_options(parser):
                              'collective before the run fails (default: %(default)s minutes)')
 
 
-def apply_fast(args, device):
+def apply_fast(args: argparse.Namespace, device: torch.device) -> None:
     """--fast: the fast path's flags for `device` (BENCHMARKS.md). The CPU gets neither --amp
     (bf16 on a CPU without native bf16, such as AVX2 ones, is about 5x slower) nor --compile
     (no measured gain, a minute or more of compiling). Nor does a run with --sync-bn get
@@ -139,7 +148,7 @@ def apply_fast(args, device):
 DROPOUT_MODELS = ('densenet', 'wrn')
 
 
-def check_dropout(args, registry):
+def check_dropout(args: argparse.Namespace, registry: ModelRegistry) -> None:
     """--drop only where the model has dropout: the authors' scripts took it for every model
     and ignored it for most."""
     if args.drop and 'dropRate' not in registry.options_of(args.arch):
@@ -148,7 +157,7 @@ def check_dropout(args, registry):
                        f'{" and -a ".join(DROPOUT_MODELS)})')
 
 
-def check_training_arguments(args):
+def check_training_arguments(args: argparse.Namespace) -> None:
     """Checks that need no data, model or files; raises AbnError."""
     if any(b <= a for a, b in zip(args.schedule, args.schedule[1:])):
         raise AbnError(f'--schedule must be increasing epochs, got {" ".join(map(str, args.schedule))}')

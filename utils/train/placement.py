@@ -1,8 +1,11 @@
 """Where and how a run's model computes: its device and memory format, SyncBatchNorm, the
 parallel wrapper and torch.compile, mixed precision, deterministic kernels, the seed, and
 each process's and device's share of the data."""
+from __future__ import annotations
+
 import os
 import random
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -11,14 +14,21 @@ import torch.nn as nn
 from utils.distributed import AutocastForward, smallest_chunk, sync_batchnorm
 from utils.errors import AbnError
 
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Callable
 
-def seed_everything(seed):
+    from utils.data.datasets import DataBundle
+    from utils.distributed import Runtime
+
+
+def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2 ** 32)
     torch.manual_seed(seed)
 
 
-def use_deterministic_algorithms():
+def use_deterministic_algorithms() -> None:
     """--deterministic: deterministic kernels only (an op without one raises), and cuBLAS
     with the fixed workspace its deterministic mode needs (CUDA 10.2 and later; torch
     raises at the first matrix product without it). The variable must be set before
@@ -29,7 +39,7 @@ def use_deterministic_algorithms():
     torch.backends.cudnn.benchmark = False
 
 
-def amp_dtype(runtime):
+def amp_dtype(runtime: Runtime) -> torch.dtype:
     """--amp's dtype: bfloat16 on the CPU and on GPUs that compute it natively (compute
     capability 8.0, Ampere, and later; ROCm), else float16 with a gradient scaler.
     torch.cuda.is_bf16_supported() also counts the emulation of older GPUs (V100, T4), far
@@ -41,7 +51,8 @@ def amp_dtype(runtime):
     return torch.bfloat16 if native else torch.float16
 
 
-def parallel_model(net, runtime, args, dtype, note=print):
+def parallel_model(net: nn.Module, runtime: Runtime, args: argparse.Namespace, dtype: torch.dtype,
+                   note: Callable[[str], None] = print) -> nn.Module:
     """What the loop calls: `net` (already on its device) inside DistributedDataParallel
     (torchrun) or DataParallel (--gpu-id 0,1), then torch.compile (--compile). `dtype`: the
     autocast dtype, which DataParallel's replicas get inside their forward."""
@@ -65,7 +76,7 @@ def parallel_model(net, runtime, args, dtype, note=print):
     return torch.compile(model)
 
 
-def move_to(value, device):
+def move_to(value: Any, device: torch.device) -> Any:
     """`value` with every tensor in it (through tuples, lists and dicts) on `device`."""
     if isinstance(value, torch.Tensor):
         return value.to(device, non_blocking=True)
@@ -77,7 +88,7 @@ def move_to(value, device):
     return value
 
 
-def check_device_shares(data, args, runtime):
+def check_device_shares(data: DataBundle, args: argparse.Namespace, runtime: Runtime) -> None:
     """Refuses, in one line, data that leaves a process or a device without its share:
     under torchrun a process without an evaluation image skips the collectives the others
     wait in (DDP's buffer broadcast, the meters' sums) and the run hangs; DataParallel
@@ -98,7 +109,7 @@ def check_device_shares(data, args, runtime):
                        f'{devices}')
 
 
-def place(model, args, runtime):
+def place(model: nn.Module, args: argparse.Namespace, runtime: Runtime) -> nn.Module:
     """`model` on the run's device, in its memory format, with synchronised BatchNorm under
     torchrun with --sync-bn: the unwrapped model, whose state_dict checkpoints hold."""
     model = model.to(runtime.device)

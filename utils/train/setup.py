@@ -3,10 +3,13 @@ the options a resumed (or starting) file records, the seed, the data, the model 
 resumed or pretrained) and its spec, its placement (utils.train.placement), the optimizer,
 the run's state (utils.train.state) and the loaders. `TrainingSetup(...).prepare()` does all
 of it; the loop (utils.train.engine.Trainer) takes what it made."""
+from __future__ import annotations
+
 import dataclasses
 import os
 import random
 from contextlib import nullcontext
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -25,8 +28,19 @@ from utils.weights.loading import file_spec, model_from_checkpoint, resolve_spec
 from utils.weights.modelspec import (ModelSpec, build_model, check_script, resolve_flags,
                                      spec_from_checkpoint)
 
+if TYPE_CHECKING:
+    import argparse
+    from contextlib import AbstractContextManager
 
-def with_data(spec, data, objective):
+    from utils.data.datasets import DataBundle
+    from utils.data.fastdata import DeviceLoader
+    from utils.data.loaders import Loader
+    from utils.distributed import Runtime
+    from utils.objectives.base import Objective
+    from utils.train.script import TrainingScript
+
+
+def with_data(spec: ModelSpec, data: DataBundle, objective: str) -> ModelSpec:
     """`spec` completed with what the run's data say: classes, normalisation, sizes."""
     return dataclasses.replace(spec, class_names=list(data.classes),
                                normalization=(tuple(data.mean), tuple(data.std)),
@@ -35,7 +49,8 @@ def with_data(spec, data, objective):
                                objective=objective, dataset=data.name)
 
 
-def spec_of_flags(args, script, objective, num_classes, data=None):
+def spec_of_flags(args: argparse.Namespace, script: TrainingScript, objective: Objective,
+                  num_classes: int, data: DataBundle | None = None) -> ModelSpec:
     """The ModelSpec the command line describes (a new run)."""
     model_args = script.registry.model_args(args.arch, **script.model_options(args),
                                           num_classes=num_classes,
@@ -44,7 +59,7 @@ def spec_of_flags(args, script, objective, num_classes, data=None):
     return spec if data is None else with_data(spec, data, objective.name)
 
 
-def check_classes(spec, data, path):
+def check_classes(spec: ModelSpec, data: DataBundle, path: str) -> None:
     """Refuses a resumed file of other classes than the data's, in one line."""
     if spec.num_classes not in (None, len(data.classes)):
         raise AbnError(f"{path} was trained for {spec.num_classes} classes, but this data "
@@ -59,14 +74,15 @@ def check_classes(spec, data, path):
 class TrainingSetup:
     """One invocation's set-up: everything the loop uses, made by `prepare()`."""
 
-    def __init__(self, args, script, runtime, given=None):
+    def __init__(self, args: argparse.Namespace, script: TrainingScript, runtime: Runtime,
+                 given: set[str] | None = None) -> None:
         """`given`: the options the user typed (ArgumentParser.given_options); None counts
         every option as typed, so none is taken from a resumed file over the flags."""
         self.args, self.script, self.runtime, self.given = args, script, runtime, given
         self.print = runtime.print
         self.objective = self.make_objective(script.objective)
 
-    def make_objective(self, name):
+    def make_objective(self, name: str) -> Objective:
         """The objective `name`, with the script's options when it is the script's own. A
         teaching run's file is evaluated (-e) by the script's own objective: the map loss
         needs the given maps, the measures are the classifier's."""
@@ -81,7 +97,7 @@ class TrainingSetup:
         return get_objective(name, **(options or {}))
 
     # ---- the steps, in order ----------------------------------------------------------
-    def prepare(self):
+    def prepare(self) -> TrainingSetup:
         """Every step of the set-up, in an order that touches no file before every input is
         checked: options, seed, data, model, placement, AMP, optimizer, the resumed state,
         the loaders and, for training, the checkpoint directory. Returns self."""
@@ -114,7 +130,7 @@ class TrainingSetup:
         self.train_loader = self.make_loader(train=True)
         return self
 
-    def read_file_options(self):
+    def read_file_options(self) -> None:
         """A file that describes itself supplies every option the user did not type: the
         resumed run's, or the one --weights starts from."""
         args = self.args
@@ -130,7 +146,7 @@ class TrainingSetup:
         self.script.check_arguments(args)
         check_dropout(args, self.script.registry)
 
-    def read_weights_options(self):
+    def read_weights_options(self) -> None:
         """A new run from `--weights FILE` of this project: as with --resume, the architecture
         options the user did not type come from the file, and a typed one that contradicts
         it is refused in one line (the class count is not among them: a start may be for
@@ -143,7 +159,7 @@ class TrainingSetup:
         if spec is not None:
             resolve_flags(spec, self.args, self.given, self.script.model_flags, path)
 
-    def seed(self):
+    def seed(self) -> None:
         args, runtime = self.args, self.runtime
         saved_args = (self.resumed or {}).get('args') or {}
         if not args.evaluate and saved_args.get('manualSeed') is not None:
@@ -156,7 +172,7 @@ class TrainingSetup:
         elif runtime.device.type == 'cuda':
             torch.backends.cudnn.benchmark = True
 
-    def build_data(self):
+    def build_data(self) -> None:
         args, runtime = self.args, self.runtime
         build_model(spec_of_flags(args, self.script, self.objective, 2), meta=True)  # impossible
         normalization = None
@@ -179,7 +195,7 @@ class TrainingSetup:
             if part is not None)
         self.print(f'    {sizes} images, {len(data.classes)} classes')
 
-    def build_model(self):
+    def build_model(self) -> None:
         """The spec (the resumed file's, an authors' file read with the flags, or the
         flags'), the model with its weights, the script's preparation, the checkpoints."""
         args, data = self.args, self.data
@@ -207,7 +223,7 @@ class TrainingSetup:
         self.checkpoints = CheckpointPolicy(args, self.runtime, self.objective)
         self.checkpoint_dir = self.checkpoints.directory
 
-    def make_loader(self, train):
+    def make_loader(self, train: bool) -> Loader | DeviceLoader:
         """The script's fast loader where it has one for this data, else the standard one."""
         args, runtime = self.args, self.runtime
         fast = self.script.fast_train_loader if train else self.script.fast_eval_loader
@@ -220,12 +236,12 @@ class TrainingSetup:
         return make_eval_loader(self.data.test, args.test_batch, runtime, args.workers)
 
     # ---- what the loop asks of it -------------------------------------------------------
-    def autocast(self):
+    def autocast(self) -> AbstractContextManager[object]:
         if not self.args.amp:
             return nullcontext()
         return torch.autocast(self.runtime.device.type, dtype=self.amp_dtype)
 
-    def to_device(self, inputs, targets):
+    def to_device(self, inputs: torch.Tensor, targets: Any) -> tuple[torch.Tensor, Any]:
         """Inputs in the model's memory format; the target, whatever its structure (a
         tensor, nested tuples/lists/dicts of tensors), moved as it is and never read."""
         inputs = inputs.to(self.runtime.device, non_blocking=True)
@@ -233,7 +249,7 @@ class TrainingSetup:
             inputs = inputs.contiguous(memory_format=torch.channels_last)
         return inputs, move_to(targets, self.runtime.device)
 
-    def describe_device(self):
+    def describe_device(self) -> str:
         runtime = self.runtime
         if runtime.distributed:
             return f'{runtime.world_size} processes ({runtime.device.type})'

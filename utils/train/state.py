@@ -1,6 +1,9 @@
 """A training run's state: what a checkpoint holds and a resumed run gets back
 (`TrainingState.state_dict()` / `load_state_dict()`), and every process's random state."""
+from __future__ import annotations
+
 import random
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -10,6 +13,15 @@ from utils.errors import AbnError
 from utils.train.checkpoints import plain_args
 from utils.weights import checkpoint as ckpt
 
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+
+    from utils.data.datasets import DataBundle
+    from utils.distributed import Runtime
+    from utils.train.checkpoints import CheckpointPolicy
+    from utils.weights.modelspec import ModelSpec
+
 
 class TrainingState:
     """The model's weights, the optimizer, the gradient scaler, where the run is (the epoch
@@ -17,14 +29,16 @@ class TrainingState:
     CheckpointPolicy's) and the random state; and what describes the model in the file
     (its spec, the data's classes and normalisation, the run's options)."""
 
-    def __init__(self, net, optimizer, scaler, checkpoints, runtime, spec, data, args):
+    def __init__(self, net: torch.nn.Module, optimizer: torch.optim.Optimizer,
+                 scaler: torch.amp.GradScaler, checkpoints: CheckpointPolicy, runtime: Runtime,
+                 spec: ModelSpec, data: DataBundle, args: argparse.Namespace) -> None:
         self.net, self.optimizer, self.scaler = net, optimizer, scaler
         self.checkpoints, self.runtime = checkpoints, runtime
         self.spec, self.data, self.args = spec, data, args
         self.epoch, self.step = args.start_epoch, 0  # where the run starts
         self.meter = None  # the partial meter of an epoch resumed mid-way
 
-    def state_dict(self, epoch, step, meter=None):
+    def state_dict(self, epoch: int, step: int, meter: Any = None) -> dict[str, Any]:
         """The checkpoint of this moment: the authors' keys (their 'acc' and 'best_acc' hold
         the objective's metric), what an exact resume needs, and the model's spec."""
         data, runtime = self.data, self.runtime
@@ -44,7 +58,7 @@ class TrainingState:
             'args': plain_args(self.args), 'format': ckpt.FORMAT,
         }
 
-    def load_state_dict(self, saved):
+    def load_state_dict(self, saved: dict[str, Any]) -> None:
         """Optimizer, scaler, epoch, step, best metric and random state of a resumed run
         (the weights are the model's, loaded when it was built)."""
         args, runtime = self.args, self.runtime
@@ -77,7 +91,7 @@ class TrainingState:
                           'processes; the random state starts afresh')
 
 
-def rng_state(cuda_devices=()):
+def rng_state(cuda_devices: Sequence[int] = ()) -> dict[str, Any]:
     """This process's random state: Python's, NumPy's, torch's CPU generator and those of
     the CUDA devices it computes on (`cuda_devices`, in the run's order)."""
     state = np.random.get_state()
@@ -90,7 +104,7 @@ def rng_state(cuda_devices=()):
     }
 
 
-def set_rng_state(state, cuda_devices=()):
+def set_rng_state(state: dict[str, Any], cuda_devices: Sequence[int] = ()) -> bool:
     """Restores rng_state's `state`; its CUDA states go to this run's devices in order
     (not to device numbers: a requeue onto a smaller node, or another CUDA_VISIBLE_DEVICES,
     has other ones). Returns whether every saved CUDA state found a device and every device

@@ -22,16 +22,31 @@ Why the mean squared difference, and gamma = 10 (docs/teach.md has the measureme
   given map does not depend on how many images have one (1% of maps means fewer steps that
   teach, not weaker ones).
 """
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
 from utils.distributed import print_main
 from utils.errors import AbnError
 from utils.teach.attention_maps import WithAttentionMaps, load_map_set, map_device_loader
 from utils.teach.task_maps import is_multitask, load_task_map_set
 from utils.train.script import TrainingScript
 
+if TYPE_CHECKING:
+    import argparse
+    from collections.abc import Sequence
+
+    import torch.nn as nn
+
+    from utils.data.datasets import DataBundle
+    from utils.data.fastdata import DeviceLoader
+    from utils.distributed import Runtime
+
 DEFAULT_MAP_LOSS_WEIGHT = 10.0
 
 
-def add_teach_arguments(parser, weights=True):
+def add_teach_arguments(parser: argparse.ArgumentParser,
+                        weights: bool = True) -> argparse.ArgumentParser:
     """--attention-maps, --map-loss-weight, --train-feature-extractor (and --weights, for a
     script that has none)."""
     group = parser.add_argument_group(
@@ -54,7 +69,7 @@ def add_teach_arguments(parser, weights=True):
     return parser
 
 
-def check_teach_arguments(args):
+def check_teach_arguments(args: argparse.Namespace) -> None:
     """One-line refusals of options that cannot work together; sets the weight's default."""
     teaching = bool(getattr(args, 'attention_maps', None))
     if not teaching:
@@ -78,13 +93,14 @@ class MapTeaching(TrainingScript):
     """A script's script with the given maps attached to its training data, the map objective
     and the frozen feature extractor; everything else is the script's own."""
 
-    def __init__(self, script):
+    def __init__(self, script: TrainingScript) -> None:
         self.script = script
         self.name, self.registry, self.model_flags = script.name, script.registry, script.model_flags
         self.legacy_normalization = script.legacy_normalization
         self.objective = self.map_objective = script.map_objective
 
-    def build_data(self, args, evaluate_only, normalization):
+    def build_data(self, args: argparse.Namespace, evaluate_only: bool,
+                   normalization: tuple[Sequence[float], Sequence[float]] | None) -> DataBundle:
         bundle = self.script.build_data(args, evaluate_only, normalization)
         if bundle.train is None:
             return bundle
@@ -103,20 +119,22 @@ class MapTeaching(TrainingScript):
                    + (f' ({held_out} of held-out splits left out)' if held_out else ''))
         return bundle
 
-    def check_arguments(self, args):
+    def check_arguments(self, args: argparse.Namespace) -> None:
         self.script.check_arguments(args)
 
-    def objective_options(self, args):
+    def objective_options(self, args: argparse.Namespace) -> dict[str, Any]:
         options = dict(self.script.objective_options(args) or {})
         options['weight'] = args.map_loss_weight
         if self.script.objective == 'multi-label-focal':  # the map objective adds the map loss
             options['focal'] = True
         return options
 
-    def init_pretrained(self, model, args, runtime):
+    def init_pretrained(self, model: nn.Module, args: argparse.Namespace,
+                        runtime: Runtime) -> None:
         self.script.init_pretrained(model, args, runtime)
 
-    def prepare_model(self, model, args, runtime):
+    def prepare_model(self, model: nn.Module, args: argparse.Namespace,
+                      runtime: Runtime) -> None:
         self.script.prepare_model(model, args, runtime)
         if args.train_feature_extractor:
             return
@@ -128,7 +146,8 @@ class MapTeaching(TrainingScript):
                            f'pass --train-feature-extractor') from None
         runtime.print(f'    feature extractor fixed: {count / 1e6:.2f}M parameters')
 
-    def fast_train_loader(self, args, data, runtime):
+    def fast_train_loader(self, args: argparse.Namespace, data: DataBundle,
+                          runtime: Runtime) -> DeviceLoader | None:
         if not getattr(args, 'fast_data', False):
             return None
         loader, reason = map_device_loader(data.train, args.train_batch, runtime,
@@ -137,13 +156,14 @@ class MapTeaching(TrainingScript):
             runtime.print(f'note: --fast-data is ignored for training ({reason})')
         return loader
 
-    def fast_eval_loader(self, args, data, runtime):
+    def fast_eval_loader(self, args: argparse.Namespace, data: DataBundle,
+                         runtime: Runtime) -> DeviceLoader | None:
         return self.script.fast_eval_loader(args, data, runtime)
 
-    def model_options(self, args):
+    def model_options(self, args: argparse.Namespace) -> dict[str, Any]:
         return self.script.model_options(args)
 
 
-def with_map_teaching(script, args):
+def with_map_teaching(script: TrainingScript, args: argparse.Namespace) -> TrainingScript:
     """The script itself, or with --attention-maps the script taught the given maps."""
     return MapTeaching(script) if getattr(args, 'attention_maps', None) else script

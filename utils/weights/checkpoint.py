@@ -10,6 +10,8 @@ The authors' multi-task ABN files (MultitaskABN) are dicts {'epoch', 'iteration'
 'model_state_dict', 'optimizer_state_dict', 'scheduler_state_dict'}; they load too, their
 weights offered as 'state_dict'.
 """
+from __future__ import annotations
+
 import glob
 import os
 import pickle
@@ -17,6 +19,7 @@ import re
 import shutil
 import tempfile
 import zipfile
+from typing import Any, Mapping
 
 import numpy as np
 import torch
@@ -72,18 +75,18 @@ def _atomic_write(path, write):
     _fsync_directory(directory)
 
 
-def save_checkpoint(state, path):
+def save_checkpoint(state: dict[str, Any], path: str) -> None:
     _atomic_write(path, lambda f: torch.save(state, f))
 
 
-def copy_checkpoint(source, path):
+def copy_checkpoint(source: str, path: str) -> None:
     def write(f):
         with open(source, 'rb') as src:
             shutil.copyfileobj(src, f, length=16 << 20)
     _atomic_write(path, write)
 
 
-def remove_stale_temporaries(directory):
+def remove_stale_temporaries(directory: str) -> None:
     """Temporary files left by a run killed mid-write (the real files are intact)."""
     for tmp in glob.glob(os.path.join(directory, '.*.pth.tar.*.tmp')):
         try:
@@ -108,7 +111,7 @@ def _unsafe_globals(path):
         return []
 
 
-def load_checkpoint(path):
+def load_checkpoint(path: str) -> dict[str, Any]:
     """Loads a checkpoint safely and returns it as a dict with at least 'state_dict'.
     Raises AbnError, with one line saying what is wrong, for a missing, truncated, foreign
     or code-carrying file."""
@@ -147,12 +150,12 @@ def load_checkpoint(path):
     raise AbnError(f'{path} is not a model checkpoint: it holds no state_dict')
 
 
-def is_legacy(checkpoint):
+def is_legacy(checkpoint: dict[str, Any]) -> bool:
     """True for the authors' files (and bare state_dicts), which carry no description."""
     return checkpoint.get('format') != FORMAT
 
 
-def clean_state_dict(state_dict):
+def clean_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """Drops the prefixes that wrappers add (DataParallel's `module.`, torch.compile's
     `_orig_mod.`), so files saved from wrapped and plain models load alike."""
     cleaned = {}
@@ -167,7 +170,7 @@ def clean_state_dict(state_dict):
     return cleaned
 
 
-def checkpoint_num_classes(checkpoint):
+def checkpoint_num_classes(checkpoint: dict[str, Any]) -> int | None:
     if 'num_classes' in checkpoint:
         return int(checkpoint['num_classes'])
     state = clean_state_dict(checkpoint['state_dict'])
@@ -175,7 +178,8 @@ def checkpoint_num_classes(checkpoint):
     return int(weight.shape[0]) if weight is not None else None
 
 
-def load_model_state(model, checkpoint, path, description):
+def load_model_state(model: torch.nn.Module, checkpoint: dict[str, Any], path: str,
+                     description: str) -> None:
     """Loads the checkpoint's weights strictly; a mismatch gives one line that says how
     the file and the model differ. `description` names the model the user asked for."""
     state = clean_state_dict(checkpoint['state_dict'])

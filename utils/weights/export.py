@@ -10,13 +10,19 @@
 
 `check` runs the written file on seeded inputs of batch 1 and 5 and compares it with PyTorch.
 """
+from __future__ import annotations
+
 import json
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
 import torch.nn as nn
 
 from utils.errors import AbnError
 from utils.weights.portable import INSTALL, resolved_spec, save_safetensors
+
+if TYPE_CHECKING:
+    from utils.weights.loading import LoadedModel
 
 FORMATS = ('onnx', 'pt2', 'safetensors')
 SUFFIXES = {'onnx': '.onnx', 'pt2': '.pt2', 'safetensors': '.safetensors'}
@@ -31,7 +37,8 @@ class ExportedAbn(nn.Module):
     NamedTuple the exporters would flatten anyway), with the normalisation in front of it
     when `with_preprocessing`."""
 
-    def __init__(self, model, normalization, with_preprocessing=False):
+    def __init__(self, model: nn.Module, normalization: tuple[Sequence[float], Sequence[float]],
+                 with_preprocessing: bool = False) -> None:
         super().__init__()
         self.model = model
         self.with_preprocessing = with_preprocessing
@@ -41,10 +48,10 @@ class ExportedAbn(nn.Module):
         self.register_buffer('std', std * 255, persistent=False)
 
     @property
-    def output_names(self):
+    def output_names(self) -> tuple[str, ...]:
         return OUTPUTS if self.model.has_attention else ('logits',)
 
-    def forward(self, image):
+    def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
         if self.with_preprocessing:
             image = (image - self.mean) / self.std
         out = self.model(image)
@@ -53,7 +60,8 @@ class ExportedAbn(nn.Module):
         return out.attention_logits, out.perception_logits, out.attention_map
 
 
-def metadata(loaded, with_preprocessing, output_names):
+def metadata(loaded: LoadedModel, with_preprocessing: bool,
+             output_names: Sequence[str]) -> dict[str, str]:
     """What a user of the file needs to feed it and read it, as text: key -> str."""
     size = loaded.image_size
     mean, std = (list(map(float, v)) for v in loaded.normalization)
@@ -76,7 +84,8 @@ def metadata(loaded, with_preprocessing, output_names):
     }
 
 
-def example_input(loaded, batch, with_preprocessing, seed=0):
+def example_input(loaded: LoadedModel, batch: int, with_preprocessing: bool,
+                  seed: int = 0) -> torch.Tensor:
     """Seeded inputs in the file's input space: normalised-looking or 0-255 pixels."""
     generator = torch.Generator().manual_seed(seed)
     shape = (batch, 3, loaded.image_size, loaded.image_size)
@@ -85,7 +94,8 @@ def example_input(loaded, batch, with_preprocessing, seed=0):
     return torch.randn(shape, generator=generator)
 
 
-def export_program(wrapper, loaded, with_preprocessing):
+def export_program(wrapper: ExportedAbn, loaded: LoadedModel,
+                   with_preprocessing: bool) -> torch.export.ExportedProgram:
     """torch.export of the wrapper with a dynamic batch (traced at batch 2: a traced 1 would
     be specialised)."""
     batch = torch.export.Dim('batch', min=1, max=65536)
@@ -97,7 +107,8 @@ def export_program(wrapper, loaded, with_preprocessing):
                        f'{str(error).splitlines()[0]}') from None
 
 
-def write_onnx(program, path, names, extra):
+def write_onnx(program: torch.export.ExportedProgram, path: str, names: Sequence[str],
+               extra: dict[str, str]) -> None:
     try:
         import onnxscript  # noqa: F401  (torch.onnx's exporter needs it)
     except ImportError:
@@ -108,11 +119,12 @@ def write_onnx(program, path, names, extra):
     onnx_program.save(path)
 
 
-def write_pt2(program, path, extra):
+def write_pt2(program: torch.export.ExportedProgram, path: str, extra: dict[str, str]) -> None:
     torch.export.save(program, path, extra_files={'abn.json': json.dumps(extra)})
 
 
-def export(loaded, path, file_format, with_preprocessing=False):
+def export(loaded: LoadedModel, path: str, file_format: str,
+           with_preprocessing: bool = False) -> None:
     """Writes `loaded` (a LoadedModel, evaluation mode) to `path` in `file_format`."""
     if file_format not in FORMATS:
         raise AbnError(f"unknown format '{file_format}': choose one of {', '.join(FORMATS)}")
@@ -133,7 +145,7 @@ def export(loaded, path, file_format, with_preprocessing=False):
 
 # -- reading an exported file back --------------------------------------------------------
 
-def runner(path, file_format):
+def runner(path: str, file_format: str) -> Callable[[torch.Tensor], list[torch.Tensor]]:
     """A function: input tensor -> list of output tensors, running the exported file itself
     (onnxruntime for ONNX, the loaded program for .pt2)."""
     if file_format == 'onnx':
@@ -147,7 +159,8 @@ def runner(path, file_format):
     return lambda x: list(module(x))
 
 
-def check(loaded, path, file_format, with_preprocessing=False, batches=CHECK_BATCHES):
+def check(loaded: LoadedModel, path: str, file_format: str, with_preprocessing: bool = False,
+          batches: Sequence[int] = CHECK_BATCHES) -> list[tuple[int, str, float, float]]:
     """Runs the file on seeded inputs of each batch size beside PyTorch: a list of
     (batch, output name, largest absolute difference, relative to the output's scale)."""
     wrapper = ExportedAbn(loaded.model.eval(), loaded.normalization, with_preprocessing).eval()

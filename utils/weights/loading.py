@@ -12,8 +12,11 @@ Python API, in two steps:
 `load_model(path, ...)` is both, plus what explaining an image needs (normalisation, sizes,
 class names); training's `--resume`, `-e` and `--weights` resolve their files the same way
 (`file_spec` reads only what a file says of itself)."""
+from __future__ import annotations
+
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Mapping
 
 import torch
 
@@ -25,6 +28,9 @@ from utils.weights import checkpoint as ckpt
 from utils.weights.modelspec import (ModelSpec, build_model, check_script, flag_name,
                                      legacy_num_classes, registry_for, spec_from_checkpoint)
 from utils.weights.portable import is_safetensors, read_safetensors
+
+if TYPE_CHECKING:
+    import argparse
 
 # The size options of the authors' CIFAR families, as builder arguments.
 ARCH_OPTIONS = ('depth', 'cardinality', 'widen_factor', 'growthRate', 'compressionRate')
@@ -43,18 +49,18 @@ class LoadedModel:
     spec: ModelSpec = None  # what rebuilds it
 
     @property
-    def multitask(self):
+    def multitask(self) -> bool:
         return self.spec is not None and self.spec.multitask
 
 
-def architecture_options(args):
+def architecture_options(args: argparse.Namespace) -> dict[str, Any]:
     """load_model's keywords from the command line's flags (those of the authors' checkpoints:
     utils.cli.add_authors_architecture_arguments, and --dataset)."""
     names = ARCH_OPTIONS + ('arch', 'gate', 'num_classes', 'dataset', 'class_names', 'image_size')
     return {name: getattr(args, name, None) for name in names}
 
 
-def architecture_family(arch, dataset=None):
+def architecture_family(arch: str, dataset: str | None = None) -> str:
     """The script whose registry builds `arch` ('cifar' or 'imagenet'); the training data set
     settles a name in both."""
     in_cifar, in_imagenet = arch in CIFAR_MODELS, arch in IMAGENET_MODELS
@@ -65,7 +71,7 @@ def architecture_family(arch, dataset=None):
     raise AbnError(f"unknown architecture '{arch}' in the checkpoint")
 
 
-def read_checkpoint(path):
+def read_checkpoint(path: str) -> dict[str, Any]:
     """A checkpoint file's contents (utils.weights.checkpoint.load_checkpoint), or a
     safetensors file's of export.py in the same shape; a clear line for a missing path, a
     directory or a file that is neither."""
@@ -93,7 +99,8 @@ def _looks_like_torch_file(path):
     return head.startswith(b'PK\x03\x04') or head[:1] == b'\x80'
 
 
-def file_spec(path, script=None, flag='--weights'):
+def file_spec(path: str, script: str | None = None,
+              flag: str = '--weights') -> tuple[dict[str, Any], ModelSpec | None]:
     """(the file's contents, the ModelSpec it records or None for the authors' and the
     libraries' files); with `script`, a file of another script is refused in one line."""
     saved = read_checkpoint(path)
@@ -103,8 +110,9 @@ def file_spec(path, script=None, flag='--weights'):
     return saved, spec
 
 
-def resolve_spec(saved, path, role='model', arch=None, num_classes=None, dataset=None,
-                 script=None, **options):
+def resolve_spec(saved: dict[str, Any], path: str, role: str = 'model', arch: str | None = None,
+                 num_classes: int | None = None, dataset: str | None = None,
+                 script: str | None = None, **options: Any) -> ModelSpec:
     """The ModelSpec of the model in `saved` (the contents of the file at `path`):
     - a file of this project: its own spec. Options given that contradict it are refused
       with role='model' (the training scripts' words), and ignored with another role (a
@@ -131,7 +139,8 @@ def resolve_spec(saved, path, role='model', arch=None, num_classes=None, dataset
     return spec
 
 
-def model_from_checkpoint(saved, path, spec=None):
+def model_from_checkpoint(saved: dict[str, Any], path: str,
+                          spec: ModelSpec | None = None) -> tuple[torch.nn.Module, ModelSpec]:
     """(model with the checkpoint's weights, its spec); `spec` is required for the authors'
     files, which record none."""
     spec = spec or spec_from_checkpoint(saved)
@@ -143,8 +152,10 @@ def model_from_checkpoint(saved, path, spec=None):
     return model, spec
 
 
-def load_model(path, role='model', saved=None, arch=None, gate=None, num_classes=None,
-               dataset=None, class_names=None, image_size=None, **sizes):
+def load_model(path: str, role: str = 'model', saved: dict[str, Any] | None = None,
+               arch: str | None = None, gate: str | None = None, num_classes: int | None = None,
+               dataset: str | None = None, class_names: str | None = None,
+               image_size: int | None = None, **sizes: int | None) -> LoadedModel:
     """The model a checkpoint file holds, with its weights, in evaluation mode, and what its
     inputs need (LoadedModel). Checkpoints of the scripts describe themselves; the authors'
     files need their architecture options as keywords, as their flags: `arch` (-a), `gate`,
@@ -183,7 +194,8 @@ def load_model(path, role='model', saved=None, arch=None, gate=None, num_classes
                        spec.dataset, resize_size or round(size * 256 / 224), spec)
 
 
-def has_attention_branch(state, script, arch, given):
+def has_attention_branch(state: Mapping[str, torch.Tensor], script: str, arch: str,
+                         given: Mapping[str, Any]) -> bool:
     """Whether a state_dict holds the attention branch of `arch`: any of the weights its ABN
     has and its plain baseline lacks (the authors' baselines have none)."""
     registry = registry_for(script)
@@ -196,7 +208,9 @@ def has_attention_branch(state, script, arch, given):
     return bool((keys[0] - keys[1]) & set(state))
 
 
-def authors_spec(checkpoint, path, arch, given, num_classes, dataset, script=None):
+def authors_spec(checkpoint: dict[str, Any], path: str, arch: str | None,
+                 given: Mapping[str, Any], num_classes: int | None, dataset: str | None,
+                 script: str | None = None) -> ModelSpec:
     """The ModelSpec of an authors' file, which records none: from their flags (`given`: the
     sizes and gate), and the class count from `num_classes`, the data set, or the file's
     classifier."""

@@ -11,18 +11,25 @@ On the command line, the flags a user did not type come from the file, and a typ
 contradicts the file is refused (`resolve_flags`). The authors' checkpoints record nothing:
 their models come from the flags, as in their scripts.
 """
+from __future__ import annotations
+
 from dataclasses import asdict, dataclass, field
-from typing import Optional
+from typing import TYPE_CHECKING, Any, Collection, Mapping, Optional
 
 import torch
 
 from utils.errors import AbnError
 from utils.weights.checkpoint import clean_state_dict, is_legacy
 
+if TYPE_CHECKING:
+    import argparse
+
+    from models.registry import ModelRegistry
+
 SCRIPTS = {'cifar': 'cifar.py', 'imagenet': 'imagenet.py', 'celeba': 'celeba.py'}
 
 
-def registry_for(script):
+def registry_for(script: str) -> ModelRegistry:
     """The model registry of a script ('cifar', 'imagenet' or 'celeba')."""
     # models import nothing from utils
     from models import CIFAR_MODELS, IMAGENET_MODELS, MULTITASK_MODELS
@@ -34,7 +41,7 @@ def registry_for(script):
     return registries[script]
 
 
-def describe(arch, options, attention):
+def describe(arch: str, options: Mapping[str, Any], attention: bool) -> str:
     """e.g. 'resnet (depth 110, 100 classes, ABN)'."""
     details = [f'{k} {v}' for k, v in options.items()
                if k not in ('num_classes', 'attention', 'gate', 'fold_tasks') and v is not None]
@@ -61,26 +68,26 @@ class ModelSpec:
     extra: dict = field(default_factory=dict)  # what later objectives record (task names...)
 
     @property
-    def num_classes(self):
+    def num_classes(self) -> int | None:
         return self.model_args.get('num_classes')
 
     @property
-    def attention(self):
+    def attention(self) -> bool:
         return self.model_args.get('attention', True)
 
     @property
-    def gate(self):
+    def gate(self) -> str:
         return self.model_args.get('gate', 'residual')
 
     @property
-    def multitask(self):
+    def multitask(self) -> bool:
         """One map and one output per task (celeba.py's models)."""
         return self.script == 'celeba'
 
-    def describe(self):
+    def describe(self) -> str:
         return describe(self.arch, self.model_args, self.attention)
 
-    def to_dict(self):
+    def to_dict(self) -> dict[str, Any]:
         """Plain values only (checkpoints load with weights_only=True)."""
         out = asdict(self)
         if self.normalization is not None:
@@ -91,7 +98,7 @@ class ModelSpec:
         return out
 
     @classmethod
-    def from_dict(cls, saved):
+    def from_dict(cls, saved: Mapping[str, Any]) -> ModelSpec:
         values = dict(saved)
         normalization = values.get('normalization')
         if isinstance(normalization, dict):
@@ -100,7 +107,7 @@ class ModelSpec:
         return cls(**{k: v for k, v in values.items() if k in known})
 
 
-def script_of(saved):
+def script_of(saved: dict[str, Any]) -> str:
     """Which script wrote a self-describing checkpoint without a recorded spec (this
     project's files before the spec): cifar.py's arguments have --dataset, imagenet.py's
     do not."""
@@ -112,7 +119,7 @@ def script_of(saved):
         else 'imagenet'
 
 
-def spec_from_checkpoint(saved):
+def spec_from_checkpoint(saved: dict[str, Any]) -> ModelSpec | None:
     """The ModelSpec a checkpoint records, or None for the authors' files (and bare
     state_dicts), which record nothing."""
     if is_legacy(saved) or 'arch' not in saved and 'model_spec' not in saved:
@@ -130,7 +137,7 @@ def spec_from_checkpoint(saved):
         dataset=saved.get('dataset'))
 
 
-def build_model(spec, meta=False):
+def build_model(spec: ModelSpec, meta: bool = False) -> torch.nn.Module:
     """The model `spec` describes, freshly initialised (on the meta device with `meta`: no
     memory, no time). An impossible specification raises AbnError with one line."""
     registry = registry_for(spec.script)
@@ -143,7 +150,7 @@ def build_model(spec, meta=False):
         raise AbnError(str(error)) from None
 
 
-def check_script(spec, script, path, flag='--resume'):
+def check_script(spec: ModelSpec, script: str, path: str, flag: str = '--resume') -> None:
     """Refuses a checkpoint of the other script with a line that names the right one."""
     if spec.script != script:
         right = SCRIPTS.get(spec.script, spec.script)
@@ -151,7 +158,7 @@ def check_script(spec, script, path, flag='--resume'):
                        f'{SCRIPTS.get(script, script)}: use python {right} ... {flag} {path}')
 
 
-def recorded_flags(spec, model_flags):
+def recorded_flags(spec: ModelSpec, model_flags: Mapping[str, str]) -> dict[str, Any]:
     """{args dest: the value the file records}: -a, --baseline, --gate, the architecture
     options (`model_flags`: builder argument -> args dest) and the input sizes."""
     flags = {'arch': spec.arch, 'baseline': not spec.attention, 'gate': spec.gate}
@@ -165,11 +172,12 @@ def recorded_flags(spec, model_flags):
     return flags
 
 
-def flag_name(dest):
+def flag_name(dest: str) -> str:
     return {'arch': '-a'}.get(dest, '--' + dest.replace('_', '-'))
 
 
-def resolve_flags(spec, args, given, model_flags, path):
+def resolve_flags(spec: ModelSpec, args: argparse.Namespace, given: Collection[str] | None,
+                  model_flags: Mapping[str, str], path: str) -> None:
     """Sets every recorded option the user did not type from the file; refuses, in one line,
     typed options that contradict it. `given`: the dests typed (None: treat all as typed)."""
     contradicted = []
@@ -191,7 +199,7 @@ def resolve_flags(spec, args, given, model_flags, path):
                        + ': leave these options out (the file records them)')
 
 
-def legacy_num_classes(saved, spec_without_classes):
+def legacy_num_classes(saved: dict[str, Any], spec_without_classes: ModelSpec) -> int | None:
     """The class count of an authors' file, read off its classifier's weight."""
     probe = build_model(ModelSpec(**dict(asdict(spec_without_classes), model_args=dict(
         spec_without_classes.model_args, num_classes=2))), meta=True)

@@ -5,16 +5,23 @@ framework can read the weights.
 
 The spec written is the resolved one: normalisation, input sizes and class names filled in,
 also for the authors' files, which record none of them."""
+from __future__ import annotations
+
 import json
 import os
 from dataclasses import replace
+from typing import TYPE_CHECKING, Any
 
 from utils.errors import AbnError
 from utils.weights.checkpoint import FORMAT
+
+if TYPE_CHECKING:
+    from utils.weights.modelspec import ModelSpec
+
 INSTALL = 'pip install -r requirements-export.txt'
 
 
-def is_safetensors(path):
+def is_safetensors(path: str) -> bool:
     """True when the file starts as safetensors does: an 8-byte little-endian header length,
     then a JSON header."""
     try:
@@ -35,7 +42,7 @@ def _safetensors_torch():
     return safetensors.torch
 
 
-def resolved_spec(loaded):
+def resolved_spec(loaded: Any) -> ModelSpec:
     """The spec of a LoadedModel with what loading it worked out (normalisation, sizes, class
     names, data set) written in."""
     return replace(loaded.spec, normalization=tuple(map(tuple, loaded.normalization)),
@@ -45,7 +52,7 @@ def resolved_spec(loaded):
                    dataset=loaded.dataset)
 
 
-def save_safetensors(loaded, path):
+def save_safetensors(loaded: Any, path: str) -> None:
     """Writes the model's weights and its resolved spec (JSON metadata 'model_spec')."""
     st = _safetensors_torch()
     # Own contiguous copies: safetensors refuses tensors that share memory.
@@ -56,7 +63,7 @@ def save_safetensors(loaded, path):
     st.save_file(tensors, path, metadata=metadata)
 
 
-def read_safetensors(path):
+def read_safetensors(path: str) -> dict[str, Any]:
     """A safetensors file of export.py as a checkpoint's contents: {'state_dict', 'model_spec'}.
     One line for a file without the spec (weights from elsewhere) or a damaged one."""
     st = _safetensors_torch()

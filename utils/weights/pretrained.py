@@ -7,7 +7,10 @@ The attention branch's stride-1 copy of the last stage (att_layer4, VGG's att_fe
 from the pretrained last stage, as the perception branch's own last stage does, unless the file
 holds one of its own (a checkpoint of an ABN model).
 """
+from __future__ import annotations
+
 import os
+from typing import TYPE_CHECKING, Mapping, Sequence
 
 import torchvision
 
@@ -15,11 +18,22 @@ from utils.errors import AbnError
 from utils.weights.checkpoint import (clean_state_dict, is_legacy, load_checkpoint,
                                       load_model_state)
 
+if TYPE_CHECKING:
+    import argparse
+
+    import torch
+    import torch.nn as nn
+
+    from models.abn import AttentionBranchNetwork
+    from models.backbones import BackboneABN, VisionTransformerABN
+    from models.imagenet.base import ImageNetABN
+    from utils.distributed import Runtime
+
 # The authors' names for the attention branch; the plain backbones have no such names.
 ATTENTION_PREFIXES = ('att_', 'bn_att')
 
 
-def torchvision_weights(name):
+def torchvision_weights(name: str | None) -> torchvision.models.WeightsEnum | None:
     """torchvision's IMAGENET1K_V1 weights of model `name` (those the authors' --pretrained
     loaded), or None when torchvision has none."""
     if name is None or name not in torchvision.models.list_models():
@@ -27,12 +41,12 @@ def torchvision_weights(name):
     return torchvision.models.get_model_weights(name).IMAGENET1K_V1
 
 
-def is_library_model(model):
+def is_library_model(model: nn.Module) -> bool:
     """A timm or torchvision model split into an ABN (models.backbones)."""
     return getattr(model, 'backbone_name', None) is not None
 
 
-def check_pretrained_arguments(args, model):
+def check_pretrained_arguments(args: argparse.Namespace, model: nn.Module) -> None:
     """Checks that need no download: the files exist, one start is asked for, the library
     has weights for the model."""
     pretrained_file = getattr(args, 'pretrained_file', None)
@@ -55,7 +69,7 @@ def check_pretrained_arguments(args, model):
                        + '; pass --weights FILE to start from your own')
 
 
-def download(name, show_progress):
+def download(name: str, show_progress: bool) -> dict[str, torch.Tensor]:
     """torchvision's state_dict for `name`, from torch.hub's cache or the internet (torch.hub
     writes through a temporary file, so processes downloading at once do not clash)."""
     weights = torchvision_weights(name)
@@ -68,7 +82,8 @@ def download(name, show_progress):
                        ) from None
 
 
-def load_pretrained(model, state_dict, source, model_name):
+def load_pretrained(model: ImageNetABN, state_dict: Mapping[str, torch.Tensor], source: str,
+                    model_name: str) -> str:
     """Copies pretrained weights into `model` (called `model_name` in messages) and returns a
     one-line summary. Every backbone weight must be in `state_dict` with its shape; raises
     AbnError naming one that is not."""
@@ -114,7 +129,8 @@ def load_pretrained(model, state_dict, source, model_name):
     return f'{source}: {"; ".join(parts)}'
 
 
-def init_pretrained(model, args, runtime):
+def init_pretrained(model: AttentionBranchNetwork, args: argparse.Namespace,
+                    runtime: Runtime) -> None:
     """TrainingScript.init_pretrained of imagenet.py: a new run starts from --weights FILE, else from
     the library's weights with --pretrained (or --pretrained-file), else from scratch."""
     if is_library_model(model):
@@ -126,7 +142,8 @@ def init_pretrained(model, args, runtime):
     runtime.print(f'==> Pretrained: {load_pretrained(model, state_dict, source, args.arch)}')
 
 
-def starting_weights(model, args, runtime):
+def starting_weights(model: nn.Module, args: argparse.Namespace,
+                     runtime: Runtime) -> tuple[Mapping[str, torch.Tensor], str] | None:
     """(state_dict, where it came from) of --weights FILE, else of torchvision's ImageNet
     weights with --pretrained; None for a start from scratch."""
     if args.weights:
@@ -145,7 +162,8 @@ def starting_weights(model, args, runtime):
 MULTITASK_FRESH = ('layer4_att.', 'conv_att.', 'output_per.', 'fc.')
 
 
-def init_multitask_pretrained(model, args, runtime):
+def init_multitask_pretrained(model: nn.Module, args: argparse.Namespace,
+                              runtime: Runtime) -> None:
     """TrainingScript.init_pretrained of celeba.py: the backbone (conv1, bn1, layer1..layer4) from
     --weights FILE or torchvision's weights (--pretrained); layer4_att, conv_att and the task
     heads start fresh, as in the authors' script, unless the file has them too (a checkpoint
@@ -175,7 +193,8 @@ def init_multitask_pretrained(model, args, runtime):
 
 # -- timm and torchvision models (models.backbones) -------------------------------------------
 
-def init_library_pretrained(model, args, runtime):
+def init_library_pretrained(model: BackboneABN | VisionTransformerABN, args: argparse.Namespace,
+                            runtime: Runtime) -> None:
     """A library model's start: --weights FILE (a checkpoint of this project: every weight
     that fits; or the library's own state_dict), --pretrained-file FILE or --pretrained (the
     library's ImageNet weights, read by the library itself: timm drops a classifier of other
@@ -196,7 +215,8 @@ def init_library_pretrained(model, args, runtime):
     runtime.print(f'==> Pretrained: {summary}')
 
 
-def library_weights(model, pretrained_file):
+def library_weights(model: BackboneABN | VisionTransformerABN,
+                    pretrained_file: str | None) -> Mapping[str, torch.Tensor]:
     """The library's weights of `model` (downloaded, or from `pretrained_file`)."""
     from models.backbones import library_state_dict
     source, name = model.source, model.backbone_name
@@ -222,7 +242,8 @@ def library_weights(model, pretrained_file):
                        ) from None
 
 
-def check_names(model, state, source):
+def check_names(model: BackboneABN | VisionTransformerABN, state: Mapping[str, torch.Tensor],
+                source: str) -> None:
     """Every weight of the library's model is in `state` and nothing else (its classifier
     apart): a file of another model loads nothing by mistake."""
     own = set(model.backbone.state_dict())
@@ -237,7 +258,8 @@ def check_names(model, state, source):
                        f'{model.backbone_name}: its weights differ ({example}). Check -a')
 
 
-def load_backbone_weights(model, state, source):
+def load_backbone_weights(model: BackboneABN | VisionTransformerABN,
+                          state: Mapping[str, torch.Tensor], source: str) -> str:
     """The library model's weights `state` into `model.backbone` (every weight but the
     classifier must fit), then the attention stage copied from the last stage."""
     own = model.backbone.state_dict()
@@ -267,7 +289,8 @@ def load_backbone_weights(model, state, source):
     return f'{source}: {"; ".join(parts)}'
 
 
-def load_abn_weights(model, state, source):
+def load_abn_weights(model: BackboneABN | VisionTransformerABN,
+                     state: Mapping[str, torch.Tensor], source: str) -> str:
     """A checkpoint of this project for the same backbone: every weight that fits (a
     classifier and attention head of other classes start fresh)."""
     own = model.state_dict()
@@ -288,7 +311,8 @@ def load_abn_weights(model, state, source):
 
 # -- a checkpoint's every weight (cifar.py --weights) -------------------------------------------
 
-def weights_normalization(path, legacy_normalization):
+def weights_normalization(path: str, legacy_normalization: tuple[Sequence[float], Sequence[float]]
+                          ) -> tuple[Sequence[float], Sequence[float]] | None:
     """The input normalisation the model in `path` was trained with: the authors' for their
     files, the recorded one for this project's (None: the data set's own)."""
     from utils.weights.loading import file_spec
@@ -300,7 +324,7 @@ def weights_normalization(path, legacy_normalization):
     return spec.normalization if spec is not None else None
 
 
-def load_checkpoint_weights(model, path, runtime):
+def load_checkpoint_weights(model: AttentionBranchNetwork, path: str, runtime: Runtime) -> None:
     """--weights: every weight of the checkpoint at `path`, which must fit the model."""
     from utils.weights.loading import file_spec
     if not os.path.isfile(path):
