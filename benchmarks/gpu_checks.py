@@ -39,7 +39,7 @@ def check(name):
 @check('1. DataParallel replicas compute in the run\'s autocast dtype')
 def replicas_dtype():
     from utils.distributed import AutocastForward, Runtime
-    from utils.train.setup import amp_dtype
+    from utils.train.placement import amp_dtype
     dtype = amp_dtype(Runtime(device=torch.device('cuda', 0)))
     seen = []
 
@@ -60,7 +60,7 @@ def replicas_dtype():
 @check('2. --amp picks bfloat16 only where the GPU computes it')
 def amp_choice():
     from utils.distributed import Runtime
-    from utils.train.setup import amp_dtype
+    from utils.train.placement import amp_dtype
     major = torch.cuda.get_device_capability(0)[0]
     dtype = amp_dtype(Runtime(device=torch.device('cuda', 0)))
     assert dtype == (torch.bfloat16 if major >= 8 else torch.float16)
@@ -69,7 +69,7 @@ def amp_choice():
 
 @check('3. a saved CUDA random state goes to this run\'s device')
 def rng_states():
-    from utils.train.checkpoints import rng_state, set_rng_state
+    from utils.train.state import rng_state, set_rng_state
     torch.cuda.manual_seed(5)
     saved = rng_state([0])
     expected = torch.rand(3, device='cuda')
