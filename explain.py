@@ -23,14 +23,18 @@ The work is done in utils/explain; this file is the command line.
 """
 import sys
 
+import torch
+
 from models import CIFAR_MODELS, IMAGENET_MODELS
 from utils.cli import (CHECKPOINT_HELP, ArgumentParser, add_authors_architecture_arguments,
                        run)
+from utils.cpus import check_threads, use_threads
 from utils.data.datasets import SMALL_IMAGE_DATASETS
 from utils.errors import AbnError
 from utils.explain.measures import ROAD_PERCENTILES
 from utils.explain.multitask import explain_multitask
 from utils.explain.run import ExplanationReport, check_arguments
+from utils.inference import RUNTIMES
 from utils.weights.loading import architecture_options, load_model
 
 
@@ -97,6 +101,13 @@ def get_args_parser():
                      help='seed of the random map and of tie-breaking (default: %(default)s)')
     out.add_argument('--gpu-id', default='0',
                      help="CUDA device id, or 'cpu' (default: %(default)s)")
+    out.add_argument('--runtime', default='auto', choices=RUNTIMES,
+                     help='what runs the model where no gradient is needed (the measures\' '
+                          'many predictions): onnxruntime when installed, else the model with '
+                          'BatchNorm folded; eager: the model itself (default: %(default)s)')
+    out.add_argument('--threads', type=int, metavar='N',
+                     help='CPU threads (default: the CPUs this process may use: its affinity '
+                          'and cgroup quota)')
 
     page = parser.add_argument_group('the attention editor (needs requirements-serve.txt)')
     page.add_argument('--serve', action='store_true',
@@ -134,9 +145,19 @@ def get_args_parser():
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
-    if args.serve:  # the attention editor's page: utils/serve
+    check_threads(args.threads)
+    threads = torch.get_num_threads()
+    try:
+        return explain(args)
+    finally:
+        torch.set_num_threads(threads)  # a caller in this process gets its own back
+
+
+def explain(args):
+    if args.serve:  # the attention editor's page: utils/serve (it chooses its threads)
         from utils.serve.server import serve_command
         return serve_command(args)
+    use_threads(args.threads)
     check_arguments(args)
     loaded = load_model(args.checkpoint, **architecture_options(args))
     if loaded.multitask:  # celeba.py's: one map a task

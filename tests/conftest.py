@@ -1,11 +1,15 @@
 import os
 import sys
+import tempfile
 
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if ROOT not in sys.path:
     sys.path.insert(0, ROOT)
+
+# The exported graphs utils.inference caches go to a folder of the test session's, not ~/.cache.
+os.environ['ABN_CACHE'] = tempfile.mkdtemp(prefix='abn-cache-')
 
 # Keep the suite's CPU use predictable on small machines.
 import torch  # noqa: E402

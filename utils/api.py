@@ -26,6 +26,7 @@ from utils.data.attributes import map_picture
 from utils.data.images import CorruptImageError, load_rgb
 from utils.data.inputs import image_transform
 from utils.errors import AbnError
+from utils.inference import RUNTIMES, Runtime, make_runtime
 from utils.weights.loading import load_model
 
 if TYPE_CHECKING:
@@ -37,13 +38,16 @@ _PIXEL_SLACK = 1e-3
 
 
 def load(path: str | os.PathLike[str], device: str | torch.device = 'cpu',
-         **options: Any) -> Abn:
-    """The model a file holds, ready to explain images (an `Abn`). `options`: for the authors'
-    checkpoints, which record nothing, their flags as keywords: arch ('-a'), depth, gate,
-    cardinality, widen_factor, growthRate, compressionRate, and num_classes or dataset;
-    class_names (a text file) and image_size for any file. Raises AbnError with one line when
-    the file or the options do not fit."""
-    return Abn(load_model(os.fspath(path), **options), device)
+         runtime: str = 'auto', **options: Any) -> Abn:
+    """The model a file holds, ready to explain images (an `Abn`). `runtime`: what runs
+    `explain` (utils.inference: 'auto', 'onnxruntime', 'folded' or 'eager'), made at the
+    first `explain`. `options`: for the authors' checkpoints, which record nothing, their
+    flags as keywords: arch ('-a'), depth, gate, cardinality, widen_factor, growthRate,
+    compressionRate, and num_classes or dataset; class_names (a text file) and image_size for
+    any file. Raises AbnError with one line when the file or the options do not fit."""
+    if runtime not in RUNTIMES:
+        raise AbnError(f"unknown runtime '{runtime}': choose one of {', '.join(RUNTIMES)}")
+    return Abn(load_model(os.fspath(path), **options), device, runtime, os.fspath(path))
 
 
 @dataclass
@@ -80,9 +84,11 @@ class Abn(nn.Module):
     `abn.explain(images)` preprocesses images as the model's evaluation did and returns a
     `Result`. `abn.model` is the nn.Module itself."""
 
-    def __init__(self, loaded: LoadedModel, device: str | torch.device = 'cpu') -> None:
+    def __init__(self, loaded: LoadedModel, device: str | torch.device = 'cpu',
+                 runtime: str = 'auto', path: str | None = None) -> None:
         super().__init__()
         self.model = loaded.model
+        self.runtime_name, self._path, self._runtime = runtime, path, None
         self.loaded = loaded
         self.description = loaded.description
         self.multitask = loaded.multitask
@@ -104,6 +110,14 @@ class Abn(nn.Module):
 
     def forward(self, x: torch.Tensor, attention: torch.Tensor | None = None) -> AbnOutput:
         return self.model(x) if attention is None else self.model(x, attention)
+
+    @property
+    def runtime(self) -> Runtime:
+        """What answers `explain` (utils.inference), made once, for the model as placed now."""
+        if self._runtime is None or self._runtime.device != self.device:
+            self._runtime = make_runtime(self.loaded, self.runtime_name, self._path)
+            self._runtime.device = self.device
+        return self._runtime
 
     # -- preprocessing -----------------------------------------------------------------
     def preprocess(self, images: str | os.PathLike[str] | Image.Image | np.ndarray | torch.Tensor
@@ -183,7 +197,8 @@ class Abn(nn.Module):
                 batch_size: int = 64) -> Result:
         """The model's answer and attention map for each image (a `Result`)."""
         inputs, sizes, sources = self.preprocess(images)
-        outputs = [self.model(inputs[start:start + batch_size].to(self.device))
+        run = self.runtime
+        outputs = [run(inputs[start:start + batch_size].to(self.device))
                    for start in range(0, len(inputs), batch_size)]
         logits = torch.cat([o.perception_logits for o in outputs]).float().cpu()
         has_attention = outputs[0].attention_map is not None

@@ -13,6 +13,7 @@ from utils.errors import AbnError
 from utils.explain.cam import perception_probabilities, renormalize
 from utils.explain.methods import Explainer, available_methods, title
 from utils.explain.measures import MetricTable, measure_maps, pointing_tolerance, write_report
+from utils.inference import make_runtime
 from utils.progress import Progress
 from utils.visualize import (blend, class_label, denormalize, safe_name, save_comparison_grid,
                              save_explanation, save_grid, save_map_image, upsample_maps)
@@ -156,6 +157,7 @@ class ExplanationReport:
         if self.edits is not None and not self.main.model.has_attention:
             raise AbnError('--edit needs a model with an attention branch; this one is a plain '
                            'baseline')
+        self.runtimes = {}  # label prefix -> the runtime of the measures' predictions
         self.explainers = self.make_explainers()
         self.records = []
         self.pictures = ReportPictures(args, self.main, self.names, self.edits)
@@ -195,6 +197,10 @@ class ExplanationReport:
                 out.append((prefix, loaded, Explainer(loaded.model, methods, seed=args.seed)))
             except ValueError as error:
                 raise AbnError(str(error)) from None
+            if args.measure:
+                path = args.checkpoint if not prefix else args.baseline_checkpoint
+                self.runtimes[prefix] = make_runtime(loaded, getattr(args, 'runtime', 'auto'),
+                                                     path)
         return out
 
     def write(self):
@@ -279,12 +285,13 @@ class ExplanationReport:
         or --target-class's) and, for deletion/insertion, that model's probabilities."""
         args = self.args
         for result in results:
-            model = result.loaded.model
+            run = self.runtimes[result.prefix]  # no gradient: the fast runtime answers
             for method, heat in result.explanation.maps.items():
                 measure_maps(self.table, result.prefix + title(method), heat, result.inputs,
                              result.explanation.classes,
-                             predict=lambda images: perception_probabilities(model, images),
-                             logits=lambda images: model(images).perception_logits,
+                             predict=lambda images: run(images).perception_logits.float()
+                             .softmax(1),
+                             logits=lambda images: run(images).perception_logits,
                              masks=masks, radius=self.radius, steps=args.steps,
                              road_percentiles=args.road_percentiles, seed=args.seed)
 

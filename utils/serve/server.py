@@ -16,6 +16,7 @@ import warnings
 import torch
 from PIL import Image
 
+from utils.cpus import cpu_budget
 from utils.data.images import read_only_raster_formats
 from utils.distributed import setup_runtime
 from utils.errors import AbnError
@@ -49,10 +50,9 @@ def serve(args, loaded, device, host='127.0.0.1', port=7860):
     gr = require_gradio()
     login = read_login(getattr(args, 'auth', None), getattr(args, 'auth_file', None))
     exposure = check_exposure(host, login)
-    if device.type == 'cpu' and loaded.image_size <= 64:
-        # One small image is too little work to share: on a busy machine a second thread
-        # only waits (ResNet-110, CIFAR: 0.16 s with one thread, seconds with two).
-        torch.set_num_threads(1)
+    teaching = not getattr(args, 'no_teach', False)
+    page_threads = page_thread_count(args, loaded, device, teaching)
+    torch.set_num_threads(page_threads)
     quiet_gradio_tracebacks()
     atomic_gradio_cache()
     read_only_raster_formats()  # Gradio decodes the painter's images with a plain Image.open
@@ -70,9 +70,10 @@ def serve(args, loaded, device, host='127.0.0.1', port=7860):
         editor = MapEditor(loaded, device, os.path.join(args.output, 'edited_maps'),
                            dataset=args.dataset, data_root=args.data, files=args.inputs,
                            max_pixels=MAX_PIXELS)
-        teacher = None if getattr(args, 'no_teach', False) else Teacher(
+        teacher = None if not teaching else Teacher(
             editor, args.checkpoint, args.output, args.data,
-            'cpu' if device.type == 'cpu' else str(getattr(args, 'gpu_id', 0)))
+            'cpu' if device.type == 'cpu' else str(getattr(args, 'gpu_id', 0)),
+            threads=max(1, cpu_budget() - page_threads) if device.type == 'cpu' else None)
         page = build_page(editor, gr, getattr(args, 'idle_minutes', IDLE_MINUTES) * 60, teacher)
         page.queue(default_concurrency_limit=1)
         launch(page, editor, host, port, login, exposure, args)
@@ -91,6 +92,18 @@ def serve(args, loaded, device, host='127.0.0.1', port=7860):
         else:
             os.environ['GRADIO_TEMP_DIR'] = saved_folder
     return 0
+
+
+def page_thread_count(args, loaded, device, teaching):
+    """The page's own threads: --threads, else on the CPU one where an answer is too little
+    work to share (small images: on a busy machine a second thread only waits; ResNet-110 on
+    CIFAR: 0.16 s with one thread, seconds with two) or where a Teach job may take the other
+    CPUs, else every CPU this process may use."""
+    if getattr(args, 'threads', None):
+        return args.threads
+    if device.type == 'cpu' and (loaded.image_size <= 64 or teaching):
+        return 1
+    return cpu_budget()
 
 
 def _interrupt(signum, frame):

@@ -44,9 +44,10 @@ class Teacher:
     """The page's teaching: at most one run at a time, whoever asks."""
 
     def __init__(self, editor, checkpoint, output, data_root='./data', gpu_id='0',
-                 measure_images=MEASURE_IMAGES):
+                 measure_images=MEASURE_IMAGES, threads=None):
+        """`threads`: the CPU threads of a run (the CPUs the page leaves it), or None."""
         self.editor, self.checkpoint, self.output = editor, checkpoint, output
-        self.data_root, self.gpu_id = data_root, gpu_id
+        self.data_root, self.gpu_id, self.threads = data_root, gpu_id, threads
         self.measure_images = measure_images
         self.lock = threading.Lock()
         self.run = None  # the current or last run
@@ -112,6 +113,8 @@ class Teacher:
         if train_size:
             args += ['--train-size', str(train_size)]
         # A fixed seed: command.sh run again from a terminal repeats the run.
+        if self.threads:  # the CPUs the page leaves it, its data read in its own process
+            args += ['--threads', str(self.threads), '-j', '0']
         args += ['--manualSeed', '1', '--gpu-id', self.gpu_id, '-c', folder]
         shown = ['python', SCRIPTS[spec.script]] + [shown_argument(a) for a in args]
         return [sys.executable, script] + args, shlex.join(shown)
@@ -132,7 +135,7 @@ class Teacher:
             if not self.saved_maps():
                 raise AbnError('no saved maps of training images yet: show training images, '
                                'paint their maps and save them first')
-            folder = self._new_folder()
+            folder = new_run_folder(self.output)
             argv, shown = self.command(folder, epochs, batch, lr, weight, train_size)
             with open(os.path.join(folder, 'command.sh'), 'w') as f:
                 f.write(f'#!/bin/sh\n# The fine-tuning run the attention editor started.\n'
@@ -154,18 +157,6 @@ class Teacher:
             self.run.end()
         if self.after is not None:
             self.after.close()
-
-    def _new_folder(self):
-        top = os.path.join(self.output, 'taught')
-        os.makedirs(top, exist_ok=True)
-        number = 1
-        while True:
-            folder = os.path.join(top, f'run-{number}')
-            try:
-                os.mkdir(folder)
-                return folder
-            except FileExistsError:
-                number += 1
 
     def _watch(self, run):
         """Waits for the run; on success loads the taught model and measures both."""
@@ -239,6 +230,20 @@ class Teacher:
                 continue
             values.append(float(drawn[region].mean() - drawn[~region].mean()))
         return {'contrast': float(np.mean(values)) if values else None, 'maps': len(values)}
+
+
+def new_run_folder(output):
+    """<output>/taught/run-N, N the first number free (claimed by creating it)."""
+    top = os.path.join(output, 'taught')
+    os.makedirs(top, exist_ok=True)
+    number = 1
+    while True:
+        folder = os.path.join(top, f'run-{number}')
+        try:
+            os.mkdir(folder)
+            return folder
+        except FileExistsError:
+            number += 1
 
 
 def _describes_itself(path):

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
+from utils.cpus import use_threads
 from utils.data.images import CorruptImageError
 from utils.distributed import (broadcast_module_state, broadcast_object, setup_runtime,
                                shutdown)
@@ -349,10 +350,15 @@ def script_main(parser: Any, script: TrainingScript,
     check_training_arguments(args)
     runtime = setup_runtime(args.gpu_id, args.dist_timeout)
     apply_fast(args, runtime.device)
+    threads = torch.get_num_threads()
     try:
+        if runtime.device.type == 'cpu' or args.threads:
+            # the data loader workers busy beside the computation (none on the fast path)
+            use_threads(args.threads, 0 if getattr(args, 'fast_data', False) else args.workers)
         trainer = prepare_training(args, script, runtime, given)
         return trainer.evaluate_only() if args.evaluate else trainer.fit()
     finally:
+        torch.set_num_threads(threads)  # a caller in this process gets its own back
         shutdown(runtime)
 
 

@@ -122,6 +122,10 @@ def add_device_options(parser: argparse.ArgumentParser) -> None:
                              '--amp --compile (cifar.py: also --fast-data)')
     device.add_argument('--sync-bn', action='store_true',
                         help='SyncBatchNorm across processes (torchrun runs only)')
+    device.add_argument('--threads', type=int, default=None, metavar='N',
+                        help='CPU threads of the computation (default on the CPU: the CPUs this '
+                             'process may use, its affinity and cgroup quota, less the data '
+                             'loader workers; at least one)')
     device.add_argument('--dist-timeout', default=DEFAULT_DIST_TIMEOUT_MINUTES, type=float,
                         metavar='MIN',
                         help='torchrun: how long a process waits for the others in a '
@@ -189,6 +193,8 @@ def check_training_arguments(args: argparse.Namespace) -> None:
         raise AbnError('--print-freq must be at least 1')
     if not 0 <= args.drop < 1:
         raise AbnError('--drop must be in [0, 1)')
+    if args.threads is not None and args.threads < 1:
+        raise AbnError(f'--threads must be at least 1, got {args.threads}')
     if args.dist_timeout <= 0:
         raise AbnError(f'--dist-timeout must be positive minutes, got {args.dist_timeout:g}')
     if args.save_every_steps < 0:
