@@ -15,9 +15,12 @@ docs/api.md shows how to run each file. The work is done in utils/weights/export
 import os
 import sys
 
+import torch
+
 from models import CIFAR_MODELS, IMAGENET_MODELS
 from utils.cli import (CHECKPOINT_HELP, ArgumentParser, add_authors_architecture_arguments,
                        run)
+from utils.cpus import check_threads, use_threads
 from utils.data.inputs import DATASET_CLASS_COUNTS
 from utils.errors import AbnError
 from utils.weights.export import FORMATS, SUFFIXES, TOLERANCE, check, export
@@ -42,6 +45,9 @@ def get_args_parser():
                              f'{TOLERANCE:g} of the output\'s scale)')
     arch = add_authors_architecture_arguments(
         parser, sorted(set(CIFAR_MODELS) | set(IMAGENET_MODELS)), registry=IMAGENET_MODELS)
+    parser.add_argument('--threads', type=int, metavar='N',
+                        help='CPU threads (default: the CPUs this process may use: its affinity '
+                             'and cgroup quota)')
     arch.add_argument('-d', '--dataset', choices=sorted(DATASET_CLASS_COUNTS),
                       help="the data set an authors' checkpoint was trained on (its classes)")
     return parser
@@ -69,6 +75,16 @@ def output_and_format(args):
 
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
+    check_threads(args.threads)
+    threads = torch.get_num_threads()
+    try:
+        use_threads(args.threads)
+        return export_command(args)
+    finally:
+        torch.set_num_threads(threads)  # a caller in this process gets its own back
+
+
+def export_command(args):
     path, file_format = output_and_format(args)
     if os.path.abspath(path) == os.path.abspath(args.checkpoint):
         raise AbnError(f'-o {path} is the checkpoint itself: choose another file')
