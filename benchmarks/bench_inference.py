@@ -8,6 +8,7 @@ them.
 
     python benchmarks/bench_inference.py --cases resnet20:32:1,resnet20:32:64,resnet50:224:1,resnet50:224:64
     python benchmarks/bench_inference.py --busy --cases resnet20:32:1,resnet20:32:64
+    python benchmarks/bench_inference.py --busy --one-thread --cases resnet20:32:1
 
 A case is ARCH:SIZE:BATCH (cifar.py's ResNet-N below 64 px, imagenet.py's resnet50 at 224).
 `eager (1.0)` is the model in inference mode with torch's own thread count, which the API ran
@@ -42,6 +43,9 @@ def parse():
     parser.add_argument('--seconds', type=float, default=1.0, help='about how long a round')
     parser.add_argument('--busy', action='store_true',
                         help='also with one core kept busy by another process')
+    parser.add_argument('--one-thread', action='store_true',
+                        help="also onnxruntime with one thread (what neither spinning nor "
+                             "sleeping threads can lose to a busy core)")
     return parser.parse_args()
 
 
@@ -61,26 +65,29 @@ def loaded_model(arch, size):
                        round(size * 256 / 224), spec)
 
 
-def raw_onnxruntime(path):
+def raw_onnxruntime(path, threads=None):
     """onnxruntime as a user runs the exported file: its default session, this process's
-    threads."""
+    threads (or `threads`)."""
     import onnxruntime as ort
     options = ort.SessionOptions()
-    options.intra_op_num_threads = torch.get_num_threads()
+    options.intra_op_num_threads = threads or torch.get_num_threads()
     session = ort.InferenceSession(path, options, providers=['CPUExecutionProvider'])
     return lambda x: session.run(None, {'image': x.numpy()})
 
 
-def runners(loaded, folder):
+def runners(loaded, folder, one_thread):
     """{name: (threads, function batch -> outputs)}."""
     path = onnx_file(loaded.model, loaded, None)
     os.replace(path, os.path.join(folder, 'abn.onnx'))
     path = os.path.join(folder, 'abn.onnx')
     budget = cpu_budget()
-    return {'eager (1.0)': (torch.get_num_threads(), Runtime(loaded.model)),
+    made = {'eager (1.0)': (torch.get_num_threads(), Runtime(loaded.model)),
             'folded': (budget, FoldedRuntime(loaded.model, loaded.image_size)),
             'api': (budget, OnnxRuntime(loaded.model, loaded, None)),
             'onnxruntime': (budget, raw_onnxruntime(path))}
+    if one_thread:
+        made['one thread'] = (1, raw_onnxruntime(path, threads=1))
+    return made
 
 
 def images_per_second(run, x, threads, seconds):
@@ -110,7 +117,7 @@ def main():
         loaded = loaded_model(arch, size)
         x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(0))
         with tempfile.TemporaryDirectory() as folder:
-            made = runners(loaded, folder)
+            made = runners(loaded, folder, options.one_thread)
             states = ['quiet', 'busy'] if options.busy else ['quiet']
             speed = {(n, s): [] for n in made for s in states}
             for _ in range(options.rounds):
