@@ -67,6 +67,7 @@ def test_the_docs_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
     assert 'torch.Size([4, 10])' in out
 
 
+@pytest.mark.slow
 def test_the_docs_onnx_example_runs_as_written(shapes_checkpoint, tmp_path, monkeypatch, capsys):
     pytest.importorskip('onnxruntime', reason='pip install -r requirements-export.txt')
     import export
@@ -187,6 +188,7 @@ def test_the_authors_file_loads_with_their_flags_as_keywords(tmp_path):
         load(save_run_checkpoint(shapes_spec(), str(tmp_path / 'own.pth.tar')), depth=20)
 
 
+@pytest.mark.slow
 def test_torch_hub_loads_a_checkpoint_and_builds_every_architecture(shapes_checkpoint,
                                                                     tmp_path):
     """In a fresh interpreter, from another folder, as a user of the hub would."""

@@ -100,6 +100,7 @@ def test_images_and_folders_give_pictures_maps_grid_and_top5(files, tmp_path, ca
     assert f"{first['name']} {100 * first['probability']:.1f}%" in stdout
 
 
+@pytest.mark.slow
 def test_dataset_split_with_compare_measure_and_baseline(files, tmp_path, capsys):
     out = str(tmp_path / 'out')
     code, stdout, _ = cli([files['model'], '--dataset', 'shapes', '-n', '5', '--batch-size', '4',

@@ -283,6 +283,7 @@ def test_a_taken_port_is_one_line(checkpoints, tmp_path):
             serve(args, load(checkpoints['multiply']), CPU, port=port)
 
 
+@pytest.mark.slow
 def test_ctrl_c_ends_the_command_even_when_something_keeps_it_open():
     """exit_at_the_latest_after: a thread that never ends (a server stuck closing) cannot keep
     the interrupted command alive; the process exits with the status given."""
