@@ -23,7 +23,7 @@ from utils.errors import AbnError
 from utils.train.engine import script_main
 from utils.train.options import add_training_arguments
 from utils.train.script import TrainingScript
-from utils.train.teaching import add_teach_arguments
+from utils.train.teaching import add_teach_arguments, is_teaching
 from utils.weights.pretrained import check_pretrained_arguments, init_multitask_pretrained
 
 DATASETS = ('celeba', 'attributes', 'shapes-multi')
@@ -150,8 +150,8 @@ def check_arguments(args):
     if args.width not in (None, 64) and args.pretrained and not args.resume:
         raise AbnError(f"--pretrained: torchvision's ImageNet weights are for --width 64, not "
                        f"{args.width}")
-    if args.attention_maps and args.baseline:
-        raise AbnError(f'--attention-maps teaches attention maps: {args.arch} is the plain '
+    if is_teaching(args) and args.baseline:
+        raise AbnError(f'{is_teaching(args)} teaches attention maps: {args.arch} is the plain '
                        f'multi-label baseline, without them (choose an mtabn_v1_* model)')
     if args.map_tasks < 1:
         raise AbnError('--map-tasks must be at least 1')

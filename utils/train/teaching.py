@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 from utils.distributed import print_main
 from utils.errors import AbnError
 from utils.teach.attention_maps import WithAttentionMaps, load_map_set, map_device_loader
+from utils.teach.boxes import load_box_map_set, load_task_box_map_set
 from utils.teach.task_maps import is_multitask, load_task_map_set
 from utils.train.script import TrainingScript
 
@@ -58,6 +59,12 @@ def add_teach_arguments(parser: argparse.ArgumentParser,
                             'or stem>.png per attribute for celeba.py (the attention editor\'s '
                             'layout); any size. shapes-masks:P%% takes the shapes (or '
                             'shapes-multi) object masks of a seeded P%% of the images')
+    group.add_argument('--attention-boxes', metavar='FILE',
+                       help='bounding boxes (white inside) for some training images instead of '
+                            'maps: a CSV with the header image,x0,y0,x1,y1 (the image\'s own '
+                            'pixels; image: an index of the training split or a path like '
+                            'train/<class>/<file>; celeba.py: an attribute column too), or a '
+                            'folder of Pascal VOC .xml files')
     group.add_argument('--map-loss-weight', type=float, metavar='GAMMA',
                        help=f'gamma of the map loss (default: {DEFAULT_MAP_LOSS_WEIGHT:g})')
     group.add_argument('--train-feature-extractor', action='store_true',
@@ -69,20 +76,33 @@ def add_teach_arguments(parser: argparse.ArgumentParser,
     return parser
 
 
+def is_teaching(args: argparse.Namespace) -> str | None:
+    """The option that asks for map teaching ('--attention-maps', '--attention-boxes'), or
+    None."""
+    if getattr(args, 'attention_maps', None):
+        return '--attention-maps'
+    if getattr(args, 'attention_boxes', None):
+        return '--attention-boxes'
+    return None
+
+
 def check_teach_arguments(args: argparse.Namespace) -> None:
     """One-line refusals of options that cannot work together; sets the weight's default."""
-    teaching = bool(getattr(args, 'attention_maps', None))
+    teaching = is_teaching(args)
+    if getattr(args, 'attention_maps', None) and getattr(args, 'attention_boxes', None):
+        raise AbnError('give one of --attention-maps and --attention-boxes (to teach from both, '
+                       'draw the boxes as maps)')
     if not teaching:
         for flag, value in (('--map-loss-weight', getattr(args, 'map_loss_weight', None)),
                             ('--train-feature-extractor',
                              getattr(args, 'train_feature_extractor', False))):
             if value:
-                raise AbnError(f'{flag} needs --attention-maps')
+                raise AbnError(f'{flag} needs --attention-maps (or --attention-boxes)')
         return
     if args.baseline:
-        raise AbnError('--attention-maps needs an attention branch: drop --baseline')
+        raise AbnError(f'{teaching} needs an attention branch: drop --baseline')
     if args.evaluate:
-        raise AbnError('--attention-maps is for training; evaluate without it')
+        raise AbnError(f'{teaching} is for training; evaluate without it')
     if args.map_loss_weight is None:
         args.map_loss_weight = DEFAULT_MAP_LOSS_WEIGHT
     if args.map_loss_weight < 0:
@@ -104,8 +124,13 @@ class MapTeaching(TrainingScript):
         bundle = self.script.build_data(args, evaluate_only, normalization)
         if bundle.train is None:
             return bundle
-        load = load_task_map_set if is_multitask(bundle.train) else load_map_set
-        maps = load(args.attention_maps, bundle.train, bundle.name)
+        multitask = is_multitask(bundle.train)
+        if args.attention_maps:
+            load = load_task_map_set if multitask else load_map_set
+            maps = load(args.attention_maps, bundle.train, bundle.name)
+        else:
+            load = load_task_box_map_set if multitask else load_box_map_set
+            maps = load(args.attention_boxes, bundle.train)
         bundle.train = WithAttentionMaps(bundle.train, maps)
         record = maps.record()
         args.attention_maps_count = record['count']
@@ -113,7 +138,8 @@ class MapTeaching(TrainingScript):
         unused, held_out = getattr(maps, 'unused', 0), getattr(maps, 'held_out', 0)
         what = (f'{record["count"]} maps of {len(record["images"])} of' if record['count']
                 != len(record['images']) else f'{record["count"]} of')
-        print_main(f'    attention maps: {what} {len(bundle.train)} training images, from '
+        kind = 'attention maps' if args.attention_maps else 'attention boxes'
+        print_main(f'    {kind}: {what} {len(bundle.train)} training images, from '
                    f'{record["source"]}'
                    + (f' ({unused} more name images outside --train-size)' if unused else '')
                    + (f' ({held_out} of held-out splits left out)' if held_out else ''))
@@ -165,5 +191,6 @@ class MapTeaching(TrainingScript):
 
 
 def with_map_teaching(script: TrainingScript, args: argparse.Namespace) -> TrainingScript:
-    """The script itself, or with --attention-maps the script taught the given maps."""
-    return MapTeaching(script) if getattr(args, 'attention_maps', None) else script
+    """The script itself, or with --attention-maps (--attention-boxes) the script taught the
+    given maps (boxes)."""
+    return MapTeaching(script) if is_teaching(args) else script
