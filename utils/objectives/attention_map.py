@@ -11,6 +11,10 @@ from utils.objectives.single_label import SingleLabelObjective
 
 DEFAULT_MAP_LOSS_WEIGHT = 10.0
 NAME = 'attention-maps'
+# The collapse: with a high learning rate and few maps the map can fit small objects by
+# falling towards zero everywhere (measured on shapes at lr 0.1, docs/teach.md). Below this
+# share of the given maps' mean, on the same images, a run says so.
+COLLAPSED = 0.25
 
 
 def fit_to(given, size):
@@ -41,7 +45,13 @@ class MapMeter:
     def __init__(self, inner):
         self.inner = inner
         self.device = inner.sums.device
-        self.sums = inner.sums.new_zeros(2)  # (sum of map loss x maps, maps), float64
+        # (sum of map loss x maps, maps, the sums of the model's and the given maps' means
+        # over the images with a map), float64
+        self.sums = inner.sums.new_zeros(4)
+        # The same two means over the recent steps with maps (an exponential average, per
+        # process, not saved): where the map is heading, which the epoch's mean lags.
+        self.recent = inner.sums.new_zeros(2)
+        self.recent_steps = inner.sums.new_zeros(())
         self.map_nonfinite = inner.nonfinite_step.new_full((), -1)
 
     @property
@@ -57,9 +67,20 @@ class MapMeter:
         self.inner.update(step, output, labels, losses)
         if 'map_loss' not in losses:
             return
-        maps = target['has_map'].sum().double()
+        has_map = target['has_map']
+        maps = has_map.sum().double()
         value = losses['map_loss'].detach().double()
-        self.sums += torch.stack([value * maps, maps])
+        means = maps.new_zeros(2)
+        if has_map.dim() == 1 and output.attention_map is not None:  # maps in [0, 1]
+            weights = has_map.double()
+            means = torch.stack([
+                (output.attention_map.detach().double().flatten(1).mean(1) * weights).sum(),
+                (target['map'].double().flatten(1).mean(1) * weights).sum()])
+            # no host sync: a step without maps leaves the average as it was
+            rate = (1 / (self.recent_steps + 1)).clamp_min(0.1) * (maps > 0)
+            self.recent += (means / maps.clamp_min(1) - self.recent) * rate
+            self.recent_steps += (maps > 0).double()
+        self.sums += torch.cat([torch.stack([value * maps, maps]), means])
         self.map_nonfinite = first_nonfinite(self.map_nonfinite, value, step)
 
     def all_reduce(self):
@@ -73,10 +94,12 @@ class MapMeter:
 
     def summary(self):
         out = self.inner.summary()
-        total, maps = self.sums.tolist()
+        total, maps, model_mean, given_mean = self.sums.tolist()
         if maps:
             out['map_loss'] = total / maps
             out['maps'] = int(maps)
+            out['map_mean'], out['given_map_mean'] = model_mean / maps, given_mean / maps
+            out['recent_map_mean'], out['recent_given_map_mean'] = self.recent.tolist()
         return out
 
     def state_dict(self):
@@ -84,7 +107,8 @@ class MapMeter:
 
     def load_state_dict(self, state):
         self.inner.load_state_dict(state['inner'])
-        self.sums = state['map'].to(device=self.device, dtype=torch.float64)
+        sums = state['map'].to(device=self.device, dtype=torch.float64)
+        self.sums[:len(sums)] = sums  # a checkpoint of an older run has no means
 
 
 class TeachesMaps:
@@ -114,6 +138,17 @@ class TeachesMaps:
 
     def log_row(self, lr, train, valid, seconds):
         return super().log_row(lr, train, valid, seconds) + [train.get('map_loss', 0.0)]
+
+    def training_warning(self, summary, lr):
+        """The collapse: the model's map, on the recent images that have a given map, has
+        fallen below COLLAPSED x the given maps' mean."""
+        model_mean = summary.get('recent_map_mean')
+        given_mean = summary.get('recent_given_map_mean')
+        if not given_mean or model_mean is None or model_mean >= COLLAPSED * given_mean:
+            return None
+        return (f'warning: the attention map is collapsing towards zero (its mean '
+                f'{model_mean:.3f} on the recent images with a given map, theirs '
+                f'{given_mean:.3f}): try a lower learning rate, --lr {lr / 10:g}')
 
     def captions(self, predictions, scores, target, class_names):
         if isinstance(target, dict):

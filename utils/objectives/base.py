@@ -45,6 +45,11 @@ class Objective:
         """One log.txt row, in the order of `log_columns`."""
         raise NotImplementedError
 
+    def training_warning(self, summary, lr):
+        """A one-line warning about the training epoch so far (a meter's `summary()`, the
+        learning rate), or None. The engine prints it once per epoch."""
+        return None
+
     def best_text(self, best):
         """The line that closes a training run."""
         return f'Best {self.metric_label}: {best:.2f}'

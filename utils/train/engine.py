@@ -167,6 +167,7 @@ class Trainer:
         progress = Progress(f'Train {epoch + 1}', total, enabled=runtime.is_main)
         step = state.step
         state.step = 0
+        warned = False
         for inputs, targets in loader:
             inputs, targets = self.to_device(inputs, targets)
             output, losses = self.forward_losses(inputs, targets)
@@ -184,8 +185,10 @@ class Trainer:
             if shown or checkpoint_due or (not runtime.distributed and stop.requested()):
                 stop_now, bad_step = shared_status(runtime, stop, meter)
                 check_finite(bad_step, epoch, self.checkpoint_dir, self.optimizer)
-                progress.update(step, self.objective.summary_text(meter.summary(), self.attention)
+                summary = meter.summary() if shown else None
+                progress.update(step, self.objective.summary_text(summary, self.attention)
                                 if shown else None)
+                warned = warned or self.warn(summary, epoch)
                 if stop_now and step < total:
                     raise StopRequested(epoch, step, meter)
                 if checkpoint_due and step < total:
@@ -197,7 +200,17 @@ class Trainer:
                      self.optimizer)
         summary = meter.summary()
         progress.finish(self.objective.summary_text(summary, self.attention))
+        if not warned:
+            self.warn(summary, epoch)
         return meter, summary, total
+
+    def warn(self, summary: dict[str, Any] | None, epoch: int) -> bool:
+        """Prints the objective's warning about the epoch so far, if it has one."""
+        warning = summary and self.objective.training_warning(
+            summary, step_schedule_lr(self.args, epoch))
+        if warning:
+            self.print(warning)
+        return bool(warning)
 
     @torch.no_grad()
     def evaluate(self, stop: StopSignals | None = None, title: str | None = None,
