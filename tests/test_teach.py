@@ -170,6 +170,38 @@ def test_the_objective_on_known_values():
     assert 'map loss' in objective.summary_text(summary, True)
 
 
+def test_a_collapsing_map_is_named_with_the_learning_rate_to_try():
+    """The guard follows the recent steps with maps: a map falling towards zero on them is
+    named once the average has fallen below a quarter of the given maps' mean."""
+    objective = get_objective('attention-maps')
+    meter = objective.new_meter(torch.device('cpu'))
+    logits = torch.zeros(2, 3)
+    given = torch.zeros(2, 1, 8, 8)
+    given[:, :, 2:6, 2:6] = 1  # the given maps' mean: 0.25
+    target = {'label': torch.tensor([0, 1]), 'map': given, 'has_map': torch.tensor([True, False])}
+    for step, level in enumerate([0.3, 0.25, 0.2]):  # healthy
+        output = AbnOutput(logits, logits, torch.full((2, 1, 4, 4), level))
+        meter.update(step, output, target, objective.losses(output, target))
+    summary = meter.summary()
+    assert summary['given_map_mean'] == pytest.approx(0.25)
+    assert summary['map_mean'] == pytest.approx(0.25)
+    assert objective.training_warning(summary, 0.1) is None
+    for step in range(3, 40):  # the map falls to 0.001 on the images with a map
+        output = AbnOutput(logits, logits, torch.full((2, 1, 4, 4), 0.001))
+        meter.update(step, output, target, objective.losses(output, target))
+        no_maps = dict(target, has_map=torch.tensor([False, False]))  # steps without: no say
+        meter.update(step, AbnOutput(logits, logits, torch.ones(2, 1, 4, 4)), no_maps,
+                     objective.losses(output, no_maps))
+    warning = objective.training_warning(meter.summary(), 0.1)
+    assert warning.startswith('warning: the attention map is collapsing towards zero')
+    assert warning.endswith('try a lower learning rate, --lr 0.01')
+    old = meter.state_dict()
+    old['map'] = old['map'][:2]  # a checkpoint written before the means were kept
+    restored = objective.new_meter(torch.device('cpu'))
+    restored.load_state_dict(old)
+    assert restored.summary()['maps'] == meter.summary()['maps']
+
+
 def test_weights_start_a_plain_run_too(base, tmp_path, capsys):
     start = str(base / 'base' / 'model_best.pth.tar')
     code, stdout, _ = run_script(cifar.main, TINY + ['--epochs', '1', '--lr', '1e-9', '--weights',
@@ -191,3 +223,20 @@ def test_unreadable_training_images_are_still_found_first(tmp_path, capsys):
             str(tmp_path / 'maps'), '-c', str(tmp_path / 'run')]
     assert_refused(cifar.main, argv, 'dog/1.jpg', str(tmp_path / 'maps'), capsys)
     assert not os.path.exists(tmp_path / 'run')  # before the run began, not in its first epoch
+
+
+def test_the_pages_status_shows_the_runs_warning(tmp_path):
+    from types import SimpleNamespace
+
+    from utils.serve.teach_job import TeachingJob
+    from utils.serve.teach_page import status_text
+    run = TeachingJob(str(tmp_path), ['python', 'cifar.py'], 'python cifar.py')
+    run.state = 'running'
+    (tmp_path / 'output.txt').write_text(
+        'Epoch: [1 | 2] LR: 0.100000\nwarning: the attention map is collapsing towards zero '
+        '(its mean 0.001 on the recent images with a given map, theirs 0.210): try a lower '
+        'learning rate, --lr 0.01\nTrain 1 [15/157] 0:03 ETA 0:30 | loss 0.1\n')
+    teacher = SimpleNamespace(run=run, editor=SimpleNamespace(shown_path=lambda path: 'run'))
+    status = status_text(teacher)
+    assert '**Warning**: the attention map is collapsing towards zero' in status
+    assert '--lr 0.01' in status and '`Train 1 [15/157]' in status

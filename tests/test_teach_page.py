@@ -3,6 +3,7 @@
 second time, found by another visitor and stopped (the browser test runs one to its end and
 compares the models); and the pieces in-process (the saved maps' count, the command, the
 refusals, a multi-task page's command and measures, --no-teach)."""
+import json
 import os
 import shlex
 import time
@@ -19,6 +20,7 @@ from utils.errors import AbnError
 from utils.serve.editor import MapEditor
 from utils.serve.teach import Teacher
 from utils.serve.teach_page import comparison_text, maps_text, status_text
+from utils.weights import checkpoint as ckpt
 from utils.weights.loading import load_model
 
 pytest.importorskip('gradio_client', reason='pip install -r requirements-serve.txt')
@@ -96,6 +98,70 @@ def test_teach_over_http_one_run_at_a_time_found_again_and_stopped(tmp_path):
     finally:
         server.stop()
     assert 'Traceback' not in server.output, server.output
+
+
+def process_ends(pid, timeout=WAIT):
+    """Whether the process `pid` (not a child of this one) ends within `timeout` s."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_job_ends_with_its_page_however_it_dies_and_a_new_page_continues_it(tmp_path):
+    """A page killed with SIGKILL: its Teach job saves and ends; a page started again on the
+    same folder finds the run unfinished and continues it (--resume) with Continue."""
+    checkpoint = save_project_checkpoint(tiny_model(gate='multiply'), str(tmp_path / 'm.pth.tar'))
+    argv = [checkpoint, '--dataset', 'shapes', '-o', 'out']
+    run_dir = tmp_path / 'out' / 'taught' / 'run-1'
+    server = Server(argv, str(tmp_path))
+    try:
+        server.wait_until_up()
+        client = Client(server.url, verbose=False)
+        client.predict('train', 0, 'circle', api_name='/show_split')
+        client.predict(editor_value(half_map(tmp_path / 'half.png')), 'circle', api_name='/save')
+        assert 'Started' in client.predict(200, 4, 0.01, 10, 8, api_name='/teach')[0]
+        wait_for(client, 'Train ')
+        with open(run_dir / 'job.json') as f:
+            job = json.load(f)
+        server.process.kill()  # SIGKILL: the page closes nothing
+        server.process.wait(timeout=30)
+        assert process_ends(job['pid']), 'the Teach job outlived its page'
+    finally:
+        server.stop()
+    with open(run_dir / 'output.txt') as f:
+        output = f.read()
+    assert 'SIGTERM: stopping after this step to save a checkpoint' in output
+    saved = ckpt.load_checkpoint(str(run_dir / 'checkpoint.pth.tar'))
+    assert saved['epoch'] < 200
+
+    again = Server(argv, str(tmp_path))
+    try:
+        again.wait_until_up()
+        client = Client(again.url, verbose=False)
+        found = client.predict(api_name='/teach_status')[1]
+        assert '**Unfinished**' in found and 'Continue' in found and 'taught/run-1' in found
+        assert 'Continuing' in client.predict(api_name='/continue_teaching')[0]
+        wait_for(client, '**Teaching**')
+        deadline = time.monotonic() + WAIT
+        while 'resuming at epoch' not in (run_dir / 'output.txt').read_text():
+            assert time.monotonic() < deadline, (run_dir / 'output.txt').read_text()
+            time.sleep(0.2)
+        resumed = (run_dir / 'output.txt').read_text().split('resuming at epoch', 1)[1]
+        assert resumed.split()[0].rstrip(',') == str(saved['epoch'] + 1)
+        client.predict(api_name='/stop_teaching')
+        assert '**Stopped**' in wait_for(client, '**Stopped**')[1]
+        second = client.predict(api_name='/continue_teaching')[0]
+        assert 'Continuing' in second  # Stop, then Continue, on one page too
+        client.predict(api_name='/stop_teaching')
+        wait_for(client, '**Stopped**')
+    finally:
+        again.stop()
+    assert 'Traceback' not in server.output + again.output, server.output + again.output
 
 
 # -- the pieces, in-process -----------------------------------------------------------------

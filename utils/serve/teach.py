@@ -24,7 +24,7 @@ from utils.data.datasets import base_dataset
 from utils.errors import AbnError
 from utils.explain.measures import pointing_tolerance, split_scores
 from utils.serve.editor import MapEditor
-from utils.serve.teach_job import TeachingJob
+from utils.serve.teach_job import JOB_FILE, TeachingJob
 from utils.teach.attention_maps import read_maps
 from utils.teach.map_store import saved_training_maps, training_folder
 from utils.visualize import safe_name
@@ -56,6 +56,9 @@ class Teacher:
         self.version = 0  # grows whenever a new comparison is ready
         # The run's command names no architecture options: the file must record them.
         self.describes_itself = _describes_itself(checkpoint)
+        # A run an earlier page on this folder left unfinished (killed, or stopped): the
+        # page offers to continue it.
+        self.run = last_unfinished_run(output)
 
     # ---- what can be taught ----
     def unavailable_reason(self):
@@ -145,6 +148,26 @@ class Teacher:
         threading.Thread(target=self._watch, args=(self.run,), daemon=True).start()
         return self.run
 
+    def resume(self):
+        """Continues the stopped run from its checkpoint (--resume), in its folder."""
+        reason = self.unavailable_reason()
+        if reason:
+            raise AbnError(reason)
+        with self.lock:
+            run = self.run
+            if run is None or run.state != 'stopped':
+                raise AbnError('no stopped teaching run to continue')
+            if run.still_ending():
+                raise AbnError('the run is still saving after its page ended: continue it in '
+                               'a moment')
+            if not os.path.isfile(run.checkpoint()):
+                raise AbnError(f'the run in {self.editor.shown_path(run.folder)} saved no '
+                               f'checkpoint to continue from: teach again')
+            run.start(resume=True)
+            run.unattended = False
+        threading.Thread(target=self._watch, args=(run,), daemon=True).start()
+        return run
+
     def stop(self):
         run = self.run
         if run is None or run.state != 'running':
@@ -161,6 +184,7 @@ class Teacher:
     def _watch(self, run):
         """Waits for the run; on success loads the taught model and measures both."""
         code = run.process.wait()
+        run.release()
         if code != 0:
             run.state = 'stopped' if run.stopping or code in (130, 143) else 'failed'
             run.note = run.error() or f'the run ended with status {code}'
@@ -230,6 +254,23 @@ class Teacher:
                 continue
             values.append(float(drawn[region].mean() - drawn[~region].mean()))
         return {'contrast': float(np.mean(values)) if values else None, 'maps': len(values)}
+
+
+def last_unfinished_run(output):
+    """The newest run under <output>/taught that a page started and left short of its
+    epochs (a stopped job, utils.serve.teach_job), or None."""
+    top = os.path.join(output, 'taught')
+    try:
+        names = os.listdir(top)
+    except OSError:
+        return None
+    numbered = sorted((int(name[4:]), name) for name in names
+                      if name.startswith('run-') and name[4:].isdigit())
+    for _, name in reversed(numbered):
+        folder = os.path.join(top, name)
+        if os.path.isfile(os.path.join(folder, JOB_FILE)):
+            return TeachingJob.unfinished(folder)  # the newest run the page started
+    return None
 
 
 def new_run_folder(output):

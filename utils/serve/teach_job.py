@@ -1,12 +1,22 @@
 """A teaching run as a background process of the page: started in a session of its own,
-its output in `output.txt`, its progress read from that output, stopped with SIGTERM (the
-run saves at its next step and says how to resume)."""
+on a leash (utils.serve.leash: it ends when the page ends, however the page ends), its
+output in `output.txt`, its progress read from that output, stopped with SIGTERM (the run
+saves at its next step and says how to resume). `job.json` keeps its command, so that a page
+started again on the same folder finds a run its predecessor left unfinished and can
+continue it (`--resume`)."""
+import json
 import os
 import re
 import signal
 import subprocess
+import sys
+
+from utils.errors import AbnError
+from utils.weights.checkpoint import load_checkpoint
 
 PROGRESS = re.compile(r'^(Train|Valid|Test) \S+ ?\[\d+/\d+\]')
+LEASH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'leash.py')
+JOB_FILE = 'job.json'
 
 
 class TeachingJob:
@@ -19,14 +29,63 @@ class TeachingJob:
         self.stopping = False
         self.state = 'starting'  # running, measuring, finished, stopped, failed
         self.note = ''
+        self.leash = None  # the write end of the leash's pipe
+        self.unattended = False  # found unfinished by a page started again
 
-    def start(self):
+    def start(self, resume=False):
+        """Starts the command (with `resume`, continues it from its checkpoint, its output
+        appended)."""
+        argv = self.argv + (['--resume', self.checkpoint()] if resume else [])
         env = dict(os.environ, PYTHONUNBUFFERED='1')
-        with open(self.output, 'wb') as out:
-            self.process = subprocess.Popen(self.argv, stdout=out, stderr=subprocess.STDOUT,
-                                            stdin=subprocess.DEVNULL, env=env,
-                                            start_new_session=True)
+        # The leash holds the read end of a pipe whose write end only this process holds:
+        # it reads the end of file when this process ends, however it ends.
+        read_end, self.leash = os.pipe()
+        try:
+            with open(self.output, 'ab' if resume else 'wb') as out:
+                self.process = subprocess.Popen(
+                    [sys.executable, LEASH, str(read_end), '--'] + argv, stdout=out,
+                    stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=env,
+                    start_new_session=True, pass_fds=(read_end,))
+        finally:
+            os.close(read_end)
+        with open(os.path.join(self.folder, JOB_FILE), 'w') as f:
+            json.dump({'argv': self.argv, 'shown': self.shown, 'pid': self.process.pid}, f,
+                      indent=1)
+        self.stopping, self.note = False, ''
         self.state = 'running'
+
+    @classmethod
+    def unfinished(cls, folder):
+        """The run of `folder` as a stopped job if a page started it (its job.json) and it
+        saved a checkpoint short of its epochs, else None."""
+        try:
+            with open(os.path.join(folder, JOB_FILE)) as f:
+                job = json.load(f)
+            saved = load_checkpoint(os.path.join(folder, 'checkpoint.pth.tar'))
+            done = saved['epoch'] >= saved['args']['epochs'] and not saved.get('step')
+        except (OSError, ValueError, KeyError, TypeError, AbnError):
+            return None
+        if done:
+            return None
+        run = cls(folder, list(job['argv']), job['shown'])
+        run.state, run.unattended = 'stopped', True
+        run.previous_pid = job.get('pid')
+        return run
+
+    def still_ending(self):
+        """Whether the process of an earlier page's run still lives (its leash saw that page
+        end and the run is saving)."""
+        pid = getattr(self, 'previous_pid', None)
+        if not pid:
+            return False
+        try:
+            os.kill(pid, 0)
+            with open(f'/proc/{pid}/cmdline', 'rb') as f:
+                return b'leash.py' in f.read()
+        except FileNotFoundError:  # no /proc: the pid lives
+            return os.name != 'posix' or not os.path.isdir('/proc')
+        except OSError:
+            return False
 
     def lines(self, last=200):
         try:
@@ -44,6 +103,11 @@ class TeachingJob:
         step = next((line for line in reversed(lines) if PROGRESS.match(line)), '')
         return epoch.strip(), step.strip()
 
+    def warning(self):
+        """The run's newest warning line (e.g. the map collapsing towards zero), or ''."""
+        return next((line.strip() for line in reversed(self.lines())
+                     if line.startswith('warning:')), '')
+
     def error(self):
         """The run's own one-line error, if it printed one."""
         return next((line.split('error:', 1)[1].strip() for line in reversed(self.lines())
@@ -56,6 +120,12 @@ class TeachingJob:
         if self.process is not None and self.process.poll() is None:
             self.stopping = True
             os.killpg(self.process.pid, signal.SIGTERM)  # the run saves at the next step
+
+    def release(self):
+        """The run has ended: its leash's pipe is closed."""
+        if self.leash is not None:
+            os.close(self.leash)
+            self.leash = None
 
     def end(self, timeout=30):
         """The page is stopping: so is the run (it saves first), killed after `timeout` s."""

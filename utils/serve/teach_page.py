@@ -40,11 +40,16 @@ def status_text(teacher):
         lines.append(f'**Taught**: `{teacher.editor.shown_path(run.checkpoint())}` (the '
                      f'checkpoint the page serves is unchanged).')
     elif run.state == 'stopped':
-        lines.append(f'**Stopped**: its checkpoint `{teacher.editor.shown_path(run.checkpoint())}` '
-                     f'can be continued with the command below plus `--resume '
-                     f'{shown_argument(run.checkpoint())}`.')
+        what = ('**Unfinished**: a run an earlier page started here ended before its last '
+                'epoch' if run.unattended else '**Stopped**')
+        lines.append(f'{what}: press **Continue** to go on from its checkpoint '
+                     f'`{teacher.editor.shown_path(run.checkpoint())}`, or run the command '
+                     f'below plus `--resume {shown_argument(run.checkpoint())}`.')
     else:
         lines.append(f'**The run failed**: {run.note}')
+    warning = run.warning()
+    if warning:
+        lines.append(f"**Warning**: {warning.split(':', 1)[1].strip()}")
     lines.append(f'Command (in full in `{where}/command.sh`, to run again from a '
                  f'terminal):\n```\n{run.shown}\n```')
     return '\n\n'.join(lines)
@@ -81,6 +86,11 @@ class TeachHandlers:
     def start(self, epochs, batch, lr, weight, train_size):
         self.teacher.start(epochs, batch, lr, weight, train_size)
         return [f'Started: `{self.teacher.editor.shown_path(self.teacher.run.folder)}`.',
+                status_text(self.teacher)]
+
+    def resume(self):
+        run = self.teacher.resume()
+        return [f'Continuing: `{self.teacher.editor.shown_path(run.folder)}`.',
                 status_text(self.teacher)]
 
     def stop(self):
@@ -132,6 +142,7 @@ def add_teach_section(gr, teacher, state, message, guarded):
         with gr.Row():
             teach = gr.Button('Teach', variant='primary', elem_id='teach')
             stop = gr.Button('Stop', elem_id='teach-stop')
+            resume = gr.Button('Continue', elem_id='teach-continue')
         status = gr.Markdown(status_text(teacher), elem_id='teach-status')
         with gr.Row():
             before = gr.Image(label='before: ABN attention', type='numpy', interactive=False,
@@ -144,6 +155,7 @@ def add_teach_section(gr, teacher, state, message, guarded):
     teach.click(guarded(on.start, outputs), [epochs, batch, lr, weight, train_size], outputs,
                 api_name='teach')
     stop.click(guarded(on.stop, outputs), [], outputs, api_name='stop_teaching')
+    resume.click(guarded(on.resume, outputs), [], outputs, api_name='continue_teaching')
     timer = gr.Timer(TICK_SECONDS)
     shown = [saved, status, before, after, comparison, seen]
     timer.tick(guarded(on.tick, shown), [state, seen], shown, show_progress='hidden',
