@@ -187,7 +187,7 @@ def test_paint_save_teach_and_compare_in_a_browser(tmp_path, trained_shapes):
         served = f.read()
     out = tmp_path / 'out'
     server = Server([checkpoint, '--dataset', 'shapes', '-o', 'out'], cwd=tmp_path)
-    masks = ShapesDataset(train=True, size=8).masks
+    masks = ShapesDataset(train=True, size=9).masks
     driver = None
     try:
         server.wait_until_up()
@@ -264,7 +264,53 @@ def test_paint_save_teach_and_compare_in_a_browser(tmp_path, trained_shapes):
                 saved = np.asarray(image) > 127
             cells = masks[index].reshape(16, 2, 16, 2).mean((1, 3))
             assert np.array_equal(saved, cells >= 0.5), index  # the mask, not the own map
-        says('teach-maps', 'Saved training maps: 8')
+        # Image 8: the box tool, a rectangle dragged over its shape.
+        show_train_image(8)
+        driver.find_element(By.CSS_SELECTOR, '#box-mode input').click()
+        picture = driver.find_element(By.CSS_SELECTOR, '#panel-edited img')
+        # The picture's own rectangle in its element (letterboxed by object-fit: contain).
+        left, top, width, height = driver.execute_script(
+            "const img = arguments[0], r = img.getBoundingClientRect(); "
+            "const s = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight); "
+            "const w = img.naturalWidth * s, h = img.naturalHeight * s; "
+            "return [(r.width - w) / 2, (r.height - h) / 2, w, h];", picture)
+        rows, columns = np.nonzero(masks[8])
+        corners = [(columns.min() + 0.25, rows.min() + 0.25),
+                   (columns.max() + 0.75, rows.max() + 0.75)]  # image pixels, 32 a side
+        box_size = picture.size
+        offsets = [(int(left + x / 32 * width - box_size['width'] / 2),
+                    int(top + y / 32 * height - box_size['height'] / 2)) for x, y in corners]
+        # Every message, kept: the painter's own answer to its new picture follows at once.
+        driver.execute_script(
+            "window.messages = []; new MutationObserver(() => window.messages.push("
+            "document.querySelector('#message').innerText)).observe(document.querySelector("
+            "'#message'), {childList: true, subtree: true, characterData: true});"
+            "window.downs = []; document.addEventListener('pointerdown', (e) => window.downs.push("
+            "[e.target.tagName, e.target.className && String(e.target.className).slice(0, 30), "
+            "document.querySelector('#box-mode input').checked]), true);")
+        ActionChains(driver, duration=50).move_to_element_with_offset(
+            picture, *offsets[0]).click_and_hold().move_to_element_with_offset(
+            picture, *offsets[1]).release().perform()
+        try:
+            wait.until(lambda d: any('Box drawn (the rest of the map black)' in m
+                                     for m in d.execute_script('return window.messages')))
+        except TimeoutException:
+            pytest.fail(f"the dragged box was never drawn: the drag gave "
+                        f"{driver.execute_script('return window.abnDrawnBox')}, the messages "
+                        f"were {driver.execute_script('return window.messages')}, the "
+                        f"pointer went down on {driver.execute_script('return window.downs')}")
+        save(8)
+        with Image.open(out / 'edited_maps' / 'train' / '8.png') as image:
+            saved = np.asarray(image) > 127
+        inner = np.zeros((16, 16), bool)  # the map's cells wholly inside the box
+        inner[(rows.min() + 2) // 2:(rows.max() - 1) // 2 + 1,
+              (columns.min() + 2) // 2:(columns.max() - 1) // 2 + 1] = True
+        touched = np.zeros((16, 16), bool)  # and the cells it touches
+        touched[rows.min() // 2:rows.max() // 2 + 1, columns.min() // 2:columns.max() // 2 + 1] = 1
+        assert saved[inner].all() and not saved[~touched].any(), saved.astype(int)
+        driver.find_element(By.CSS_SELECTOR, '#box-mode input').click()  # the brush again
+        says('teach-maps', 'Saved training maps: 9')
+        says('teach-comparison', 'When a run ends')  # what the empty panels will hold
 
         # Teach: 64 training images (8 with maps), 4 epochs of 4 steps.
         for element_id, value in (('teach-epochs', 4), ('teach-batch', 16), ('teach-lr', 0.01),
@@ -293,6 +339,20 @@ def test_paint_save_teach_and_compare_in_a_browser(tmp_path, trained_shapes):
         for panel in ('before', 'after'):
             wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR,
                                                          f'#panel-{panel} img')))
+        # The table's words stay whole (each cell but the first on one line), and the whole
+        # command, this machine's paths and all, is there to copy.
+        lines = driver.execute_script(
+            "return [...document.querySelectorAll('#teach-comparison th:not(:first-child), "
+            "#teach-comparison td:not(:first-child)')].map((cell) => { const range = "
+            "document.createRange(); range.selectNodeContents(cell); "
+            "const tops = [...range.getClientRects()].map((r) => r.top).sort((a, b) => a - b); "
+            "return [cell.textContent, tops.filter((top, i) => i === 0 || top - tops[i - 1] > "
+            "parseFloat(getComputedStyle(cell).fontSize) / 2).length]; });")  # its lines
+        assert lines and all(count <= 1 for _, count in lines), [
+            line for line in lines if line[1] > 1]
+        whole = driver.find_element(By.CSS_SELECTOR, '#teach-command textarea')
+        assert f'cd {tmp_path} && ' in whole.get_attribute('value')
+        assert driver.find_elements(By.CSS_SELECTOR, '#teach-command button')  # Copy
         if screenshots:
             section = driver.find_element(By.ID, 'teach-section')
             driver.execute_script('arguments[0].scrollIntoView()', section)

@@ -229,6 +229,31 @@ def test_saves_never_replace_a_different_map_and_names_stay_visible(page, tmp_pa
                    for name in files)
 
 
+def test_boxes_drawn_on_the_map_are_saved_as_a_map(page, tmp_path):
+    """The box tool's event: the first box of an image makes the rest black, the next adds;
+    saved like a painted map, which --attention-maps teaches."""
+    client = Client(page.url, verbose=False)
+    client.predict('train', 9, 'circle', api_name='/show_split')
+    painter = tmp_path / 'painter.png'
+    Image.new('RGB', (64, 64), 'gray').save(painter)
+    first = client.predict(editor_value(str(painter)), '0.25,0.25,0.75,0.5',
+                           api_name='/draw_box')
+    assert first[0].startswith('Box drawn (the rest of the map black)')
+    drawn = first[1]['composite'] if isinstance(first[1], dict) else first[1]
+    second = client.predict(editor_value(drawn), '0,0,0.125,0.125', api_name='/draw_box')
+    assert second[0].startswith('Box drawn (added)')
+    drawn = second[1]['composite'] if isinstance(second[1], dict) else second[1]
+    assert 'edited_maps/train/9.png' in client.predict(editor_value(drawn), 'circle',
+                                                      api_name='/save')[0]
+    saved = np.asarray(Image.open(page.root / 'out' / 'edited_maps' / 'train' / '9.png'))
+    expected = np.zeros((16, 16), np.uint8)
+    expected[4:8, 4:12] = expected[0:2, 0:2] = 255
+    assert np.array_equal(saved, expected)
+    for text in ('0.5,0.5,0.2,0.9', '1,2,3', '0,0,1,1.5'):
+        answer = client.predict(editor_value(drawn), text, api_name='/draw_box')[0]
+        assert answer.startswith('**Error:**') and 'box' in answer
+
+
 def test_no_request_prints_a_traceback_or_shows_a_path_of_this_machine(page, tmp_path):
     client = Client(page.url, verbose=False)
     bad_calls = [(('test', 1, 'not a class'), '/show_split'), (('test', 'x', 'circle'),

@@ -19,7 +19,7 @@ from tests.helpers import Server, save_project_checkpoint, tiny_model
 from utils.errors import AbnError
 from utils.serve.editor import MapEditor
 from utils.serve.teach import Teacher
-from utils.serve.teach_page import comparison_text, maps_text, status_text
+from utils.serve.teach_page import WAITING, comparison_text, maps_text, status_text
 from utils.weights import checkpoint as ckpt
 from utils.weights.loading import load_model
 
@@ -82,8 +82,9 @@ def test_teach_over_http_one_run_at_a_time_found_again_and_stopped(tmp_path):
                                   '--attention-maps out/edited_maps/train --epochs 200 ')
         with open(tmp_path / 'out' / 'taught' / 'run-1' / 'command.sh') as f:
             written = f.read().splitlines()[-1]  # whole paths, to run from a terminal
+        assert written.endswith(' "$@"')  # sh command.sh --resume ... continues it
         assert [os.path.relpath(a, tmp_path) if os.path.isabs(a) else a
-                for a in shlex.split(written)[2:]] == shlex.split(command)[2:]
+                for a in shlex.split(written)[2:-1]] == shlex.split(command)[2:]
         second = client.predict(1, 4, 0.01, 10, 8, api_name='/teach')[0]
         assert 'a teaching run is already running' in second
         other = Client(server.url, verbose=False)  # another visitor, or a reloaded page
@@ -214,7 +215,28 @@ def test_the_command_is_the_scripts_and_bad_settings_are_refused(tmp_path):
                             ((1, 8, 0.1, 10), 'no saved maps of training images')):
         with pytest.raises(AbnError, match=words):
             teacher.start(*settings)
-    assert status_text(teacher) == 'No teaching run yet.' and comparison_text(teacher) == ''
+    assert status_text(teacher) == 'No teaching run yet.'
+    assert comparison_text(teacher) == WAITING  # what the empty panels will hold
+
+
+def test_the_whole_command_to_copy_has_this_machines_paths_only_on_a_local_page(
+        tmp_path, monkeypatch):
+    from utils.serve.teach_job import TeachingJob
+    monkeypatch.chdir(tmp_path)
+    folder = str(tmp_path / 'out' / 'taught' / 'run-1')
+    for shows_paths in (True, False):
+        teacher = shapes_teacher(tmp_path)
+        teacher.shows_paths = shows_paths
+        argv, shown = teacher.command(folder, 1, 8, 0.01, 10, 0)
+        teacher.run = TeachingJob(folder, argv, shown)
+        teacher.run.state = 'stopped'
+        whole = teacher.whole_command()
+        if shows_paths:
+            assert whole.startswith(f'cd {tmp_path} && ') and argv[1] in whole
+            assert whole.endswith(f'--resume {folder}/checkpoint.pth.tar')
+        else:
+            assert whole == ('sh out/taught/run-1/command.sh --resume '
+                             'out/taught/run-1/checkpoint.pth.tar')
 
 
 def test_an_authors_file_or_a_page_without_a_data_set_cannot_teach(tmp_path):
@@ -257,6 +279,63 @@ def test_a_multitask_page_teaches_with_celeba_py_and_measures_per_attribute(tmp_
     text = comparison_text(teacher)
     assert 'mean attribute accuracy' in text and 'frame' in text
     teacher.close()
+
+
+def test_a_page_of_image_files_teaches_with_the_folder_they_belong_to(tmp_path):
+    """No --dataset: the page asks for the image folder, checks and remembers it, refuses maps
+    of images outside it, teaches with cifar.py --dataset imagefolder and measures on its
+    test split; a page started again on the output folder remembers the folder."""
+    import cifar
+    from tests.fakedata import write_image_folder
+    data = tmp_path / 'data'
+    write_image_folder(str(data), splits=(('train', 4), ('val', 2)), size=32)
+    assert cifar.main(['--dataset', 'imagefolder', '--data', str(data), '--depth', '8',
+                       '--epochs', '1', '--train-batch', '6', '--gpu-id', 'cpu', '-j', '0',
+                       '--save-attention', '0', '--manualSeed', '1', '-c',
+                       str(tmp_path / 'm')]) == 0
+    checkpoint = str(tmp_path / 'm' / 'checkpoint.pth.tar')
+    photos = [str(data / 'train' / 'dog' / '1.jpg'), str(data / 'train' / 'fox' / '2.png')]
+    stray = tmp_path / 'stray.png'
+    Image.new('RGB', (32, 32), 'red').save(stray)
+    editor = MapEditor(load_model(checkpoint), CPU, str(tmp_path / 'out' / 'edited_maps'),
+                       files=photos + [str(stray)])
+    teacher = Teacher(editor, checkpoint, str(tmp_path / 'out'), gpu_id='cpu')
+    # The checkpoint's own --data is found and checked: the page can teach at once.
+    assert teacher.training_root == str(data) and teacher.unavailable_reason() is None
+    with pytest.raises(AbnError, match='holds no train/ folder'):
+        teacher.set_training_folder(str(tmp_path))
+    painted = Image.open(half_map(tmp_path / 'half.png'))
+    for path, class_name in ((photos[0], 'dog'), (photos[1], 'fox'), (str(stray), 'cat')):
+        explained = editor.explain(editor.picture_from_file(path))
+        editor.save(explained, editor.map_from_image(painted, explained.scale), class_name)
+    assert teacher.saved_maps() == {'cat': 1, 'dog': 1, 'fox': 1}
+    with pytest.raises(AbnError, match='1 saved maps name no image of .*the first: cat/stray'):
+        teacher.start(1, 4, 0.01, 10)
+    os.remove(tmp_path / 'out' / 'edited_maps' / 'cat' / 'stray.png')
+    argv, shown = teacher.command('RUN', 1, 4, 0.01, 10, 0)
+    assert argv[2:8] == ['--dataset', 'imagefolder', '--data', str(data), '--weights', checkpoint]
+    assert argv[argv.index('--attention-maps') + 1] == editor.maps_dir
+    run = teacher.start(1, 4, 0.01, 10)
+    deadline = time.monotonic() + WAIT
+    while run.state not in ('finished', 'failed') and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert run.state == 'finished', (run.note, ''.join(run.lines()[-5:]))
+    assert 'attention maps: 2 of 12 training images' in '\n'.join(run.lines())
+    assert teacher.scores['after']['images'] == 6  # val/: 2 images of 3 classes
+    teacher.close()
+    # Another page on the same output folder, of a checkpoint that does not name the folder.
+    moved = tmp_path / 'moved.pth.tar'
+    saved = ckpt.load_checkpoint(checkpoint)
+    saved['args']['data'] = str(tmp_path / 'gone')
+    torch.save(saved, moved)
+    os.rename(tmp_path / 'out' / 'teach.json', tmp_path / 'teach.json')
+    again = Teacher(MapEditor(load_model(str(moved)), CPU, editor.maps_dir, files=photos),
+                    str(moved), str(tmp_path / 'out'), gpu_id='cpu')
+    assert 'give it under **training folder**' in again.unavailable_reason()
+    os.rename(tmp_path / 'teach.json', tmp_path / 'out' / 'teach.json')
+    remembered = Teacher(MapEditor(load_model(str(moved)), CPU, editor.maps_dir, files=photos),
+                         str(moved), str(tmp_path / 'out'), gpu_id='cpu')
+    assert remembered.training_root == str(data)
 
 
 def test_no_teach_leaves_the_section_out(tmp_path):

@@ -39,6 +39,23 @@ def map_loss(attention_map, given, has_map):
     return (per_image * weights).sum() / weights.sum().clamp_min(1)
 
 
+def box_projection_loss(attention_map, given, has_map):
+    """For maps drawn from boxes (--attention-boxes): the squared differences of the maps'
+    projections, their maximum over each column and over each row, per image, averaged over
+    the images that have a box. A box says that every row and column it spans holds some of
+    the object and that nothing lies outside it, not that all of it is object: a ring's box
+    holds background in its middle, which the plain map loss would teach the map to mark.
+    Outside the box both projections are 0, so the map is pulled down there; inside, only
+    each row's and column's highest value is pulled up, and where in the row it lies is left
+    to the classification losses (the projection loss of box-supervised segmentation,
+    BoxInst, Tian et al. 2021)."""
+    target = fit_to(given.to(attention_map.dtype), attention_map.shape[-2:])
+    per_image = sum((attention_map.amax(dim) - target.amax(dim)).pow(2).flatten(1).mean(1)
+                    for dim in (-1, -2))
+    weights = has_map.to(per_image.dtype)
+    return (per_image * weights).sum() / weights.sum().clamp_min(1)
+
+
 class MapMeter:
     """The single-label meter plus the epoch's map loss (per image that has a map)."""
 
@@ -133,7 +150,12 @@ class TeachesMaps:
     def summary_text(self, summary, attention):
         text = super().summary_text(summary, attention)
         if 'map_loss' in summary:
-            text += f" | map loss {summary['map_loss']:.4f} ({summary['maps']} maps)"
+            text += f" | map loss {summary['map_loss']:.4f} ({summary['maps']} maps"
+            if summary.get('given_map_mean'):  # the means: where a collapse shows first
+                text += (f"; mean {summary['recent_map_mean']:.3f}, given "
+                         f"{summary['recent_given_map_mean']:.3f}")
+            text += ')'
+
         return text
 
     def log_row(self, lr, train, valid, seconds):
@@ -164,5 +186,7 @@ class AttentionMapObjective(TeachesMaps, SingleLabelObjective):
     name = NAME
     log_columns = SingleLabelObjective.log_columns + ['Train Map Loss']
 
-    def __init__(self, weight=DEFAULT_MAP_LOSS_WEIGHT):
+    def __init__(self, weight=DEFAULT_MAP_LOSS_WEIGHT, boxes=False):
         self.weight = weight
+        if boxes:  # the given maps are boxes: compare their projections
+            self.compare_maps = box_projection_loss

@@ -3,14 +3,76 @@
 answers); the Teach section is utils.serve.teach_page, the server utils.serve.server."""
 import os
 
+import numpy as np
 from PIL import Image
 
 from utils.errors import AbnError
-from utils.serve.pictures import enlarged, read_image, to_gray
-from utils.serve.teach_page import add_teach_section
+from utils.serve.pictures import enlarged, from_gray, read_image, to_gray
+from utils.serve.teach_page import TEACH_CSS, add_teach_section
+from utils.teach.boxes import box_map
 from utils.visualize import as_uint8, safe_name
 
 SPLITS = ('test', 'train')
+# The box tool: in box mode a drag on the edited map over the input (#panel-edited: the
+# picture shows the object to box, which the gray map in the painter does not) is outlined
+# while it lasts and, on release, kept as fractions "x0,y0,x1,y1" of the picture and sent by
+# a click on the hidden #box-apply button; its event's BOX_VALUE_JS hands them to
+# Handlers.draw_box as the hidden #box-drawn field's value.
+BOX_JS = """
+() => {
+  let start = null, outline = null;
+  const boxMode = () => { const box = document.querySelector('#box-mode input');
+                          return box && box.checked; };
+  const clamp = (v) => Math.min(1, Math.max(0, v));
+  // The picture's own rectangle: an <img> shown with object-fit: contain is letterboxed.
+  const shown = (img) => {
+    const r = img.getBoundingClientRect();
+    if (getComputedStyle(img).objectFit !== 'contain' || !img.naturalWidth) return r;
+    const scale = Math.min(r.width / img.naturalWidth, r.height / img.naturalHeight);
+    const width = img.naturalWidth * scale, height = img.naturalHeight * scale;
+    return {left: r.left + (r.width - width) / 2, top: r.top + (r.height - height) / 2,
+            width: width, height: height};
+  };
+  const place = (x0, y0, x1, y1) => Object.assign(outline.style, {
+    left: Math.min(x0, x1) + 'px', top: Math.min(y0, y1) + 'px',
+    width: Math.abs(x1 - x0) + 'px', height: Math.abs(y1 - y0) + 'px'});
+  document.addEventListener('pointerdown', (e) => {
+    const img = e.target.closest && e.target.closest('#panel-edited img');
+    if (!boxMode() || !img) return;
+    e.stopImmediatePropagation(); e.preventDefault();
+    start = {x: e.clientX, y: e.clientY, rect: shown(img)};
+    outline = document.createElement('div');
+    outline.id = 'box-outline';
+    Object.assign(outline.style, {position: 'fixed', border: '2px dashed #ff8c00',
+                                  pointerEvents: 'none', zIndex: 1000});
+    document.body.appendChild(outline);
+    place(e.clientX, e.clientY, e.clientX, e.clientY);
+  }, true);
+  document.addEventListener('dragstart', (e) => {
+    if (boxMode() && e.target.closest && e.target.closest('#panel-edited')) e.preventDefault();
+  }, true);
+  window.addEventListener('pointermove', (e) => {
+    if (!start) return;
+    e.stopImmediatePropagation(); e.preventDefault();
+    place(start.x, start.y, e.clientX, e.clientY);
+  }, true);
+  window.addEventListener('pointerup', (e) => {
+    if (!start) return;
+    e.stopImmediatePropagation(); e.preventDefault();
+    const r = start.rect;
+    const fx = (x) => clamp((x - r.left) / r.width), fy = (y) => clamp((y - r.top) / r.height);
+    const box = [Math.min(fx(start.x), fx(e.clientX)), Math.min(fy(start.y), fy(e.clientY)),
+                 Math.max(fx(start.x), fx(e.clientX)), Math.max(fy(start.y), fy(e.clientY))];
+    start = null; outline.remove();
+    window.abnDrawnBox = box.map((v) => v.toFixed(4)).join(',');
+    document.querySelector('#box-apply').click();
+  }, true);
+}
+"""
+BOX_VALUE_JS = '(...values) => { values[2] = window.abnDrawnBox || values[2]; return values; }'
+PAGE_CSS = """
+#box-drawn, #box-apply { display: none; }
+""" + TEACH_CSS
 PREDICTION = 'the prediction'  # the class chooser's first choice: each image's own answer
 IDLE_MINUTES = 30  # a visitor's state, uploads and pictures are freed after this idle
 
@@ -113,6 +175,34 @@ class Handlers:
         return ['Map loaded: run the perception branch on it, or paint on it.',
                 Image.fromarray(enlarged(gray, editor.cell())).convert('RGB'),
                 editor.edited_overlay(explained, edited), self.gr.skip(), None]
+
+    def draw_box(self, explained, value, text, boxed):
+        """A box dragged on the map (`text`: "x0,y0,x1,y1" fractions of the canvas): white
+        inside, at the map's cells as much as it covers them; the first box of a shown image
+        makes the rest of its map black (a box says where to attend, and where not), later
+        ones add to it. `boxed`: the shown image the previous box was drawn on."""
+        if explained is None:
+            raise AbnError('pick an image first')
+        try:
+            x0, y0, x1, y1 = (float(v) for v in str(text).split(','))
+        except ValueError:
+            raise AbnError('a box is four fractions of the map: x0,y0,x1,y1') from None
+        if not (0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1):
+            raise AbnError('drag a box from one corner to the other, inside the map')
+        editor = self.editor
+        width, height = editor.map_width, editor.map_height
+        first = boxed != id(explained)
+        gray = (np.zeros((height, width), np.float32) if first
+                else to_gray(self.painted_map(explained, value), explained.scale))
+        inside = box_map(width, height, [(x0 * width, y0 * height, x1 * width, y1 * height)])
+        gray = np.maximum(gray, inside)
+        edited = from_gray(gray, explained.scale)
+        ranking = editor.predict(explained, edited)
+        new = editor.headline(ranking, explained.attribute)
+        return [f'Box drawn ({"the rest of the map black" if first else "added"}); '
+                f'perception branch on the edited map: {new}. Save it to teach from it.',
+                Image.fromarray(enlarged(as_uint8(gray), editor.cell())).convert('RGB'),
+                editor.edited_overlay(explained, edited), ranking, id(explained)]
 
     def save_edit(self, explained, value, chosen_class):
         edited = self.painted_map(explained, value)
@@ -227,6 +317,14 @@ def lay_out_editing(w, editor, gr):
         w.class_name = gr.Dropdown(editor.names, value=None, label='class (folder of the '
                                    'saved map)', elem_id='class', visible=False)
         w.save = gr.Button('Save the edited map', elem_id='save')
+    with gr.Row():
+        w.box_mode = gr.Checkbox(False, label='box tool: drag a rectangle over the object on '
+                                 'the edited map over the input (white inside; the first box '
+                                 'of an image makes the rest black, more boxes add to it)',
+                                 elem_id='box-mode')
+        w.box = gr.Textbox('', show_label=False, container=False, elem_id='box-drawn')
+        w.box_apply = gr.Button('draw the box', elem_id='box-apply')
+        w.boxed = gr.State(None)
     w.saved = gr.Markdown('', elem_id='saved')
 
 
@@ -257,6 +355,9 @@ def wire(w, on, editor):
     map_outputs = [w.message, w.painter, w.edited_image, w.edited_ranking, w.map_file]
     w.map_file.upload(on.guarded(on.load_map, map_outputs), [w.state, w.map_file], map_outputs,
                       api_name='load_map')
+    box_outputs = [w.message, w.painter, w.edited_image, w.edited_ranking, w.boxed]
+    w.box_apply.click(on.guarded(on.draw_box, box_outputs), [w.state, w.painter, w.box, w.boxed],
+                      box_outputs, api_name='draw_box', preprocess=False, js=BOX_VALUE_JS)
     save_outputs = [w.message, w.saved]
     w.save.click(on.guarded(on.save_edit, save_outputs), [w.state, w.painter, w.class_name],
                  save_outputs, api_name='save', preprocess=False)

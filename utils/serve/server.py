@@ -20,9 +20,10 @@ from utils.cpus import cpu_budget
 from utils.data.images import read_only_raster_formats
 from utils.distributed import setup_runtime
 from utils.errors import AbnError
-from utils.serve.access import check_exposure, read_login, trusted_hosts_middleware
+from utils.serve.access import (check_exposure, is_loopback, read_login,
+                                trusted_hosts_middleware)
 from utils.serve.editor import MapEditor
-from utils.serve.page import IDLE_MINUTES, build_page
+from utils.serve.page import BOX_JS, IDLE_MINUTES, PAGE_CSS, build_page
 from utils.serve.teach import Teacher
 from utils.weights.loading import architecture_options, load_model
 
@@ -73,7 +74,8 @@ def serve(args, loaded, device, host='127.0.0.1', port=7860):
         teacher = None if not teaching else Teacher(
             editor, args.checkpoint, args.output, args.data,
             'cpu' if device.type == 'cpu' else str(getattr(args, 'gpu_id', 0)),
-            threads=max(1, cpu_budget() - page_threads) if device.type == 'cpu' else None)
+            threads=max(1, cpu_budget() - page_threads) if device.type == 'cpu' else None,
+            shows_paths=is_loopback(host))
         page = build_page(editor, gr, getattr(args, 'idle_minutes', IDLE_MINUTES) * 60, teacher)
         page.queue(default_concurrency_limit=1)
         launch(page, editor, host, port, login, exposure, args)
@@ -114,6 +116,7 @@ def launch(page, editor, host, port, login, exposure, args):
     max_mb = getattr(args, 'max_upload_mb', 20)  # checked by serve_command
     try:
         page.launch(server_name=host, server_port=port, share=False, inbrowser=False,
+                    css=PAGE_CSS, js=BOX_JS,
                     quiet=True, show_error=False, ssr_mode=False, footer_links=[],
                     prevent_thread_lock=True, auth=login, max_file_size=int(max_mb * 2 ** 20),
                     state_session_capacity=SESSION_CAPACITY, mcp_server=False,

@@ -11,6 +11,7 @@ the test split: accuracy, the pointing game where the data set has object masks,
 much more the map holds inside the painted regions of the saved maps than outside them. The
 checkpoint the page serves is only ever read.
 """
+import json
 import os
 import shlex
 import sys
@@ -21,13 +22,16 @@ import torch
 import torch.nn.functional as F
 
 from utils.data.datasets import base_dataset
+from utils.data.inputs import image_transform
 from utils.errors import AbnError
 from utils.explain.measures import pointing_tolerance, split_scores
 from utils.serve.editor import MapEditor
+from utils.serve.gallery import Gallery
 from utils.serve.teach_job import JOB_FILE, TeachingJob
 from utils.teach.attention_maps import read_maps
 from utils.teach.map_store import saved_training_maps, training_folder
 from utils.visualize import safe_name
+from utils.weights.checkpoint import load_checkpoint
 from utils.weights.loading import load_model
 from utils.weights.modelspec import SCRIPTS
 
@@ -38,20 +42,25 @@ PAINTED = 0.75  # a saved map's painted region: its cells at least this white
 GENERATED = ('shapes', 'shapes-multi')
 DEFAULTS = {'epochs': 2, 'lr': 0.01, 'map_loss_weight': 10.0, 'train_size': 0}
 DEFAULT_BATCH = {'cifar': 64, 'imagenet': 32, 'celeba': 8}
+TEACH_FILE = 'teach.json'  # what the page remembers in its output folder
 
 
 class Teacher:
     """The page's teaching: at most one run at a time, whoever asks."""
 
     def __init__(self, editor, checkpoint, output, data_root='./data', gpu_id='0',
-                 measure_images=MEASURE_IMAGES, threads=None):
-        """`threads`: the CPU threads of a run (the CPUs the page leaves it), or None."""
+                 measure_images=MEASURE_IMAGES, threads=None, shows_paths=True):
+        """`threads`: the CPU threads of a run (the CPUs the page leaves it), or None;
+        `shows_paths`: the page is served to this machine only (a loopback address), so the
+        whole command, with this machine's paths, may be given to copy."""
         self.editor, self.checkpoint, self.output = editor, checkpoint, output
+        self.shows_paths = shows_paths
         self.data_root, self.gpu_id, self.threads = data_root, gpu_id, threads
         self.measure_images = measure_images
         self.lock = threading.Lock()
         self.run = None  # the current or last run
         self.after = None  # a MapEditor of the taught model, once loaded
+        self.compared = None  # the run folder of that taught model
         self.scores = None  # {'before': {...}, 'after': {...}}
         self.version = 0  # grows whenever a new comparison is ready
         # The run's command names no architecture options: the file must record them.
@@ -59,6 +68,11 @@ class Teacher:
         # A run an earlier page on this folder left unfinished (killed, or stopped): the
         # page offers to continue it.
         self.run = last_unfinished_run(output)
+        # A page of image files teaches with the image folder they belong to (--data of the
+        # run), given on the page or remembered from an earlier page on this folder.
+        self.training_root, self.training_images = None, None
+        if not editor.splits and not editor.kind.per_attribute:
+            self.remember_training_folder()
 
     # ---- what can be taught ----
     def unavailable_reason(self):
@@ -73,14 +87,75 @@ class Teacher:
             return ('Teach covers the data sets the page serves (cifar.py\'s and '
                     'shapes-multi); for an imagenet.py model run python imagenet.py --data DIR '
                     '--weights CHECKPOINT --attention-maps MAPS from a terminal (docs/teach.md)')
-        if not editor.splits:
+        if not editor.splits and editor.kind.per_attribute:
             return ('Teach needs the training split: start the page with --dataset '
                     f'{spec.dataset}')
+        if not editor.splits and self.training_root is None:
+            return ('Teach needs the training folder these images belong to (an image folder '
+                    'with train/<class>/<image> and val/, as the run\'s --data): give it under '
+                    '**training folder** below')
         return None
 
     def maps_folder(self):
-        """Where the page saves maps of training images, as --attention-maps reads them."""
-        return training_folder(self.editor.maps_dir, self.editor.kind.per_attribute)
+        """Where the page saves maps of training images, as --attention-maps reads them: a
+        page of image files saves <class>/<stem>.png, a data set's page <split>/..."""
+        editor = self.editor
+        if not editor.splits and not editor.kind.per_attribute:
+            return editor.maps_dir
+        return training_folder(editor.maps_dir, editor.kind.per_attribute)
+
+    # ---- the training folder of a page of image files ----
+    def set_training_folder(self, root):
+        """Checks and remembers (<output>/teach.json) the image folder a page of image files
+        teaches with: train/<class>/ and a validation split, the model's classes."""
+        root = os.path.abspath(os.path.expanduser(str(root or '').strip()))
+        if not os.path.isdir(os.path.join(root, 'train')):
+            raise AbnError(f'{self.editor.shown_path(root)} holds no train/ folder: give the '
+                           f'image folder the images belong to (train/<class>/<image>, and '
+                           f'val/ or test/)')
+        editor = self.editor
+        gallery = Gallery(editor.kind, editor.loaded, image_transform(editor.loaded),
+                          list(editor.names), 'imagefolder', root)
+        os.makedirs(self.output, exist_ok=True)
+        with open(os.path.join(self.output, TEACH_FILE), 'w') as f:
+            json.dump({'training_folder': root}, f)
+        self.training_root, self.training_images = root, gallery
+        return root
+
+    def remember_training_folder(self):
+        """The folder an earlier page on this output folder was given, else the one the
+        checkpoint was trained on (its --data), where it still exists and fits."""
+        candidates = []
+        try:
+            with open(os.path.join(self.output, TEACH_FILE)) as f:
+                candidates.append(json.load(f)['training_folder'])
+        except (OSError, ValueError, KeyError, TypeError):
+            pass
+        try:
+            trained = load_checkpoint(self.checkpoint).get('args') or {}
+            if trained.get('dataset') == 'imagefolder':
+                candidates.append(trained.get('data'))
+        except AbnError:
+            pass
+        for root in candidates:
+            if not root:
+                continue
+            try:
+                self.set_training_folder(root)
+                return
+            except (AbnError, OSError):
+                continue
+
+    def unmatched_maps(self):
+        """The saved maps of a page of image files that name no image of the training
+        folder's train/ (class/stem keys)."""
+        if self.training_images is None:
+            return []
+        folder = base_dataset(self.training_images.split('train'))
+        known = {f'{folder.classes[label]}/{os.path.splitext(os.path.basename(path))[0]}'
+                 for path, label in folder.samples}
+        return [key for _, key in saved_training_maps(self.maps_folder(), False)
+                if key not in known]
 
     def saved_maps(self):
         """{group: images}: the saved training maps by class (by attribute for multi-task
@@ -107,8 +182,11 @@ class Teacher:
         script = SCRIPTS[spec.script]
         if os.path.abspath(os.getcwd()) != PROJECT:
             script = os.path.join(PROJECT, script)
-        args = ['--dataset', editor.dataset]
-        if editor.dataset not in GENERATED:
+        if not editor.splits:  # a page of image files: the folder they belong to
+            args = ['--dataset', 'imagefolder', '--data', self.training_root]
+        else:
+            args = ['--dataset', editor.dataset]
+        if editor.splits and editor.dataset not in GENERATED:
             args += ['--data', self.data_root]
         args += ['--weights', self.checkpoint, '--attention-maps', self.maps_folder(),
                  '--epochs', str(epochs), '--train-batch', str(batch), '--lr', f'{lr:g}',
@@ -138,11 +216,17 @@ class Teacher:
             if not self.saved_maps():
                 raise AbnError('no saved maps of training images yet: show training images, '
                                'paint their maps and save them first')
+            unmatched = self.unmatched_maps()
+            if unmatched:
+                raise AbnError(f'{len(unmatched)} saved maps name no image of '
+                               f'{self.editor.shown_path(self.training_root)}/train (the first: '
+                               f'{unmatched[0]}): teach from maps of that folder\'s training '
+                               f'images, saved under their class')
             folder = new_run_folder(self.output)
             argv, shown = self.command(folder, epochs, batch, lr, weight, train_size)
             with open(os.path.join(folder, 'command.sh'), 'w') as f:
                 f.write(f'#!/bin/sh\n# The fine-tuning run the attention editor started.\n'
-                        f'cd {shlex.quote(os.getcwd())}\n{shlex.join(argv)}\n')
+                        f'cd {shlex.quote(os.getcwd())}\n{shlex.join(argv)} "$@"\n')
             self.run = TeachingJob(folder, argv, shown)
             self.run.start()
         threading.Thread(target=self._watch, args=(self.run,), daemon=True).start()
@@ -167,6 +251,19 @@ class Teacher:
             run.unattended = False
         threading.Thread(target=self._watch, args=(run,), daemon=True).start()
         return run
+
+    def whole_command(self):
+        """The run's command to paste into a terminal (the page shows a shortened one), or
+        '': whole, with this machine's paths, on a page served to this machine only; else
+        the command file that holds it, from the page's folder."""
+        run = self.run
+        if run is None:
+            return ''
+        resume = ['--resume', run.checkpoint()] if run.state == 'stopped' else []
+        if not self.shows_paths:
+            return f'sh {shown_argument(os.path.join(run.folder, "command.sh"))}' + (
+                f' --resume {shown_argument(run.checkpoint())}' if resume else '')
+        return f'cd {shlex.quote(os.getcwd())} && {shlex.join(run.argv + resume)}'
 
     def stop(self):
         run = self.run
@@ -201,7 +298,7 @@ class Teacher:
         with self.lock:
             if self.after is not None:
                 self.after.close()
-            self.after, self.scores = after, scores
+            self.after, self.scores, self.compared = after, scores, run.folder
             self.version += 1
             run.state = 'finished'
 
@@ -212,7 +309,10 @@ class Teacher:
         `measure_images` test images, the latter where the data set has object masks
         (utils.explain.measures.split_scores); the contrast of the map over the saved
         training maps (mean inside the painted region minus mean outside)."""
-        test, kind = editor.split('test'), editor.kind
+        kind = editor.kind
+        # a page of image files: the test split of the folder it teaches with
+        test = (self.training_images.split('test') if not editor.splits
+                and self.training_images is not None else editor.split('test'))
 
         def answer(images, labels):
             with editor.lock, torch.no_grad():
@@ -289,7 +389,6 @@ def new_run_folder(output):
 
 def _describes_itself(path):
     """Whether `path` is a checkpoint of this project (one that records its model spec)."""
-    from utils.weights.checkpoint import load_checkpoint
     from utils.weights.modelspec import spec_from_checkpoint
     try:
         return os.path.isfile(path) and spec_from_checkpoint(load_checkpoint(path)) is not None

@@ -4,6 +4,12 @@ first. A timer asks every second; the run belongs to the page, so a reloaded pag
 from utils.serve.teach import DEFAULT_BATCH, DEFAULTS, shown_argument
 
 TICK_SECONDS = 1.0
+# The before/after table keeps its words whole (a narrow column broke "before" in two).
+TEACH_CSS = """
+#teach-comparison table { width: 100%; }
+#teach-comparison th, #teach-comparison td { white-space: nowrap; }
+#teach-comparison td:first-child { white-space: normal; min-width: 14em; }
+"""
 
 
 def maps_text(teacher):
@@ -55,10 +61,21 @@ def status_text(teacher):
     return '\n\n'.join(lines)
 
 
+# What a dose does, measured (docs/teach.md): the page says it beside the settings.
+DOSE = ('Each saved map is seen once per epoch, among the training images. Measured on '
+        '`shapes`: 8 maps over the first 64 training images, 4 epochs (each map seen 4 times, '
+        '16 steps), moved the pointing game from 62% to 94%; 6 maps among all 10,000 images '
+        'and the default 2 epochs, from 71% to 75%. With a handful of maps, set **training '
+        'images** to the first ones (those you painted among them) and raise the epochs.')
+WAITING = ('*When a run ends, the taught model is measured beside this one here, and the map '
+           'of the image shown above appears before and after teaching.*')
+SHOW_ONE = '*Show an image above to see its map before and after teaching.*'
+
+
 def comparison_text(teacher, before_ranking=None, after_ranking=None, headline=None):
     scores = teacher.scores
     if not scores:
-        return ''
+        return WAITING
     before, after = scores['before'], scores['after']
     rows = [(teacher.editor.kind.accuracy_label, f"{before['accuracy']:.2f}%",
              f"{after['accuracy']:.2f}%")]
@@ -73,8 +90,15 @@ def comparison_text(teacher, before_ranking=None, after_ranking=None, headline=N
     if before_ranking is not None and headline is not None:
         rows.append(('this image', headline(before_ranking), headline(after_ranking)))
     table = '\n'.join(f'| {a} | {b} | {c} |' for a, b, c in rows)
-    return (f"Measured on the first {before['images']} test images:\n\n"
-            f'| | before | after |\n|---|---|---|\n{table}')
+    editor, run = teacher.editor, teacher.run
+    which = f'`{editor.shown_path(teacher.compared)}`' if teacher.compared else 'the taught model'
+    if run is not None and teacher.compared and run.folder != teacher.compared:
+        which += (f' (an earlier run: `{editor.shown_path(run.folder)}` is '
+                  f'{run.state} and not measured)')
+    return (f"**The served model before, {which} after**, measured on the first "
+            f"{before['images']} test images:\n\n"
+            f'| | before | after |\n|---|---|---|\n{table}'
+            + ('' if before_ranking is not None else f'\n\n{SHOW_ONE}'))
 
 
 class TeachHandlers:
@@ -87,6 +111,11 @@ class TeachHandlers:
         self.teacher.start(epochs, batch, lr, weight, train_size)
         return [f'Started: `{self.teacher.editor.shown_path(self.teacher.run.folder)}`.',
                 status_text(self.teacher)]
+
+    def set_folder(self, root):
+        root = self.teacher.set_training_folder(root)
+        return [f'Teach uses the image folder `{self.teacher.editor.shown_path(root)}` '
+                f'(remembered for this output folder).', maps_text(self.teacher)]
 
     def resume(self):
         run = self.teacher.resume()
@@ -102,9 +131,11 @@ class TeachHandlers:
         """Every second: the saved maps, the run's state, and, when a taught model is new or
         the picture changed, the picture's map before and after."""
         teacher, skip = self.teacher, self.gr.skip()
-        out = [maps_text(teacher), status_text(teacher)]
+        out = [maps_text(teacher), status_text(teacher), teacher.whole_command()]
         picture = explained.picture if explained is not None else None
-        key = (teacher.version, id(picture), getattr(explained, 'attribute', None))
+        run = teacher.run
+        key = (teacher.version, id(picture), getattr(explained, 'attribute', None),
+               run and (run.folder, run.state))
         if teacher.after is None or key == seen:
             return out + [skip, skip, comparison_text(teacher) if key != seen else skip, seen]
         if picture is None:
@@ -129,6 +160,13 @@ def add_teach_section(gr, teacher, state, message, guarded):
                     'saved one), in the background, then shows the taught model beside this '
                     'one. The page stays usable; the served checkpoint is never changed.')
         saved = gr.Markdown(maps_text(teacher), elem_id='teach-maps')
+        files_page = not teacher.editor.splits and not teacher.editor.kind.per_attribute
+        with gr.Row(visible=files_page):
+            folder = gr.Textbox(teacher.training_root if teacher.shows_paths and
+                                teacher.training_root else '', label='training folder: the image '
+                                'folder these images belong to (train/<class>/<image> and '
+                                'val/, the run\'s --data)', elem_id='teach-data', scale=4)
+            use_folder = gr.Button('Use this folder', elem_id='teach-use-data', scale=1)
         with gr.Row():
             epochs = gr.Number(DEFAULTS['epochs'], precision=0, label='epochs',
                                elem_id='teach-epochs', minimum=1)
@@ -139,25 +177,31 @@ def add_teach_section(gr, teacher, state, message, guarded):
                                elem_id='teach-weight')
             train_size = gr.Number(DEFAULTS['train_size'], precision=0,
                                    label='training images (0: all)', elem_id='teach-size')
+        gr.Markdown(DOSE, elem_id='teach-dose')
         with gr.Row():
             teach = gr.Button('Teach', variant='primary', elem_id='teach')
             stop = gr.Button('Stop', elem_id='teach-stop')
             resume = gr.Button('Continue', elem_id='teach-continue')
         status = gr.Markdown(status_text(teacher), elem_id='teach-status')
+        command = gr.Textbox(teacher.whole_command(), label='the whole command, to paste into '
+                             'a terminal', interactive=False, buttons=['copy'], lines=1,
+                             max_lines=4, elem_id='teach-command')
         with gr.Row():
             before = gr.Image(label='before: ABN attention', type='numpy', interactive=False,
                               format='png', elem_id='panel-before')
             after = gr.Image(label='after teaching: ABN attention', type='numpy',
                              interactive=False, format='png', elem_id='panel-after')
-            comparison = gr.Markdown('', elem_id='teach-comparison')
+        comparison = gr.Markdown(comparison_text(teacher), elem_id='teach-comparison')
     seen = gr.State(None)
     outputs = [message, status]
     teach.click(guarded(on.start, outputs), [epochs, batch, lr, weight, train_size], outputs,
                 api_name='teach')
     stop.click(guarded(on.stop, outputs), [], outputs, api_name='stop_teaching')
     resume.click(guarded(on.resume, outputs), [], outputs, api_name='continue_teaching')
+    use_folder.click(guarded(on.set_folder, [message, saved]), [folder], [message, saved],
+                     api_name='teach_folder')
     timer = gr.Timer(TICK_SECONDS)
-    shown = [saved, status, before, after, comparison, seen]
+    shown = [saved, status, command, before, after, comparison, seen]
     timer.tick(guarded(on.tick, shown), [state, seen], shown, show_progress='hidden',
                api_name='teach_status')
     return on

@@ -43,7 +43,7 @@ from utils.weights.resume import resolve_resume
 
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
     from torch import Tensor
 
@@ -51,6 +51,7 @@ if TYPE_CHECKING:
     from utils.data.fastdata import DeviceLoader
     from utils.data.loaders import Loader
     from utils.distributed import Runtime
+    from utils.objectives.base import Objective
     from utils.train.checkpoints import CheckpointPolicy
 
 
@@ -127,6 +128,25 @@ def check_finite(bad_step: int | None, epoch: int, checkpoint_dir: str,
                         f'training stopped and {kept}. Try a lower --lr')
 
 
+class EpochReport:
+    """A training epoch's summary lines, and the objective's warning about the epoch (e.g. the
+    taught map collapsing) printed once: with the first summary that has one."""
+
+    def __init__(self, objective: Objective, attention: bool, print_line: Callable[[str], None],
+                 lr: float) -> None:
+        self.objective, self.attention, self.print_line, self.lr = objective, attention, \
+            print_line, lr
+        self.warned = False
+
+    def text(self, summary: dict[str, Any]) -> str:
+        if not self.warned:
+            warning = self.objective.training_warning(summary, self.lr)
+            if warning:
+                self.print_line(warning)
+                self.warned = True
+        return self.objective.summary_text(summary, self.attention)
+
+
 class Trainer:
     """The loops over a prepared TrainingSetup: training epochs, evaluation, the run's state
     saved through its checkpoint policy; `fit()` trains the whole run, `evaluate_only()`
@@ -165,9 +185,9 @@ class Trainer:
             meter.load_state_dict(state.meter)
             state.meter = None
         progress = Progress(f'Train {epoch + 1}', total, enabled=runtime.is_main)
-        step = state.step
-        state.step = 0
-        warned = False
+        step, state.step = state.step, 0  # a resumed epoch starts at the saved step
+        report = EpochReport(self.objective, self.attention, self.print,
+                             step_schedule_lr(args, epoch))
         for inputs, targets in loader:
             inputs, targets = self.to_device(inputs, targets)
             output, losses = self.forward_losses(inputs, targets)
@@ -185,10 +205,7 @@ class Trainer:
             if shown or checkpoint_due or (not runtime.distributed and stop.requested()):
                 stop_now, bad_step = shared_status(runtime, stop, meter)
                 check_finite(bad_step, epoch, self.checkpoint_dir, self.optimizer)
-                summary = meter.summary() if shown else None
-                progress.update(step, self.objective.summary_text(summary, self.attention)
-                                if shown else None)
-                warned = warned or self.warn(summary, epoch)
+                progress.update(step, report.text(meter.summary()) if shown else None)
                 if stop_now and step < total:
                     raise StopRequested(epoch, step, meter)
                 if checkpoint_due and step < total:
@@ -199,18 +216,8 @@ class Trainer:
         check_finite(meter.first_nonfinite_step(), epoch, self.checkpoint_dir,
                      self.optimizer)
         summary = meter.summary()
-        progress.finish(self.objective.summary_text(summary, self.attention))
-        if not warned:
-            self.warn(summary, epoch)
+        progress.finish(report.text(summary))
         return meter, summary, total
-
-    def warn(self, summary: dict[str, Any] | None, epoch: int) -> bool:
-        """Prints the objective's warning about the epoch so far, if it has one."""
-        warning = summary and self.objective.training_warning(
-            summary, step_schedule_lr(self.args, epoch))
-        if warning:
-            self.print(warning)
-        return bool(warning)
 
     @torch.no_grad()
     def evaluate(self, stop: StopSignals | None = None, title: str | None = None,

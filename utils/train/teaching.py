@@ -151,6 +151,8 @@ class MapTeaching(TrainingScript):
     def objective_options(self, args: argparse.Namespace) -> dict[str, Any]:
         options = dict(self.script.objective_options(args) or {})
         options['weight'] = args.map_loss_weight
+        if args.attention_boxes and not self.script.objective.startswith('multi-label'):
+            options['boxes'] = True  # boxes compared by their projections
         if self.script.objective == 'multi-label-focal':  # the map objective adds the map loss
             options['focal'] = True
         return options
