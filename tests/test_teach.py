@@ -172,7 +172,7 @@ def test_the_objective_on_known_values():
 
 def test_a_collapsing_map_is_named_with_the_learning_rate_to_try():
     """The guard follows the recent steps with maps: a map falling towards zero on them is
-    named once the average has fallen below a quarter of the given maps' mean."""
+    named once the average has fallen below 0.4 of the given maps' mean."""
     objective = get_objective('attention-maps')
     meter = objective.new_meter(torch.device('cpu'))
     logits = torch.zeros(2, 3)
