@@ -10,6 +10,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, os.path.join(ROOT, 'benchmarks'))
 
 import bench_accuracy  # noqa: E402
+import bench_boxes  # noqa: E402
 import bench_data  # noqa: E402
 import bench_loop  # noqa: E402
 import bench_train  # noqa: E402
@@ -73,3 +74,12 @@ def test_bench_export_ends_with_the_ratios_to_eager(monkeypatch, capsys):
     assert [line.split()[0] for line in lines[2:5]] == ['eager', 'pt2', 'onnxruntime']
     assert re.fullmatch(r'resnet8 32px batch 2: pt2/eager \d+\.\d\dx, '
                         r'onnxruntime/eager \d+\.\d\dx', lines[-1])
+
+
+def test_bench_boxes_times_grabcut_at_each_size(capsys):
+    assert bench_boxes.main(['--images', '2', '--rounds', '1']) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert 'cores' in lines[0] and len(lines) == 4
+    for line, (width, height) in zip(lines[1:], bench_boxes.SIZES):
+        assert re.fullmatch(rf'{width}x{height}: GrabCut \d+\.\d\d ms per image, the plain box '
+                            r'\d+\.\d{3} ms \(2 images, median of 1 rounds\)', line), line

@@ -21,8 +21,8 @@ from utils.data.datasets import ImageFolder
 from utils.data.shapes import ShapesDataset
 from utils.errors import AbnError
 from utils.teach.attention_maps import WithAttentionMaps, load_map_set, shapes_mask_subset
-from utils.teach.boxes import (box_map, load_box_map_set, load_task_box_map_set, mask_box,
-                               write_shapes_boxes)
+from utils.teach.boxes import (box_map, grabcut_map, load_box_map_set, load_task_box_map_set,
+                               mask_box, write_shapes_boxes)
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -62,7 +62,7 @@ def test_the_shapes_boxes_are_the_masks_bounding_boxes(tmp_path):
     path = str(tmp_path / 'boxes.csv')
     assert write_shapes_boxes(path, 25, train_size=40) == 10
     train = ShapesDataset(train=True, size=40)
-    maps = load_box_map_set(path, train)
+    maps = load_box_map_set(path, train, refine='none')
     assert maps.indices() == shapes_mask_subset(40, 25)
     for index in maps.indices():
         mask = train.masks[index]
@@ -70,6 +70,12 @@ def test_the_shapes_boxes_are_the_masks_bounding_boxes(tmp_path):
         x0, y0, x1, y1 = mask_box(mask)
         assert box_of_mask.shape == mask.shape and (box_of_mask >= mask).all()
         assert box_of_mask[y0:y1, x0:x1].min() == 1 and box_of_mask.sum() == (x1 - x0) * (y1 - y0)
+    # By default each box is cut into its object by GrabCut: close to the masks themselves.
+    cut = load_box_map_set(path, train)
+    ious = [(cut.get(i).astype(bool) & train.masks[i]).sum()
+            / (cut.get(i).astype(bool) | train.masks[i]).sum() for i in cut.indices()]
+    boxes = [train.masks[i].sum() / maps.get(i).sum() for i in maps.indices()]
+    assert np.mean(ious) > 0.85 and np.mean(ious) > np.mean(boxes) + 0.2, (ious, boxes)
 
 
 def test_boxes_move_with_their_image_exactly_as_the_same_map_file_does(tmp_path):
@@ -84,7 +90,7 @@ def test_boxes_move_with_their_image_exactly_as_the_same_map_file_does(tmp_path)
     drawn[8:20, 4:30] = 255
     (tmp_path / 'maps' / 'dog').mkdir(parents=True)
     Image.fromarray(drawn).save(tmp_path / 'maps' / 'dog' / '1.png')
-    from_boxes = WithAttentionMaps(train, load_box_map_set(csv, train))
+    from_boxes = WithAttentionMaps(train, load_box_map_set(csv, train, refine='none'))
     from_file = WithAttentionMaps(train, load_map_set(str(tmp_path / 'maps'), train, 'folder'))
     index = [i for i, (p, _) in enumerate(train.samples)
              if p.endswith(os.path.join('dog', '1.jpg'))]
@@ -106,7 +112,7 @@ def test_rows_name_images_by_index_path_or_voc_file_name(tmp_path):
     csv = write_csv(tmp_path / 'b.csv', [
         ('train/cat/0.png', 0, 0, 10, 10), ('dog/1.jpg', 1, 1, 5, 5), ('dog/1.jpg', 10, 10, 20, 20),
         (first, 0, 0, 20, 20)])
-    maps = load_box_map_set(csv, train)
+    maps = load_box_map_set(csv, train, refine='none')
     assert len(maps) == 3 and maps.get(first).min() == 1
     dog = next(i for i, (p, _) in enumerate(train.samples)
                if p.endswith(os.path.join('dog', '1.jpg')))
@@ -117,9 +123,9 @@ def test_rows_name_images_by_index_path_or_voc_file_name(tmp_path):
     write_voc(voc / 'a.xml', '1', [(1, 1, 10, 5)], folder='dog')
     write_voc(voc / 'b.xml', '0.png', [(11, 11, 20, 20)])  # a file name in three classes
     with pytest.raises(AbnError, match='b.xml object 1: 0.png names 3 training images'):
-        load_box_map_set(str(voc), train)
+        load_box_map_set(str(voc), train, refine='none')
     (voc / 'b.xml').unlink()
-    maps = load_box_map_set(str(voc), train)
+    maps = load_box_map_set(str(voc), train, refine='none')
     assert maps.indices() == [dog]
     assert maps.get(dog)[:5, :10].min() == 1 and maps.get(dog).sum() == 50
 
@@ -139,7 +145,7 @@ def test_bad_rows_are_refused_naming_the_row(tmp_path, row, header, expected):
     write_image_folder(str(root), splits=(('train', 1), ('val', 1)), size=20)
     csv = write_csv(tmp_path / 'b.csv', [row], header=header or 'image,x0,y0,x1,y1')
     with pytest.raises(AbnError) as refused:
-        load_box_map_set(csv, ImageFolder(str(root / 'train')))
+        load_box_map_set(csv, ImageFolder(str(root / 'train')), refine='none')
     assert expected in str(refused.value)
 
 
@@ -148,7 +154,7 @@ def test_boxes_per_attribute_for_a_multi_task_split(tmp_path):
     csv = write_csv(tmp_path / 'b.csv', [(3, 0, 0, 32, 64, 'circle'), (3, 0, 0, 64, 16, 'plus'),
                                          (12, 0, 0, 8, 8, 'circle')],
                     header='image,x0,y0,x1,y1,attribute')
-    maps = load_task_box_map_set(csv, train)
+    maps = load_task_box_map_set(csv, train, refine='none')
     assert maps.indices() == [3] and maps.unused == 1 and len(maps) == 2
     three = maps.get(3)
     names = train.dataset.attribute_names
@@ -159,9 +165,35 @@ def test_boxes_per_attribute_for_a_multi_task_split(tmp_path):
     bad = write_csv(tmp_path / 'c.csv', [(3, 0, 0, 5, 5, 'square')],
                     header='image,x0,y0,x1,y1,attribute')
     with pytest.raises(AbnError, match="row 2: 'square' is not an attribute"):
-        load_task_box_map_set(bad, train)
+        load_task_box_map_set(bad, train, refine='none')
     with pytest.raises(AbnError, match='add an attribute column'):
-        load_task_box_map_set(write_csv(tmp_path / 'd.csv', [(3, 0, 0, 5, 5)]), train)
+        load_task_box_map_set(write_csv(tmp_path / 'd.csv', [(3, 0, 0, 5, 5)]), train,
+                              refine='none')
+
+
+def test_grabcut_cuts_a_box_into_its_object_even_a_hollow_one():
+    """A ring on a textured background: GrabCut keeps the ring and leaves out the box's
+    middle and corners, where the plain box would mark background."""
+    rng = np.random.default_rng(0)
+    pixels = rng.integers(0, 60, (48, 48, 3)).astype(np.uint8)  # dark noise
+    yy, xx = np.mgrid[:48, :48]
+    radius = np.hypot(yy - 24, xx - 24)
+    ring = (radius >= 8) & (radius <= 13)
+    pixels[ring] = (230, 40, 40)
+    image = Image.fromarray(pixels)
+    cut = grabcut_map(image, [(10, 10, 38, 38)])
+    assert set(np.unique(cut)) <= {0, 1} and not cut[:10].any() and not cut[38:].any()
+    iou = (cut.astype(bool) & ring).sum() / (cut.astype(bool) | ring).sum()
+    assert iou > 0.85 and not cut[22:27, 22:27].any()  # the hollow middle is left out
+    assert np.array_equal(grabcut_map(image, [(10, 10, 38, 38)]), cut)  # seeded
+    # A box that leaves no pixel outside it cannot be cut: it counts whole.
+    assert grabcut_map(image, [(0, 0, 48, 48)]).min() == 1
+    # A large image is cut at GRABCUT_SIDE and the cut resized back to it.
+    large = image.resize((300, 300), Image.NEAREST)
+    big = grabcut_map(large, [(62.5, 62.5, 237.5, 237.5)])
+    ring_big = np.asarray(Image.fromarray(ring).resize((300, 300), Image.NEAREST))
+    assert big.shape == (300, 300) and set(np.unique(big)) <= {0, 1}
+    assert (big.astype(bool) & ring_big).sum() / (big.astype(bool) | ring_big).sum() > 0.8
 
 
 # -- the scripts ----------------------------------------------------------------------------
@@ -175,19 +207,20 @@ def base(tmp_path_factory):
     return root
 
 
-@pytest.mark.parametrize('fast', [False, True])
-def test_cifar_teaches_from_boxes(base, tmp_path, fast, capsys):
+@pytest.mark.parametrize('fast, refine', [(False, 'none'), (True, 'none'), (True, 'grabcut')])
+def test_cifar_teaches_from_boxes(base, tmp_path, fast, refine, capsys):
     out = str(tmp_path / 'taught')
     argv = TINY + ['--epochs', '2', '--lr', '0.05', '--weights',
-                   str(base / 'base' / 'model_best.pth.tar'),
+                   str(base / 'base' / 'model_best.pth.tar'), '--box-refine', refine,
                    '--attention-boxes', str(base / 'boxes.csv'), '-c', out]
     code, stdout, _ = run_script(cifar.main, argv + (['--fast'] if fast else []), capsys)
     assert code == 0, stdout
     assert 'attention boxes: 32 of 64 training images' in stdout
+    assert ('32 images cut' in stdout) == (refine == 'grabcut')
     with open(os.path.join(out, 'args.json')) as f:
         recorded = json.load(f)
     assert recorded['attention_boxes'] == str(base / 'boxes.csv')
-    assert recorded['attention_maps_count'] == 32
+    assert recorded['attention_maps_count'] == 32 and recorded['box_refine'] == refine
     with open(os.path.join(out, 'log.txt')) as f:
         rows = f.read().splitlines()[1:]
     losses = [float(row.split('\t')[-1]) for row in rows]
@@ -216,6 +249,7 @@ def test_imagenet_and_celeba_take_boxes(tmp_path, capsys):
         '--test-size', '8', '--residual-attention', '--attention-boxes', boxes,
         '--train-feature-extractor', '-c', str(tmp_path / 'multi')] + common, capsys)
     assert code == 0 and 'attention boxes: 2 of 16 training images' in stdout
+    assert '2 images cut' in stdout  # each attribute's boxes, by GrabCut
 
 
 def test_refusals_of_the_scripts(base, tmp_path, capsys):
@@ -232,6 +266,8 @@ def test_refusals_of_the_scripts(base, tmp_path, capsys):
                    'give one of --attention-maps and --attention-boxes', run_dir, capsys)
     assert_refused(cifar.main, common + ['--attention-boxes', str(tmp_path / 'none.csv')],
                    'none.csv: no such file or folder', run_dir, capsys)
+    assert_refused(cifar.main, TINY + ['--box-refine', 'grabcut', '-c', str(run_dir)],
+                   '--box-refine grabcut needs --attention-boxes', run_dir, capsys)
     assert_refused(cifar.main, TINY + ['--map-loss-weight', '3', '-c', str(run_dir)],
                    '--map-loss-weight needs --attention-maps (or --attention-boxes)', run_dir,
                    capsys)

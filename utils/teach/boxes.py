@@ -35,6 +35,7 @@ from PIL import Image
 
 from utils.data.images import open_image
 from utils.errors import AbnError
+from utils.progress import Progress
 from utils.teach.attention_maps import (HELD_OUT_SPLITS, MapSet, flatten_subsets,
                                         shapes_mask_subset)
 from utils.teach.task_maps import TaskMapSet, image_keys
@@ -42,6 +43,8 @@ from utils.visualize import safe_name
 
 COLUMNS = ('image', 'x0', 'y0', 'x1', 'y1')
 FLAG = '--attention-boxes'
+GRABCUT_ITERATIONS = 5
+GRABCUT_SIDE = 128  # larger images are cut at this longer side, the cut then resized back
 
 
 def box_map(width, height, boxes):
@@ -56,13 +59,52 @@ def box_map(width, height, boxes):
     return out
 
 
+def grabcut_map(image, boxes):
+    """The union of the foreground GrabCut finds in each box (Rother et al. 2004, OpenCV's
+    cv2.grabCut: colour models of the pixels outside the box and inside it, a graph cut),
+    as a 0/1 float32 map of `image` (PIL, RGB); a box GrabCut cannot cut (one that leaves no
+    pixel outside it, or where it finds nothing) counts whole. Seeded: the same map every
+    run."""
+    import cv2
+
+    width, height = image.size
+    scale = min(1.0, GRABCUT_SIDE / max(width, height))
+    if scale < 1:  # the map is compared at 16x16 or so: a cut at GRABCUT_SIDE is plenty
+        small = image.convert('RGB').resize((max(1, round(width * scale)),
+                                             max(1, round(height * scale))), Image.BILINEAR)
+        cut = grabcut_map(small, [tuple(v * small.size[i % 2] / image.size[i % 2]
+                                        for i, v in enumerate(box)) for box in boxes])
+        return np.asarray(Image.fromarray(cut).resize((width, height), Image.BILINEAR),
+                          np.float32).round()
+    pixels = np.ascontiguousarray(np.asarray(image.convert('RGB'))[..., ::-1])  # BGR
+    out = np.zeros((height, width), np.float32)
+    for x0, y0, x1, y1 in boxes:
+        left, top = int(math.floor(x0)), int(math.floor(y0))
+        right, bottom = int(math.ceil(x1)), int(math.ceil(y1))
+        whole = box_map(width, height, [(x0, y0, x1, y1)])
+        found = None
+        if (right - left) < width or (bottom - top) < height:
+            cv2.setRNGSeed(0)
+            mask = np.zeros((height, width), np.uint8)
+            models = np.zeros((1, 65), np.float64), np.zeros((1, 65), np.float64)
+            try:
+                cv2.grabCut(pixels, mask, (left, top, right - left, bottom - top), *models,
+                            GRABCUT_ITERATIONS, cv2.GC_INIT_WITH_RECT)
+                found = ((mask == cv2.GC_FGD) | (mask == cv2.GC_PR_FGD)).astype(np.float32)
+            except cv2.error:
+                found = None
+        np.maximum(out, whole if found is None or not found.any() else found * whole, out=out)
+    return out
+
+
 class BoxMapSet(MapSet):
     """The maps of an image's boxes, drawn when the item is read (boxes are small; their maps
-    at the images' own size would not be): `boxes` {index: (width, height, [box, ...])}."""
+    at the images' own size would not be): `boxes` {index: (width, height, [box, ...])}.
+    With `refined` ({index: uint8 map}), the boxes' GrabCut foreground instead."""
 
-    def __init__(self, source, boxes, keys):
+    def __init__(self, source, boxes, keys, refined=None):
         super().__init__(source, keys=keys)
-        self.boxes = boxes
+        self.boxes, self.refined = boxes, refined
 
     def __len__(self):
         return len(self.boxes)
@@ -76,16 +118,19 @@ class BoxMapSet(MapSet):
     def get(self, index):
         if index not in self.boxes:
             return None
+        if self.refined is not None:
+            return self.refined[index].astype(np.float32)
         width, height, boxes = self.boxes[index]
         return box_map(width, height, boxes)
 
 
 class TaskBoxMapSet(TaskMapSet):
-    """Per attribute: `boxes` {index: (width, height, {task: [box, ...]})}."""
+    """Per attribute: `boxes` {index: (width, height, {task: [box, ...]})}; with `refined`
+    ({index: {task: uint8 map}}), each attribute's boxes cut by GrabCut."""
 
-    def __init__(self, source, tasks, boxes, keys):
+    def __init__(self, source, tasks, boxes, keys, refined=None):
         super().__init__(source, tasks, keys=keys)
-        self.boxes = boxes
+        self.boxes, self.refined = boxes, refined
 
     def __len__(self):
         return sum(len(per_task) for _, _, per_task in self.boxes.values())
@@ -105,7 +150,8 @@ class TaskBoxMapSet(TaskMapSet):
         width, height, per_task = self.boxes[index]
         out = np.zeros((self.tasks, height, width), np.float32)
         for task, boxes in per_task.items():
-            out[task] = box_map(width, height, boxes)
+            out[task] = (self.refined[index][task] if self.refined is not None
+                         else box_map(width, height, boxes))
         return out
 
 
@@ -260,6 +306,16 @@ class ImageIndex:
             raise AbnError(f'{FLAG}: {where}: {text} is an image of the {first} split, held '
                            f'out from training: boxes teach training images only')
 
+    def image(self, index):
+        """The training image as PIL, without the training transform."""
+        if self.plain is None:
+            self.plain = copy.copy(self.base)
+            self.plain.transform = None
+        image = self.plain[index][0]
+        if not isinstance(image, Image.Image):
+            raise AbnError(f'{FLAG}: --box-refine grabcut needs the training images as pictures')
+        return image
+
     def size(self, index):
         """(width, height) of a training image, from its file's header where it has a file,
         else from the item."""
@@ -334,20 +390,41 @@ def collect_boxes(source, dataset, tasks=None):
     return found, keys, unused
 
 
-def load_box_map_set(source, dataset):
-    """The maps of `--attention-boxes source` for a single-label training split."""
+def cut_boxes(found, dataset, per_task=False):
+    """{index: uint8 map} (per attribute: {index: {task: uint8 map}}) of the boxes `found`
+    cut by GrabCut, once, with a progress bar: the training images are read here."""
+    lookup = ImageIndex(flatten_subsets(dataset)[0])
+    progress = Progress('GrabCut', len(found))
+    refined = {}
+    for done, (index, (_, _, boxes)) in enumerate(sorted(found.items()), 1):
+        image = lookup.image(index)
+        if per_task:
+            refined[index] = {task: (grabcut_map(image, task_boxes) > 0.5).astype(np.uint8)
+                              for task, task_boxes in boxes.items()}
+        else:
+            refined[index] = (grabcut_map(image, boxes) > 0.5).astype(np.uint8)
+        progress.update(done)
+    progress.finish(f'{len(refined)} images cut')
+    return refined
+
+
+def load_box_map_set(source, dataset, refine='grabcut'):
+    """The maps of `--attention-boxes source` for a single-label training split: the boxes
+    cut by GrabCut (`refine='grabcut'`), or as they are ('none')."""
     found, keys, unused = collect_boxes(source, dataset)
-    maps = BoxMapSet(source, found, keys)
+    refined = cut_boxes(found, dataset) if refine == 'grabcut' else None
+    maps = BoxMapSet(source, found, keys, refined)
     maps.unused = unused
     return maps
 
 
-def load_task_box_map_set(source, dataset):
+def load_task_box_map_set(source, dataset, refine='grabcut'):
     """The maps of `--attention-boxes source` per attribute, for a multi-task split."""
     base, _ = flatten_subsets(dataset)
     names = list(base.attribute_names)
     found, keys, unused = collect_boxes(source, dataset, tasks=names)
-    maps = TaskBoxMapSet(source, len(names), found, keys)
+    refined = cut_boxes(found, dataset, per_task=True) if refine == 'grabcut' else None
+    maps = TaskBoxMapSet(source, len(names), found, keys, refined)
     maps.unused = unused
     return maps
 

@@ -65,6 +65,11 @@ def add_teach_arguments(parser: argparse.ArgumentParser,
                             'pixels; image: an index of the training split or a path like '
                             'train/<class>/<file>; celeba.py: an attribute column too), or a '
                             'folder of Pascal VOC .xml files')
+    group.add_argument('--box-refine', choices=('grabcut', 'none'),
+                       help='grabcut: cut each box into its object with GrabCut once, at the '
+                            'start, and teach those masks as maps (the default with '
+                            '--attention-boxes); none: teach the boxes as they are, by their '
+                            'projections')
     group.add_argument('--map-loss-weight', type=float, metavar='GAMMA',
                        help=f'gamma of the map loss (default: {DEFAULT_MAP_LOSS_WEIGHT:g})')
     group.add_argument('--train-feature-extractor', action='store_true',
@@ -92,6 +97,10 @@ def check_teach_arguments(args: argparse.Namespace) -> None:
     if getattr(args, 'attention_maps', None) and getattr(args, 'attention_boxes', None):
         raise AbnError('give one of --attention-maps and --attention-boxes (to teach from both, '
                        'draw the boxes as maps)')
+    if getattr(args, 'box_refine', None) and not getattr(args, 'attention_boxes', None):
+        raise AbnError(f'--box-refine {args.box_refine} needs --attention-boxes')
+    if getattr(args, 'attention_boxes', None) and not args.box_refine:
+        args.box_refine = 'grabcut'
     if not teaching:
         for flag, value in (('--map-loss-weight', getattr(args, 'map_loss_weight', None)),
                             ('--train-feature-extractor',
@@ -130,7 +139,7 @@ class MapTeaching(TrainingScript):
             maps = load(args.attention_maps, bundle.train, bundle.name)
         else:
             load = load_task_box_map_set if multitask else load_box_map_set
-            maps = load(args.attention_boxes, bundle.train)
+            maps = load(args.attention_boxes, bundle.train, args.box_refine)
         bundle.train = WithAttentionMaps(bundle.train, maps)
         record = maps.record()
         args.attention_maps_count = record['count']
@@ -151,7 +160,8 @@ class MapTeaching(TrainingScript):
     def objective_options(self, args: argparse.Namespace) -> dict[str, Any]:
         options = dict(self.script.objective_options(args) or {})
         options['weight'] = args.map_loss_weight
-        if args.attention_boxes and not self.script.objective.startswith('multi-label'):
+        if args.attention_boxes and args.box_refine == 'none' and \
+                not self.script.objective.startswith('multi-label'):
             options['boxes'] = True  # boxes compared by their projections
         if self.script.objective == 'multi-label-focal':  # the map objective adds the map loss
             options['focal'] = True
