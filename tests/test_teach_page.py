@@ -19,6 +19,7 @@ from tests.helpers import Server, save_project_checkpoint, tiny_model
 from utils.errors import AbnError
 from utils.serve.editor import MapEditor
 from utils.serve.teach import Teacher
+from utils.serve.teach_measures import contrast as measured_contrast
 from utils.serve.teach_page import WAITING, comparison_text, maps_text, status_text
 from utils.weights import checkpoint as ckpt
 from utils.weights.loading import load_model
@@ -191,7 +192,7 @@ def test_saved_maps_are_counted_per_class_and_an_image_once(tmp_path):
         expected[names[labels[index]]] = expected.get(names[labels[index]], 0) + 1
     assert teacher.saved_maps() == dict(sorted(expected.items()))
     assert '**Saved training maps:** 2' in maps_text(teacher)
-    contrast = teacher.contrast(editor)
+    contrast = measured_contrast(editor, teacher.maps_folder())
     assert contrast['maps'] == 2 and contrast['contrast'] is not None
 
 

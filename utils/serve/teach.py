@@ -11,38 +11,27 @@ the test split: accuracy, the pointing game where the data set has object masks,
 much more the map holds inside the painted regions of the saved maps than outside them. The
 checkpoint the page serves is only ever read.
 """
-import json
+import math
 import os
 import shlex
 import sys
 import threading
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
-from utils.data.datasets import base_dataset
-from utils.data.inputs import image_transform
 from utils.errors import AbnError
-from utils.explain.measures import pointing_tolerance, split_scores
 from utils.serve.editor import MapEditor
-from utils.serve.gallery import Gallery
-from utils.serve.teach_job import JOB_FILE, TeachingJob
-from utils.teach.attention_maps import read_maps
+from utils.serve.teach_folder import TrainingFolder
+from utils.serve.teach_job import JOB_FILE, TeachingJob, shown_argument
+from utils.serve.teach_measures import MEASURE_IMAGES, measure
 from utils.teach.map_store import saved_training_maps, training_folder
-from utils.visualize import safe_name
 from utils.weights.checkpoint import load_checkpoint
 from utils.weights.loading import load_model
 from utils.weights.modelspec import SCRIPTS
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-MEASURE_IMAGES = 1000  # test images both models are measured on (the first ones)
-PAINTED = 0.75  # a saved map's painted region: its cells at least this white
 # Data sets that need no --data folder (generated).
 GENERATED = ('shapes', 'shapes-multi')
 DEFAULTS = {'epochs': 2, 'lr': 0.01, 'map_loss_weight': 10.0, 'train_size': 0}
 DEFAULT_BATCH = {'cifar': 64, 'imagenet': 32, 'celeba': 8}
-TEACH_FILE = 'teach.json'  # what the page remembers in its output folder
 
 
 class Teacher:
@@ -70,9 +59,9 @@ class Teacher:
         self.run = last_unfinished_run(output)
         # A page of image files teaches with the image folder they belong to (--data of the
         # run), given on the page or remembered from an earlier page on this folder.
-        self.training_root, self.training_images = None, None
-        if not editor.splits and not editor.kind.per_attribute:
-            self.remember_training_folder()
+        spec = editor.loaded.spec
+        self.folder = (TrainingFolder(editor, output, checkpoint) if not editor.splits
+                       and spec is not None and spec.dataset == 'imagefolder' else None)
 
     # ---- what can be taught ----
     def unavailable_reason(self):
@@ -87,7 +76,7 @@ class Teacher:
             return ('Teach covers the data sets the page serves (cifar.py\'s and '
                     'shapes-multi); for an imagenet.py model run python imagenet.py --data DIR '
                     '--weights CHECKPOINT --attention-maps MAPS from a terminal (docs/teach.md)')
-        if not editor.splits and editor.kind.per_attribute:
+        if not editor.splits and self.folder is None:
             return ('Teach needs the training split: start the page with --dataset '
                     f'{spec.dataset}')
         if not editor.splits and self.training_root is None:
@@ -105,75 +94,19 @@ class Teacher:
         return training_folder(editor.maps_dir, editor.kind.per_attribute)
 
     # ---- the training folder of a page of image files ----
-    def set_training_folder(self, root):
-        """Checks and remembers (<output>/teach.json) the image folder a page of image files
-        teaches with: train/<class>/ and a validation split, the model's classes."""
-        root = os.path.abspath(os.path.expanduser(str(root or '').strip()))
-        if not os.path.isdir(os.path.join(root, 'train')):
-            raise AbnError(f'{self.editor.shown_path(root)} holds no train/ folder: give the '
-                           f'image folder the images belong to (train/<class>/<image>, and '
-                           f'val/ or test/)')
-        editor = self.editor
-        gallery = Gallery(editor.kind, editor.loaded, image_transform(editor.loaded),
-                          list(editor.names), 'imagefolder', root)
-        os.makedirs(self.output, exist_ok=True)
-        with open(os.path.join(self.output, TEACH_FILE), 'w') as f:
-            json.dump({'training_folder': root}, f)
-        self.training_root, self.training_images = root, gallery
-        return root
+    @property
+    def training_root(self):
+        return self.folder.root if self.folder is not None else None
 
-    def remember_training_folder(self):
-        """The folder an earlier page on this output folder was given, else the one the
-        checkpoint was trained on (its --data), where it still exists and fits."""
-        candidates = []
-        try:
-            with open(os.path.join(self.output, TEACH_FILE)) as f:
-                candidates.append(json.load(f)['training_folder'])
-        except (OSError, ValueError, KeyError, TypeError):
-            pass
-        try:
-            trained = load_checkpoint(self.checkpoint).get('args') or {}
-            if trained.get('dataset') == 'imagefolder':
-                candidates.append(trained.get('data'))
-        except AbnError:
-            pass
-        for root in candidates:
-            if not root:
-                continue
-            try:
-                self.set_training_folder(root)
-                return
-            except (AbnError, OSError):
-                continue
+    def set_training_folder(self, root):
+        return self.folder.set(root)
 
     def unmatched_maps(self):
-        """The saved maps of a page of image files that name no image of the training
-        folder's train/ (class/stem keys)."""
-        if self.training_images is None:
-            return []
-        folder = base_dataset(self.training_images.split('train'))
-        known = {f'{folder.classes[label]}/{os.path.splitext(os.path.basename(path))[0]}'
-                 for path, label in folder.samples}
-        return [key for _, key in saved_training_maps(self.maps_folder(), False)
-                if key not in known]
+        return self.folder.unmatched(self.maps_folder()) if self.folder is not None else []
 
     def saved_maps(self):
-        """{group: images}: the saved training maps by class (by attribute for multi-task
-        models); an image with several maps counts once."""
-        editor, counts, labels = self.editor, {}, None
-        for attribute, key in saved_training_maps(self.maps_folder(),
-                                                  editor.kind.per_attribute):
-            if attribute is not None or '/' in key:  # an attribute's, or <class>/<stem>
-                group = attribute if attribute is not None else key.split('/')[0]
-            else:  # a built-in split's image, by index: its class
-                if not key.isdigit():
-                    continue
-                labels = labels if labels is not None else editor.gallery.training_labels()
-                index = int(key)
-                group = (editor.names[int(labels[index])] if labels is not None
-                         and index < len(labels) else '?')
-            counts[group] = counts.get(group, 0) + 1
-        return dict(sorted(counts.items()))
+        """{group: images} of the saved training maps (count_saved_maps)."""
+        return count_saved_maps(self.editor, self.maps_folder())
 
     # ---- the run ----
     def command(self, folder, epochs, batch, lr, weight, train_size):
@@ -183,7 +116,7 @@ class Teacher:
         if os.path.abspath(os.getcwd()) != PROJECT:
             script = os.path.join(PROJECT, script)
         if not editor.splits:  # a page of image files: the folder they belong to
-            args = ['--dataset', 'imagefolder', '--data', self.training_root]
+            args = ['--dataset', 'imagefolder', '--data', self.folder.root]
         else:
             args = ['--dataset', editor.dataset]
         if editor.splits and editor.dataset not in GENERATED:
@@ -253,17 +186,8 @@ class Teacher:
         return run
 
     def whole_command(self):
-        """The run's command to paste into a terminal (the page shows a shortened one), or
-        '': whole, with this machine's paths, on a page served to this machine only; else
-        the command file that holds it, from the page's folder."""
-        run = self.run
-        if run is None:
-            return ''
-        resume = ['--resume', run.checkpoint()] if run.state == 'stopped' else []
-        if not self.shows_paths:
-            return f'sh {shown_argument(os.path.join(run.folder, "command.sh"))}' + (
-                f' --resume {shown_argument(run.checkpoint())}' if resume else '')
-        return f'cd {shlex.quote(os.getcwd())} && {shlex.join(run.argv + resume)}'
+        """The run's command to paste into a terminal (teach_job.TeachingJob.pasteable)."""
+        return self.run.pasteable(self.shows_paths) if self.run is not None else ''
 
     def stop(self):
         run = self.run
@@ -304,56 +228,29 @@ class Teacher:
 
     # ---- measures ----
     def measure(self, editor):
-        """{'accuracy', 'pointing', 'contrast', counts}: test accuracy (mean attribute
-        accuracy for multi-task models) and the pointing game of the ABN map on the first
-        `measure_images` test images, the latter where the data set has object masks
-        (utils.explain.measures.split_scores); the contrast of the map over the saved
-        training maps (mean inside the painted region minus mean outside)."""
-        kind = editor.kind
-        # a page of image files: the test split of the folder it teaches with
-        test = (self.training_images.split('test') if not editor.splits
-                and self.training_images is not None else editor.split('test'))
+        """Both models' measures (utils.serve.teach_measures) on the test split: the data
+        set's, or for a page of image files the folder's it teaches with."""
+        test = (self.folder.images.split('test') if self.folder is not None
+                and self.folder.images is not None else editor.split('test'))
+        return measure(editor, test, self.measure_images, self.maps_folder())
 
-        def answer(images, labels):
-            with editor.lock, torch.no_grad():
-                out = editor.model(images.to(editor.device))
-            logits, maps = out.perception_logits.float().cpu(), out.attention_map.float().cpu()
-            return kind.correct(logits, labels), kind.measured_maps(maps)
 
-        scores = split_scores(answer, test, min(len(test), self.measure_images),
-                              getattr(base_dataset(test), 'masks', None), editor.size,
-                              pointing_tolerance(editor.size),
-                              editor.names if kind.per_attribute else None)
-        scores.update(self.contrast(editor))
-        return scores
-
-    def contrast(self, editor):
-        """{'contrast': mean over the saved training maps of (the model's map, drawn as the
-        page draws it, averaged inside the painted region: the cells at least PAINTED white)
-        minus (averaged outside), 'maps': how many}: how far the model's maps agree with
-        what was painted."""
-        values = []
-        channels = {safe_name(name): t for t, name in enumerate(editor.names)}
-        per_attribute = editor.kind.per_attribute
-        for (folder, key), files in saved_training_maps(self.maps_folder(),
-                                                       per_attribute).items():
-            attribute = channels.get(folder, -1) if per_attribute else 0
-            if attribute < 0 or not key.isdigit() or int(key) >= len(editor.split('train')):
+def count_saved_maps(editor, folder):
+    """{group: images}: the saved training maps of `folder` by class (by attribute for
+    multi-task models); an image with several maps counts once."""
+    counts, labels = {}, None
+    for attribute, key in saved_training_maps(folder, editor.kind.per_attribute):
+        if attribute is not None or '/' in key:  # an attribute's, or <class>/<stem>
+            group = attribute if attribute is not None else key.split('/')[0]
+        else:  # a built-in split's image, by index: its class
+            if not key.isdigit():
                 continue
-            painted = read_maps(files) >= PAINTED
-            if painted.all() or not painted.any():
-                continue
-            explained = editor.explain(editor.picture_from_split('train', int(key)), attribute)
-            own = explained.own_map[attribute]
-            scale = explained.scale
-            drawn = own if scale is None else own / (2 * scale) + 0.5
-            region = np.asarray(F.interpolate(
-                torch.from_numpy(painted.astype(np.float32))[None, None],
-                size=drawn.shape, mode='area')[0, 0]) >= 0.5
-            if region.all() or not region.any():
-                continue
-            values.append(float(drawn[region].mean() - drawn[~region].mean()))
-        return {'contrast': float(np.mean(values)) if values else None, 'maps': len(values)}
+            labels = labels if labels is not None else editor.gallery.training_labels()
+            index = int(key)
+            group = (editor.names[int(labels[index])] if labels is not None
+                     and index < len(labels) else '?')
+        counts[group] = counts.get(group, 0) + 1
+    return dict(sorted(counts.items()))
 
 
 def last_unfinished_run(output):
@@ -396,17 +293,6 @@ def _describes_itself(path):
         return False  # e.g. a safetensors file of export.py: not a start for a training run
 
 
-def shown_argument(text):
-    """A path of the command as a visitor may see it: relative to the page's folder when
-    inside it, else `.../<name>` (command.sh has it whole); other arguments as they are."""
-    if not os.path.isabs(text):
-        return text
-    relative = os.path.relpath(text, os.getcwd())
-    if relative != os.pardir and not relative.startswith(os.pardir + os.sep):
-        return relative
-    return '.../' + os.path.basename(text)
-
-
 def whole_number(value, name, least):
     try:
         number = int(value)
@@ -422,7 +308,7 @@ def positive_number(value, name, least=None):
         number = float(value)
     except (TypeError, ValueError):
         raise AbnError(f'{name} must be a number, got {value!r}') from None
-    if not np.isfinite(number) or (number <= 0 if least is None else number < least):
+    if not math.isfinite(number) or (number <= 0 if least is None else number < least):
         raise AbnError(f'{name} must be {"positive" if least is None else "at least 0"}, got '
                        f'{value}')
     return number

@@ -7,6 +7,7 @@ continue it (`--resume`)."""
 import json
 import os
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -121,6 +122,16 @@ class TeachingJob:
             self.stopping = True
             os.killpg(self.process.pid, signal.SIGTERM)  # the run saves at the next step
 
+    def pasteable(self, shows_paths):
+        """The command to paste into a terminal (the page shows a shortened one): whole,
+        with this machine's paths, where the page is served to this machine only; else the
+        command file that holds it, from the page's folder. A stopped run's continues it."""
+        resume = ['--resume', self.checkpoint()] if self.state == 'stopped' else []
+        if not shows_paths:
+            return ' '.join(['sh', shown_argument(os.path.join(self.folder, 'command.sh'))]
+                            + [shown_argument(a) for a in resume])
+        return f'cd {shlex.quote(os.getcwd())} && {shlex.join(self.argv + resume)}'
+
     def release(self):
         """The run has ended: its leash's pipe is closed."""
         if self.leash is not None:
@@ -136,3 +147,14 @@ class TeachingJob:
             self.process.wait(timeout=timeout)
         except subprocess.TimeoutExpired:
             os.killpg(self.process.pid, signal.SIGKILL)
+
+
+def shown_argument(text):
+    """A path of the command as a visitor may see it: relative to the page's folder when
+    inside it, else `.../<name>` (command.sh has it whole); other arguments as they are."""
+    if not os.path.isabs(text):
+        return text
+    relative = os.path.relpath(text, os.getcwd())
+    if relative != os.pardir and not relative.startswith(os.pardir + os.sep):
+        return relative
+    return '.../' + os.path.basename(text)

@@ -160,8 +160,7 @@ def add_teach_section(gr, teacher, state, message, guarded):
                     'saved one), in the background, then shows the taught model beside this '
                     'one. The page stays usable; the served checkpoint is never changed.')
         saved = gr.Markdown(maps_text(teacher), elem_id='teach-maps')
-        files_page = not teacher.editor.splits and not teacher.editor.kind.per_attribute
-        with gr.Row(visible=files_page):
+        with gr.Row(visible=teacher.folder is not None):  # a page of image files
             folder = gr.Textbox(teacher.training_root if teacher.shows_paths and
                                 teacher.training_root else '', label='training folder: the image '
                                 'folder these images belong to (train/<class>/<image> and '
