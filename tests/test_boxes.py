@@ -149,6 +149,16 @@ def test_bad_rows_are_refused_naming_the_row(tmp_path, row, header, expected):
     assert expected in str(refused.value)
 
 
+def test_an_unreadable_image_of_a_box_is_named_in_one_line(tmp_path):
+    root = tmp_path / 'data'
+    write_image_folder(str(root), splits=(('train', 1), ('val', 1)), size=20)
+    (root / 'train' / 'cat' / '0.png').write_bytes(b'not a png')
+    csv = write_csv(tmp_path / 'b.csv', [('train/cat/0.png', 0, 0, 5, 5)])
+    for refine in ('none', 'grabcut'):
+        with pytest.raises(AbnError, match='cannot read the image .*0.png'):
+            load_box_map_set(csv, ImageFolder(str(root / 'train')), refine=refine)
+
+
 def test_boxes_per_attribute_for_a_multi_task_split(tmp_path):
     train = torch.utils.data.Subset(ShapesMultiDataset(train=True, size=20), range(10))
     csv = write_csv(tmp_path / 'b.csv', [(3, 0, 0, 32, 64, 'circle'), (3, 0, 0, 64, 16, 'plus'),

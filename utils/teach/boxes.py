@@ -31,9 +31,9 @@ import sys
 import xml.etree.ElementTree as ElementTree
 
 import numpy as np
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from utils.data.images import open_image
+from utils.data.images import CorruptImageError, open_image
 from utils.errors import AbnError
 from utils.progress import Progress
 from utils.teach.attention_maps import (HELD_OUT_SPLITS, MapSet, flatten_subsets,
@@ -311,7 +311,10 @@ class ImageIndex:
         if self.plain is None:
             self.plain = copy.copy(self.base)
             self.plain.transform = None
-        image = self.plain[index][0]
+        try:
+            image = self.plain[index][0]
+        except CorruptImageError as error:
+            raise AbnError(f'{FLAG}: {error}') from None
         if not isinstance(image, Image.Image):
             raise AbnError(f'{FLAG}: --box-refine grabcut needs the training images as pictures')
         return image
@@ -320,8 +323,12 @@ class ImageIndex:
         """(width, height) of a training image, from its file's header where it has a file,
         else from the item."""
         if self.samples is not None:
-            with open_image(self.samples[index][0]) as image:
-                return image.size
+            path = self.samples[index][0]
+            try:
+                with open_image(path) as image:
+                    return image.size
+            except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as error:
+                raise AbnError(f'{FLAG}: cannot read the image {path} ({error})') from None
         if self.plain is None:
             self.plain = copy.copy(self.base)
             self.plain.transform = None
