@@ -351,6 +351,15 @@ def export_shapes_masks(folder, percent, train_size=None):
     return len(chosen)
 
 
+def add_share_arguments(parser):
+    """--percent and --train-size: which seeded share of the shapes training images (the
+    images of shapes-masks:P%), for the commands that write their masks or boxes."""
+    parser.add_argument('--percent', type=float, default=10,
+                        help='share of the training images (default: %(default)s)')
+    parser.add_argument('--train-size', type=int, metavar='N',
+                        help='as the training run\'s --train-size (the share is of these)')
+
+
 def main(argv=None):
     parser = argparse.ArgumentParser(
         prog='python -m utils.teach.attention_maps',
@@ -358,10 +367,7 @@ def main(argv=None):
                     'images as a folder for --attention-maps (the same maps as '
                     'shapes-masks:P%)')
     parser.add_argument('folder', metavar='DIR')
-    parser.add_argument('--percent', type=float, default=10,
-                        help='share of the training images (default: %(default)s)')
-    parser.add_argument('--train-size', type=int, metavar='N',
-                        help='as the training run\'s --train-size (the share is of these)')
+    add_share_arguments(parser)
     args = parser.parse_args(argv)
     parse_source(f'{SHAPES_MASKS}:{args.percent}')
     count = export_shapes_masks(args.folder, args.percent, args.train_size)

@@ -36,8 +36,8 @@ from PIL import Image, UnidentifiedImageError
 from utils.data.images import CorruptImageError, open_image
 from utils.errors import AbnError
 from utils.progress import Progress
-from utils.teach.attention_maps import (HELD_OUT_SPLITS, MapSet, flatten_subsets,
-                                        shapes_mask_subset)
+from utils.teach.attention_maps import (HELD_OUT_SPLITS, MapSet, add_share_arguments,
+                                        flatten_subsets, shapes_mask_subset)
 from utils.teach.task_maps import TaskMapSet, image_keys
 from utils.visualize import safe_name
 
@@ -475,10 +475,7 @@ def main(argv=None):
                     'the training images (the images of shapes-masks:P%%) as a CSV for '
                     '--attention-boxes')
     parser.add_argument('file', metavar='FILE.csv')
-    parser.add_argument('--percent', type=float, default=10,
-                        help='share of the training images (default: %(default)s)')
-    parser.add_argument('--train-size', type=int, metavar='N',
-                        help='as the training run\'s --train-size (the share is of these)')
+    add_share_arguments(parser)
     args = parser.parse_args(argv)
     if not 0 < args.percent <= 100:
         raise AbnError('--percent must be in (0, 100]')
