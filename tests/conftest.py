@@ -40,20 +40,30 @@ def one_thread():
     torch.set_num_threads(threads)
 
 
-@pytest.fixture(scope='session')
-def trained_shapes(tmp_path_factory):
-    """A tiny shapes ABN (depth 8) trained briefly, as cifar.py writes it: the start of the
-    teaching tests (a random model's map has no structure to move, and its BatchNorm
-    statistics are of no images). About 30 s on 2 busy cores."""
+def train_tiny(tmp_path_factory, dataset):
     import cifar
-    root = tmp_path_factory.mktemp('trained-shapes')
+    root = tmp_path_factory.mktemp(f'trained-{dataset}')
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        assert cifar.main(['--dataset', 'shapes', '--depth', '8', '--train-size', '1024',
+        assert cifar.main(['--dataset', dataset, '--depth', '8', '--train-size', '1024',
                            '--test-size', '64', '--epochs', '3', '--train-batch', '32', '--lr',
                            '0.1', '-j', '0', '--gpu-id', 'cpu', '--manualSeed', '1',
                            '--save-attention', '0', '-c', str(root)]) == 0
     finally:
         torch.set_num_threads(threads)
     return str(root / 'checkpoint.pth.tar')
+
+
+@pytest.fixture(scope='session')
+def trained_shapes(tmp_path_factory):
+    """A tiny shapes ABN (depth 8) trained briefly, as cifar.py writes it: the start of the
+    teaching tests (a random model's map has no structure to move, and its BatchNorm
+    statistics are of no images). About 30 s on 2 busy cores."""
+    return train_tiny(tmp_path_factory, 'shapes')
+
+
+@pytest.fixture(scope='session')
+def trained_decoy(tmp_path_factory):
+    """The same on shapes-decoy: a model that learnt the class-coloured patch."""
+    return train_tiny(tmp_path_factory, 'shapes-decoy')

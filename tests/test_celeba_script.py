@@ -200,6 +200,10 @@ def test_explain_measures_the_pointing_game_per_attribute(trained, tmp_path, cap
     assert set(scores) == {'ABN', 'CAM', 'Grad-CAM', 'random'}
     assert set(scores['ABN']) <= {'circle', 'plus', 'mean'} and 'mean' in scores['ABN']
     assert (out / '0000_tasks.png').exists() and (out / 'grid.png').exists()
+    decision = json.loads((out / 'metrics.json').read_text())['decision']
+    assert set(decision) == {'as given', 'object kept', 'outside only'}
+    assert all(0 <= v['attribute_accuracy'] <= 100 for v in decision.values())
+    assert 'What the decision rests on (mean attribute accuracy' in stdout
     code, _, err = run_script(explain.main, [str(trained / 'model_best.pth.tar'), '--dataset',
                                              'shapes-multi', '--task', 'hat', '-o', str(out),
                                              '--gpu-id', 'cpu'], capsys)

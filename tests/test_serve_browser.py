@@ -166,10 +166,13 @@ def test_load_see_paint_predict_save_in_a_browser(tmp_path):
 
 
 
-def test_paint_save_teach_and_compare_in_a_browser(tmp_path, trained_shapes):
+@pytest.mark.parametrize('dataset', ['shapes', 'shapes-decoy'])
+def test_paint_save_teach_and_compare_in_a_browser(tmp_path, dataset, request):
     """The loop closed on the page: maps of training images painted (and loaded) and saved,
     a fine-tuning run started, watched after a reload, and the taught model's map beside
-    the first, moved the painted way. Screenshots for docs/teach.md:
+    the first, moved the painted way; on the shortcut set (shapes-decoy, a model that learnt
+    its corner patch), the table shows the decision with everything outside the objects
+    taken away, before and after. Screenshots for docs/teach.md (shapes):
         ABN_TEACH_CHECKPOINT=checkpoints/shapes/resnet-20-residual/model_best.pth.tar \\
         ABN_TEACH_SCREENSHOTS=docs/images python -m pytest tests/test_serve_browser.py -k teach
     """
@@ -181,13 +184,16 @@ def test_paint_save_teach_and_compare_in_a_browser(tmp_path, trained_shapes):
 
     from utils.data.shapes import ShapesDataset
 
-    checkpoint = os.path.abspath(os.environ.get('ABN_TEACH_CHECKPOINT') or trained_shapes)
-    screenshots = os.environ.get('ABN_TEACH_SCREENSHOTS')
+    decoy = dataset == 'shapes-decoy'
+    checkpoint = os.environ.get('ABN_TEACH_CHECKPOINT') if not decoy else None
+    checkpoint = os.path.abspath(checkpoint or request.getfixturevalue(
+        'trained_decoy' if decoy else 'trained_shapes'))
+    screenshots = os.environ.get('ABN_TEACH_SCREENSHOTS') if not decoy else None
     with open(checkpoint, 'rb') as f:
         served = f.read()
     out = tmp_path / 'out'
-    server = Server([checkpoint, '--dataset', 'shapes', '-o', 'out'], cwd=tmp_path)
-    masks = ShapesDataset(train=True, size=9).masks
+    server = Server([checkpoint, '--dataset', dataset, '-o', 'out'], cwd=tmp_path)
+    masks = ShapesDataset(train=True, size=9, decoy=decoy).masks
     driver = None
     try:
         server.wait_until_up()
@@ -210,7 +216,7 @@ def test_paint_save_teach_and_compare_in_a_browser(tmp_path, trained_shapes):
             box.clear()
             box.send_keys(str(index))
             driver.find_element(By.ID, 'load').click()
-            says('message', f'shapes-train-{index}')
+            says('message', f'{dataset}-train-{index}')
 
         def save(index):
             driver.find_element(By.ID, 'save').click()
@@ -318,7 +324,7 @@ def test_paint_save_teach_and_compare_in_a_browser(tmp_path, trained_shapes):
             set_number(element_id, value)
         driver.find_element(By.ID, 'teach').click()
         says('message', 'Started')
-        status = says('teach-status', 'python cifar.py --dataset shapes --weights')
+        status = says('teach-status', f'python cifar.py --dataset {dataset} --weights')
         assert '--attention-maps out/edited_maps/train' in status and str(tmp_path) not in status
         driver.find_element(By.ID, 'teach').click()  # a second Teach while one runs
         says('message', 'a teaching run is already running')
@@ -336,6 +342,10 @@ def test_paint_save_teach_and_compare_in_a_browser(tmp_path, trained_shapes):
         row = next(line for line in comparison.splitlines() if 'painted regions' in line)
         before, after = (float(value) for value in re.findall(r'[+-]\d+\.\d+', row))
         assert after > before + 0.02, comparison  # the map moved the painted way
+        decision = next(line for line in comparison.splitlines()
+                        if "the objects amid another image's surroundings" in line)
+        before, after = (float(value) for value in re.findall(r'\d+\.\d+', decision))
+        assert 0 <= before <= 100 and 0 <= after <= 100, comparison
         for panel in ('before', 'after'):
             wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR,
                                                          f'#panel-{panel} img')))

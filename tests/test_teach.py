@@ -43,12 +43,12 @@ def extractor_keys(state):
 
 
 @pytest.mark.parametrize('fast', [False, True])
-def test_fine_tuning_teaches_the_map_and_keeps_the_feature_extractor(base, tmp_path, fast,
-                                                                      capsys):
+def test_the_papers_setting_teaches_the_map_and_keeps_the_feature_extractor(base, tmp_path,
+                                                                            fast, capsys):
     out = str(tmp_path / 'taught')
     start = str(base / 'base' / 'model_best.pth.tar')
     argv = TINY + ['--epochs', '2', '--lr', '0.05', '--weights', start,
-                   '--attention-maps', str(base / 'masks'), '-c', out]
+                   '--attention-maps', str(base / 'masks'), '--teach-by', 'map', '-c', out]
     code, stdout, _ = run_script(cifar.main, argv + (['--fast'] if fast else []), capsys)
     assert code == 0
     assert 'attention maps: 32 of 64 training images' in stdout
@@ -65,21 +65,30 @@ def test_fine_tuning_teaches_the_map_and_keeps_the_feature_extractor(base, tmp_p
     assert len(recorded['attention_maps_images']) == 32 and recorded['map_loss_weight'] == 10
     with open(os.path.join(out, 'log.txt')) as f:
         header, *rows = f.read().splitlines()
-    assert header.split('\t')[-1] == 'Train Map Loss' and len(rows) == 2
-    map_losses = [float(row.split('\t')[-1]) for row in rows]
+    assert header.split('\t')[-2:] == ['Train Map Loss', 'Taught Score'] and len(rows) == 2
+    map_losses = [float(row.split('\t')[-2]) for row in rows]
     assert map_losses[1] < map_losses[0]  # the map moves towards the masks
+    for row in rows:  # the taught score: valid top-1 less 100 x L_map (gamma 10)
+        values = [float(v) for v in row.split('\t')]
+        assert values[-1] == pytest.approx(values[4] - 100 * values[-2] / 10, abs=1e-4)
+    assert 'Best taught score: ' in stdout and 'taught score ' in stdout
 
 
-def test_the_feature_extractor_trains_on_request(base, tmp_path, capsys):
+@pytest.mark.parametrize('method', ['map', 'counterfactual', 'rrr'])
+def test_the_feature_extractor_trains_on_request_or_by_the_method(method, base, tmp_path,
+                                                                   capsys):
     start = str(base / 'base' / 'model_best.pth.tar')
     out = str(tmp_path / 'all')
-    code, _, _ = run_script(cifar.main, TINY + [
+    unfreeze = ['--train-feature-extractor'] if method == 'map' else []
+    code, stdout, _ = run_script(cifar.main, TINY + [
         '--epochs', '1', '--weights', start, '--attention-maps', 'shapes-masks:25%',
-        '--train-feature-extractor', '-c', out], capsys)
+        '--teach-by', method, '-c', out] + unfreeze, capsys)
     assert code == 0
+    assert f'teaching by {method}: ' in stdout and 'feature extractor fixed' not in stdout
     before = ckpt.load_checkpoint(start)['state_dict']
-    after = ckpt.load_checkpoint(os.path.join(out, 'model_best.pth.tar'))['state_dict']
-    assert not torch.equal(before['conv1.weight'], after['conv1.weight'])
+    after = ckpt.load_checkpoint(os.path.join(out, 'checkpoint.pth.tar'))
+    assert not torch.equal(before['conv1.weight'], after['state_dict']['conv1.weight'])
+    assert after['args']['teach_by'] == method
 
 
 def write_png(path, array):
@@ -92,6 +101,17 @@ BAD = {
                             '--map-loss-weight needs --attention-maps'),
     'unfreeze without maps': (lambda b, t: ['--train-feature-extractor'],
                               '--train-feature-extractor needs --attention-maps'),
+    'method without maps': (lambda b, t: ['--teach-by', 'rrr'], '--teach-by needs --attention-maps'),
+    'rrr weight without rrr': (lambda b, t: ['--attention-maps', 'shapes-masks:10%',
+                                             '--rrr-weight', '5'],
+                               '--rrr-weight needs --teach-by rrr'),
+    'negative rrr weight': (lambda b, t: ['--attention-maps', 'shapes-masks:10%', '--teach-by',
+                                          'rrr', '--rrr-weight', '-5'], 'must not be negative'),
+    'unfreeze with a method that trains it': (
+        lambda b, t: ['--attention-maps', 'shapes-masks:10%', '--train-feature-extractor'],
+        'always trains the feature extractor: drop --train-feature-extractor'),
+    'rrr compiled': (lambda b, t: ['--attention-maps', 'shapes-masks:10%', '--teach-by', 'rrr',
+                                   '--compile'], 'drop --compile'),
     'baseline': (lambda b, t: ['--baseline', '--attention-maps', 'shapes-masks:10%'],
                  'needs an attention branch'),
     'negative weight': (lambda b, t: ['--attention-maps', 'shapes-masks:10%',

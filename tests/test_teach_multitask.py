@@ -238,8 +238,8 @@ def test_fine_tuning_teaches_every_attributes_map(base, tmp_path, capsys):
     assert recorded['attention_maps_images'] == [str(i) for i in range(12) if masks[i].any()]
     with open(os.path.join(out, 'log.txt')) as f:
         header, *rows = f.read().splitlines()
-    assert header.split('\t')[-1] == 'Train Map Loss' and len(rows) == 2
-    map_losses = [float(row.split('\t')[-1]) for row in rows]
+    assert header.split('\t')[-2:] == ['Train Map Loss', 'Taught Score'] and len(rows) == 2
+    map_losses = [float(row.split('\t')[-2]) for row in rows]
     assert map_losses[1] < map_losses[0]
 
 
@@ -250,6 +250,10 @@ BAD = {
     'shapes masks elsewhere': (['--attention-maps', 'shapes-masks:10%', '--dataset',
                                 'attributes', '--data', '{tmp}'], 'attribute table'),
     'weight without maps': (['--map-loss-weight', '2'], 'needs --attention-maps'),
+    'counterfactuals per attribute': (['--attention-maps', 'shapes-masks:10%', '--teach-by',
+                                       'counterfactual'], 'use --teach-by map'),
+    'rrr per attribute': (['--attention-maps', 'shapes-masks:10%', '--teach-by', 'rrr'],
+                          'is for single-label runs'),
     'weights of another width': (['--attention-maps', 'shapes-masks:10%', '--weights',
                                   '{base}/base/checkpoint.pth.tar', '--width', '16'],
                                  'contradicts'),

@@ -25,10 +25,11 @@ NORMALIZATION = {
     'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
     'svhn': ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
     'shapes': ((0.4978, 0.4997, 0.4988), (0.2855, 0.2832, 0.2851)),
+    'shapes-decoy': ((0.4978, 0.4997, 0.4988), (0.2855, 0.2832, 0.2851)),  # shapes' own
     'imagefolder': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
 }
 AUTHORS_NORMALIZATION = NORMALIZATION['cifar10']
-SMALL_IMAGE_DATASETS = ('cifar10', 'cifar100', 'svhn', 'shapes', 'imagefolder')
+SMALL_IMAGE_DATASETS = ('cifar10', 'cifar100', 'svhn', 'shapes', 'shapes-decoy', 'imagefolder')
 
 
 @dataclass
@@ -231,10 +232,11 @@ def build_small_image_data(name, root, train_size=None, test_size=None, evaluate
     flip = name != 'svhn'
     resize = name == 'imagefolder'
     train_tf, test_tf = small_image_transforms(mean, std, flip, image_size, resize)
-    if name == 'shapes':
-        test = ShapesDataset(train=False, size=test_size, transform=test_tf)
+    if name in ('shapes', 'shapes-decoy'):
+        decoy = name == 'shapes-decoy'  # a class-coloured patch in training only
+        test = ShapesDataset(train=False, size=test_size, transform=test_tf, decoy=decoy)
         train = None if evaluate_only else ShapesDataset(train=True, size=train_size,
-                                                          transform=train_tf)
+                                                          transform=train_tf, decoy=decoy)
         classes = list(test.classes)
     elif name == 'imagefolder':
         test = image_folder_split(root, ('val', 'test'), test_tf, skip_bad)

@@ -17,11 +17,12 @@ from utils.errors import AbnError
 # their own; CIFAR-100's come from its files through --dataset cifar100 --data DIR).
 KNOWN_CLASSES = {
     'shapes': list(SHAPE_CLASSES),
+    'shapes-decoy': list(SHAPE_CLASSES),
     'cifar10': ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
                 'truck'],
     'svhn': [str(d) for d in range(10)],
 }
-DATASET_CLASS_COUNTS = {'shapes': 10, 'cifar10': 10, 'svhn': 10, 'cifar100': 100}
+DATASET_CLASS_COUNTS = {'shapes': 10, 'shapes-decoy': 10, 'cifar10': 10, 'svhn': 10, 'cifar100': 100}
 
 
 def read_class_names(path, count):

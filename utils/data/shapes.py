@@ -18,6 +18,16 @@ SPLIT_SEEDS = {'train': 20190616, 'test': 20190617}
 DEFAULT_SIZES = {'train': 10000, 'test': 2000}
 CLUTTER_ALPHA = 0.35
 MIN_CONTRAST = 0.9  # L1 distance between the object's and the background's colours
+# `shapes-decoy`: a shortcut (the recipe of Decoy MNIST, Ross et al. 2017, in colour). Each
+# image gets a DECOY_SIZE-pixel square patch in a random corner; in the training split its
+# colour is its class's (DECOY_COLOURS[label]), in the test split a random class's, so a
+# model that learnt the patch fails the test split. The object masks leave the patch out.
+DECOY_SIZE = 4
+DECOY_INSET = 4
+DECOY_COLOURS = np.array([[255, 0, 0], [0, 255, 0], [0, 0, 255], [255, 255, 0], [255, 0, 255],
+                          [0, 255, 255], [255, 128, 0], [128, 0, 255], [255, 255, 255],
+                          [0, 0, 0]], dtype=np.uint8)
+DECOY_SEEDS = {'train': 20190618, 'test': 20190619}
 
 
 def _mix(colour, image):
@@ -128,6 +138,27 @@ def _draw(labels, rng, size):
     return images, masks
 
 
+def add_decoy(images, labels, masks, seed, train):
+    """Paints the shortcut patch into `images` (n, S, S, 3) uint8, in place, and clears it
+    from `masks`: a DECOY_SIZE square (scaled with the image) in a corner chosen by two fair
+    coins, the colour of the image's class in training and of a random class in testing."""
+    n, size = len(images), images.shape[1]
+    side = max(1, DECOY_SIZE * size // IMAGE_SIZE)
+    inset = DECOY_INSET * size // IMAGE_SIZE
+    # drawn per chunk, as the images: the first n images get the same patches whatever n is
+    draws = [np.random.default_rng([seed, k]).integers(0, 2 * 2 * len(SHAPE_CLASSES), CHUNK)
+             for k in range(-(-n // CHUNK))]
+    draws = np.concatenate(draws)[:n] if draws else np.zeros(0, np.int64)
+    bottom, right, other = draws % 2, draws // 2 % 2, draws // 4
+    shown = labels if train else other
+    for i in range(n):
+        rows = slice(size - inset - side, size - inset) if bottom[i] else slice(inset, inset + side)
+        cols = slice(size - inset - side, size - inset) if right[i] else slice(inset, inset + side)
+        images[i, rows, cols] = DECOY_COLOURS[shown[i]]
+        masks[i, rows, cols] = False
+    return images, masks
+
+
 class ShapesDataset(torch.utils.data.Dataset):
     """The `shapes` split as a torchvision-style data set: `data` (N, 32, 32, 3) uint8,
     `targets`, `classes`, and `masks` (N, 32, 32) bool, the objects' ground truth.
@@ -135,11 +166,13 @@ class ShapesDataset(torch.utils.data.Dataset):
 
     classes = list(SHAPE_CLASSES)
 
-    def __init__(self, train=True, size=None, transform=None, seed=None):
+    def __init__(self, train=True, size=None, transform=None, seed=None, decoy=False):
         split = 'train' if train else 'test'
         n = DEFAULT_SIZES[split] if size is None else size
         self.data, targets, self.masks = generate_shapes(n, SPLIT_SEEDS[split] if seed is None
                                                          else seed)
+        if decoy:
+            add_decoy(self.data, targets, self.masks, DECOY_SEEDS[split], train)
         self.targets = targets.tolist()
         self.transform = transform
 

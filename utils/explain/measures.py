@@ -158,6 +158,81 @@ def measure_maps(table, name, maps, inputs, classes, predict, logits, masks=None
         table.add(name, 'road', road(logits, inputs, maps, classes, road_percentiles, seed=seed))
 
 
+def object_kept(images, inside):
+    """Each image's object (`inside`, (N, 1, H, W) bool) amid the next image's surroundings;
+    where the next image's own object was, the image's own pixels: one object in each."""
+    other, other_inside = images.roll(1, 0), inside.roll(1, 0)
+    return torch.where(inside | other_inside, images, other)
+
+
+def object_removed(images, inside):
+    """Each image with its object's pixels filled in from its own surroundings: a smooth
+    fill, each pixel the Gaussian-weighted mean of the pixels outside the object around it
+    (normalised convolution), so that neither the object nor a sharp silhouette of it is
+    left."""
+    outside = (~inside).to(images.dtype)
+    side = images.shape[-1]
+    sigma = max(1.0, side / 8)
+    kernel = 2 * round(2 * sigma) + 1
+    weights = TF.gaussian_blur(outside, [kernel] * 2, [sigma] * 2).clamp_min(1e-6)
+    fill = TF.gaussian_blur(images * outside, [kernel] * 2, [sigma] * 2) / weights
+    return torch.where(inside, fill, images)
+
+
+def decision_outside(predict, inputs, masks, labels):
+    """Whether the decision rests on the object or on what lies outside it, per image with a
+    mask and a label: {variant: (correct (N,) bool, confidence in the true class (N,))} for
+    'as given', 'object kept' (the object amid another image's surroundings, as a teaching
+    counterfactual shows it) and 'outside only' (the object's pixels filled in smoothly from
+    its own surroundings). A model that decides by the object keeps its accuracy on the
+    first and falls to chance on the second; one that decides by a shortcut outside it does
+    the reverse. `predict`: images -> probabilities; `inputs` (N, 3, H, W) normalised;
+    `masks` (N, H, W) bool; `labels` (N,)."""
+    inside = torch.as_tensor(np.asarray(masks, dtype=bool), device=inputs.device)[:, None]
+    variants = {'as given': inputs, 'object kept': object_kept(inputs, inside),
+                'outside only': object_removed(inputs, inside)}
+    labels = torch.as_tensor(labels, device=inputs.device).view(-1, 1)
+    out = {}
+    for name, images in variants.items():
+        probabilities = predict(images).float()
+        out[name] = ((probabilities.argmax(1, keepdim=True) == labels)[:, 0].cpu().numpy(),
+                     probabilities.gather(1, labels)[:, 0].cpu().numpy())
+    return out
+
+
+DECISION_VARIANTS = ('as given', 'object kept', 'outside only')
+
+
+class DecisionTable:
+    """decision_outside's answers per model, summed over batches: the share correct and the
+    mean confidence of each variant."""
+
+    def __init__(self):
+        self.scores = {}  # model -> variant -> [correct values, confidences]
+
+    def add(self, model, answers):
+        for variant, (correct, confidence) in answers.items():
+            entry = self.scores.setdefault(model, {}).setdefault(variant, [[], []])
+            entry[0].extend(correct.tolist())
+            entry[1].extend(confidence.tolist())
+
+    def summary(self):
+        return {model: {variant: {'top1': 100 * float(np.mean(c)),
+                                  'confidence': 100 * float(np.mean(p)), 'n': len(c)}
+                        for variant, (c, p) in variants.items()}
+                for model, variants in self.scores.items()}
+
+    def markdown(self):
+        lines = ['| model | ' + ' | '.join(f'top-1, {v}' for v in DECISION_VARIANTS)
+                 + ' | ' + ' | '.join(f'confidence, {v}' for v in DECISION_VARIANTS) + ' |',
+                 '|' + '---|' * (1 + 2 * len(DECISION_VARIANTS))]
+        for model, variants in self.summary().items():
+            cells = [f"{variants[v]['top1']:.1f}" for v in DECISION_VARIANTS]
+            cells += [f"{variants[v]['confidence']:.1f}" for v in DECISION_VARIANTS]
+            lines.append(f'| {model or "model"} | ' + ' | '.join(cells) + ' |')
+        return '\n'.join(lines)
+
+
 METRICS = {
     # key: (title, better, unit)
     'pointing_game': ('pointing game', 'higher', '%'),
@@ -170,15 +245,18 @@ METRICS = {
 
 
 def split_scores(answer, dataset, count, masks, size, radius, names=None, batch=100):
-    """{'images', 'accuracy', 'radius', 'pointing' (and per task 'pointing_per_attribute')}
-    of a model on the first `count` images of `dataset` (items (image, label)):
+    """{'images', 'accuracy', 'radius', 'pointing' (and per task 'pointing_per_attribute'),
+    'object_kept'} of a model on the first `count` images of `dataset` (items (image, label)):
     `answer(images, labels)` gives (the number correct, its maps (N, T, h, w) in [0, 1]);
     accuracy is a percentage of the images, the pointing game (within `radius` px, at `size`
     px) is scored where `masks` (the data set's, (N, [T,] H, W)) exist: for one map
     channel against the object, for T channels (`names`) each against its own object, over
-    the images where it is present, then averaged."""
+    the images where it is present, then averaged. 'object_kept' is the accuracy with the
+    objects (all of an image's masks) amid another image's surroundings (object_kept): what
+    the decision keeps when a shortcut outside the object is taken away."""
     import torch.nn.functional as F
     correct, seen, pointing, per_task = 0.0, 0, [], {}
+    kept_correct, kept_seen = 0.0, 0
     for start in range(0, count, batch):
         items = [dataset[i] for i in range(start, min(count, start + batch))]
         images = torch.stack([item[0] for item in items])
@@ -194,6 +272,10 @@ def split_scores(answer, dataset, count, masks, size, radius, names=None, batch=
         if truth.shape[-1] != size:
             truth = F.interpolate(truth, size=(size, size), mode='nearest')
         truth = truth.numpy() > 0.5
+        if len(items) > 1 and tuple(images.shape[-2:]) == (size, size):
+            kept, _ = answer(object_kept(images, torch.from_numpy(truth.any(1, keepdims=True))),
+                             labels)
+            kept_correct, kept_seen = kept_correct + kept, kept_seen + len(items)
         if names is None:
             pointing.extend(pointing_game(up[:, 0], truth[:, 0], radius))
             continue
@@ -203,6 +285,8 @@ def split_scores(answer, dataset, count, masks, size, radius, names=None, batch=
                 per_task.setdefault(names[t], []).extend(
                     pointing_game(up[present, t], truth[present, t], radius))
     scores = {'images': seen, 'accuracy': 100 * correct / max(seen, 1), 'radius': radius}
+    if kept_seen:
+        scores['object_kept'] = 100 * kept_correct / kept_seen
     if per_task:
         scores['pointing_per_attribute'] = {k: 100 * float(np.mean(v))
                                             for k, v in per_task.items()}
@@ -258,9 +342,10 @@ def markdown_table(summary, metrics, titles):
     return '\n'.join(lines)
 
 
-def write_report(out_dir, table, meta):
-    """metrics.json (per map and metric: mean, standard error, n; plus `meta`), metrics.md
-    (the table) and metrics.png (a bar chart). Returns the three paths."""
+def write_report(out_dir, table, meta, decision=None):
+    """metrics.json (per map and metric: mean, standard error, n; plus `meta`; and with a
+    DecisionTable `decision`, what the decision rests on), metrics.md (the tables) and
+    metrics.png (a bar chart). Returns the three paths."""
     import matplotlib
 
     matplotlib.use('Agg')
@@ -272,11 +357,19 @@ def write_report(out_dir, table, meta):
     with open(paths[0], 'w') as f:
         json.dump({'meta': meta, 'metrics': {m: {'title': titles[m], 'better': METRICS[m][1]}
                                              for m in metrics},
-                   'results': summary}, f, indent=2)
+                   'results': summary,
+                   **({'decision': decision.summary()} if decision and decision.scores else {})},
+                  f, indent=2)
     notes = [f'{key}: {value}' for key, value in meta.items() if value is not None]
     with open(paths[1], 'w') as f:
         f.write(markdown_table(summary, metrics, titles) + '\n\n'
                 + 'mean ± standard error over images. ' + '; '.join(notes) + '\n')
+        if decision and decision.scores:
+            count = next(iter(next(iter(decision.summary().values())).values()))['n']
+            f.write('\nWhat the decision rests on (%, over the ' + str(count) + ' images with a '
+                    'mask): object kept = the object amid another image\'s surroundings; outside '
+                    'only = the object filled in smoothly from its own surroundings.\n\n'
+                    + decision.markdown() + '\n')
 
     names = list(summary)
     fig, axes = plt.subplots(1, len(metrics), figsize=(3 * len(metrics), 3.2), squeeze=False)

@@ -19,7 +19,8 @@ from utils.data.attributes import MULTI_SPLIT_SEEDS, ShapesMultiDataset, map_pic
 from utils.data.images import find_images, load_rgb
 from utils.distributed import setup_runtime
 from utils.errors import AbnError
-from utils.explain.measures import pointing_game, pointing_tolerance
+from utils.explain.measures import (object_kept, object_removed, pointing_game,
+                                    pointing_tolerance)
 from utils.explain.methods import METHODS
 from utils.objectives.per_attribute import predict
 from utils.visualize import save_task_attention_images
@@ -79,6 +80,7 @@ class MultitaskReport:
             raise AbnError(f'{args.checkpoint} holds a plain multi-label baseline: no maps to '
                            f'explain')
         self.names = list(self.spec.class_names or range(self.model.num_classes))
+        self.decision = {}  # variant -> [right answers, answers]: what the decision rests on
         self.tasks = chosen_tasks(args.task, self.names)
         if args.dataset not in (None, 'shapes-multi'):
             raise AbnError(f'--dataset {args.dataset} is not a multi-task data set: use '
@@ -156,6 +158,7 @@ class MultitaskReport:
             maps[SHORT['random']] = upsample(torch.rand(len(x), len(self.tasks), *cam.shape[-2:],
                                                  generator=generator), size)
             batch_masks = masks[start:start + len(x)]
+            self.measure_decision(x, targets[start:start + len(x)], batch_masks)
             for k, t in enumerate(self.tasks):
                 present = batch_masks[:, t].reshape(len(x), -1).any(1)
                 if not present.any():
@@ -176,6 +179,22 @@ class MultitaskReport:
               + f', and per-task pictures of {drawn} images')
         return 0
 
+    def measure_decision(self, x, targets, batch_masks):
+        """Mean attribute accuracy as given, with the shapes (the union of the attributes'
+        masks) amid another image's surroundings ('object kept'), and with the shapes filled in
+        smoothly from their surroundings ('outside only'), summed into self.decision."""
+        if len(x) < 2:
+            return
+        inside = torch.as_tensor(np.asarray(batch_masks)).any(1, keepdim=True).to(x.device)
+        truth = torch.as_tensor(np.asarray(targets)).to(x.device)
+        for variant, images in (('as given', x), ('object kept', object_kept(x, inside)),
+                                ('outside only', object_removed(x, inside))):
+            with torch.no_grad():
+                labels, _ = predict(self.model(images).perception_logits.float())
+            entry = self.decision.setdefault(variant, [0.0, 0])
+            entry[0] += float((labels == truth).float().sum())
+            entry[1] += truth.numel()
+
     def write_measures(self, totals, tolerant, radius, images):
         """metrics.json/.md: the pointing game per attribute (over the images where it is
         present) and its mean over the attributes, per method; also with ±radius px."""
@@ -192,7 +211,9 @@ class MultitaskReport:
             json.dump({'model': self.spec.describe(), 'checkpoint': self.args.checkpoint,
                        'images': images, 'images with the attribute': counts,
                        'pointing tolerance (px)': radius, 'seed': self.args.seed,
-                       'scores': table}, f, indent=2)
+                       'scores': table, 'decision': {
+                           variant: {'attribute_accuracy': 100 * right / max(total, 1)}
+                           for variant, (right, total) in self.decision.items()}}, f, indent=2)
         names = [n for n in counts if counts[n]]
         lines = []
         for title, methods in table.items():
@@ -205,6 +226,15 @@ class MultitaskReport:
                 lines.append(f'| {method} | ' + ' | '.join(f'{100 * scores[n]:.1f}'
                                                             for n in names)
                              + f" | {100 * scores['mean']:.1f} |")
+            lines.append('')
+        if self.decision:
+            lines.append('What the decision rests on (mean attribute accuracy, %): object kept = '
+                         'the shapes amid another image\'s surroundings; outside only = the '
+                         'shapes filled in smoothly from their surroundings\n')
+            lines.append('| ' + ' | '.join(self.decision) + ' |')
+            lines.append('|' + '---|' * len(self.decision))
+            lines.append('| ' + ' | '.join(f'{100 * right / max(total, 1):.1f}'
+                                           for right, total in self.decision.values()) + ' |')
             lines.append('')
         text = '\n'.join(lines)
         with open(os.path.join(self.args.output, 'metrics.md'), 'w') as f:

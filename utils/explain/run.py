@@ -12,7 +12,9 @@ from utils.distributed import setup_runtime
 from utils.errors import AbnError
 from utils.explain.cam import perception_probabilities, renormalize
 from utils.explain.methods import Explainer, available_methods, title
-from utils.explain.measures import MetricTable, measure_maps, pointing_tolerance, write_report
+from utils.explain.where_maps_look import WhereMapsLook
+from utils.explain.measures import (DecisionTable, MetricTable, decision_outside, measure_maps,
+                                    pointing_tolerance, write_report)
 from utils.inference import make_runtime
 from utils.progress import Progress
 from utils.visualize import (blend, class_label, denormalize, safe_name, save_comparison_grid,
@@ -161,10 +163,8 @@ class ExplanationReport:
         self.explainers = self.make_explainers()
         self.records = []
         self.pictures = ReportPictures(args, self.main, self.names, self.edits)
-        self.radius = args.pointing_tolerance
-        if self.radius is None:
-            self.radius = pointing_tolerance(self.main.image_size)
-        self.table = MetricTable({'pointing_game_tolerant': f'pointing game ±{self.radius} px'})
+        self.measures = ReportMeasures(args, self.runtimes, self.main.image_size)
+        self.where = WhereMapsLook(self.names)
         self.correct = self.labelled = 0
 
     def check_baseline(self):
@@ -240,6 +240,9 @@ class ExplanationReport:
             results.append(ModelResult(prefix, loaded, explanation,
                                        explanation.logits.softmax(1), x))
         probabilities = results[0].probabilities
+        for method, heat in results[0].explanation.maps.items():
+            if method != 'random':
+                self.where.add(method, heat, np.asarray(results[0].explanation.classes))
         edited = self.edited_probabilities(device_inputs, start, stop)
         labelled = targets >= 0
         self.labelled += int(labelled.sum())
@@ -266,7 +269,7 @@ class ExplanationReport:
                 print(f"  {record['index']:04d} {record['source']}: {shown}")
         self.pictures.draw(inputs, targets, results, edited, start, stop, self.records)
         if args.measure:
-            self.measure(results, masks)
+            self.measures.measure(results, masks, targets)
 
     def edited_probabilities(self, device_inputs, start, stop):
         if self.edits is None:
@@ -278,22 +281,6 @@ class ExplanationReport:
             out.append(perception_probabilities(model, device_inputs[i - start:i - start + 1],
                                                 attention=edit).cpu())
         return torch.cat(out)
-
-    # ---- measures ----
-    def measure(self, results, masks):
-        """Each map is scored against its own model: the class it explains (the prediction,
-        or --target-class's) and, for deletion/insertion, that model's probabilities."""
-        args = self.args
-        for result in results:
-            run = self.runtimes[result.prefix]  # no gradient: the fast runtime answers
-            for method, heat in result.explanation.maps.items():
-                measure_maps(self.table, result.prefix + title(method), heat, result.inputs,
-                             result.explanation.classes,
-                             predict=lambda images: run(images).perception_logits.float()
-                             .softmax(1),
-                             logits=lambda images: run(images).perception_logits,
-                             masks=masks, radius=self.radius, steps=args.steps,
-                             road_percentiles=args.road_percentiles, seed=args.seed)
 
     # ---- results ----
     def write_results(self):
@@ -309,22 +296,78 @@ class ExplanationReport:
         if accuracy is not None:
             print(f'    top-1 accuracy on the {self.labelled} labelled images: {accuracy:.2f}%')
         if args.measure:
-            meta = {'model': self.main.description, 'checkpoint': args.checkpoint,
-                    'baseline': self.baseline.description if self.baseline else None,
-                    'images': len(self.inputs), 'source': args.dataset or 'image files',
-                    'top-1 accuracy': None if accuracy is None else round(accuracy, 2),
-                    'pointing tolerance (px)': self.radius,
-                    'deletion/insertion steps': args.steps,
-                    'ROAD percentiles': ','.join(map(str, args.road_percentiles)) or None,
-                    'seed': args.seed}
-            paths = write_report(out, self.table, meta)
-            with open(paths[1]) as f:
-                print('\n' + f.read())
-            written += paths
+            written += self.measures.write({
+                'model': self.main.description, 'checkpoint': args.checkpoint,
+                'baseline': self.baseline.description if self.baseline else None,
+                'images': len(self.inputs), 'source': args.dataset or 'image files',
+                'top-1 accuracy': None if accuracy is None else round(accuracy, 2)})
+        if len(self.inputs) > 1 and self.where.sums:
+            written.append(self.where.write(out, {m: title(m) for m in self.where.sums}))
+            for method in self.where.sums:
+                note = self.where.note(method, title(method))
+                if note:
+                    print(note)
         count = len(self.pictures.pictures)
         pictures = f', and pictures of {count} images' if count else ''
         print(f'Results in {out}: {", ".join(os.path.basename(p) for p in written)}{pictures}')
         return 0
+
+
+class ReportMeasures:
+    """explain.py --measure: each map's scores (MetricTable) and what each model's decision
+    rests on (DecisionTable), written as metrics.json/.md/.png."""
+
+    def __init__(self, args, runtimes, image_size):
+        """`runtimes`: label prefix -> the runtime that answers the measures' predictions."""
+        self.args, self.runtimes = args, runtimes
+        self.radius = args.pointing_tolerance
+        if self.radius is None:
+            self.radius = pointing_tolerance(image_size)
+        self.table = MetricTable({'pointing_game_tolerant': f'pointing game ±{self.radius} px'})
+        self.decision = DecisionTable()
+
+    def measure(self, results, masks, targets):
+        """Each map is scored against its own model: the class it explains (the prediction,
+        or --target-class's) and, for deletion/insertion, that model's probabilities."""
+        args = self.args
+        for result in results:
+            run = self.runtimes[result.prefix]  # no gradient: the fast runtime answers
+            for method, heat in result.explanation.maps.items():
+                measure_maps(self.table, result.prefix + title(method), heat, result.inputs,
+                             result.explanation.classes,
+                             predict=lambda images: run(images).perception_logits.float()
+                             .softmax(1),
+                             logits=lambda images: run(images).perception_logits,
+                             masks=masks, radius=self.radius, steps=args.steps,
+                             road_percentiles=args.road_percentiles, seed=args.seed)
+        self.measure_decision(results, masks, targets)
+
+    def measure_decision(self, results, masks, targets):
+        """What each model's decision rests on, over the images with a mask and a label."""
+        if masks is None:
+            return
+        chosen = [i for i, m in enumerate(masks) if m is not None and targets[i] >= 0]
+        if len(chosen) < 2:  # the object kept needs another image's outside
+            return
+        inside = np.stack([masks[i] for i in chosen])
+        for result in results:
+            run = self.runtimes[result.prefix]
+            self.decision.add(result.prefix.strip(), decision_outside(
+                lambda images: run(images).perception_logits.float().softmax(1),
+                result.inputs[chosen], inside, targets[chosen]))
+
+    def write(self, meta):
+        """The report files, with `meta` and the measures' settings; prints metrics.md and
+        returns the paths."""
+        args = self.args
+        meta = dict(meta, **{'pointing tolerance (px)': self.radius,
+                             'deletion/insertion steps': args.steps,
+                             'ROAD percentiles': ','.join(map(str, args.road_percentiles)) or None,
+                             'seed': args.seed})
+        paths = write_report(args.output, self.table, meta, self.decision)
+        with open(paths[1]) as f:
+            print('\n' + f.read())
+        return paths
 
 
 class ReportPictures:

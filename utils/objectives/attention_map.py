@@ -8,6 +8,8 @@ import torch.nn.functional as F
 from utils.objectives.base import register_objective
 from utils.objectives.meters import earliest_step_of_all, first_nonfinite, step_or_none
 from utils.objectives.single_label import SingleLabelObjective
+from utils.objectives.teaching_methods import (DEFAULT_METHOD, TeachingMethod,
+                                               get_teaching_method)
 
 DEFAULT_MAP_LOSS_WEIGHT = 10.0
 NAME = 'attention-maps'
@@ -16,6 +18,11 @@ NAME = 'attention-maps'
 # share of the given maps' mean, on the same images, a run says so (measured there: the map's
 # mean fell to 0.28-0.38 of the given maps' at lr 0.1, and stayed above 1.3 of it at 0.01).
 COLLAPSED = 0.4
+# A teaching run's model_best (the taught score): the validation metric less TAUGHT_POINTS x
+# the epoch's training map loss L_map (before gamma, in [0, 1]), so 0.01 of L_map (about a
+# tenth of the gap between an untaught and a taught map on shapes) weighs one point of
+# top-1. The epoch of highest top-1 alone was often an early one, its map half taught.
+TAUGHT_POINTS = 100
 
 
 def fit_to(given, size):
@@ -135,6 +142,13 @@ class TeachesMaps:
     maps, has_map)` as 'map_loss', the meter's map loss, its summary and log.txt column.
     Plain targets (evaluation) get the base's losses alone."""
     compare_maps = staticmethod(map_loss)
+    method = TeachingMethod()  # the paper's: the map loss alone
+
+    def forward_losses(self, model, inputs, target):
+        """Training batches (dict targets) go through the teaching method (--teach-by)."""
+        if not isinstance(target, dict):
+            return super().forward_losses(model, inputs, target)
+        return self.method.forward_losses(self, model, inputs, target)
 
     def losses(self, output, target):
         if not isinstance(target, dict):
@@ -160,7 +174,24 @@ class TeachesMaps:
         return text
 
     def log_row(self, lr, train, valid, seconds):
-        return super().log_row(lr, train, valid, seconds) + [train.get('map_loss', 0.0)]
+        return super().log_row(lr, train, valid, seconds) + [train.get('map_loss', 0.0),
+                                                              self.best_score(train, valid)]
+
+    def best_score(self, train, valid):
+        """The taught score: the validation metric less TAUGHT_POINTS x the training map
+        loss L_map (plus it, for a metric where lower is better)."""
+        value = valid[self.metric]
+        if 'map_loss' not in train or not self.weight:
+            return value
+        penalty = TAUGHT_POINTS * train['map_loss'] / self.weight
+        return value - penalty if self.higher_is_better else value + penalty
+
+    def score_text(self, score, best):
+        return f'taught score {score:.2f}, best {best:.2f}'
+
+    def best_text(self, best):
+        return (f'Best taught score: {best:.2f} (the epoch\'s {self.metric_label} less '
+                f'{TAUGHT_POINTS} x its training map loss before gamma: model_best.pth.tar)')
 
     def training_warning(self, summary, lr):
         """The collapse: the model's map, on the recent images that have a given map, has
@@ -185,9 +216,12 @@ class AttentionMapObjective(TeachesMaps, SingleLabelObjective):
     {'label', 'map', 'has_map'} (training with --attention-maps); plain class indices
     (evaluation) get the two cross-entropies alone. Accuracy and model_best as single-label."""
     name = NAME
-    log_columns = SingleLabelObjective.log_columns + ['Train Map Loss']
+    log_columns = SingleLabelObjective.log_columns + ['Train Map Loss', 'Taught Score']
 
-    def __init__(self, weight=DEFAULT_MAP_LOSS_WEIGHT, boxes=False):
+    def __init__(self, weight=DEFAULT_MAP_LOSS_WEIGHT, boxes=False, method=DEFAULT_METHOD,
+                 rrr_weight=None):
         self.weight = weight
+        self.method = get_teaching_method(method, **(
+            {} if rrr_weight is None else {'weight': rrr_weight}))
         if boxes:  # the given maps are boxes: compare their projections
             self.compare_maps = box_projection_loss

@@ -27,6 +27,13 @@ class Objective:
         backpropagates their sum. Names end in '_loss' ('att_loss', 'per_loss', ...)."""
         raise NotImplementedError
 
+    def forward_losses(self, model, inputs, target):
+        """(the model's output, `losses`) for a batch: the model on the inputs as they are.
+        A teaching objective may show the model other inputs (utils.objectives.
+        teaching_methods)."""
+        output = model(inputs)
+        return output, self.losses(output, target)
+
     def new_meter(self, device):
         """A fresh epoch meter: update(step, output, target, losses) with no host sync,
         all_reduce(), summary() -> dict with 'loss' and `metric`, first_nonfinite_step(),
@@ -62,6 +69,15 @@ class Objective:
         """[(true text or None, predicted text, confidence or None)] per image, for the
         attention pictures; `target` is the collated target of the batch (or None)."""
         raise NotImplementedError
+
+    def best_score(self, train, valid):
+        """The epoch's score that picks model_best, from its training and validation
+        summaries: the validation `metric` (a teaching objective weighs the map in too)."""
+        return valid[self.metric]
+
+    def score_text(self, score, best):
+        """The epoch line's account of the score and the best so far."""
+        return f'best {best:.2f}'
 
     def is_better(self, value, best):
         """Whether `value` of `metric` beats `best` (None: nothing yet)."""

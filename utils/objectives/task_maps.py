@@ -57,7 +57,7 @@ class MultiLabelMapObjective(TeachesMaps, MultiLabelObjective):
     x task_map_loss, on targets {'label', 'map', 'has_map'} (training with --attention-maps);
     plain (N, T) targets (evaluation) get the two branch losses alone."""
     name = NAME
-    log_columns = MultiLabelObjective.log_columns + ['Train Map Loss']
+    log_columns = MultiLabelObjective.log_columns + ['Train Map Loss', 'Taught Score']
     compare_maps = staticmethod(task_map_loss)
 
     def __init__(self, weight=DEFAULT_MAP_LOSS_WEIGHT, focal=False, **options):

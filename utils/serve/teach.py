@@ -29,7 +29,7 @@ from utils.weights.modelspec import SCRIPTS
 
 PROJECT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 # Data sets that need no --data folder (generated).
-GENERATED = ('shapes', 'shapes-multi')
+GENERATED = ('shapes', 'shapes-decoy', 'shapes-multi')
 DEFAULTS = {'epochs': 2, 'lr': 0.01, 'map_loss_weight': 10.0, 'train_size': 0}
 DEFAULT_BATCH = {'cifar': 64, 'imagenet': 32, 'celeba': 8}
 

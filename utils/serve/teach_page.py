@@ -79,6 +79,9 @@ def comparison_text(teacher, before_ranking=None, after_ranking=None, headline=N
     before, after = scores['before'], scores['after']
     rows = [(teacher.editor.kind.accuracy_label, f"{before['accuracy']:.2f}%",
              f"{after['accuracy']:.2f}%")]
+    if 'object_kept' in before and 'object_kept' in after:  # the decision, not the map
+        rows.append(('the same, the objects amid another image\'s surroundings',
+                     f"{before['object_kept']:.2f}%", f"{after['object_kept']:.2f}%"))
     if 'pointing' in before:
         rows.append((f"pointing game ±{before['radius']} px", f"{before['pointing']:.1f}%",
                      f"{after['pointing']:.1f}%"))
@@ -155,10 +158,13 @@ def add_teach_section(gr, teacher, state, message, guarded):
     spec = teacher.editor.loaded.spec
     script = 'celeba' if teacher.editor.kind.per_attribute else spec.script if spec else 'cifar'
     with gr.Accordion('Teach: fine-tune on the saved maps', open=True, elem_id='teach-section'):
-        gr.Markdown('Fine-tunes a copy of this model on the saved maps of training images '
-                    '(the feature extractor fixed; the map loss pulls each map towards its '
-                    'saved one), in the background, then shows the taught model beside this '
-                    'one. The page stays usable; the served checkpoint is never changed.')
+        gr.Markdown('Fine-tunes a copy of this model on the saved maps of training images, '
+                    'in the background, then shows the taught model beside this one: the map '
+                    'loss pulls each map towards its saved one, and each image with a map is '
+                    'also shown with everything outside it from another image, so that what '
+                    'lies outside (a shortcut) stops deciding (a multi-task model: the map '
+                    'loss alone, its feature extractor fixed). The page stays usable; the '
+                    'served checkpoint is never changed.')
         saved = gr.Markdown(maps_text(teacher), elem_id='teach-maps')
         with gr.Row(visible=teacher.folder is not None):  # a page of image files
             folder = gr.Textbox(teacher.training_root if teacher.shows_paths and

@@ -159,9 +159,9 @@ def load_map_set(text, dataset, dataset_name):
     base, indices = flatten_subsets(dataset)
     if kind == SHAPES_MASKS:
         masks = getattr(base, 'masks', None)
-        if dataset_name != 'shapes' or masks is None:
+        if dataset_name not in ('shapes', 'shapes-decoy') or masks is None:
             raise AbnError(f'--attention-maps {text}: the ground-truth masks exist only for '
-                           f'--dataset shapes')
+                           f'--dataset shapes and shapes-decoy')
         chosen = [indices[i] for i in shapes_mask_subset(len(indices), value)]
         return MapSet(text, maps={i: masks[i].astype(np.float32) for i in chosen})
     folder = value

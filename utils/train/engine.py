@@ -170,9 +170,7 @@ class Trainer:
     def forward_losses(self, inputs: Tensor, targets: Any) -> tuple[AbnOutput, dict[str, Tensor]]:
         """(the model's AbnOutput, the objective's named losses)."""
         with self.autocast():
-            output = self.wrapped(inputs)
-            losses = self.objective.losses(output, targets)
-        return output, losses
+            return self.objective.forward_losses(self.wrapped, inputs, targets)
 
     def train_one_epoch(self, epoch: int, stop: StopSignals) -> tuple[Any, dict[str, Any], int]:
         args, runtime = self.args, self.runtime
@@ -273,9 +271,11 @@ class Trainer:
                 except StopRequested as request:
                     return self.stop_and_save(stop, *request.args)
                 seconds = time.time() - started
-                is_best = self.checkpoints.record(valid[self.objective.metric])
+                score = self.objective.best_score(train, valid)
+                is_best = self.checkpoints.record(score)
                 self.print(f"    valid {self.objective.summary_text(valid, self.attention)} | "
-                           f"best {self.checkpoints.best:.2f} | {seconds:.0f}s")
+                           f"{self.objective.score_text(score, self.checkpoints.best)} | "
+                           f"{seconds:.0f}s")
                 self.log.epoch(epoch + 1, self.objective.log_row(lr, train, valid, seconds))
                 self.checkpoints.save(self.state.state_dict(epoch + 1, 0), is_best)
                 if getattr(self.train_loader, 'dropped', 0):

@@ -145,7 +145,8 @@ def apply_fast(args: argparse.Namespace, device: torch.device) -> None:
         args.fast_data = True
     if device.type == 'cuda':
         args.amp = True
-        args.compile = args.compile or not args.sync_bn
+        # (a second backward pass, --teach-by rrr, is not compiled either)
+        args.compile = args.compile or not (args.sync_bn or getattr(args, 'teach_by', None) == 'rrr')
 
 
 # The models with dropout (--drop): ResNeXt takes the authors' dropRate only to refuse it.

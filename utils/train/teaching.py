@@ -30,6 +30,8 @@ from utils.distributed import print_main
 from utils.errors import AbnError
 from utils.teach.attention_maps import WithAttentionMaps, load_map_set, map_device_loader
 from utils.teach.boxes import load_box_map_set, load_task_box_map_set
+from utils.objectives.teaching_methods import (DEFAULT_METHOD, DEFAULT_RRR_WEIGHT,
+                                               TEACHING_METHODS)
 from utils.teach.task_maps import is_multitask, load_task_map_set
 from utils.train.script import TrainingScript
 
@@ -72,8 +74,18 @@ def add_teach_arguments(parser: argparse.ArgumentParser,
                             'projections')
     group.add_argument('--map-loss-weight', type=float, metavar='GAMMA',
                        help=f'gamma of the map loss (default: {DEFAULT_MAP_LOSS_WEIGHT:g})')
+    group.add_argument('--teach-by', choices=sorted(TEACHING_METHODS), metavar='METHOD',
+                       help='how the maps govern the decision: counterfactual (each image with '
+                            'a map also shown with everything outside it from another image; '
+                            'the default), rrr (input gradients outside the maps penalised, '
+                            'Ross et al.), map (the map loss alone with the extractor fixed: '
+                            'the paper\'s setting, and celeba.py\'s only one)')
+    group.add_argument('--rrr-weight', type=float, metavar='LAMBDA',
+                       help=f'with --teach-by rrr: the weight of the input-gradient penalty '
+                            f'(default: {DEFAULT_RRR_WEIGHT:g})')
     group.add_argument('--train-feature-extractor', action='store_true',
-                       help='also train the feature extractor (default: fixed, as in the paper)')
+                       help='also train the feature extractor with --teach-by map (fixed by '
+                            'default, as in the paper; the other methods always train it)')
     if weights:
         group.add_argument('--weights', metavar='PATH',
                            help='start a new run from the weights of a checkpoint (of this '
@@ -103,6 +115,8 @@ def check_teach_arguments(args: argparse.Namespace) -> None:
         args.box_refine = 'grabcut'
     if not teaching:
         for flag, value in (('--map-loss-weight', getattr(args, 'map_loss_weight', None)),
+                            ('--teach-by', getattr(args, 'teach_by', None)),
+                            ('--rrr-weight', getattr(args, 'rrr_weight', None)),
                             ('--train-feature-extractor',
                              getattr(args, 'train_feature_extractor', False))):
             if value:
@@ -116,6 +130,13 @@ def check_teach_arguments(args: argparse.Namespace) -> None:
         args.map_loss_weight = DEFAULT_MAP_LOSS_WEIGHT
     if args.map_loss_weight < 0:
         raise AbnError('--map-loss-weight must not be negative')
+    if args.rrr_weight is not None and args.teach_by != 'rrr':
+        raise AbnError('--rrr-weight needs --teach-by rrr')
+    if args.rrr_weight is not None and args.rrr_weight < 0:
+        raise AbnError('--rrr-weight must not be negative')
+    if args.teach_by == 'rrr' and args.compile:
+        raise AbnError('--teach-by rrr takes the gradient of a gradient, which torch.compile '
+                       'does not: drop --compile')
 
 
 class MapTeaching(TrainingScript):
@@ -160,6 +181,21 @@ class MapTeaching(TrainingScript):
     def objective_options(self, args: argparse.Namespace) -> dict[str, Any]:
         options = dict(self.script.objective_options(args) or {})
         options['weight'] = args.map_loss_weight
+        multitask = self.script.objective.startswith('multi-label')
+        if args.teach_by is None:
+            args.teach_by = 'map' if multitask else DEFAULT_METHOD
+        if multitask:
+            if args.teach_by != 'map':
+                raise AbnError(f'--teach-by {args.teach_by} is for single-label runs: a '
+                               f'multi-task image has a map per attribute, and one input '
+                               f'cannot hide a different outside for each (use --teach-by map)')
+        else:
+            options['method'] = args.teach_by
+            if args.train_feature_extractor and args.teach_by != 'map':
+                raise AbnError(f'--teach-by {args.teach_by} always trains the feature extractor: '
+                               f'drop --train-feature-extractor')
+            if args.rrr_weight is not None:
+                options['rrr_weight'] = args.rrr_weight
         if args.attention_boxes and args.box_refine == 'none' and \
                 not self.script.objective.startswith('multi-label'):
             options['boxes'] = True  # boxes compared by their projections
@@ -174,7 +210,15 @@ class MapTeaching(TrainingScript):
     def prepare_model(self, model: nn.Module, args: argparse.Namespace,
                       runtime: Runtime) -> None:
         self.script.prepare_model(model, args, runtime)
-        if args.train_feature_extractor:
+        if args.teach_by == 'rrr' and runtime.distributed:
+            # DistributedDataParallel reduces gradients as backward passes reach the weights;
+            # a gradient of a gradient is not what its hooks expect (its documentation).
+            raise AbnError('--teach-by rrr runs in one process (torchrun splits a batch across '
+                           'processes, whose gradient of a gradient DistributedDataParallel does '
+                           'not reduce): run it without torchrun, or use --teach-by '
+                           'counterfactual')
+        runtime.print(f'    teaching by {args.teach_by}: {TEACHING_METHODS[args.teach_by].summary}')
+        if args.train_feature_extractor or TEACHING_METHODS[args.teach_by].trains_extractor:
             return
         from models.abn import freeze_feature_extractor
         try:
