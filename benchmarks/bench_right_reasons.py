@@ -113,8 +113,8 @@ def main(argv=None):
         rows.append((f'--teach-by {method}, {share}% of the masks', name))
     in_parallel(runs, args.jobs)
     tolerance = pointing_tolerance(32)
-    lines = [f'| model | test top-1 | top-1, outside from another image | pointing game '
-             f'±{tolerance} px | seconds per epoch |', '|---|---|---|---|---|']
+    lines = [f'| model | test top-1 | top-1, the object amid another image\'s surroundings | '
+             f'pointing game ±{tolerance} px | seconds per epoch |', '|---|---|---|---|---|']
     for title, name in rows:
         folder = os.path.join(out, name)
         measured = scores(os.path.join(folder, 'model_best.pth.tar'), args.test_images)

@@ -13,6 +13,8 @@ import bench_accuracy  # noqa: E402
 import bench_boxes  # noqa: E402
 import bench_data  # noqa: E402
 import bench_loop  # noqa: E402
+import bench_right_reasons  # noqa: E402
+import bench_teaching_step  # noqa: E402
 import bench_train  # noqa: E402
 import profile_step  # noqa: E402
 
@@ -83,3 +85,25 @@ def test_bench_boxes_times_grabcut_at_each_size(capsys):
     for line, (width, height) in zip(lines[1:], bench_boxes.SIZES):
         assert re.fullmatch(rf'{width}x{height}: GrabCut \d+\.\d\d ms per image, the plain box '
                             r'\d+\.\d{3} ms \(2 images, median of 1 rounds\)', line), line
+
+
+def test_bench_teaching_step_gives_each_methods_ratio_to_a_plain_step(monkeypatch, capsys):
+    lines = run_script(bench_teaching_step, ['--depth', '8', '--batch', '8', '--steps', '2',
+                                             '--rounds', '1', '--threads', '1', '--clock', 'cpu'],
+                       monkeypatch, capsys)
+    methods = [line.split()[0:2] for line in lines[-4:]]
+    assert methods == [['plain', 'step'], ['--teach-by', 'map'], ['--teach-by', 'counterfactual'],
+                       ['--teach-by', 'rrr']]
+    assert all(re.search(r'x\d+\.\d\d of the plain step$', line) for line in lines[-4:])
+
+
+@pytest.mark.slow
+def test_bench_right_reasons_writes_its_table(tmp_path, capsys):
+    assert bench_right_reasons.main(['-o', str(tmp_path), '--train-size', '64', '--depth', '8',
+                                     '--epochs', '1', '--test-images', '16',
+                                     '--runs', 'counterfactual:50']) == 0
+    table = (tmp_path / 'table.md').read_text().splitlines()
+    assert table[0].startswith('| model | test top-1 | top-1, the object amid')
+    assert [row.split(' | ')[0] for row in table[2:]] == [
+        '| plain (the shortcut)', '| clean (no shortcut)', '| fine-tuned without maps',
+        '| --teach-by counterfactual, 50% of the masks']
