@@ -4,11 +4,12 @@ returns (the model's output, the named losses).
 
 - `counterfactual` (the default): images with a given map are also shown with everything
   outside their map replaced by another image's surroundings, under their own label (a
-  quarter more images a step). Whatever lies outside the map, a shortcut included, then no longer predicts the
-  label on these images, so both classifiers must decide by what lies inside; the map loss
-  teaches the map as well, and the feature extractor is trained (a fixed extractor keeps
-  carrying the shortcut into every cell of its features: docs/teach.md measures it). The
-  counterexamples of CAIPI (Teso and Kersting 2019), drawn from the batch: no second pass.
+  quarter more images a step). Whatever lies outside the map, a shortcut included, then no
+  longer predicts the label on these images, so both classifiers must decide by what lies
+  inside; the map loss teaches the map as well, and the feature extractor is trained (a
+  fixed extractor keeps carrying the shortcut into every cell of its features:
+  docs/teach.md measures it). The counterexamples of CAIPI (Teso and Kersting 2019), drawn
+  from the batch: no second pass.
 - `rrr`: Right for the Right Reasons (Ross et al. 2017): the squared input gradients of the
   summed log-probabilities of both branches, outside the given map, added to the loss (a
   second backward pass), with the map loss; the feature extractor is trained.
