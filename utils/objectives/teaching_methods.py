@@ -22,6 +22,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 # RRR's weight on the summed squared input gradients outside the maps (normalised inputs),
 # chosen as Ross et al. chose theirs, so that the penalty starts at the order of the
@@ -130,7 +131,10 @@ class RightForTheRightReasons(TeachingMethod):
 
     def forward_losses(self, objective, model, inputs, target):
         inputs = inputs.detach().requires_grad_(True)
-        output = model(inputs)
+        # attention's fused kernels have no gradient of their gradient (a ViT's blocks): the
+        # plain one has, made of ordinary differentiable steps
+        with sdpa_kernel(SDPBackend.MATH):
+            output = model(inputs)
         losses = objective.losses(output, target)
         log_probabilities = F.log_softmax(output.perception_logits.float(), 1).sum()
         if output.attention_logits is not None:
