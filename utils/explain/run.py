@@ -11,10 +11,10 @@ from utils.data.inputs import build_inputs, read_edited_maps, read_masks
 from utils.distributed import setup_runtime
 from utils.errors import AbnError
 from utils.explain.cam import perception_probabilities, renormalize
-from utils.explain.methods import Explainer, available_methods, title
-from utils.explain.where_maps_look import WhereMapsLook
 from utils.explain.measures import (DecisionTable, MetricTable, decision_outside, measure_maps,
                                     pointing_tolerance, write_report)
+from utils.explain.methods import Explainer, available_methods, title
+from utils.explain.where_maps_look import WhereMapsLook
 from utils.inference import make_runtime
 from utils.progress import Progress
 from utils.visualize import (blend, class_label, denormalize, safe_name, save_comparison_grid,
