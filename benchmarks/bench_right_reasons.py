@@ -10,8 +10,8 @@ with? One table, every row on the same data, start and budget (docs/teach.md, BE
    the same run without maps (what fine-tuning alone does).
 3. Each model on the shapes-decoy test split (the patch in a random class's colour): top-1,
    top-1 with everything outside the object taken from another test image (what the decision
-   rests on), the pointing game of the ABN map within 2 px; and seconds per training epoch
-   (log.txt, the epoch's training and test).
+   rests on), the pointing game of the ABN map within 2 px, the attention branch's own top-1;
+   and seconds per training epoch (log.txt, the epoch's training and test).
 
 Runs already complete in -o are reused (delete a folder to run it again)."""
 import argparse
@@ -60,7 +60,8 @@ def epoch_seconds(folder):
 
 
 def scores(path, images):
-    """{'accuracy', 'object_kept', 'pointing'} of the file's model on the decoy test split."""
+    """{'accuracy', 'object_kept', 'pointing', 'attention_accuracy'} of the file's model on the
+    decoy test split (the last: the attention branch's own classifier)."""
     loaded = load_model(path)
     model = loaded.model.eval()
     test = ShapesDataset(train=False, size=images, decoy=True,
@@ -72,7 +73,16 @@ def scores(path, images):
         right = float((out.perception_logits.argmax(1) == labels).sum())
         return right, out.attention_map.float()
 
-    return split_scores(answer, test, len(test), test.masks, 32, pointing_tolerance(32))
+    measured = split_scores(answer, test, len(test), test.masks, 32, pointing_tolerance(32))
+    right = 0
+    for start in range(0, len(test), 100):
+        items = [test[i] for i in range(start, min(len(test), start + 100))]
+        with torch.no_grad():
+            out = model(torch.stack([image for image, _ in items]))
+        right += int((out.attention_logits.argmax(1).cpu() ==
+                      torch.tensor([label for _, label in items])).sum())
+    measured['attention_accuracy'] = 100 * right / len(test)
+    return measured
 
 
 def main(argv=None):
@@ -114,12 +124,14 @@ def main(argv=None):
     in_parallel(runs, args.jobs)
     tolerance = pointing_tolerance(32)
     lines = [f'| model | test top-1 | top-1, the object amid another image\'s surroundings | '
-             f'pointing game ±{tolerance} px | seconds per epoch |', '|---|---|---|---|---|']
+             f'pointing game ±{tolerance} px | attention branch top-1 | seconds per epoch |',
+             '|---|---|---|---|---|---|']
     for title, name in rows:
         folder = os.path.join(out, name)
         measured = scores(os.path.join(folder, 'model_best.pth.tar'), args.test_images)
         lines.append(f"| {title} | {measured['accuracy']:.2f} | {measured['object_kept']:.2f} | "
-                     f"{measured['pointing']:.1f} | {epoch_seconds(folder):.1f} |")
+                     f"{measured['pointing']:.1f} | {measured['attention_accuracy']:.2f} | "
+                     f"{epoch_seconds(folder):.1f} |")
         print(lines[-1], flush=True)
     with open(os.path.join(out, 'table.md'), 'w') as f:
         f.write('\n'.join(lines) + '\n')

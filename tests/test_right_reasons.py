@@ -263,7 +263,8 @@ def test_a_step_adds_a_quarter_of_counterfactuals_however_few_the_maps():
     shown, taught = counterfactual_batch(inputs, target, 2)
     # the batch as it is, then 4 counterfactuals: images 3 and 9, twice each
     assert len(shown) == 20 and taught['label'].tolist() == list(range(16)) + [3, 9, 3, 9]
-    assert torch.equal(shown[:16], inputs) and taught['has_map'][16:].all()
+    assert torch.equal(shown[:16], inputs) and torch.equal(taught['has_map'][:16], has_map)
+    assert not taught['has_map'][16:].any()  # the map loss sees the batch as it is
     assert torch.equal(shown[16, :, 2:6, 2:6], inputs[3, :, 2:6, 2:6])  # the object kept
     assert not torch.equal(shown[16], inputs[3])  # amid other surroundings
     assert not torch.equal(shown[16], shown[18])  # and other ones the second time
@@ -283,6 +284,21 @@ def test_a_step_with_copies_answers_for_the_batchs_own_images():
     output, losses = get_objective('attention-maps').forward_losses(model, x, target)
     assert output.perception_logits.shape[0] == output.attention_map.shape[0] == 16
     assert torch.isfinite(sum(losses.values()))
+
+
+def test_the_map_loss_of_a_step_with_copies_is_the_batchs_own():
+    torch.manual_seed(0)
+    model = tiny_model().eval()  # eval: batch statistics would differ with the copies
+    x = torch.randn(16, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    target = teaching_batch(x)
+    target['has_map'] = torch.zeros(16, dtype=torch.bool)
+    target['has_map'][[1, 5, 6]] = True
+    objective = get_objective('attention-maps')
+    _, losses = objective.forward_losses(model, x, target)
+    with torch.no_grad():
+        alone = objective.losses(model(x), target)
+    assert torch.allclose(losses['map_loss'].detach(), alone['map_loss'])
+    assert not torch.allclose(losses['per_loss'].detach(), alone['per_loss'])  # copies seen
 
 
 def test_the_measures_show_one_object_and_no_silhouette():

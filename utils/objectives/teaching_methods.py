@@ -6,10 +6,10 @@ returns (the model's output, the named losses).
   outside their map replaced by another image's surroundings, under their own label (a
   quarter more images a step). Whatever lies outside the map, a shortcut included, then no
   longer predicts the label on these images, so both classifiers must decide by what lies
-  inside; the map loss teaches the map as well, and the feature extractor is trained (a
-  fixed extractor keeps carrying the shortcut into every cell of its features:
-  docs/teach.md measures it). The counterexamples of CAIPI (Teso and Kersting 2019), drawn
-  from the batch: no second pass.
+  inside; the map loss teaches the map on the images as they are (on the copies it blurs
+  the map: docs/teach.md measures it), and the feature extractor is trained (a fixed
+  extractor keeps carrying the shortcut into every cell of its features). The
+  counterexamples of CAIPI (Teso and Kersting 2019), drawn from the batch: no second pass.
 - `rrr`: Right for the Right Reasons (Ross et al. 2017): the squared input gradients of the
   summed log-probabilities of both branches, outside the given map, added to the loss (a
   second backward pass), with the map loss; the feature extractor is trained.
@@ -88,7 +88,8 @@ MAX_COPIES = 8  # of one image in one step
 def counterfactual_batch(inputs, target, count):
     """(inputs, targets) of a step: the batch, then ceil(COUNTERFACTUAL_SHARE x its size)
     counterfactuals of its images that have a map (MAX_COPIES of each at most), with their
-    targets; `count` of the images have a map (none: the batch as it is)."""
+    labels and no map to learn (`has_map` False: the map loss sees the batch as it is);
+    `count` of the images have a map (none: the batch as it is)."""
     if not count:
         return inputs, target
     wanted = math.ceil(COUNTERFACTUAL_SHARE * len(inputs))
@@ -99,6 +100,8 @@ def counterfactual_batch(inputs, target, count):
     extra = torch.cat(batches)[:wanted]
     taught = {key: torch.cat([value] + [value[chosen]] * copies)[:len(inputs) + len(extra)]
               for key, value in target.items()}
+    taught['has_map'] = torch.cat([target['has_map'], target['has_map'].new_zeros(
+        (len(extra),) + target['has_map'].shape[1:])])
     return torch.cat([inputs, extra]), taught
 
 
