@@ -36,8 +36,12 @@ FAMILIES = [('timm:resnet18', 5, 16), ('timm:convnext_atto', 4, 16),
             ('timm:regnety_002', 5, 16), ('timm:vit_tiny_patch16_224', 12, 16),
             ('timm:deit_tiny_patch16_224', 12, 16), ('torchvision:resnet50', 5, 16),
             ('torchvision:convnext_tiny', 4, 16), ('torchvision:efficientnet_b0', 5, 16),
-            ('torchvision:mobilenet_v3_large', 5, 16), ('torchvision:regnet_y_400mf', 5, 16)]
-DAILY = {'timm:resnet18'}  # the others (the ViTs: their own tests below): the full suite
+            ('torchvision:mobilenet_v3_large', 5, 16), ('torchvision:regnet_y_400mf', 5, 16),
+            # split on their traced graphs (models.backbones.graph): pooling in forward
+            ('torchvision:shufflenet_v2_x0_5', 5, 16), ('torchvision:densenet121', 5, 16),
+            ('torchvision:squeezenet1_1', 4, 9)]
+# the others (the ViTs: their own tests below): the full suite
+DAILY = {'timm:resnet18', 'torchvision:shufflenet_v2_x0_5'}
 SIZE = 64
 
 
@@ -70,8 +74,8 @@ def test_every_family_is_split_trained_saved_reloaded_and_exported(arch, stages,
                                    rtol=0, atol=0)
     # the attention stage starts as a copy of the perception's last stage
     stage = model.att_blocks if vit else model.att_stage
-    assert len(stage) >= 1 and not any(p is q for p in stage.parameters()
-                                       for q in model.backbone.parameters())
+    assert list(stage.parameters()) and not any(p is q for p in stage.parameters()
+                                                for q in model.backbone.parameters())
     # one training step moves both branches
     model.train()
     objective = get_objective('single-label')
@@ -126,6 +130,27 @@ def test_stages_come_from_timms_feature_info_and_torchvisions_strides():
     model = IMAGENET_MODELS.create('timm:resnet18', num_classes=3, image_size=SIZE, split=-2)
     assert model.stage_paths == ('layer3', 'layer4')
     assert model(images()).attention_map.shape[-1] == SIZE // 8
+
+
+def test_a_graph_split_model_runs_on_its_own_weights_after_to_and_deepcopy():
+    from models.backbones import GraphBackboneABN
+    torch.manual_seed(0)
+    model = IMAGENET_MODELS.create('torchvision:shufflenet_v2_x0_5', num_classes=3,
+                                   image_size=SIZE).eval()
+    assert isinstance(model, GraphBackboneABN)
+    # each weight has one name: the segments run the backbone's own modules
+    assert not any(k.startswith('segments') for k in model.state_dict())
+    assert model.classifier_path == 'fc' and model.cam_exact  # its head: a mean, then fc
+    twin = copy.deepcopy(model)
+    with torch.no_grad():
+        twin.backbone.fc.weight.add_(1)
+        assert not torch.equal(twin(images()).perception_logits,
+                               model(images()).perception_logits)
+        wide = model.to(torch.float64)(images().double())
+    assert wide.perception_logits.dtype == torch.float64
+    frozen = freeze_feature_extractor(model)
+    assert frozen and not model.backbone.conv1[0].weight.requires_grad
+    assert model.backbone.conv5[0].weight.requires_grad  # the last stage trains
 
 
 def test_the_downsampling_rules_keep_the_resolution():
@@ -240,7 +265,8 @@ def test_pretrained_offline_says_what_to_do(folder, tmp_path, capsys, offline, m
                                               'which has 5 stages'),
     (['-a', 'timm:vit_tiny_patch16_224', '--split', '-12'], 'which has 12 blocks'),
     (['-a', 'resnet18', '--split', '-2'], '--split applies to the models of timm'),
-    (['-a', 'torchvision:vit_b_16'], 'the ViTs come from timm here'),
+    (['-a', 'torchvision:swin_t'], 'its maps there are laid out otherwise'),
+    (['-a', 'torchvision:vit_b_16'], 'no (N, C, H, W) map that its head reads alone'),
 ])
 def test_what_cannot_be_split_is_refused_in_one_line(argv, expected, folder, tmp_path, capsys):
     assert_refused(imagenet.main, ['--data', folder, '-c', str(tmp_path / 'run')] + TINY + argv,

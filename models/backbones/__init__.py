@@ -20,6 +20,7 @@ import torch
 import torchvision
 
 from .cnn import BackboneABN
+from .graph import GraphBackboneABN, graph_split
 from .split import DOWNSAMPLING_RULES, Trunk, timm_trunk, torchvision_trunk  # noqa: F401
 from .vit import VisionTransformerABN
 
@@ -84,10 +85,12 @@ def library_model(source: str, name: str, num_classes: int, image_size: int, vit
                           img_size=image_size, **options)
         except TypeError:  # ... the others take none
             return create(name, pretrained=pretrained, num_classes=num_classes, **options)
-    if name.startswith(('vit_', 'swin_', 'maxvit')):
-        raise ValueError(f'torchvision:{name} is a transformer: the ViTs come from timm here '
-                         f'(e.g. timm:vit_base_patch16_224)')
-    return torchvision.models.get_model(name, weights=None, num_classes=num_classes)
+    options = {}  # the transformers are built for the run's size
+    if name.startswith('vit_'):
+        options['image_size'] = image_size
+    elif name.startswith('maxvit'):
+        options['input_size'] = (image_size, image_size)
+    return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
 
 
 def trunk_of(source: str, name: str, image_size: int, vit: bool) -> Trunk:
@@ -106,7 +109,7 @@ def trunk_of(source: str, name: str, image_size: int, vit: bool) -> Trunk:
 
 def build(source: str, name: str, num_classes: int = 1000, attention: bool = True,
           gate: str = 'residual', split: Optional[int] = None,
-          image_size: int = 224) -> Union[BackboneABN, VisionTransformerABN]:
+          image_size: int = 224) -> Union[BackboneABN, GraphBackboneABN, VisionTransformerABN]:
     """The ABN of `source`'s model `name` (see the module's docstring); `split=None` is the
     family's default. Raises ValueError in one line for what cannot be split."""
     check_name(source, name)
@@ -118,17 +121,53 @@ def build(source: str, name: str, num_classes: int = 1000, attention: bool = Tru
         check_split(split, depth, f'{source}:{name}', 'blocks')
         model = VisionTransformerABN(backbone, name, split, num_classes, attention, gate)
     else:
+        split = -1 if split is None else split
         try:
             trunk = trunk_of(source, name, image_size, vit)
         except (ValueError, RuntimeError, NotImplementedError, AttributeError) as error:
-            raise ValueError(f'{source}:{name} cannot be split into a feature extractor and '
-                             f'a last stage: {str(error).splitlines()[0]}') from None
-        split = -1 if split is None else split
+            if source != 'torchvision':
+                raise ValueError(f'{source}:{name} cannot be split into a feature extractor '
+                                 f'and a last stage: {str(error).splitlines()[0]}') from None
+            # its children do not run one after another: split its traced graph
+            return graph_model(source, name, num_classes, attention, gate, split, image_size)
         check_split(split, len(trunk.stage_ends), f'{source}:{name}', 'stages')
         backbone = library_model(source, name, num_classes, image_size)
         model = BackboneABN(backbone, source, name, trunk, split, num_classes, attention, gate)
         if attention:
-            check_keeps_resolution(model, trunk, image_size)
+            before = trunk.parts[trunk.stage_start(split) - 1]
+            try:
+                check_keeps_resolution(model, before.channels, before.stride, image_size)
+            except ValueError:
+                if source != 'torchvision':
+                    raise
+                # a functional pooling in its last stage: its graph's copy can lose it
+                return graph_model(source, name, num_classes, attention, gate, split,
+                                   image_size)
+    model.check_head()
+    return model
+
+
+def graph_model(source: str, name: str, num_classes: int, attention: bool, gate: str,
+                split: int, image_size: int) -> GraphBackboneABN:
+    """The ABN of a model split on its traced graph (models.backbones.graph)."""
+    arch = f'{source}:{name}'
+    try:
+        try:
+            with torch.device('meta'):
+                twin = library_model(source, name, 1000, image_size)
+            split_at = graph_split(twin, image_size, 'meta')
+        except (RuntimeError, NotImplementedError):  # a model the meta device cannot build
+            split_at = graph_split(library_model(source, name, 1000, image_size), image_size,
+                                   'cpu')
+    except Exception as error:  # tracing fails in many ways: each is a model not split here
+        raise ValueError(f'{arch} cannot be split into a feature extractor and a last stage: '
+                         f'{str(error).strip().splitlines()[0][:200]}') from None
+    check_split(split, len(split_at.ends), arch, 'stages')
+    backbone = library_model(source, name, num_classes, image_size)
+    model = GraphBackboneABN(backbone, source, name, split_at, split, num_classes, attention,
+                             gate)
+    if attention:
+        check_keeps_resolution(model, model.feature_channels, model.map_stride, image_size)
     model.check_head()
     return model
 
@@ -141,19 +180,25 @@ def check_split(split: int, count: int, arch: str, what: str) -> None:
                          f'{what}: give -1 .. -{count - 1} (from the end) or 1 .. {count - 1}')
 
 
-def check_keeps_resolution(model: BackboneABN, trunk: Trunk, image_size: int) -> None:
-    """The attention stage must keep the extractor's resolution (probed on meta tensors)."""
-    first = trunk.stage_start(model.split)
-    before = trunk.parts[first - 1]
-    side = image_size // before.stride
-    probe = torch.zeros(1, before.channels, side, side, device='meta')
-    with torch.no_grad():
-        out = copy.deepcopy(model.att_stage).to('meta')(probe)
-    if tuple(out.shape[-2:]) != (side, side):
+def check_keeps_resolution(model: Union[BackboneABN, GraphBackboneABN], channels: int,
+                           stride: int, image_size: int) -> None:
+    """The attention stage must keep the extractor's resolution (probed on meta tensors):
+    `channels` and `stride` of the extractor's output."""
+    side = image_size // stride
+    probe = torch.zeros(1, channels, side, side, device='meta')
+    try:
+        with torch.no_grad():
+            out = copy.deepcopy(model.att_stage).to('meta')(probe)
+    except Exception as error:  # e.g. a fixed grid its copy cannot keep
+        out = None
+        reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else \
+            type(error).__name__
+    if out is None or tuple(out.shape[-2:]) != (side, side):
+        turns = (f'turns {side}x{side} maps into {out.shape[-2]}x{out.shape[-1]}'
+                 if out is not None else f'fails on {side}x{side} maps ({reason})')
         raise ValueError(f'the downsampling of {model.source}:{model.backbone_name}\'s last '
                          f'stage cannot be removed by the rules ({"; ".join(DOWNSAMPLING_RULES)}'
-                         f'): its copy turns {side}x{side} maps into '
-                         f'{out.shape[-2]}x{out.shape[-1]}')
+                         f'): its copy {turns}')
 
 
 def has_pretrained(source: str, name: str) -> bool:
@@ -182,5 +227,5 @@ def library_state_dict(source: str, name: str, num_classes: int, image_size: int
     return weights.get_state_dict(progress=True, check_hash=True)
 
 
-__all__ = ['BackboneABN', 'DOWNSAMPLING_RULES', 'SOURCES', 'VisionTransformerABN', 'build',
+__all__ = ['BackboneABN', 'DOWNSAMPLING_RULES', 'GraphBackboneABN', 'SOURCES', 'VisionTransformerABN', 'build',
            'check_name', 'has_pretrained', 'library_names', 'library_state_dict', 'split_name']

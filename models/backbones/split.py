@@ -130,7 +130,11 @@ def torchvision_trunk(model: nn.Module, image_size: int,
     called = called_children(model, model, probe)
     names = []
     for name, _ in called:
-        if isinstance(model.get_submodule(name), nn.AdaptiveAvgPool2d):
+        child = model.get_submodule(name)
+        if isinstance(child, nn.AdaptiveAvgPool2d):
+            if _pair(child.output_size) != (1, 1):
+                raise ValueError(f"its pooling '{name}' keeps a grid of {child.output_size} "
+                                 f"for its classifier, not one value per channel")
             break
         names.append(name)
     else:
@@ -157,10 +161,10 @@ def check_same(expected: torch.Tensor, got: torch.Tensor) -> None:
 #   its own padding would shrink the map (an even kernel: ConvNeXt's);
 # - a pooling whose kernel is its stride (ResNet-D's average-pooling shortcut) becomes an
 #   identity: it only downsamples;
-# - another strided pooling gets stride 1, its padding keeping the size.
+# - another strided pooling gets stride 1, and an odd kernel the padding that keeps the size.
 DOWNSAMPLING_RULES = ('strided convolution -> stride 1 (same padding for even kernels)',
                       'pooling with kernel = stride -> identity',
-                      'other strided pooling -> stride 1')
+                      'other strided pooling -> stride 1 (padding k // 2 for odd kernels)')
 
 
 def _pair(value):
@@ -198,4 +202,8 @@ def remove_downsampling(stage: nn.Module) -> nn.Module:
                 setattr(stage.get_submodule(parent) if parent else stage, child, nn.Identity())
             else:
                 module.stride = 1
+                kernel = _pair(module.kernel_size)
+                if all(k % 2 for k in kernel):  # an odd kernel: padding keeps the size
+                    module.padding = tuple(k // 2 for k in kernel)
+                module.ceil_mode = False
     return stage
