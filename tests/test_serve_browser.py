@@ -13,6 +13,7 @@ The picture in docs/serve.md is this test's screenshot:
 """
 import os
 import re
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -172,7 +173,9 @@ def test_paint_save_teach_and_compare_in_a_browser(tmp_path, dataset, request):
     a fine-tuning run started, watched after a reload, and the taught model's map beside
     the first, moved the painted way; on the shortcut set (shapes-decoy, a model that learnt
     its corner patch), the table shows the decision with everything outside the objects
-    taken away, before and after. Screenshots for docs/teach.md (shapes):
+    taken away, before and after. Screenshots for docs/teach.md (shapes), of the page as a
+    reader runs it: in the project's folder, the checkpoint and the outputs in its own
+    folders (outputs/teach-page-screenshots, which must not exist yet):
         ABN_TEACH_CHECKPOINT=checkpoints/shapes/resnet-20-residual/model_best.pth.tar \\
         ABN_TEACH_SCREENSHOTS=docs/images python -m pytest tests/test_serve_browser.py -k teach
     """
@@ -191,8 +194,14 @@ def test_paint_save_teach_and_compare_in_a_browser(tmp_path, dataset, request):
     screenshots = os.environ.get('ABN_TEACH_SCREENSHOTS') if not decoy else None
     with open(checkpoint, 'rb') as f:
         served = f.read()
-    out = tmp_path / 'out'
-    server = Server([checkpoint, '--dataset', dataset, '-o', 'out'], cwd=tmp_path)
+    workdir, out_name = tmp_path, 'out'
+    if screenshots:  # the page as a reader runs it: their folder, their paths
+        workdir, out_name = Path(ROOT), 'outputs/teach-page-screenshots'
+        checkpoint = os.path.relpath(checkpoint, ROOT)
+        if os.path.exists(workdir / out_name):
+            pytest.fail(f'{workdir / out_name} exists: remove it to take the screenshots')
+    out = workdir / out_name
+    server = Server([checkpoint, '--dataset', dataset, '-o', out_name], cwd=workdir)
     masks = ShapesDataset(train=True, size=9, decoy=decoy).masks
     driver = None
     try:
@@ -325,7 +334,8 @@ def test_paint_save_teach_and_compare_in_a_browser(tmp_path, dataset, request):
         driver.find_element(By.ID, 'teach').click()
         says('message', 'Started')
         status = says('teach-status', f'python cifar.py --dataset {dataset} --weights')
-        assert '--attention-maps out/edited_maps/train' in status and str(tmp_path) not in status
+        assert f'--attention-maps {out_name}/edited_maps/train' in status and \
+            str(workdir) not in status
         driver.find_element(By.ID, 'teach').click()  # a second Teach while one runs
         says('message', 'a teaching run is already running')
         driver.refresh()  # the run belongs to the page, not to the tab
@@ -361,14 +371,14 @@ def test_paint_save_teach_and_compare_in_a_browser(tmp_path, dataset, request):
         assert lines and all(count <= 1 for _, count in lines), [
             line for line in lines if line[1] > 1]
         whole = driver.find_element(By.CSS_SELECTOR, '#teach-command textarea')
-        assert f'cd {tmp_path} && ' in whole.get_attribute('value')
+        assert f'cd {workdir} && ' in whole.get_attribute('value')
         assert driver.find_elements(By.CSS_SELECTOR, '#teach-command button')  # Copy
         if screenshots:
             section = driver.find_element(By.ID, 'teach-section')
             driver.execute_script('arguments[0].scrollIntoView()', section)
             driver.save_screenshot(os.path.join(screenshots, 'teach-after.png'))
         assert os.path.isfile(out / 'taught' / 'run-1' / 'command.sh')
-        with open(checkpoint, 'rb') as f:
+        with open(os.path.join(workdir, checkpoint), 'rb') as f:
             assert f.read() == served  # the served checkpoint is only read
         driver.quit()
         driver = None
