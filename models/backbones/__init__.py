@@ -124,12 +124,19 @@ def build(source: str, name: str, num_classes: int = 1000, attention: bool = Tru
         split = -1 if split is None else split
         try:
             trunk = trunk_of(source, name, image_size, vit)
+        except AssertionError:  # the model's own check of its input
+            raise ValueError(f'{source}:{name} does not run at {image_size} px (its forward '
+                             f'asserts a size{own_size(source, name)})') from None
         except (ValueError, RuntimeError, NotImplementedError, AttributeError) as error:
-            if source != 'torchvision':
-                raise ValueError(f'{source}:{name} cannot be split into a feature extractor '
-                                 f'and a last stage: {str(error).splitlines()[0]}') from None
             # its children do not run one after another: split its traced graph
-            return graph_model(source, name, num_classes, attention, gate, split, image_size)
+            try:
+                return graph_model(source, name, num_classes, attention, gate, split,
+                                   image_size)
+            except ValueError:
+                if source == 'torchvision':
+                    raise
+            raise ValueError(f'{source}:{name} cannot be split into a feature extractor '
+                             f'and a last stage: {str(error).splitlines()[0]}') from None
         check_split(split, len(trunk.stage_ends), f'{source}:{name}', 'stages')
         backbone = library_model(source, name, num_classes, image_size)
         model = BackboneABN(backbone, source, name, trunk, split, num_classes, attention, gate)
@@ -138,13 +145,23 @@ def build(source: str, name: str, num_classes: int = 1000, attention: bool = Tru
             try:
                 check_keeps_resolution(model, before.channels, before.stride, image_size)
             except ValueError:
-                if source != 'torchvision':
-                    raise
-                # a functional pooling in its last stage: its graph's copy can lose it
+                # a functional pooling in its last stage: its graph's copy can lose it (where
+                # not, the graph's reason is the more precise one)
                 return graph_model(source, name, num_classes, attention, gate, split,
                                    image_size)
     model.check_head()
     return model
+
+
+def own_size(source: str, name: str) -> str:
+    """', e.g. its own N px: try --image-size N' where the library says a size."""
+    if source != 'timm':
+        return ''
+    try:
+        size = _timm().get_pretrained_cfg(name).input_size[-1]
+    except Exception:  # no configuration: nothing to suggest
+        return ''
+    return f'; its own is {size} px: try --image-size {size}'
 
 
 def graph_model(source: str, name: str, num_classes: int, attention: bool, gate: str,
@@ -155,10 +172,10 @@ def graph_model(source: str, name: str, num_classes: int, attention: bool, gate:
         try:
             with torch.device('meta'):
                 twin = library_model(source, name, 1000, image_size)
-            split_at = graph_split(twin, image_size, 'meta')
+            split_at = graph_split(twin, image_size, 'meta', source)
         except (RuntimeError, NotImplementedError):  # a model the meta device cannot build
             split_at = graph_split(library_model(source, name, 1000, image_size), image_size,
-                                   'cpu')
+                                   'cpu', source)
     except Exception as error:  # tracing fails in many ways: each is a model not split here
         raise ValueError(f'{arch} cannot be split into a feature extractor and a last stage: '
                          f'{str(error).strip().splitlines()[0][:200]}') from None
@@ -187,8 +204,8 @@ def check_keeps_resolution(model: Union[BackboneABN, GraphBackboneABN], channels
     side = image_size // stride
     probe = torch.zeros(1, channels, side, side, device='meta')
     try:
-        with torch.no_grad():
-            out = copy.deepcopy(model.att_stage).to('meta')(probe)
+        with torch.no_grad():  # eval: a 1x1 map of one image is no batch to normalise
+            out = copy.deepcopy(model.att_stage).eval().to('meta')(probe)
     except Exception as error:  # e.g. a fixed grid its copy cannot keep
         out = None
         reason = str(error).strip().splitlines()[0][:120] if str(error).strip() else \

@@ -99,6 +99,10 @@ def head_of(backbone: nn.Module, source: str,
     global pooling, flattened first unless the first one takes maps (ConvNeXt's LayerNorm2d)."""
     if source == 'timm':
         classifier = backbone.get_classifier()
+        if isinstance(classifier, (tuple, list)):  # a distilled model's two heads
+            classifier = classifier[0]
+        if not any(m is classifier for m in backbone.modules()):
+            raise ValueError('its classifier is not one of its modules')
         return (), False, _path_of(backbone, classifier)
     names = [name for name, _ in backbone.named_children()]
     pool = next(i for i, name in enumerate(names)

@@ -7,7 +7,8 @@ torchvision traces every classifier of its own with torch.fx (`create_feature_ex
 the graph's nodes are the model's every step, functional ones included. On it:
 
 - the *maps* are the nodes whose output is an (N, C, H, W) map of the input's aspect (a
-  probe of unequal height and width tells them from (N, H, W, C) ones), and the *trunk's
+  probe of unequal height and width tells them from (N, H, W, C) ones; a square one, for
+  models of a fixed size, by C != H), and the *trunk's
   end* is the last of them that everything after it depends on alone (a cut: the head reads
   nothing else), before any adaptive pooling;
 - a stage ends at a cut map after which the stride changes; the branches start after the
@@ -50,11 +51,15 @@ class GraphSplit:
         return self.ends
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
+def trace(model: nn.Module, source: str = 'torchvision') -> fx.GraphModule:
     """The model's graph in eval mode (an auxiliary classifier of training left out), its
-    nodes named by the modules they call, as torchvision's feature extraction names them."""
-    from torchvision.models.feature_extraction import (create_feature_extractor,
-                                                       get_graph_node_names)
+    nodes named by the modules they call, as the library's feature extraction names them
+    (timm's keeps its own layers that cannot be traced as single steps)."""
+    if source == 'timm':
+        from timm.models._features_fx import create_feature_extractor, get_graph_node_names
+    else:
+        from torchvision.models.feature_extraction import (create_feature_extractor,
+                                                           get_graph_node_names)
     training = model.training
     model.eval()
     _, names = get_graph_node_names(model)
@@ -88,10 +93,11 @@ def _is_pooling(module: fx.GraphModule, node: fx.Node) -> bool:
     return getattr(node.target, '__name__', str(node.target)) in POOLING_CALLS
 
 
-def graph_split(model: nn.Module, image_size: int, device: str = 'meta') -> GraphSplit:
-    """Where `model` (a torchvision classifier) is split, read from its traced graph; raises
+def graph_split(model: nn.Module, image_size: int, device: str = 'meta',
+                source: str = 'torchvision') -> GraphSplit:
+    """Where `model` (a classifier of `source`) is split, read from its traced graph; raises
     ValueError where no map ends its trunk."""
-    traced = trace(model)
+    traced = trace(model, source)
     # height != width: an (N, C, H, W) map has the input's aspect; an (N, H, W, C) one not
     height, width = image_size, 2 * image_size
     try:
@@ -108,9 +114,9 @@ def graph_split(model: nn.Module, image_size: int, device: str = 'meta') -> Grap
                 or _is_pooling(traced, node):
             return None
         h, w = shape[-2:]
-        if h < 2 or (height != width and (abs(width / w - height / h) > 0.25 * height / h
-                                           or shape[1] == h)):
-            return None
+        if h < 2 or h >= height or shape[1] == h or (height != width and
+                                      abs(width / w - height / h) > 0.25 * height / h):
+            return None  # (N, H, W, C), not of the input's aspect, or the input's own size
         return max(height // h, 1)
 
     # a cut: no node after it reads a node before it (parameters and buffers apart)
@@ -214,7 +220,7 @@ class GraphBackboneABN(AttentionBranchNetwork):
         self.feature_channels = split_at.channels[first - 1]
         # the segments' graphs; their modules are the backbone's own (not registered twice),
         # traced again on it for the tensors the trace holds (constants of its forward)
-        traced = trace(backbone)
+        traced = trace(backbone, source)
         self.graphs = (segment(traced.graph, None, start), segment(traced.graph, start, end),
                        segment(traced.graph, end, None))
         self.__dict__['constants'] = {
