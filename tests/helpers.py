@@ -36,6 +36,19 @@ def documentation():
     return pages
 
 
+def optional(module, install):
+    """An optional package that requirements-dev.txt cannot pin (Quantus installs without
+    its dependencies): skipped where it is missing, except under CI (CI=true, as .ci/run
+    sets it), where a missing one fails instead of letting its tests vanish."""
+    import importlib
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        if os.environ.get('CI', '').lower() in ('1', 'true', 'yes'):
+            pytest.fail(f'{module} is missing under CI: {install}')
+        pytest.skip(f'{module} is missing: {install}')
+
+
 def run_script(main, argv, capsys):
     """Runs a script's main(argv) as its __main__ does; returns (exit status, stdout, stderr)."""
     try:

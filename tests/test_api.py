@@ -69,7 +69,6 @@ def test_the_docs_python_example_runs_as_written(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_the_docs_onnx_example_runs_as_written(shapes_checkpoint, tmp_path, monkeypatch, capsys):
-    pytest.importorskip('onnxruntime', reason='pip install -r requirements-export.txt')
     import export
     monkeypatch.chdir(tmp_path)
     code, _, err = run_script(export.main, [shapes_checkpoint, '-o', 'abn.onnx'], capsys)

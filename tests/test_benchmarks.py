@@ -69,7 +69,6 @@ def test_profile_step_ends_with_the_layout_ratio(monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_bench_export_ends_with_the_ratios_to_eager(monkeypatch, capsys):
-    pytest.importorskip('onnxruntime', reason='pip install -r requirements-export.txt')
     import bench_export
     lines = run_script(bench_export, ['--cases', 'resnet8:32:2', '--rounds', '1',
                                       '--seconds', '0.01'], monkeypatch, capsys)

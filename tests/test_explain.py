@@ -15,7 +15,8 @@ from PIL import Image
 import explain
 from models import CIFAR_MODELS
 from tests.fakedata import authors_checkpoint, randomise
-from tests.helpers import documentation, run_script, save_project_checkpoint, tiny_model
+from tests.helpers import (documentation, optional, run_script, save_project_checkpoint,
+                           tiny_model)
 from utils.data.datasets import AUTHORS_NORMALIZATION, NORMALIZATION
 from utils.data.shapes import SHAPE_CLASSES, generate_shapes
 from utils.explain.cam import class_activation_maps, perception_probabilities, scale_to_unit
@@ -350,8 +351,7 @@ def test_pointing_game_and_energy_inside_agree_with_quantus():
     """Quantus's PointingGame, RelevanceMassAccuracy and AttributionLocalisation compute the
     same things on maps with one maximum and a minimum of 0 (ours also score ties and shift
     the minimum to 0; on other maps they differ by design: utils/explain/measures.py)."""
-    quantus = pytest.importorskip('quantus', reason='pip install --no-deps -r '
-                                                    'requirements-quantus.txt')
+    quantus = optional('quantus', 'pip install --no-deps -r requirements-quantus.txt')
     rng = np.random.default_rng(0)
     maps = rng.random((40, 1, 16, 16))
     masks = np.zeros((40, 1, 16, 16))

@@ -21,8 +21,8 @@ from utils.weights.export import ExportedAbn, export_program, write_onnx, write_
 from utils.weights.loading import load_model
 from utils.weights.modelspec import ModelSpec
 
-onnx = pytest.importorskip('onnx', reason='pip install -r requirements-export.txt')
-ort = pytest.importorskip('onnxruntime', reason='pip install -r requirements-export.txt')
+import onnx  # noqa: E402  (requirements-export.txt, in requirements-dev.txt)
+import onnxruntime as ort  # noqa: E402
 
 TOLERANCE = 1e-4
 OUTPUTS = ['attention_logits', 'logits', 'attention_map']

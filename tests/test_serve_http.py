@@ -24,12 +24,11 @@ from PIL import Image
 from tests.helpers import ROOT
 from tests.helpers import Server, save_project_checkpoint, tiny_model
 
-pytest.importorskip('gradio_client', reason='pip install -r requirements-serve.txt')
 from gradio_client import Client, handle_file  # noqa: E402
 
 pytestmark = pytest.mark.slow  # the page as a command, over HTTP: the full suite
 
-httpx = pytest.importorskip('httpx')
+import httpx  # noqa: E402
 
 POSTSCRIPT = (b'%!PS-Adobe-3.0 EPSF-3.0\n%%BoundingBox: 0 0 32 32\n'
               b'newpath 0 0 moveto 32 32 lineto stroke\nshowpage\n%%EOF\n')

@@ -24,7 +24,6 @@ from utils.serve.teach_page import WAITING, comparison_text, maps_text, status_t
 from utils.weights import checkpoint as ckpt
 from utils.weights.loading import load_model
 
-pytest.importorskip('gradio_client', reason='pip install -r requirements-serve.txt')
 from gradio_client import Client, handle_file  # noqa: E402
 
 pytestmark = pytest.mark.slow  # teaching runs started from the page: the full suite

@@ -10,7 +10,6 @@ from tests.helpers import run_script
 from utils.train.logger import COLUMNS
 from utils.train.tensorboard_log import GRID_TAG, TAGS
 
-pytest.importorskip('tensorboard')
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator  # noqa: E402
 
 TINY = ['--dataset', 'shapes', '--train-size', '64', '--test-size', '32', '-a', 'resnet',
