@@ -20,7 +20,7 @@ import threading
 from utils.errors import AbnError
 from utils.serve.editor import MapEditor
 from utils.serve.teach_folder import TrainingFolder
-from utils.serve.teach_job import JOB_FILE, TeachingJob, shown_argument
+from utils.serve.teach_job import JOB_FILE, TeachingJob, TeachState, shown_argument
 from utils.serve.teach_measures import MEASURE_IMAGES, measure
 from utils.teach.map_store import saved_training_maps, training_folder
 from utils.weights.checkpoint import load_checkpoint
@@ -142,7 +142,7 @@ class Teacher:
                                      whole_number(train_size or 0, 'training images', 0))
         lr, weight = positive_number(lr, 'learning rate'), positive_number(weight, 'map loss weight', 0)
         with self.lock:
-            if self.run is not None and self.run.state in ('starting', 'running', 'measuring'):
+            if self.run is not None and self.run.state.busy:
                 raise AbnError(f'a teaching run is already {self.run.state}, in '
                                f'{self.editor.shown_path(self.run.folder)}: stop it first, or '
                                f'wait for it')
@@ -172,7 +172,7 @@ class Teacher:
             raise AbnError(reason)
         with self.lock:
             run = self.run
-            if run is None or run.state != 'stopped':
+            if run is None or run.state != TeachState.STOPPED:
                 raise AbnError('no stopped teaching run to continue')
             if run.still_ending():
                 raise AbnError('the run is still saving after its page ended: continue it in '
@@ -191,7 +191,7 @@ class Teacher:
 
     def stop(self):
         run = self.run
-        if run is None or run.state != 'running':
+        if run is None or run.state != TeachState.RUNNING:
             raise AbnError('no teaching run is running')
         run.stop()
 
@@ -207,24 +207,25 @@ class Teacher:
         code = run.process.wait()
         run.release()
         if code != 0:
-            run.state = 'stopped' if run.stopping or code in (130, 143) else 'failed'
+            run.state = TeachState.STOPPED if run.stopping or code in (130, 143) else \
+                TeachState.FAILED
             run.note = run.error() or f'the run ended with status {code}'
             return
-        run.state = 'measuring'
+        run.state = TeachState.MEASURING
         try:
             editor = self.editor
             after = MapEditor(load_model(run.checkpoint()), editor.device, editor.maps_dir)
             after.share_images(editor)
             scores = {'before': self.measure(editor), 'after': self.measure(after)}
         except Exception as error:  # noqa: BLE001 - the page must say why, not die
-            run.state, run.note = 'failed', f'the taught model could not be measured: {error}'
+            run.state, run.note = TeachState.FAILED, f'the taught model could not be measured: {error}'
             return
         with self.lock:
             if self.after is not None:
                 self.after.close()
             self.after, self.scores, self.compared = after, scores, run.folder
             self.version += 1
-            run.state = 'finished'
+            run.state = TeachState.FINISHED
 
     # ---- measures ----
     def measure(self, editor):

@@ -11,6 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
+from enum import StrEnum
 
 from utils.errors import AbnError
 from utils.weights.checkpoint import load_checkpoint
@@ -18,6 +19,20 @@ from utils.weights.checkpoint import load_checkpoint
 PROGRESS = re.compile(r'^(Train|Valid|Test) \S+ ?\[\d+/\d+\]')
 LEASH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'leash.py')
 JOB_FILE = 'job.json'
+
+
+class TeachState(StrEnum):
+    """Where a teaching run of the page is: what the page shows and allows."""
+    STARTING = 'starting'
+    RUNNING = 'running'
+    MEASURING = 'measuring'  # ended; the taught model measured beside the first
+    FINISHED = 'finished'
+    STOPPED = 'stopped'  # by Stop, or found unfinished: Continue resumes it
+    FAILED = 'failed'
+
+    @property
+    def busy(self) -> bool:
+        return self in (TeachState.STARTING, TeachState.RUNNING, TeachState.MEASURING)
 
 
 class TeachingJob:
@@ -28,7 +43,7 @@ class TeachingJob:
         self.output = os.path.join(folder, 'output.txt')
         self.process = None
         self.stopping = False
-        self.state = 'starting'  # running, measuring, finished, stopped, failed
+        self.state = TeachState.STARTING
         self.note = ''
         self.leash = None  # the write end of the leash's pipe
         self.unattended = False  # found unfinished by a page started again
@@ -53,7 +68,7 @@ class TeachingJob:
             json.dump({'argv': self.argv, 'shown': self.shown, 'pid': self.process.pid}, f,
                       indent=1)
         self.stopping, self.note = False, ''
-        self.state = 'running'
+        self.state = TeachState.RUNNING
 
     @classmethod
     def unfinished(cls, folder):
@@ -69,7 +84,7 @@ class TeachingJob:
         if done:
             return None
         run = cls(folder, list(job['argv']), job['shown'])
-        run.state, run.unattended = 'stopped', True
+        run.state, run.unattended = TeachState.STOPPED, True
         run.previous_pid = job.get('pid')
         return run
 
@@ -126,7 +141,7 @@ class TeachingJob:
         """The command to paste into a terminal (the page shows a shortened one): whole,
         with this machine's paths, where the page is served to this machine only; else the
         command file that holds it, from the page's folder. A stopped run's continues it."""
-        resume = ['--resume', self.checkpoint()] if self.state == 'stopped' else []
+        resume = ['--resume', self.checkpoint()] if self.state == TeachState.STOPPED else []
         if not shows_paths:
             return ' '.join(['sh', shown_argument(os.path.join(self.folder, 'command.sh'))]
                             + [shown_argument(a) for a in resume])

@@ -2,6 +2,7 @@
 run's settings, Teach and Stop, the command, the progress, and the taught model beside the
 first. A timer asks every second; the run belongs to the page, so a reloaded page finds it."""
 from utils.serve.teach import DEFAULT_BATCH, DEFAULTS, shown_argument
+from utils.serve.teach_job import TeachState
 
 TICK_SECONDS = 1.0
 # The before/after table keeps its words whole (a narrow column broke "before" in two).
@@ -33,19 +34,19 @@ def status_text(teacher):
         return 'No teaching run yet.'
     where = teacher.editor.shown_path(run.folder)
     lines = []
-    if run.state in ('starting', 'running'):
+    if run.state in (TeachState.STARTING, TeachState.RUNNING):
         epoch, step = run.progress()
         lines.append(f'**Teaching** in `{where}`' + (' (stopping...)' if run.stopping else '')
                      + f': {epoch or "starting"}')
         if step:
             lines.append(f'`{step}`')
-    elif run.state == 'measuring':
+    elif run.state == TeachState.MEASURING:
         lines.append(f'**Measuring**: the run in `{where}` is done; both models are measured '
                      f'on the test split...')
-    elif run.state == 'finished':
+    elif run.state == TeachState.FINISHED:
         lines.append(f'**Taught**: `{teacher.editor.shown_path(run.checkpoint())}` (the '
                      f'checkpoint the page serves is unchanged).')
-    elif run.state == 'stopped':
+    elif run.state == TeachState.STOPPED:
         what = ('**Unfinished**: a run an earlier page started here ended before its last '
                 'epoch' if run.unattended else '**Stopped**')
         lines.append(f'{what}: press **Continue** to go on from its checkpoint '
