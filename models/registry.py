@@ -28,7 +28,11 @@ def library_builder(source: str, name: str) -> Callable[..., AttentionBranchNetw
 
 class ModelRegistry(dict):
     """name -> builder function. `create` passes a builder only the options it declares, so
-    one set of command-line options (depth, widen_factor, ...) serves every family."""
+    one set of command-line options (depth, widen_factor, ...) serves every family.
+
+    `in`, `[]` and `get` answer alike for every name it builds, the libraries' 'timm:NAME'
+    included; iteration, `len` and `keys` are its own families (the libraries' thousands of
+    names: `names()`)."""
 
     def __init__(self, title: str, sources: Iterable[str] = ()) -> None:
         super().__init__()
@@ -61,6 +65,9 @@ class ModelRegistry(dict):
         if parts is None:
             raise KeyError(name)
         return library_builder(*parts)
+
+    def get(self, name: str, default: Any = None) -> Any:
+        return self[name] if name in self else default
 
     def check_name(self, name: str) -> None:
         """Raises ValueError in one line, with the nearest names, for a name it cannot build."""

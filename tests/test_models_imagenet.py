@@ -172,3 +172,13 @@ def test_invalid_options_and_names():
         IMAGENET_MODELS.create('resnext50', cardinality=0, num_classes=10)
     with pytest.raises(ValueError, match="unknown ImageNet architecture 'resnet20'"):
         IMAGENET_MODELS.create('resnet20', num_classes=10)
+
+
+def test_the_registry_answers_alike_for_every_name_it_builds():
+    # in, [] and get agree, a library's name included; iteration is its own families
+    for name in ('resnet50', 'timm:resnet18', 'torchvision:resnet18'):
+        assert name in IMAGENET_MODELS and IMAGENET_MODELS.get(name) is not None
+        assert IMAGENET_MODELS.get(name).__name__ == IMAGENET_MODELS[name].__name__
+    assert 'timm:no_such_model' not in IMAGENET_MODELS
+    assert IMAGENET_MODELS.get('timm:no_such_model', 'none') == 'none'
+    assert 'resnet50' in list(IMAGENET_MODELS) and 'timm:resnet18' not in list(IMAGENET_MODELS)
