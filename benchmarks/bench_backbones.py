@@ -12,13 +12,12 @@ depend on them. One Markdown table row per family.
 import argparse
 import os
 import sys
-import tempfile
 import time
 
-import numpy as np
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from backbone_coverage import onnx_agrees  # noqa: E402
 from harness import machine, median  # noqa: E402
 from models import IMAGENET_MODELS  # noqa: E402
 
@@ -45,27 +44,6 @@ def seconds(model, x, repeats=3):
         for _ in range(repeats):
             model(x)
         return (time.perf_counter() - started) / repeats
-
-
-def onnx_agrees(model, size):
-    """Exports the ABN as export.py does and compares onnxruntime with PyTorch."""
-    import onnxruntime as ort
-
-    from utils.weights.export import ExportedAbn, export_program, write_onnx
-    from utils.weights.loading import LoadedModel
-    loaded = LoadedModel(model, '', None, ((0.5,) * 3, (0.25,) * 3), size, True, None, size)
-    wrapped = ExportedAbn(model, loaded.normalization).eval()
-    with tempfile.TemporaryDirectory() as folder:
-        path = os.path.join(folder, 'abn.onnx')
-        write_onnx(export_program(wrapped, loaded, False), path,
-                   ['attention_logits', 'logits', 'attention_map'], {})
-        session = ort.InferenceSession(path, providers=['CPUExecutionProvider'])
-        x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(0))
-        got = session.run(None, {'image': x.numpy()})
-        with torch.no_grad():
-            want = wrapped(x)
-    return all(np.abs(g - w.numpy()).max() <= 1e-4 * w.abs().max().item()
-               for g, w in zip(got, want))
 
 
 def main():
