@@ -1,7 +1,8 @@
 """Which library models become ABNs: every torchvision classifier and one model of each timm
-family (a module of timm.models: its smallest model by parameters), each built as an ABN
-(10 classes, random weights, for the input's size), run forward on two images in eval mode
-beside its plain twin, and optionally exported to ONNX and checked against PyTorch.
+family (a module of timm.models: its smallest model by parameters, timm's tiny test_ models
+aside), each built as an ABN (10 classes, random weights, for the input's size), run forward
+on two images in eval mode beside its plain twin, and optionally exported to ONNX and
+checked against PyTorch.
 
     python benchmarks/backbone_coverage.py --size 64 -o docs/backbone-coverage.md
     python benchmarks/backbone_coverage.py --names timm:resnet18,torchvision:vgg11 --onnx
@@ -29,11 +30,14 @@ from models import backbones  # noqa: E402
 
 
 def timm_families(pick: str = 'smallest') -> dict[str, str]:
-    """{timm module: its first model by name, or its smallest by parameters}."""
+    """{timm module: its first model by name, or its smallest by parameters (its test_
+    models aside)}."""
     import timm
     chosen = {}
     for module in timm.list_modules():
         names = timm.list_models(module=module)
+        # timm's tiny test_ models stand for a family only where it has no other
+        names = [n for n in names if not n.startswith('test_')] or names
         if not names:
             continue
         if pick == 'first':

@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING, Any
 
 from utils.distributed import print_main
 from utils.errors import AbnError
-from utils.teach.attention_maps import WithAttentionMaps, load_map_set, map_device_loader
-from utils.teach.boxes import load_box_map_set, load_task_box_map_set
+from utils.objectives.attention_map import DEFAULT_MAP_LOSS_WEIGHT
 from utils.objectives.teaching_methods import (DEFAULT_METHOD, DEFAULT_RRR_WEIGHT,
                                                TEACHING_METHODS)
+from utils.teach.attention_maps import WithAttentionMaps, load_map_set, map_device_loader
+from utils.teach.boxes import load_box_map_set, load_task_box_map_set
 from utils.teach.task_maps import is_multitask, load_task_map_set
 from utils.train.script import TrainingScript
 
@@ -44,8 +45,6 @@ if TYPE_CHECKING:
     from utils.data.datasets import DataBundle
     from utils.data.fastdata import DeviceLoader
     from utils.distributed import Runtime
-
-DEFAULT_MAP_LOSS_WEIGHT = 10.0
 
 
 def add_teach_arguments(parser: argparse.ArgumentParser,
