@@ -30,7 +30,7 @@ from models import CIFAR_MODELS, IMAGENET_MODELS  # noqa: E402
 from tests.fakedata import randomise  # noqa: E402
 from utils.cpus import cpu_budget  # noqa: E402
 from utils.data.datasets import NORMALIZATION  # noqa: E402
-from utils.inference import FoldedRuntime, OnnxRuntime, Runtime, onnx_file  # noqa: E402
+from utils.inference import EagerRuntime, FoldedRuntime, OnnxRuntime, onnx_file  # noqa: E402
 from utils.weights.loading import LoadedModel  # noqa: E402
 from utils.weights.modelspec import ModelSpec  # noqa: E402
 
@@ -81,7 +81,7 @@ def runners(loaded, folder, one_thread):
     os.replace(path, os.path.join(folder, 'abn.onnx'))
     path = os.path.join(folder, 'abn.onnx')
     budget = cpu_budget()
-    made = {'eager (1.0)': (torch.get_num_threads(), Runtime(loaded.model)),
+    made = {'eager (1.0)': (torch.get_num_threads(), EagerRuntime(loaded.model)),
             'folded': (budget, FoldedRuntime(loaded.model, loaded.image_size)),
             'api': (budget, OnnxRuntime(loaded.model, loaded, None)),
             'onnxruntime': (budget, raw_onnxruntime(path))}

@@ -26,7 +26,7 @@ from utils.data.attributes import map_picture
 from utils.data.images import CorruptImageError, load_rgb
 from utils.data.inputs import image_transform
 from utils.errors import AbnError
-from utils.inference import RUNTIMES, Runtime, make_runtime
+from utils.inference import RUNTIMES, EagerRuntime, make_runtime
 from utils.weights.loading import load_model
 
 if TYPE_CHECKING:
@@ -112,7 +112,7 @@ class Abn(nn.Module):
         return self.model(x) if attention is None else self.model(x, attention)
 
     @property
-    def runtime(self) -> Runtime:
+    def runtime(self) -> EagerRuntime:
         """What answers `explain` (utils.inference), made once, for the model as placed now."""
         if self._runtime is None or self._runtime.device != self.device:
             self._runtime = make_runtime(self.loaded, self.runtime_name, self._path)

@@ -62,8 +62,9 @@ def as_output(values: list[torch.Tensor] | tuple[torch.Tensor, ...]) -> AbnOutpu
     return AbnOutput(*values)
 
 
-class Runtime:
-    """A loaded model's answers on a batch of normalised inputs: `runtime(x) -> AbnOutput`."""
+class EagerRuntime:
+    """A loaded model's answers on a batch of normalised inputs, run as it is (eager):
+    `runtime(x) -> AbnOutput`; the base of the faster ones below."""
     name = 'eager'
 
     def __init__(self, model: nn.Module) -> None:
@@ -74,7 +75,7 @@ class Runtime:
             return self.model(x)
 
 
-class FoldedRuntime(Runtime):
+class FoldedRuntime(EagerRuntime):
     """The model's evaluation copy with every BatchNorm that only normalises a convolution's
     output folded into that convolution (one pass over memory fewer a layer), in eager."""
     name = 'folded'
@@ -141,7 +142,7 @@ def agree(got: torch.Tensor, expected: torch.Tensor, tolerance: float = 1e-5) ->
     return (got.float() - expected.float()).abs().max().item() <= tolerance * scale
 
 
-class OnnxRuntime(Runtime):
+class OnnxRuntime(EagerRuntime):
     name = 'onnxruntime'
 
     def __init__(self, model: nn.Module, loaded: LoadedModel, cache_key: str | None) -> None:
@@ -200,7 +201,7 @@ def installed(module: str) -> bool:
 
 
 def make_runtime(loaded: LoadedModel, name: str = 'auto', path: str | None = None,
-                 note: Callable[[str], None] = print) -> Runtime:
+                 note: Callable[[str], None] = print) -> EagerRuntime:
     """The runtime `name` (RUNTIMES) for `loaded`'s model, as it is placed now; `path`: the
     checkpoint file, whose exported graph is cached. A runtime that cannot take the model
     falls back to the next (onnxruntime, folded, eager), with a note, under 'auto'."""
@@ -209,7 +210,7 @@ def make_runtime(loaded: LoadedModel, name: str = 'auto', path: str | None = Non
     model = loaded.model.eval()
     on_cpu = next(model.parameters()).device.type == 'cpu'
     if name == 'eager' or (name == 'auto' and not on_cpu):
-        return Runtime(model)
+        return EagerRuntime(model)
     order = [name] if name != 'auto' else (
         (['onnxruntime'] if installed('onnxruntime') and installed('onnxscript') else [])
         + ['folded'])
@@ -235,4 +236,4 @@ def make_runtime(loaded: LoadedModel, name: str = 'auto', path: str | None = Non
                                f'{reason}') from None
             note(f'note: {candidate} cannot run {loaded.description} ({reason}); '
                  f'answering with the next runtime')
-    return Runtime(model)
+    return EagerRuntime(model)
