@@ -7,6 +7,7 @@ import numpy as np
 from PIL import Image
 
 from utils.errors import AbnError
+from utils.serve.options import IDLE_MINUTES
 from utils.serve.pictures import enlarged, from_gray, read_image, to_gray
 from utils.serve.teach_page import TEACH_CSS, add_teach_section
 from utils.teach.boxes import box_map
@@ -74,7 +75,6 @@ PAGE_CSS = """
 #box-drawn, #box-apply { display: none; }
 """ + TEACH_CSS
 PREDICTION = 'the prediction'  # the class chooser's first choice: each image's own answer
-IDLE_MINUTES = 30  # a visitor's state, uploads and pictures are freed after this idle
 
 
 class Handlers:

@@ -23,7 +23,8 @@ from utils.errors import AbnError
 from utils.serve.access import (check_exposure, is_loopback, read_login,
                                 trusted_hosts_middleware)
 from utils.serve.editor import MapEditor
-from utils.serve.page import BOX_JS, IDLE_MINUTES, PAGE_CSS, build_page
+from utils.serve.options import IDLE_MINUTES, MAX_UPLOAD_MB, PORT
+from utils.serve.page import BOX_JS, PAGE_CSS, build_page
 from utils.serve.teach import Teacher
 from utils.weights.loading import architecture_options, load_model
 
@@ -44,7 +45,7 @@ def require_gradio():
     return gradio
 
 
-def serve(args, loaded, device, host='127.0.0.1', port=7860):
+def serve(args, loaded, device, host='127.0.0.1', port=PORT):
     """Starts the page and blocks until interrupted. Refuses a --host other than loopback
     without a login (utils.serve.access); the page's uploads and pictures live in a folder
     of its own, removed when it stops."""
@@ -113,7 +114,7 @@ def _interrupt(signum, frame):
 
 
 def launch(page, editor, host, port, login, exposure, args):
-    max_mb = getattr(args, 'max_upload_mb', 20)  # checked by serve_command
+    max_mb = getattr(args, 'max_upload_mb', MAX_UPLOAD_MB)  # checked by serve_command
     try:
         page.launch(server_name=host, server_port=port, share=False, inbrowser=False,
                     css=PAGE_CSS, js=BOX_JS,
