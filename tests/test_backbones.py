@@ -141,8 +141,12 @@ def test_a_graph_split_model_runs_on_its_own_weights_after_to_and_deepcopy():
                                    image_size=SIZE).eval()
     assert isinstance(model, GraphBackboneABN)
     # each weight has one name: the segments run the backbone's own modules
-    assert not any(k.startswith('segments') for k in model.state_dict())
+    assert not any(k.startswith('code') for k in model.state_dict())
     assert model.classifier_path == 'fc' and model.cam_exact  # its head: a mean, then fc
+    import pickle
+    with torch.no_grad():  # pickled whole (torch.save of the model) and back
+        torch.testing.assert_close(pickle.loads(pickle.dumps(model))(images()).perception_logits,
+                                   model(images()).perception_logits, rtol=0, atol=0)
     twin = copy.deepcopy(model)
     with torch.no_grad():
         twin.backbone.fc.weight.add_(1)
@@ -250,7 +254,7 @@ def test_a_pretrained_file_loads_bitwise_and_starts_the_attention_stage(arch, tm
     elif hasattr(model, 'stage_paths'):
         perception = [model.part(p) for p in model.stage_paths]
     else:  # a split of its traced graph: one segment and its copy
-        stage, perception = [stage], [model.segments[1]]
+        stage, perception = [stage], [model.segment(1)]
     for copied, original in zip(stage, perception):
         for (k, a), (_, b) in zip(copied.state_dict().items(), original.state_dict().items()):
             assert torch.equal(a, b), k

@@ -13,7 +13,8 @@ the graph's nodes are the model's every step, functional ones included. On it:
   nothing else), before any adaptive pooling;
 - a stage ends at a cut map after which the stride changes; the branches start after the
   end of stage `split` (default: every stage but the last, as for the other families);
-- three segments of the graph, run on the model's own modules, are the feature extractor
+- three segments of the graph, their code run with the model itself as `self` (so a
+  replica, a copy or a moved model runs its own modules), are the feature extractor
   (image -> the split), the perception stage (the split -> the trunk's end) and the head
   (the trunk's end -> logits: the model's own pooling, flattening and classifier); the
   attention stage is a copy of the perception segment with DOWNSAMPLING_RULES applied
@@ -218,15 +219,15 @@ class GraphBackboneABN(AttentionBranchNetwork):
         start, end = split_at.ends[first - 1], split_at.ends[-1]
         self.map_stride = split_at.strides[first - 1]
         self.feature_channels = split_at.channels[first - 1]
-        # the segments' graphs; their modules are the backbone's own (not registered twice),
-        # traced again on it for the tensors the trace holds (constants of its forward)
+        # the segments' graphs, traced again on the backbone itself: the tensors its forward
+        # makes (constants of the trace) become buffers of it, not saved, moved with it
         traced = trace(backbone, source)
+        for n in traced.graph.nodes:
+            if n.op == 'get_attr' and not _has(backbone, n.target):
+                backbone.register_buffer(n.target, getattr(traced, n.target), persistent=False)
         self.graphs = (segment(traced.graph, None, start), segment(traced.graph, start, end),
                        segment(traced.graph, end, None))
-        self.__dict__['constants'] = {
-            n.target: getattr(traced, n.target) for graph in self.graphs for n in graph.nodes
-            if n.op == 'get_attr' and not _has(backbone, n.target)}
-        self._bind()
+        self._compile()
         linears = [self.backbone.get_submodule(n.target) for n in self.graphs[2].nodes
                    if n.op == 'call_module']
         linears = [m for m in linears if isinstance(m, (nn.Linear, nn.Conv2d))]
@@ -234,52 +235,35 @@ class GraphBackboneABN(AttentionBranchNetwork):
             raise ValueError('its head has no linear classifier to replace')
         self.classifier_path = next(p for p, m in backbone.named_modules() if m is linears[-1])
         if attention:
-            self.att_stage = remove_graph_downsampling(copy.deepcopy(self.segments[1]))
+            self.att_stage = remove_graph_downsampling(self.segment(1))
             self._make_attention_head(split_at.channels[-1])
         self.cam_exact = False  # set by check_head once the weights exist
 
-    def _bind(self) -> None:
-        """The segments as modules running on the backbone's modules (again after .to(),
-        whose new buffers a segment would otherwise miss); kept out of the module tree, so
-        that each weight has one name."""
-        def root(graph):
-            found = dict(self.constants)
-            for node in graph.nodes:
-                if node.op in ('call_module', 'get_attr') and node.target not in found:
-                    module, _, attribute = node.target.rpartition('.')
-                    owner = self.backbone.get_submodule(module)
-                    found[node.target] = getattr(owner, attribute) if attribute else owner
-            return found
-        self.__dict__['segments'] = tuple(fx.GraphModule(root(graph), graph)
-                                          for graph in self.graphs)
+    def segment(self, index: int) -> fx.GraphModule:
+        """Segment `index` (0 extractor, 1 last stage, 2 head) as a module of its own, on
+        copies of the backbone's modules' references (for its weights: the attention stage)."""
+        return copy.deepcopy(fx.GraphModule(self.backbone, self.graphs[index]))
 
-    def _apply(self, fn, *args, **kwargs):
-        out = super()._apply(fn, *args, **kwargs)
-        self.__dict__['constants'] = {k: fn(v) for k, v in self.constants.items()}
-        self._bind()
-        return out
-
-    def __deepcopy__(self, memo):
-        twin = self.__class__.__new__(self.__class__)
-        memo[id(self)] = twin
-        for key, value in self.__dict__.items():
-            if key != 'segments':
-                twin.__dict__[key] = copy.deepcopy(value, memo)
-        twin._bind()
-        return twin
+    def _compile(self) -> None:
+        """Each segment's code, a function run with the backbone as its `self` (its module
+        paths are the backbone's): whatever copy of the backbone runs it, a replica of
+        DataParallel's, a deepcopy, one moved by .to(), runs its own modules. Kept out of the
+        module tree, so that each weight has one name."""
+        self.__dict__['code'] = tuple(type(fx.GraphModule(self.backbone, graph)).forward
+                                      for graph in self.graphs)
 
     def __getstate__(self):
         state = self.__dict__.copy()
-        state.pop('segments', None)
+        state.pop('code', None)  # functions of generated classes: made again on loading
         return state
 
     def __setstate__(self, state):
         self.__dict__.update(state)
-        self._bind()
+        self._compile()
 
     # -- the pieces of an AttentionBranchNetwork ------------------------------------------
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.segments[0](x)
+        return self.code[0](self.backbone, x)
 
     def feature_extractor_modules(self) -> list[nn.Module]:
         return [self.backbone.get_submodule(n.target) for n in self.graphs[0].nodes
@@ -290,7 +274,7 @@ class GraphBackboneABN(AttentionBranchNetwork):
         return self.att_stage
 
     def perception_features(self, features: torch.Tensor) -> torch.Tensor:
-        return self.segments[1](features)
+        return self.code[1](self.backbone, features)
 
     @property
     def final_linear(self) -> nn.Module:
@@ -298,12 +282,13 @@ class GraphBackboneABN(AttentionBranchNetwork):
 
     def classify(self, maps: torch.Tensor) -> torch.Tensor:
         """The model's own head: its pooling, what follows it, its classifier."""
-        return self.segments[2](maps)
+        return self.code[2](self.backbone, maps)
 
     # -- weights ---------------------------------------------------------------------------
     def copy_stage_to_attention(self) -> None:
         if self.has_attention:
-            self.att_stage.load_state_dict(self.segments[1].state_dict())
+            self.att_stage.load_state_dict(fx.GraphModule(self.backbone,
+                                                          self.graphs[1]).state_dict())
 
     def check_head(self) -> bool:
         self.cam_exact = head_is_linear(self, None)
