@@ -88,6 +88,17 @@ def _has(model: nn.Module, path: str) -> bool:
         return False
 
 
+def _has_weights(module: fx.GraphModule, nodes: list[fx.Node]) -> bool:
+    """Whether any of `nodes` runs a module with parameters or reads a parameter."""
+    for node in nodes:
+        if node.op == 'call_module' and any(True for _ in
+                                            module.get_submodule(node.target).parameters()):
+            return True
+        if node.op == 'get_attr' and isinstance(getattr(module, node.target, None), nn.Parameter):
+            return True
+    return False
+
+
 def _is_pooling(module: fx.GraphModule, node: fx.Node) -> bool:
     if node.op == 'call_module':
         return isinstance(module.get_submodule(node.target), ADAPTIVE_POOLS)
@@ -138,7 +149,14 @@ def graph_split(model: nn.Module, image_size: int, device: str = 'meta',
     if not maps:
         raise ValueError('its traced graph has no (N, C, H, W) map that its head reads alone')
     ends = [n for k, (n, s) in enumerate(maps[:-1]) if maps[k + 1][1] != s] + [maps[-1][0]]
-    strides = [dict(maps)[n] for n in ends]
+    stride_of = dict(maps)
+    for k in range(1, len(ends)):
+        # a stage of poolings alone (VGG's, AlexNet's: they pool at a block's end) would
+        # give the attention branch nothing to learn: it starts where its stride began
+        if not _has_weights(traced, nodes[index[ends[k - 1]] + 1:index[ends[k]] + 1]):
+            ends[k - 1] = next(n for n, s in maps if s == stride_of[ends[k - 1]] and
+                               (k < 2 or index[n] > index[ends[k - 2]]))
+    strides = [stride_of[n] for n in ends]
     sides = [n.meta['shape'][-2] for n in ends]
     if len(ends) > 1 and sides[-2] > 2.5 * sides[-1]:  # more than one halving (or rounding)
         raise ValueError(f'its traced graph has no (N, C, H, W) map between strides '
