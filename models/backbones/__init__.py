@@ -244,5 +244,6 @@ def library_state_dict(source: str, name: str, num_classes: int, image_size: int
     return weights.get_state_dict(progress=True, check_hash=True)
 
 
-__all__ = ['BackboneABN', 'DOWNSAMPLING_RULES', 'GraphBackboneABN', 'SOURCES', 'VisionTransformerABN', 'build',
-           'check_name', 'has_pretrained', 'library_names', 'library_state_dict', 'split_name']
+__all__ = ['BackboneABN', 'DOWNSAMPLING_RULES', 'GraphBackboneABN', 'SOURCES',
+           'VisionTransformerABN', 'build', 'check_name', 'has_pretrained', 'library_names',
+           'library_state_dict', 'split_name']

@@ -1,10 +1,11 @@
-"""A torchvision classifier split on its traced graph, where its children cannot be run one
-after another: the models that pool (or do more) in their `forward` (DenseNet, MobileNetV2,
-ShuffleNetV2, MNASNet, SqueezeNet, Inception, GoogLeNet) and those whose head pools to a
-fixed grid (VGG's 7x7, AlexNet's 6x6).
+"""A timm or torchvision classifier split on its traced graph, where its children cannot be
+run one after another (models.backbones.split): the models that pool (or do more) in their
+`forward` (DenseNet, MobileNetV2, ShuffleNetV2, MNASNet, SqueezeNet, Inception; timm's
+MambaOut, Xception), those whose head pools to a fixed grid (VGG's 7x7, AlexNet's 6x6), and
+those with a functional pooling in their last stage.
 
-torchvision traces every classifier of its own with torch.fx (`create_feature_extractor`):
-the graph's nodes are the model's every step, functional ones included. On it:
+Both libraries trace their classifiers with torch.fx (`create_feature_extractor`): the
+graph's nodes are the model's every step, functional ones included. On it:
 
 - the *maps* are the nodes whose output is an (N, C, H, W) map of the input's aspect (a
   probe of unequal height and width tells them from (N, H, W, C) ones; a square one, for
@@ -34,7 +35,7 @@ import torch.nn as nn
 
 from ..abn import AttentionBranchNetwork
 from .cnn import head_is_linear
-from .split import remove_downsampling
+from .split import remove_downsampling, size_keeping_padding
 
 ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
 POOLING_CALLS = ('adaptive_avg_pool2d', 'adaptive_max_pool2d', 'mean')
@@ -46,10 +47,6 @@ class GraphSplit:
     ends: list[str]  # the names of the nodes ending each stage; the last is the trunk's end
     strides: list[int]  # their total strides
     channels: list[int]  # their channels
-
-    @property
-    def stage_ends(self) -> list[str]:
-        return self.ends
 
 
 def trace(model: nn.Module, source: str = 'torchvision') -> fx.GraphModule:
@@ -126,8 +123,8 @@ def graph_split(model: nn.Module, image_size: int, device: str = 'meta',
                 or _is_pooling(traced, node):
             return None
         h, w = shape[-2:]
-        if h < 2 or h >= height or shape[1] == h or (height != width and
-                                      abs(width / w - height / h) > 0.25 * height / h):
+        other_aspect = height != width and abs(width / w - height / h) > 0.25 * height / h
+        if h < 2 or h >= height or shape[1] == h or other_aspect:
             return None  # (N, H, W, C), not of the input's aspect, or the input's own size
         return max(height // h, 1)
 
@@ -214,11 +211,8 @@ def remove_graph_downsampling(module: fx.GraphModule) -> fx.GraphModule:
         options = dict(zip(('kernel_size', 'stride', 'padding'), node.args[1:]), **node.kwargs)
         if options.get('stride') in (None, 1, (1, 1), [1, 1]):
             continue
-        kernel = options.get('kernel_size')
-        kernel = tuple(kernel) if isinstance(kernel, (tuple, list)) else (kernel, kernel)
-        options.update(stride=1, ceil_mode=False)
-        if all(isinstance(k, int) and k % 2 for k in kernel):
-            options['padding'] = tuple(k // 2 for k in kernel)
+        options.update(stride=1, ceil_mode=False, padding=size_keeping_padding(
+            options['kernel_size'], options.get('padding', 0)))
         node.args, node.kwargs = node.args[:1], options
     module.recompile()
     return module

@@ -201,9 +201,14 @@ def remove_downsampling(stage: nn.Module) -> nn.Module:
                 parent, _, child = name.rpartition('.')
                 setattr(stage.get_submodule(parent) if parent else stage, child, nn.Identity())
             else:
-                module.stride = 1
-                kernel = _pair(module.kernel_size)
-                if all(k % 2 for k in kernel):  # an odd kernel: padding keeps the size
-                    module.padding = tuple(k // 2 for k in kernel)
-                module.ceil_mode = False
+                module.stride, module.ceil_mode = 1, False
+                module.padding = size_keeping_padding(module.kernel_size, module.padding)
     return stage
+
+
+def size_keeping_padding(kernel_size, padding):
+    """The padding of a stride-1 pooling of `kernel_size` that keeps its input's size: k // 2
+    for odd kernels (an even one cannot: `padding` is kept)."""
+    kernel = _pair(kernel_size)
+    return tuple(k // 2 for k in kernel) if all(isinstance(k, int) and k % 2 for k in kernel) \
+        else padding

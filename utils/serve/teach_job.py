@@ -11,7 +11,7 @@ import shlex
 import signal
 import subprocess
 import sys
-from enum import StrEnum
+from enum import Enum
 
 from utils.errors import AbnError
 from utils.weights.checkpoint import load_checkpoint
@@ -21,14 +21,20 @@ LEASH = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'leash.py')
 JOB_FILE = 'job.json'
 
 
-class TeachState(StrEnum):
-    """Where a teaching run of the page is: what the page shows and allows."""
+class TeachState(str, Enum):
+    """Where a teaching run of the page is: what the page shows and allows (a string, its
+    value wherever it is printed, on every Python)."""
     STARTING = 'starting'
     RUNNING = 'running'
     MEASURING = 'measuring'  # ended; the taught model measured beside the first
     FINISHED = 'finished'
     STOPPED = 'stopped'  # by Stop, or found unfinished: Continue resumes it
     FAILED = 'failed'
+
+    def __str__(self) -> str:
+        return self.value
+
+    __format__ = str.__format__
 
     @property
     def busy(self) -> bool:
