@@ -328,36 +328,42 @@ def lay_out_editing(w, editor, gr):
     w.saved = gr.Markdown('', elem_id='saved')
 
 
+EDITOR = 'editor'  # the concurrency group of the image editor's events
+
+
 def wire(w, on, editor):
-    """The events: each handler's inputs and outputs, and the names the HTTP API knows."""
+    """The events: each handler's inputs and outputs, and the names the HTTP API knows. The
+    editor's events share one queue (EDITOR), so they answer in the order they were sent: a
+    stroke's answer for an image never lands after the next image is shown."""
     shown = [w.message, w.state] + list(w.images.values()) + [
         w.own_ranking, w.painter, w.edited_image, w.edited_ranking, w.class_name]
     chosen = [w.attribute, w.target]
     if editor.splits:
         w.load.click(on.guarded(on.show_split, shown), [w.split, w.index] + chosen, shown,
-                     api_name='show_split')
+                     concurrency_id=EDITOR, api_name='show_split')
     if editor.files:
         w.load_file.click(on.guarded(on.show_listed, shown), [w.chosen_file] + chosen, shown,
-                          api_name='show_file')
+                          concurrency_id=EDITOR, api_name='show_file')
     w.upload.upload(on.guarded(on.show_file, shown), [w.upload] + chosen, shown,
-                    api_name='upload')
+                    concurrency_id=EDITOR, api_name='upload')
     w.attribute.change(on.guarded(on.reshow, shown), [w.state] + chosen, shown,
-                       api_name='reshow')
+                       concurrency_id=EDITOR, api_name='reshow')
     w.target.change(on.guarded(on.reshow, shown), [w.state] + chosen, shown,
-                    api_name='explain_class')
+                    concurrency_id=EDITOR, api_name='explain_class')
     edit_outputs = [w.message, w.edited_image, w.edited_ranking]
     w.apply.click(on.guarded(on.run_edit, edit_outputs), [w.state, w.painter], edit_outputs,
-                  api_name='run_edit', preprocess=False)
+                  concurrency_id=EDITOR, api_name='run_edit', preprocess=False)
     # Each stroke answers too; strokes faster than the model queue up as the latest one.
     w.painter.input(on.guarded(on.run_edit, edit_outputs), [w.state, w.painter], edit_outputs,
-                    trigger_mode='always_last', show_progress='hidden', api_name='stroke',
-                    preprocess=False)
+                    trigger_mode='always_last', show_progress='hidden', concurrency_id=EDITOR,
+                    api_name='stroke', preprocess=False)
     map_outputs = [w.message, w.painter, w.edited_image, w.edited_ranking, w.map_file]
     w.map_file.upload(on.guarded(on.load_map, map_outputs), [w.state, w.map_file], map_outputs,
-                      api_name='load_map')
+                      concurrency_id=EDITOR, api_name='load_map')
     box_outputs = [w.message, w.painter, w.edited_image, w.edited_ranking, w.boxed]
     w.box_apply.click(on.guarded(on.draw_box, box_outputs), [w.state, w.painter, w.box, w.boxed],
-                      box_outputs, api_name='draw_box', preprocess=False, js=BOX_VALUE_JS)
+                      box_outputs, concurrency_id=EDITOR, api_name='draw_box', preprocess=False,
+                      js=BOX_VALUE_JS)
     save_outputs = [w.message, w.saved]
     w.save.click(on.guarded(on.save_edit, save_outputs), [w.state, w.painter, w.class_name],
-                 save_outputs, api_name='save', preprocess=False)
+                 save_outputs, concurrency_id=EDITOR, api_name='save', preprocess=False)
