@@ -41,7 +41,9 @@ FAMILIES = [('timm:resnet18', 5, 16), ('timm:convnext_atto', 4, 16),
             ('torchvision:shufflenet_v2_x0_5', 5, 16), ('torchvision:densenet121', 5, 16),
             ('torchvision:squeezenet1_1', 4, 9),
             # timm's traced graph (its stages are (N, H, W, C): the graph's own permutes)
-            ('timm:test_mambaout', 4, 16)]
+            ('timm:test_mambaout', 4, 16),
+            # transformers split between their blocks (models.backbones.tokens)
+            ('timm:convit_tiny', 12, 16), ('timm:xcit_nano_12_p8_224', 12, 8)]
 # the others (the ViTs: their own tests below; a graph split daily: its own test below and
 # tests/test_backbone_coverage.py): the full suite
 DAILY = {'timm:resnet18'}
@@ -70,7 +72,7 @@ def test_every_family_is_split_trained_saved_reloaded_and_exported(arch, stages,
     assert out.attention_logits.shape == out.perception_logits.shape == (2, 3)
     plain = IMAGENET_MODELS.create(arch, num_classes=3, image_size=SIZE, attention=False)
     vit = name.startswith(('vit', 'deit'))
-    library = library_model(source, name, 3, SIZE, vit=vit).eval()
+    library = library_model(source, name, 3, SIZE, vit=vit or hasattr(model, 'layouts')).eval()
     library.load_state_dict(plain.backbone.state_dict())
     with torch.no_grad():
         torch.testing.assert_close(plain.eval()(images()).perception_logits, library(images()),
@@ -197,6 +199,32 @@ def test_a_vit_gates_its_patch_tokens_and_freezes_its_embeddings():
     assert all(p.requires_grad for p in model.backbone.blocks[9].parameters())
 
 
+def test_a_transformer_is_split_between_its_blocks_what_they_share_passed_along():
+    """XCiT's blocks take the grid's height and width besides the tokens: the features are
+    the tokens and those; the map gates the patch tokens; the split is the model."""
+    from models.backbones import TokenGraphABN
+    from models.backbones.tokens import check_whole
+    torch.manual_seed(0)
+    model = IMAGENET_MODELS.create('timm:xcit_nano_12_p8_224', num_classes=3, image_size=SIZE)
+    assert isinstance(model, TokenGraphABN) and model.layouts == ('tokens', 'tokens')
+    features = model.eval().extract_features(images())
+    assert features[0].shape == (2, 64, 128) and len(features) == 3  # tokens, height, width
+    half = torch.full((2, 1, 8, 8), 0.5)
+    gated = model.apply_attention(features, half)
+    torch.testing.assert_close(gated[0], features[0] * 1.5)
+    assert gated[1:] == features[1:]
+    check_whole(model, SIZE)  # passes: ungated, the segments are the model
+    with torch.no_grad():
+        out = model(images())
+    assert out.attention_map.shape == (2, 1, 8, 8)
+    freeze_feature_extractor(model)
+    assert not any(p.requires_grad for p in model.backbone.patch_embed.parameters())
+    assert not model.backbone.blocks[8].mlp.fc1.weight.requires_grad
+    assert model.backbone.blocks[9].mlp.fc1.weight.requires_grad
+    assert model.att_stage is not None and not any(
+        p is q for p in model.att_stage.parameters() for q in model.backbone.parameters())
+
+
 def test_cam_is_exact_where_the_head_is_pooling_and_one_linear_layer():
     from utils.explain.cam import supports_cam
     assert supports_cam(IMAGENET_MODELS.create('timm:resnet18', num_classes=3, image_size=SIZE))
@@ -225,7 +253,8 @@ def run_imagenet(argv, capsys):
 
 
 @pytest.mark.parametrize('arch', ['timm:resnet18', 'torchvision:resnet18',
-                                  'timm:vit_tiny_patch16_224', 'torchvision:shufflenet_v2_x0_5'])
+                                  'timm:vit_tiny_patch16_224', 'torchvision:shufflenet_v2_x0_5',
+                                  'timm:xcit_nano_12_p8_224'])
 def test_a_pretrained_file_loads_bitwise_and_starts_the_attention_stage(arch, tmp_path,
                                                                          offline):
     """The file the library would download (here written by the test, with ImageNet's 1000
@@ -234,7 +263,8 @@ def test_a_pretrained_file_loads_bitwise_and_starts_the_attention_stage(arch, tm
     source, name = arch.split(':')
     vit = name.startswith('vit')
     torch.manual_seed(7)
-    weights = library_model(source, name, 1000, 224, vit=vit).state_dict()
+    weights = library_model(source, name, 1000, 224, vit=vit or name.startswith('xcit')
+                            ).state_dict()
     path = str(tmp_path / 'weights.pth')
     torch.save(weights, path)
     model = IMAGENET_MODELS.create(arch, num_classes=10, image_size=SIZE)
@@ -283,15 +313,17 @@ def test_pretrained_offline_says_what_to_do(folder, tmp_path, capsys, offline, m
 @pytest.mark.parametrize('argv, expected', [
     (['-a', 'timm:resnt18'], "timm has no model 'resnt18': did you mean timm:resnet18"),
     (['-a', 'torchvision:resnet5'], 'did you mean torchvision:resnet50'),
-    (['-a', 'timm:mixer_s16_224'], 'not feature maps (N, C, H, W)'),
+    # neither its stages nor its blocks: both reasons, in one line
+    (['-a', 'timm:mvitv2_tiny'], "its stage 'block.0' is not one module of its forward path; "
+                                 'nor between its blocks: no node after its blocks holds'),
     (['-a', 'timm:resnet18', '--split', '5'], '--split 5 is out of range for timm:resnet18, '
                                               'which has 5 stages'),
     (['-a', 'timm:vit_tiny_patch16_224', '--split', '-12'], 'which has 12 blocks'),
     (['-a', 'resnet18', '--split', '-2'], '--split applies to the models of timm'),
-    (['-a', 'torchvision:swin_t'], 'its maps there are laid out otherwise'),
+    (['-a', 'torchvision:inception_v3'], '; nor between its blocks: it has no list of blocks'),
     (['-a', 'timm:halonet_h1'], 'does not run at 64 px (its forward asserts a size; its own '
                                 'is 256 px: try --image-size 256)'),
-    (['-a', 'torchvision:vit_b_16'], 'no (N, C, H, W) map that its head reads alone'),
+    (['-a', 'timm:convit_tiny', '--split', '-12'], 'which has 12 blocks'),  # between them
 ])
 def test_what_cannot_be_split_is_refused_in_one_line(argv, expected, folder, tmp_path, capsys):
     assert_refused(imagenet.main, ['--data', folder, '-c', str(tmp_path / 'run')] + TINY + argv,
@@ -309,10 +341,11 @@ def test_list_models_lists_the_libraries_too(capsys):
 
 # -- the whole way through the tools ----------------------------------------------------------
 
-# (arch, its first weight, whether its CAM is exact): a split of its children, and one of
-# its traced graph
+# (arch, its first weight, whether its CAM is exact): a split of its children, one of its
+# traced graph, and a transformer split between its blocks (its features a tuple)
 THROUGH_THE_TOOLS = [('timm:convnext_atto', 'backbone.stem.0.weight', False),
-                     ('torchvision:shufflenet_v2_x0_5', 'backbone.conv1.0.weight', True)]
+                     ('torchvision:shufflenet_v2_x0_5', 'backbone.conv1.0.weight', True),
+                     ('timm:xcit_nano_12_p8_224', 'backbone.patch_embed.proj.0.0.weight', True)]
 
 
 @pytest.fixture(scope='module', params=THROUGH_THE_TOOLS, ids=[a for a, _, _ in THROUGH_THE_TOOLS])

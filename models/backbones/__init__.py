@@ -1,11 +1,13 @@
 """Any timm or torchvision classifier as an ABN: `-a timm:NAME`, `-a torchvision:NAME`.
 
 `build(source, name, ...)` makes the library's model (fresh weights, a classifier for the
-data's classes, built for the run's image size), finds its stages in the library's own
-description of it (models.backbones.split) and splits it as the authors split their
-families (models.backbones.cnn; vision transformers: models.backbones.vit). `split` picks
-the first stage of the two branches (negative from the end; default: the last stage, for a
-ViT the last 3 blocks). Pretrained weights are the library's (`library_state_dict`), loaded
+data's classes, built for the run's image size) and splits it as the authors split their
+families, the first of these ways that applies: timm's vision transformers
+(models.backbones.vit); its children, at the stages of the library's own description of it
+(models.backbones.split, .cnn); its traced graph's (N, C, H, W) maps (models.backbones.graph);
+its traced graph between its blocks, whatever its tokens' layout (models.backbones.tokens).
+`split` picks the first stage (or block) of the two branches (negative from the end;
+default: the last stage, for a transformer the last 3 blocks). Pretrained weights are the library's (`library_state_dict`), loaded
 into the backbone, the attention stage starting as a copy of the pretrained last stage.
 timm is imported when a timm name is used.
 """
@@ -19,9 +21,11 @@ from typing import Optional, Union
 import torch
 import torchvision
 
+from ..abn import AttentionBranchNetwork
 from .cnn import BackboneABN
 from .graph import GraphBackboneABN, graph_split
 from .split import DOWNSAMPLING_RULES, Trunk, timm_trunk, torchvision_trunk  # noqa: F401
+from .tokens import TokenGraphABN, block_paths, check_whole, token_split
 from .vit import VisionTransformerABN
 
 SOURCES = ('timm', 'torchvision')
@@ -75,16 +79,28 @@ def library_model(source: str, name: str, num_classes: int, image_size: int, vit
     """The library's own model with `num_classes` outputs; ViTs for `image_size`, pooling
     the patch tokens (timm's global_pool='avg', with the final norm kept before it)."""
     if source == 'timm':
-        options = dict(global_pool='avg', fc_norm=False) if vit else {}
-        if pretrained_file:
-            options['pretrained_cfg_overlay'] = dict(file=pretrained_file)
+        # a transformer pools its patch tokens where it lets itself be built so
+        choices = [dict(global_pool='avg', fc_norm=False), dict(global_pool='avg'), {}] \
+            if vit else [{}]
         create = _timm().create_model
         pretrained = pretrained or bool(pretrained_file)
-        try:  # models with a fixed input size (ViTs, MLP-Mixers) are built for the run's
-            return create(name, pretrained=pretrained, num_classes=num_classes,
-                          img_size=image_size, **options)
-        except TypeError:  # ... the others take none
-            return create(name, pretrained=pretrained, num_classes=num_classes, **options)
+        overlay = dict(pretrained_cfg_overlay=dict(file=pretrained_file)) \
+            if pretrained_file else {}
+        for pooling in choices:
+            options = dict(pooling, **overlay)
+            # models with a fixed input size (ViTs, MLP-Mixers) are built for the run's;
+            # the others take none
+            for size in (dict(img_size=image_size), {}):
+                try:
+                    return create(name, pretrained=pretrained, num_classes=num_classes,
+                                  **size, **options)
+                except TypeError as error:  # an option it does not take
+                    refused = error
+                except (AssertionError, ValueError) as error:  # a pooling it does not do
+                    if not pooling:
+                        raise
+                    refused = error
+        raise refused
     options = {}  # the transformers are built for the run's size
     if name.startswith('vit_'):
         options['image_size'] = image_size
@@ -107,48 +123,59 @@ def trunk_of(source: str, name: str, image_size: int, vit: bool) -> Trunk:
         return find(twin, image_size, 'cpu')
 
 
+class Final(ValueError):
+    """A refusal that no other way of splitting the model would lift (a size its forward
+    asserts, a --split out of range)."""
+
+
 def build(source: str, name: str, num_classes: int = 1000, attention: bool = True,
           gate: str = 'residual', split: Optional[int] = None,
-          image_size: int = 224) -> Union[BackboneABN, GraphBackboneABN, VisionTransformerABN]:
+          image_size: int = 224) -> AttentionBranchNetwork:
     """The ABN of `source`'s model `name` (see the module's docstring); `split=None` is the
-    family's default. Raises ValueError in one line for what cannot be split."""
+    family's default. The ways of splitting are tried in turn: its children, its traced
+    graph, between its blocks. Raises ValueError in one line for what cannot be split."""
     check_name(source, name)
-    vit = is_vit(source, name)
-    if vit:
+    if is_vit(source, name):
         backbone = library_model(source, name, num_classes, image_size, vit=True)
-        depth = len(backbone.blocks)
         split = VIT_DEFAULT_SPLIT if split is None else split
-        check_split(split, depth, f'{source}:{name}', 'blocks')
+        check_split(split, len(backbone.blocks), f'{source}:{name}', 'blocks')
         model = VisionTransformerABN(backbone, name, split, num_classes, attention, gate)
-    else:
-        split = -1 if split is None else split
+        model.check_head()
+        return model
+    reasons = []
+    for make in (children_model, graph_model, token_model):
         try:
-            trunk = trunk_of(source, name, image_size, vit)
-        except AssertionError:  # the model's own check of its input
-            raise ValueError(f'{source}:{name} does not run at {image_size} px (its forward '
-                             f'asserts a size{own_size(source, name)})') from None
-        except (ValueError, RuntimeError, NotImplementedError, AttributeError) as error:
-            # its children do not run one after another: split its traced graph
-            try:
-                return graph_model(source, name, num_classes, attention, gate, split,
-                                   image_size)
-            except ValueError:
-                if source == 'torchvision':
-                    raise
-            raise ValueError(f'{source}:{name} cannot be split into a feature extractor '
-                             f'and a last stage: {str(error).splitlines()[0]}') from None
-        check_split(split, len(trunk.stage_ends), f'{source}:{name}', 'stages')
-        backbone = library_model(source, name, num_classes, image_size)
-        model = BackboneABN(backbone, source, name, trunk, split, num_classes, attention, gate)
-        if attention:
-            before = trunk.parts[trunk.stage_start(split) - 1]
-            try:
-                check_keeps_resolution(model, before.channels, before.stride, image_size)
-            except ValueError:
-                # a functional pooling in its last stage: its graph's copy can lose it (where
-                # not, the graph's reason is the more precise one)
-                return graph_model(source, name, num_classes, attention, gate, split,
-                                   image_size)
+            return make(source, name, num_classes, attention, gate, split, image_size)
+        except Final:
+            raise
+        except ValueError as refusal:
+            reasons.append(str(refusal))
+    children, graph, blocks = reasons
+    # the graph's reason where it is the more precise: torchvision's children are a guess,
+    # and a copy that keeps no resolution may only have lost a functional pooling
+    first = graph if source == 'torchvision' or children.startswith('the downsampling') \
+        else children
+    raise ValueError(first if blocks in first else f'{first}; nor between its blocks: {blocks}')
+
+
+def children_model(source: str, name: str, num_classes: int, attention: bool, gate: str,
+                   split: Optional[int], image_size: int) -> BackboneABN:
+    """The ABN of a model whose children run one after another (models.backbones.cnn)."""
+    arch, asked, split = f'{source}:{name}', split is not None, -1 if split is None else split
+    try:
+        trunk = trunk_of(source, name, image_size, False)
+    except AssertionError:  # the model's own check of its input
+        raise Final(f'{arch} does not run at {image_size} px (its forward asserts a '
+                    f'size{own_size(source, name)})') from None
+    except (ValueError, RuntimeError, NotImplementedError, AttributeError) as error:
+        raise ValueError(f'{arch} cannot be split into a feature extractor and a last stage: '
+                         f'{str(error).splitlines()[0]}') from None
+    check_split(split, len(trunk.stage_ends), arch, 'stages', asked)
+    backbone = library_model(source, name, num_classes, image_size)
+    model = BackboneABN(backbone, source, name, trunk, split, num_classes, attention, gate)
+    if attention:
+        before = trunk.parts[trunk.stage_start(split) - 1]
+        check_keeps_resolution(model, before.channels, before.stride, image_size)
     model.check_head()
     return model
 
@@ -165,9 +192,9 @@ def own_size(source: str, name: str) -> str:
 
 
 def graph_model(source: str, name: str, num_classes: int, attention: bool, gate: str,
-                split: int, image_size: int) -> GraphBackboneABN:
+                split: Optional[int], image_size: int) -> GraphBackboneABN:
     """The ABN of a model split on its traced graph (models.backbones.graph)."""
-    arch = f'{source}:{name}'
+    arch, asked, split = f'{source}:{name}', split is not None, -1 if split is None else split
     try:
         try:
             with torch.device('meta'):
@@ -179,7 +206,7 @@ def graph_model(source: str, name: str, num_classes: int, attention: bool, gate:
     except Exception as error:  # tracing fails in many ways: each is a model not split here
         raise ValueError(f'{arch} cannot be split into a feature extractor and a last stage: '
                          f'{str(error).strip().splitlines()[0][:200]}') from None
-    check_split(split, len(split_at.ends), arch, 'stages')
+    check_split(split, len(split_at.ends), arch, 'stages', asked)
     backbone = library_model(source, name, num_classes, image_size)
     model = GraphBackboneABN(backbone, source, name, split_at, split, num_classes, attention,
                              gate)
@@ -189,11 +216,38 @@ def graph_model(source: str, name: str, num_classes: int, attention: bool, gate:
     return model
 
 
-def check_split(split: int, count: int, arch: str, what: str) -> None:
+def token_model(source: str, name: str, num_classes: int, attention: bool, gate: str,
+                split: Optional[int], image_size: int) -> TokenGraphABN:
+    """The ABN of a transformer split between its blocks (models.backbones.tokens); raises
+    ValueError with the reason where it cannot be."""
+    arch, asked = f'{source}:{name}', split is not None
+    split = VIT_DEFAULT_SPLIT if split is None else split
+    try:
+        backbone = library_model(source, name, num_classes, image_size, vit=True)
+        blocks = block_paths(backbone)
+        if len(blocks) < 2:
+            raise ValueError('it has no list of blocks to split between')
+        check_split(split, len(blocks), arch, 'blocks', asked)
+        first = len(blocks) + split if split < 0 else split
+        split_at = token_split(backbone, blocks, first, image_size, source)
+        model = TokenGraphABN(backbone, source, name, split_at, split, num_classes,
+                              attention, gate)
+        check_whole(model, image_size)
+    except Final:
+        raise
+    except Exception as error:  # tracing fails in many ways: each is a model not split here
+        text = str(error).strip().splitlines()
+        raise ValueError(text[0][:200] if text else type(error).__name__) from None
+    model.check_head()
+    return model
+
+
+def check_split(split: int, count: int, arch: str, what: str, asked: bool = True) -> None:
     """`split` picks the first stage (block) of the branches: -1 .. -(count-1), or
-    1 .. count-1 (the feature extractor keeps at least one)."""
+    1 .. count-1 (the feature extractor keeps at least one). Out of range, a split `asked`
+    for among stages to choose from is final; otherwise this way only splits nothing."""
     if not (-count < split < 0 or 0 < split < count):
-        raise ValueError(f'--split {split} is out of range for {arch}, which has {count} '
+        raise (Final if asked and count > 1 else ValueError)(f'--split {split} is out of range for {arch}, which has {count} '
                          f'{what}: give -1 .. -{count - 1} (from the end) or 1 .. {count - 1}')
 
 
@@ -229,14 +283,15 @@ def has_pretrained(source: str, name: str) -> bool:
 
 
 def library_state_dict(source: str, name: str, num_classes: int, image_size: int,
-                       pretrained_file: Optional[str] = None) -> dict[str, torch.Tensor]:
+                       pretrained_file: Optional[str] = None,
+                       pools_tokens: bool = False) -> dict[str, torch.Tensor]:
     """The library's pretrained weights for the model (downloaded by the library, or read
-    from `pretrained_file`), as a state_dict of its own model: timm adapts them itself (its
-    classifier dropped for other classes, a ViT's position embedding resampled)."""
+    from `pretrained_file`), as a state_dict of its own model (built pooling its patch tokens
+    where `pools_tokens`, as the ABN's): timm adapts them itself (its classifier dropped for
+    other classes, a ViT's position embedding resampled)."""
     if source == 'timm':
-        vit = is_vit(source, name)
-        model = library_model(source, name, num_classes, image_size, vit, pretrained=True,
-                              pretrained_file=pretrained_file)
+        model = library_model(source, name, num_classes, image_size, pools_tokens,
+                              pretrained=True, pretrained_file=pretrained_file)
         return model.state_dict()
     if pretrained_file:
         raise NotImplementedError  # torchvision files are read by the caller (a state_dict)
@@ -244,6 +299,6 @@ def library_state_dict(source: str, name: str, num_classes: int, image_size: int
     return weights.get_state_dict(progress=True, check_hash=True)
 
 
-__all__ = ['BackboneABN', 'DOWNSAMPLING_RULES', 'GraphBackboneABN', 'SOURCES',
+__all__ = ['BackboneABN', 'DOWNSAMPLING_RULES', 'GraphBackboneABN', 'SOURCES', 'TokenGraphABN',
            'VisionTransformerABN', 'build', 'check_name', 'has_pretrained', 'library_names',
            'library_state_dict', 'split_name']

@@ -25,6 +25,7 @@ from .split import Trunk, remove_downsampling
 
 class BackboneABN(AttentionBranchNetwork):
     min_image_size = 32
+    pools_tokens = False  # the library's model as it is
 
     def __init__(self, backbone: nn.Module, source: str, name: str, trunk: Trunk, split: int,
                  num_classes: int, attention: bool = True, gate: str = 'residual') -> None:

@@ -220,6 +220,7 @@ def remove_graph_downsampling(module: fx.GraphModule) -> fx.GraphModule:
 
 class GraphBackboneABN(AttentionBranchNetwork):
     min_image_size = 32
+    pools_tokens = False  # the library's model as it is
 
     def __init__(self, backbone: nn.Module, source: str, name: str, split_at: GraphSplit,
                  split: int, num_classes: int, attention: bool = True,

@@ -33,6 +33,7 @@ class VisionTransformerABN(AttentionBranchNetwork):
     min_image_size = 32
     cam_exact = True  # the head is the mean of the patch tokens and one linear layer
     classifier_path = 'head'  # in the backbone
+    pools_tokens = True  # built with the library's mean of the patch tokens
 
     def __init__(self, backbone: VisionTransformer, name: str, split: int, num_classes: int,
                  attention: bool = True, gate: str = 'residual') -> None:

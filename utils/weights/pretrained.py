@@ -224,7 +224,8 @@ def library_weights(model: BackboneABN | VisionTransformerABN,
         return load_checkpoint(pretrained_file)['state_dict']
     image_size = getattr(getattr(model.backbone, 'patch_embed', None), 'img_size', (224,))[0]
     try:
-        state = library_state_dict(source, name, model.num_classes, image_size, pretrained_file)
+        state = library_state_dict(source, name, model.num_classes, image_size, pretrained_file,
+                                   model.pools_tokens)
         if pretrained_file:  # timm adapts a file without complaint: the names must agree
             check_names(model, clean_state_dict(load_checkpoint(pretrained_file)['state_dict']),
                         pretrained_file)
