@@ -1,7 +1,8 @@
 """What the explanation methods (utils.explain.methods) share: the model as they see it
 (`PerceptionBranch`, one forward that records the attention map and the perception maps),
-Class Activation Mapping's arithmetic, whether a model allows it, and the perception
-branch's probabilities; inputs re-expressed for a second model's normalisation."""
+Class Activation Mapping's arithmetic, whether a model allows it, CAM and Grad-CAM of each
+task of a multi-task model, and the perception branch's probabilities; inputs re-expressed
+for a second model's normalisation."""
 from dataclasses import dataclass
 
 import torch
@@ -93,3 +94,22 @@ def perception_probabilities(model, inputs, attention=None):
         else:
             _, logits, _ = model(inputs, attention=attention)
         return F.softmax(logits.float(), dim=1)
+
+
+def task_cams(model, inputs, tasks):
+    """(CAM, Grad-CAM) of the perception branch for each task in `tasks`: (N, K, h, w) each.
+    Task t's perception is layer4 on the features gated by map t, pooled, then head t; CAM
+    weighs layer4's channels by head t's weights, Grad-CAM by the pooled gradient of logit t
+    (for pooling + one linear layer it is ReLU(CAM) up to a factor: computed anyway)."""
+    with torch.no_grad():
+        features = model.extract_features(inputs)
+        _, maps = model.attention_branch(features)
+    cams, grad_cams = [], []
+    for t in tasks:
+        stage = model.layer4(model.gated(features, maps[:, t:t + 1])).detach().requires_grad_()
+        head = model.output_per[t]
+        logit = head(stage.mean((2, 3)))[:, 0]
+        gradient, = torch.autograd.grad(logit.sum(), stage)
+        cams.append(torch.einsum('nchw,c->nhw', stage.detach(), head.weight[0].detach()))
+        grad_cams.append(F.relu((gradient.mean((2, 3), keepdim=True) * stage.detach()).sum(1)))
+    return torch.stack(cams, 1), torch.stack(grad_cams, 1)

@@ -1,7 +1,10 @@
 """The explanation methods, one registered object each (`METHODS`, in the order they are
-drawn): its name, its title, which models it applies to and how it draws its maps. explain.py,
-the attention editor and `--measure` iterate over the registry; an `Explainer` runs the
-chosen ones on a batch, one forward (and, for Grad-CAM, one backward) for all of them.
+drawn; `register` adds one): its name, its title, which models it applies to, when explain.py
+uses it, and how it draws its maps, for a single-label model (`maps`, `feature_maps`) and for
+a multi-task one (`task_maps`). explain.py (its pictures, --compare, --measure, single-label
+and multi-task) and the attention editor ask the registry, never a method's name; an
+`Explainer` runs the chosen ones on a batch, one forward (and, for Grad-CAM, one backward)
+for all of them.
 
 - `abn`: the model's own attention map M(x) (sigmoid, in [0, 1], at the feature extractor's
   resolution); it is the same for every class.
@@ -19,13 +22,14 @@ the classes asked for. Every map comes back as (N, H, W) float arrays in [0, 1] 
 input's size, upsampled bilinearly; the measures in utils/explain/measures.py only compare
 values within one map, so the scaling does not change them.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
+from utils.data.attributes import map_picture
 from utils.explain.cam import (PerceptionBranch, class_activation_maps, scale_to_unit,
-                               supports_cam)
+                               supports_cam, task_cams)
 from utils.visualize import upsample_maps
 
 
@@ -46,12 +50,33 @@ class Explanation:
     classes: torch.Tensor = None  # (N,) the class CAM and Grad-CAM explain, on the CPU
 
 
+@dataclass
+class TaskBatch:
+    """What one forward of a multi-task model gives every method: the maps of `tasks`."""
+    model: torch.nn.Module
+    inputs: torch.Tensor
+    tasks: list
+    attention_maps: torch.Tensor  # (N, T, h, w): every task's ABN map
+    generator: torch.Generator  # the seeded draws of the random maps
+    _cams: tuple = field(default=None, repr=False)
+
+    def cams(self):
+        """(CAM, Grad-CAM) of the chosen tasks, (N, K, h', w') each: computed once."""
+        if self._cams is None:
+            self._cams = task_cams(self.model, self.inputs, self.tasks)
+        return self._cams
+
+
 class Method:
     """One way of drawing a map; a subclass draws at the map's own resolution
-    (`feature_maps`), or at the input's (`maps`), or drives the forward itself (`run`).
+    (`feature_maps`), or at the input's (`maps`), or drives the forward itself (`run`); for
+    a multi-task model, each chosen task's map (`task_maps`; None: single-label only).
     `short`: its name in tables where the columns are attributes (multi-task measures)."""
     name = title = short = ''
     drives_forward = False  # Grad-CAM runs the model (and its backward) itself
+    own = False  # the model's own map: drawn on its own scale, saved as a file, painted on
+    drawn = True  # in pictures, in where the maps look and on the page (a floor: measured only)
+    per_class = False  # explains one class: titled with it where --target-class chose it
 
     def __init__(self, branch, seed=0):
         self.branch = branch
@@ -59,6 +84,17 @@ class Method:
     @classmethod
     def refusal(cls, model):
         """Why `model` cannot be explained this way, or None."""
+        return None
+
+    @classmethod
+    def wanted(cls, model, baseline, compare, measure):
+        """Whether explain.py uses it for `model` (the baseline's, where `baseline`): by
+        default beside the ABN map (--compare, --measure), or alone for a plain model."""
+        return compare or measure or not model.has_attention
+
+    @classmethod
+    def task_maps(cls, batch):
+        """(N, K, h, w) maps of `batch.tasks` of a multi-task model, or None."""
         return None
 
     def feature_maps(self, batch):
@@ -74,17 +110,28 @@ class Method:
 
 class AbnMap(Method):
     name, title, short = 'abn', 'ABN attention', 'ABN'
+    own = True
 
     @classmethod
     def refusal(cls, model):
         return None if model.has_attention else 'a model without attention branch has no ABN map'
 
+    @classmethod
+    def wanted(cls, model, baseline, compare, measure):
+        return model.has_attention and not baseline
+
     def feature_maps(self, batch):
         return batch.recorded.attention_map.float().cpu()
+
+    @classmethod
+    def task_maps(cls, batch):
+        """The authors' `pos` picture of each task's map (it is unbounded)."""
+        return map_picture(batch.attention_maps[:, batch.tasks], 'pos', dims=(-2, -1))
 
 
 class Cam(Method):
     name, title, short = 'cam', 'CAM', 'CAM'
+    per_class = True
 
     @classmethod
     def refusal(cls, model):
@@ -98,10 +145,15 @@ class Cam(Method):
                                     batch.classes)
         return scale_to_unit(cam).cpu()
 
+    @classmethod
+    def task_maps(cls, batch):
+        return batch.cams()[0]
+
 
 class GradCam(Method):
     name, title, short = 'gradcam', 'Grad-CAM', 'Grad-CAM'
     drives_forward = True
+    per_class = True
 
     def __init__(self, branch, seed=0):
         super().__init__(branch)
@@ -123,19 +175,44 @@ class GradCam(Method):
     def close(self):
         self.gradcam.activations_and_grads.release()
 
+    @classmethod
+    def task_maps(cls, batch):
+        return batch.cams()[1]
+
 
 class RandomMap(Method):
     name, title, short = 'random', 'random', 'random'
+    drawn = False
 
     def __init__(self, branch, seed=0):
         super().__init__(branch)
         self.generator = torch.Generator().manual_seed(seed)
 
+    @classmethod
+    def wanted(cls, model, baseline, compare, measure):
+        return measure and not baseline  # the floor of the measures
+
     def maps(self, batch, size):
         return torch.rand((len(batch.inputs),) + tuple(size), generator=self.generator).numpy()
 
+    @classmethod
+    def task_maps(cls, batch):
+        """At the perception maps' resolution, as CAM's."""
+        return torch.rand(len(batch.inputs), len(batch.tasks), *batch.cams()[0].shape[-2:],
+                          generator=batch.generator)
 
-METHODS = {method.name: method for method in (AbnMap, Cam, GradCam, RandomMap)}
+
+METHODS = {}
+
+
+def register(method):
+    """Adds a Method subclass to the registry (drawn after those before it); returns it."""
+    METHODS[method.name] = method
+    return method
+
+
+for _method in (AbnMap, Cam, GradCam, RandomMap):
+    register(_method)
 
 
 def title(name):
@@ -145,6 +222,24 @@ def title(name):
 def available_methods(model, names=None):
     """The names of the methods (of `names`, default all) that `model` allows."""
     return [name for name in (names or METHODS) if METHODS[name].refusal(model) is None]
+
+
+def own_method():
+    """The name of the method that is the model's own map (the ABN's)."""
+    return next(name for name, method in METHODS.items() if method.own)
+
+
+def drawn_methods(model):
+    """The methods `model` allows that are drawn (every one but the measures' floor)."""
+    return [name for name in available_methods(model) if METHODS[name].drawn]
+
+
+def multitask_methods(model, compare, measure):
+    """The methods explain.py measures for the multi-task `model`: those that draw a map per
+    task, in the registry's order."""
+    return [name for name, method in METHODS.items()
+            if method.task_maps.__func__ is not Method.task_maps.__func__ and
+            method.wanted(model, False, compare, measure)]
 
 
 class Explainer:

@@ -1,9 +1,10 @@
 """explain.py for checkpoints of celeba.py: one attention map per task (attribute).
 
 For each image and each chosen task t (`--task NAME` or `all`): the ABN map of task t (the
-authors' `pos` picture by default), and with --compare/--measure the CAM and Grad-CAM of the
-perception branch for task t (layer4 on the features gated by map t, head t) and a seeded
-random map. `--measure` on shapes-multi scores the pointing game of every task's maps against
+authors' `pos` picture by default), and with --compare/--measure every registered method
+that draws a map per task (utils.explain.methods: CAM and Grad-CAM of the perception branch
+for task t, layer4 on the features gated by map t, head t; a seeded random map). `--measure`
+on shapes-multi scores the pointing game of every task's maps against
 the mask of its own kind, over the images where that kind is present, and averages the
 attributes; results in metrics.json and metrics.md.
 """
@@ -15,18 +16,16 @@ import torch
 import torch.nn.functional as F
 import torchvision.transforms as T
 
-from utils.data.attributes import MULTI_SPLIT_SEEDS, ShapesMultiDataset, map_picture
+from utils.data.attributes import MULTI_SPLIT_SEEDS, ShapesMultiDataset
 from utils.data.images import find_images, load_rgb
 from utils.distributed import setup_runtime
 from utils.errors import AbnError
 from utils.explain.measures import (object_kept, object_removed, pointing_game,
                                     pointing_tolerance)
-from utils.explain.methods import METHODS
+from utils.explain.methods import METHODS, TaskBatch, multitask_methods
 from utils.objectives.per_attribute import predict
 from utils.visualize import save_task_attention_images
 
-SHORT = {name: method.short for name, method in METHODS.items()}
-SHOWN = tuple(SHORT.values())  # the methods' columns, in the registry's order
 
 
 def chosen_tasks(task, names):
@@ -38,25 +37,6 @@ def chosen_tasks(task, names):
     if unknown:
         raise AbnError(f"--task {unknown[0]}: the model's tasks are {', '.join(names)} (or all)")
     return [names.index(name) for name in wanted]
-
-
-def task_cams(model, inputs, tasks):
-    """(CAM, Grad-CAM) of the perception branch for each task in `tasks`: (N, K, h, w) each.
-    Task t's perception is layer4 on the features gated by map t, pooled, then head t; CAM
-    weighs layer4's channels by head t's weights, Grad-CAM by the pooled gradient of logit t
-    (for pooling + one linear layer it is ReLU(CAM) up to a factor: computed anyway)."""
-    with torch.no_grad():
-        features = model.extract_features(inputs)
-        _, maps = model.attention_branch(features)
-    cams, grad_cams = [], []
-    for t in tasks:
-        stage = model.layer4(model.gated(features, maps[:, t:t + 1])).detach().requires_grad_()
-        head = model.output_per[t]
-        logit = head(stage.mean((2, 3)))[:, 0]
-        gradient, = torch.autograd.grad(logit.sum(), stage)
-        cams.append(torch.einsum('nchw,c->nhw', stage.detach(), head.weight[0].detach()))
-        grad_cams.append(F.relu((gradient.mean((2, 3), keepdim=True) * stage.detach()).sum(1)))
-    return torch.stack(cams, 1), torch.stack(grad_cams, 1)
 
 
 def upsample(maps, size):
@@ -119,10 +99,12 @@ class MultitaskReport:
         if args.measure and masks is None:
             print('note: --measure scores the pointing game on data with masks '
                   '(--dataset shapes-multi); image files have none')
-        totals = {method: {self.names[t]: [] for t in self.tasks} for method in SHOWN}
+        methods = multitask_methods(self.model, args.compare, args.measure)
+        shown = [METHODS[name].short for name in methods]  # the columns
+        totals = {method: {self.names[t]: [] for t in self.tasks} for method in shown}
         radius = args.pointing_tolerance
         radius = pointing_tolerance(self.size) if radius is None else radius
-        tolerant = {method: {self.names[t]: [] for t in self.tasks} for method in SHOWN}
+        tolerant = {method: {self.names[t]: [] for t in self.tasks} for method in shown}
         records = []
         drawn = 0
         for start in range(0, len(inputs), args.batch_size):
@@ -149,14 +131,9 @@ class MultitaskReport:
             if not measure:
                 continue
             size = (self.size, self.size)
-            maps = {SHORT['abn']: upsample(map_picture(output.attention_map[:, self.tasks], 'pos',
-                                                dims=(-2, -1)), size)}
-            if args.compare or args.measure:
-                cam, grad_cam = task_cams(self.model, x, self.tasks)
-                maps[SHORT['cam']] = upsample(cam, size)
-                maps[SHORT['gradcam']] = upsample(grad_cam, size)
-            maps[SHORT['random']] = upsample(torch.rand(len(x), len(self.tasks), *cam.shape[-2:],
-                                                 generator=generator), size)
+            batch = TaskBatch(self.model, x, self.tasks, output.attention_map, generator)
+            maps = {METHODS[name].short: upsample(METHODS[name].task_maps(batch), size)
+                    for name in methods}
             batch_masks = masks[start:start + len(x)]
             self.measure_decision(x, targets[start:start + len(x)], batch_masks)
             for k, t in enumerate(self.tasks):
@@ -206,7 +183,7 @@ class MultitaskReport:
                 scores = {name: float(np.mean(v)) for name, v in per_task.items() if v}
                 scores['mean'] = float(np.mean(list(scores.values()))) if scores else None
                 table[title][method] = scores
-        counts = {name: len(v) for name, v in totals[SHORT['abn']].items()}
+        counts = {name: len(v) for name, v in next(iter(totals.values())).items()}
         with open(os.path.join(self.args.output, 'metrics.json'), 'w') as f:
             json.dump({'model': self.spec.describe(), 'checkpoint': self.args.checkpoint,
                        'images': images, 'images with the attribute': counts,

@@ -13,7 +13,7 @@ from utils.errors import AbnError
 from utils.explain.cam import perception_probabilities, renormalize
 from utils.explain.measures import (DecisionTable, MetricTable, decision_outside, measure_maps,
                                     pointing_tolerance, write_report)
-from utils.explain.methods import Explainer, available_methods, title
+from utils.explain.methods import METHODS, Explainer, available_methods, own_method, title
 from utils.explain.where_maps_look import WhereMapsLook
 from utils.inference import make_runtime
 from utils.progress import Progress
@@ -110,15 +110,18 @@ def target_classes(target, targets, chosen):
 
 
 def picture_panels(picture, heats, i, own_map, explained=None):
-    """The ABN map on its own scale (it is a gate in [0, 1]), then every overlay; CAM and
-    Grad-CAM titled with the class they explain when --target-class chose it."""
+    """The ABN map on its own scale (it is a gate in [0, 1]), then every overlay; the maps of
+    one class (CAM, Grad-CAM) titled with the class they explain when --target-class chose
+    it. `heats`: title -> maps."""
+    own = METHODS[own_method()].title
+    per_class = tuple(method.title for method in METHODS.values() if method.per_class)
     panels = []
     if own_map is not None:
         height, width = own_map.shape[-2:]
-        panels.append((f'attention map ({height}x{width})', heats[title('abn')][i], (0, 1)))
+        panels.append((f'attention map ({height}x{width})', heats[own][i], (0, 1)))
     for name, heat in heats.items():
-        shown = 'ABN overlay' if name == title('abn') else name
-        if explained is not None and name.endswith((title('cam'), title('gradcam'))):
+        shown = 'ABN overlay' if name == own else name
+        if explained is not None and name.endswith(per_class):
             shown = f'{name} of {explained}'
         panels.append((shown, blend(picture, heat[i]), None))
     return panels
@@ -184,15 +187,14 @@ class ExplanationReport:
             if loaded is None:
                 continue
             loaded.model.to(self.device)
-            wanted = ['abn'] if loaded.model.has_attention and not prefix else []
-            if args.compare or args.measure or not loaded.model.has_attention:
-                wanted += ['cam', 'gradcam']
-            if args.measure and not prefix:
-                wanted.append('random')
-            methods = available_methods(loaded.model, wanted)
-            if 'cam' in wanted and 'cam' not in methods:
-                print(f'note: no CAM for {prefix}{loaded.description}: its perception branch '
-                      f'does not end in global average pooling + one linear layer')
+            model = loaded.model
+            wanted = [name for name, method in METHODS.items()
+                      if method.wanted(model, bool(prefix), args.compare, args.measure)]
+            methods = available_methods(model, wanted)
+            for name in wanted:
+                if name not in methods:
+                    print(f'note: no {METHODS[name].title} for {prefix}{loaded.description}: '
+                          f'{METHODS[name].refusal(model)}')
             try:
                 out.append((prefix, loaded, Explainer(loaded.model, methods, seed=args.seed)))
             except ValueError as error:
@@ -241,7 +243,7 @@ class ExplanationReport:
                                        explanation.logits.softmax(1), x))
         probabilities = results[0].probabilities
         for method, heat in results[0].explanation.maps.items():
-            if method != 'random':
+            if METHODS[method].drawn:
                 self.where.add(method, heat, np.asarray(results[0].explanation.classes))
         edited = self.edited_probabilities(device_inputs, start, stop)
         labelled = targets >= 0
@@ -384,12 +386,12 @@ class ReportPictures:
         count = (stop - start) if limit is None else max(0, min(stop, limit) - start)
         if count == 0:
             return
-        own_map = results[0].explanation.feature_maps.get('abn')
+        own_map = results[0].explanation.feature_maps.get(own_method())
         pictures = denormalize(inputs[:count], *self.main.normalization)
         heats = {}  # title -> (count, H, W), the maps drawn
         for result in results:
             for method, heat in result.explanation.maps.items():
-                if method != 'random':
+                if METHODS[method].drawn:
                     heats[result.prefix + title(method)] = heat[:count]
         self.pictures.extend(pictures)
         self.targets.extend(int(t) for t in targets[:count])
@@ -414,7 +416,7 @@ class ReportPictures:
 
     def draw_edit(self, stem, picture, heats, i, start, record, true_class):
         edit = upsample_maps(self.edits[start + i].float(), picture.shape[:2])[0]
-        panels = [('own map', blend(picture, heats[title('abn')][i]), None),
+        panels = [('own map', blend(picture, heats[title(own_method())][i]), None),
                   ('edited map', blend(picture, edit), None)]
         rankings = [('top-5, own map', record['top5']),
                     ('top-5, edited map', record['edited']['top5'])]

@@ -32,7 +32,7 @@ import torch
 
 from utils.data.inputs import image_transform
 from utils.errors import AbnError
-from utils.explain.methods import title
+from utils.explain.methods import METHODS, title
 from utils.serve.gallery import Gallery, Picture  # noqa: F401  (Picture: the page's image)
 from utils.serve.kinds import kind_of
 from utils.serve.pictures import (enlarged, input_pixels, map_scale, overlay, read_painted_map,
@@ -140,7 +140,7 @@ class MapEditor:
         shown_map = to_gray(channel, scale)
         panels = {'input': as_uint8(pixels)}
         for method, heat in maps.items():  # the registry's order: the ABN map first
-            panels[title(method)] = overlay(pixels, shown_map if method == 'abn' else heat[0])
+            panels[title(method)] = overlay(pixels, shown_map if METHODS[method].own else heat[0])
         editor = enlarged(as_uint8(shown_map), self.cell())
         true_name = self.names[picture.label] if 0 <= picture.label < len(self.names) else None
         explained_class = None if classes is None else self.names[int(classes[0])]

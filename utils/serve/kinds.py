@@ -7,7 +7,7 @@ import torch
 from utils.data.attributes import ShapesMultiDataset, map_picture
 from utils.data.datasets import SMALL_IMAGE_DATASETS, build_small_image_data
 from utils.errors import AbnError
-from utils.explain.methods import Explainer, available_methods
+from utils.explain.methods import Explainer, drawn_methods, own_method
 from utils.explain.run import top_k
 
 MULTITASK_DATASET = 'shapes-multi'  # the multi-task data set the page serves splits of
@@ -25,8 +25,9 @@ class SingleLabel:
         return [str(i) for i in range(count)]
 
     def methods(self, model):
-        """The explanation methods the page shows: the ABN map, CAM and Grad-CAM of a class."""
-        return available_methods(model, ['abn', 'cam', 'gradcam'])
+        """The explanation methods the page shows: every drawn one the model allows (the ABN
+        map, CAM and Grad-CAM of a class, ...)."""
+        return drawn_methods(model)
 
     def explainer(self, model):
         return Explainer(model, self.methods(model))
@@ -35,7 +36,7 @@ class SingleLabel:
         """(method -> (1, H, W) maps, the logits (1, K), the model's own maps (T, h, w),
         the explained classes) of one image."""
         explanation = editor.explainer(x, classes=classes)
-        own = explanation.feature_maps['abn'][0].numpy()
+        own = explanation.feature_maps[own_method()][0].numpy()
         return explanation.maps, explanation.logits, own, explanation.classes
 
     def open_split(self, dataset, root, split, size, normalization):
@@ -73,8 +74,8 @@ class PerAttribute(SingleLabel):
         return [f'attribute {i}' for i in range(count)]
 
     def methods(self, model):
-        """The ABN maps alone: CAM and Grad-CAM explain one softmax over classes."""
-        return ['abn']
+        """The model's own maps alone: the page explains one class at a time."""
+        return [own_method()]
 
     def explainer(self, model):
         return None
@@ -83,7 +84,7 @@ class PerAttribute(SingleLabel):
         with torch.no_grad():
             out = editor.model(x)
         own = out.attention_map[0].float().cpu().numpy()
-        return {'abn': None}, out.perception_logits.float().cpu(), own, None
+        return {own_method(): None}, out.perception_logits.float().cpu(), own, None
 
     def open_split(self, dataset, root, split, size, normalization):
         raise NotImplementedError  # the generated data set is opened with its transform
