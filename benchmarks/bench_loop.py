@@ -75,7 +75,7 @@ def main():
              str(options.batch), '--gpu-id', options.gpu_id, '--manualSeed', '1',
              '--save-attention', '0'] + options.flags.split()
     setup = Setup('loop', flags, data)
-    run = setup.run
+    run = setup.run.setup  # the trainer's set-up: its model, optimizer, loader, device
     device = setup.runtime.device
     loader = run.train_loader
     loader.set_epoch(0)

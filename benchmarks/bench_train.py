@@ -62,7 +62,7 @@ def main():
     setups = [Setup('authors', common + shlex.split(options.authors), data),
               Setup('fast', common + shlex.split(options.fast), data)]
     print(f'machine: {machine()}')
-    print(f'model: {setups[0].run.description}, data {options.data}: '
+    print(f'model: {setups[0].run.setup.description}, data {options.data}: '
           f'{len(data.train)} training / {len(data.test)} test images per epoch')
     for setup in setups:  # warm-up: worker start, cudnn autotuning, compilation
         setup.train_epoch()

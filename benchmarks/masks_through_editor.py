@@ -26,7 +26,7 @@ from utils.weights.loading import load_model  # noqa: E402
 
 def paint(editor, index, attribute, mask):
     """One mask painted over training image `index` (channel `attribute`) and saved."""
-    explained = editor.explain(editor.picture_from_split('train', index), attribute)
+    explained = editor.explain(editor.gallery.picture_from_split('train', index), attribute)
     painted = Image.fromarray(mask.astype(np.uint8) * 255)  # white: attend
     edited = editor.map_from_image(painted, explained.scale)
     return editor.save(explained, edited)[0]
@@ -42,7 +42,7 @@ def main(argv=None):
     dataset = 'shapes-multi' if loaded.multitask else 'shapes'
     editor = MapEditor(loaded, torch.device('cpu'), os.path.join(args.output, 'edited_maps'),
                        dataset=dataset)
-    train = editor.split('train')
+    train = editor.gallery.split('train')
     base = getattr(train, 'dataset', train)
     chosen = shapes_mask_subset(len(train), args.percent)
     written = 0

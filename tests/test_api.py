@@ -162,7 +162,7 @@ def test_a_multitask_file_gives_each_attribute_its_probability_and_map(tmp_path)
         normalization=NORMALIZATION['shapes'], image_size=32, objective='multi-label')
     path = save_run_checkpoint(spec, str(tmp_path / 'multi.pth.tar'))
     abn = load(path)
-    assert abn.multitask
+    assert abn.loaded.multitask
     result = abn.explain([write_photo(tmp_path / 'm.png', size=(50, 40))])
     assert result.names == ['a', 'b', 'c', 'd']
     assert torch.allclose(result.probabilities, torch.sigmoid(result.logits))

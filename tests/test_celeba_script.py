@@ -224,7 +224,7 @@ def test_the_map_editor_page_takes_a_real_multitask_checkpoint(trained, tmp_path
         assert editor.multitask and editor.names == ['circle', 'triangle', 'plus', 'frame']
         path = tmp_path / 'shape.png'
         Image.fromarray(np.full((40, 40, 3), 128, np.uint8)).save(path)
-        picture = editor.picture_from_file(str(path))
+        picture = editor.gallery.picture_from_file(str(path))
         explained = editor.explain(picture, 'plus')
         assert explained.attribute == 2 and explained.own_map.shape == (4, 2, 2)
         with torch.no_grad():

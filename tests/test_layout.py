@@ -1,6 +1,7 @@
 """The layout's rules (docs/testing.md): the library never imports a script, the project's
 imports form no circle, utils/cli.py is the scripts' alone, importing utils.objectives
-registers every objective, and no class grows past a few screens.
+registers every objective, no class passes its members on to another object or copies its
+fields (a forwarder), and no library function grows past a screen and a half.
 
 The import graph is read from the source with `ast` (imports inside functions too), so a
 rule breaks here before it breaks at run time."""
@@ -13,7 +14,6 @@ import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LIBRARY = ('utils', 'models')
-LONGEST_CLASS = 200  # lines
 LONGEST_FUNCTION = 80  # lines, in the library (utils/, models/)
 
 
@@ -173,21 +173,113 @@ def test_importing_the_package_registers_every_objective():
     assert get_objective('multi-label').name == 'multi-label'
 
 
-@pytest.mark.parametrize('package', LIBRARY + ('scripts',))
-def test_no_class_is_longer_than_a_few_screens(package):
+def class_trees(package):
+    """(module, ast.ClassDef) of every class of `package` (a library package, or 'scripts')."""
     modules = project_modules()
     chosen = scripts(modules) if package == 'scripts' else \
         [m for m in modules if m.split('.')[0] == package]
-    long = []
     for module in chosen:
         with open(modules[module], encoding='utf-8') as f:
             tree = ast.parse(f.read())
         for node in ast.walk(tree):
             if isinstance(node, ast.ClassDef):
-                lines = node.end_lineno - node.lineno + 1
-                if lines > LONGEST_CLASS:
-                    long.append(f'{module}.{node.name}: {lines} lines')
-    assert not long, f'classes over {LONGEST_CLASS} lines: {long}'
+                yield module, node
+
+
+def member_of_self(node):
+    """'x' for `self.x.<anything>`, else None."""
+    while isinstance(node, ast.Attribute):
+        if isinstance(node.value, ast.Attribute) and isinstance(node.value.value, ast.Name) \
+                and node.value.value.id == 'self':
+            return node.value.attr
+        node = node.value
+    return None
+
+
+def forwarded_member(function):
+    """The member a method only passes on to: its body (a docstring apart) one `return
+    self.x.y(its own arguments)` or `self.x.y(...)`, or a property's `return self.x.y`."""
+    body = [n for n in function.body if not (isinstance(n, ast.Expr) and
+                                              isinstance(n.value, ast.Constant))]
+    if len(body) != 1 or not isinstance(body[0], (ast.Return, ast.Expr)) or body[0].value is None:
+        return None
+    value = body[0].value
+    own = [a.arg for a in function.args.args[1:]]
+    if isinstance(value, ast.Call):
+        passed = [a.id for a in value.args if isinstance(a, ast.Name)]
+        if passed == own and len(value.args) == len(own) and not value.keywords:
+            return member_of_self(value.func)
+        return None
+    properties = [d for d in function.decorator_list if getattr(d, 'id', None) == 'property']
+    return member_of_self(value) if properties and isinstance(value, ast.Attribute) else None
+
+
+def copied_attributes(cls):
+    """{source: [names]}: `self.name = source.name` assignments, the same name on both sides."""
+    copied = {}
+    for node in ast.walk(cls):
+        if not isinstance(node, ast.Assign):
+            continue
+        targets = node.targets[0].elts if isinstance(node.targets[0], ast.Tuple) else \
+            node.targets[:1]
+        values = node.value.elts if isinstance(node.value, ast.Tuple) else [node.value]
+        for target, value in zip(targets, values):
+            if isinstance(target, ast.Attribute) and getattr(target.value, 'id', None) == 'self' \
+                    and isinstance(value, ast.Attribute) and value.attr == target.attr:
+                copied.setdefault(ast.unparse(value.value), []).append(target.attr)
+    return copied
+
+
+FORWARDS = 2  # members a class may pass on to one other object: more, and it is that object
+COPIES = 3  # attributes a class may copy, same name, from one other object
+
+
+@pytest.mark.parametrize('package', LIBRARY + ('scripts',))
+def test_no_class_forwards_to_another_or_copies_its_fields(package):
+    """A class that passes several of its members on to one member object, or copies its
+    fields one by one, is that object again (a forwarder): callers use the object."""
+    found = []
+    for module, cls in class_trees(package):
+        passed = {}
+        for function in cls.body:
+            if isinstance(function, ast.FunctionDef):
+                member = forwarded_member(function)
+                if member:
+                    passed.setdefault(member, []).append(function.name)
+        found += [f'{module}.{cls.name} forwards {names} to self.{member}'
+                  for member, names in passed.items() if len(names) > FORWARDS]
+        found += [f'{module}.{cls.name} copies {names} from {source}'
+                  for source, names in copied_attributes(cls).items() if len(names) > COPIES]
+    assert not found, found
+
+
+def test_the_forwarder_finder_finds_one():
+    tree = ast.parse('''
+class Shell:
+    def __init__(self, inner, setup):
+        self.inner = inner
+        self.a, self.b = setup.a, setup.b
+        self.c = setup.c
+        self.d = setup.d
+
+    def load(self, path):
+        return self.inner.load(path)
+
+    def save(self, path, data):
+        """Saves."""
+        self.inner.store.save(path, data)
+
+    @property
+    def names(self):
+        return self.inner.names
+
+    def own(self, x):
+        return self.inner.load(x) + 1
+''')
+    cls = tree.body[0]
+    members = [forwarded_member(f) for f in cls.body if isinstance(f, ast.FunctionDef)]
+    assert members == [None, 'inner', 'inner', 'inner', None]
+    assert copied_attributes(cls) == {'setup': ['a', 'b', 'c', 'd']}
 
 
 @pytest.mark.parametrize('package', LIBRARY)

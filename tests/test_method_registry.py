@@ -93,7 +93,7 @@ def test_a_registered_method_is_shown_on_the_page(registered, tmp_path):
                                      'centre prior']
     picture_file = tmp_path / 'grey.png'
     Image.fromarray(np.full((32, 32, 3), 128, np.uint8)).save(picture_file)
-    explained = editor.explain(editor.picture_from_file(str(picture_file)))
+    explained = editor.explain(editor.gallery.picture_from_file(str(picture_file)))
     assert list(explained.panels) == editor.panel_titles()
     # the overlay drawn of the centre map: brightest where the map peaks
     assert explained.panels['centre prior'].shape == explained.panels['input'].shape

@@ -52,7 +52,7 @@ def shapes_editor(checkpoints, tmp_path_factory):
 
 
 def test_explain_shows_the_input_the_maps_and_the_top5(shapes_editor):
-    picture = shapes_editor.picture_from_split('test', 3)
+    picture = shapes_editor.gallery.picture_from_split('test', 3)
     assert picture.name == 'shapes-test-3' and picture.split == 'test' and picture.index == 3
     explained = shapes_editor.explain(picture)
     assert list(explained.panels) == ['input', 'ABN attention', 'CAM', 'Grad-CAM']
@@ -72,7 +72,7 @@ def test_explain_shows_the_input_the_maps_and_the_top5(shapes_editor):
 
 
 def test_the_unpainted_map_reads_back_and_predicts_as_the_model(shapes_editor):
-    explained = shapes_editor.explain(shapes_editor.picture_from_split('test', 0))
+    explained = shapes_editor.explain(shapes_editor.gallery.picture_from_split('test', 0))
     painted = Image.fromarray(explained.editor_image).convert('RGB')
     read = shapes_editor.map_from_image(painted, explained.scale)
     assert read.shape == (16, 16)
@@ -83,7 +83,7 @@ def test_the_unpainted_map_reads_back_and_predicts_as_the_model(shapes_editor):
 
 
 def test_painting_black_changes_the_prediction_and_saves_as_training_data(shapes_editor):
-    explained = shapes_editor.explain(shapes_editor.picture_from_split('test', 1))
+    explained = shapes_editor.explain(shapes_editor.gallery.picture_from_split('test', 1))
     painted = Image.fromarray(explained.editor_image).convert('RGB')
     painted.paste((0, 0, 0), (0, 0, 256, 128))  # the black brush over the top half
     edited = shapes_editor.map_from_image(painted, explained.scale)
@@ -105,7 +105,7 @@ def test_painting_black_changes_the_prediction_and_saves_as_training_data(shapes
 
 
 def test_a_partly_covered_cell_moves_part_way(shapes_editor):
-    explained = shapes_editor.explain(shapes_editor.picture_from_split('test', 2))
+    explained = shapes_editor.explain(shapes_editor.gallery.picture_from_split('test', 2))
     white = np.full((256, 256), 255, np.uint8)
     white[:8, :16] = 0  # half of the first cell (16x16 pixels) painted black
     edited = shapes_editor.map_from_image(Image.fromarray(white))
@@ -121,8 +121,8 @@ def test_image_files_any_size_saved_under_their_class(checkpoints, tmp_path):
     editor = MapEditor(load(checkpoints['multiply']), CPU, str(tmp_path / 'maps'),
                        files=[str(tmp_path / 'photos')])
     try:
-        assert editor.files == [str(big)] and not editor.splits
-        picture = editor.picture_from_file(str(big))
+        assert editor.gallery.files == [str(big)] and not editor.gallery.splits
+        picture = editor.gallery.picture_from_file(str(big))
         assert picture.label == labels[0] and picture.tensor.shape == (3, 32, 32)
         assert picture.note == "96x96 image resized to the model's 32x32"
         explained = editor.explain(picture)
@@ -136,7 +136,7 @@ def test_image_files_any_size_saved_under_their_class(checkpoints, tmp_path):
         # An upload outside a class folder: by default the predicted class's folder.
         loose = tmp_path / 'loose.png'
         Image.fromarray(images[1]).save(loose)
-        explained = editor.explain(editor.picture_from_file(str(loose)))
+        explained = editor.explain(editor.gallery.picture_from_file(str(loose)))
         top = max(explained.ranking, key=explained.ranking.get)
         assert editor.save(explained, explained.own_map[0])[0].endswith(f'/{top}/loose.png')
     finally:
@@ -144,16 +144,16 @@ def test_image_files_any_size_saved_under_their_class(checkpoints, tmp_path):
 
 
 BAD = {
-    'not an image': (lambda e, t: e.picture_from_file(str(t / 'notes.png')), 'not an image'),
-    'no file': (lambda e, t: e.picture_from_file(None), 'no file'),
-    'index out of range': (lambda e, t: e.picture_from_split('test', 10 ** 6),
+    'not an image': (lambda e, t: e.gallery.picture_from_file(str(t / 'notes.png')), 'not an image'),
+    'no file': (lambda e, t: e.gallery.picture_from_file(None), 'no file'),
+    'index out of range': (lambda e, t: e.gallery.picture_from_split('test', 10 ** 6),
                            'has images 0 to'),
-    'index not a number': (lambda e, t: e.picture_from_split('test', 'x'), 'whole number'),
-    'unknown split': (lambda e, t: e.picture_from_split('valid', 0), "no split 'valid'"),
+    'index not a number': (lambda e, t: e.gallery.picture_from_split('test', 'x'), 'whole number'),
+    'unknown split': (lambda e, t: e.gallery.picture_from_split('valid', 0), "no split 'valid'"),
     'map of another shape': (lambda e, t: e.map_from_image(Image.new('L', (30, 10))),
                              'a 30x10 map does not fit'),
     'edited map of the wrong size': (
-        lambda e, t: e.predict(e.explain(e.picture_from_split('test', 0)), np.zeros((8, 8))),
+        lambda e, t: e.predict(e.explain(e.gallery.picture_from_split('test', 0)), np.zeros((8, 8))),
         'an edited map must be 16x16'),
 }
 
@@ -214,7 +214,7 @@ def test_multitask_maps_choose_the_attribute_and_show_every_probability(tmp_path
         images, _, _ = generate_shapes(1, seed=3)
         path = tmp_path / 'face.png'
         Image.fromarray(images[0]).save(path)
-        picture = editor.picture_from_file(str(path))
+        picture = editor.gallery.picture_from_file(str(path))
         explained = editor.explain(picture, 'eyeglasses')
         assert explained.attribute == 1 and explained.own_map.shape == (3, 8, 8)
         assert list(explained.panels) == ['input', 'ABN attention']

@@ -180,11 +180,11 @@ def test_saved_maps_are_counted_per_class_and_an_image_once(tmp_path):
     editor = teacher.editor
     painted = Image.open(half_map(tmp_path / 'half.png'))
     for index, value in ((0, painted), (0, painted.rotate(90)), (3, painted)):
-        explained = editor.explain(editor.picture_from_split('train', index))
+        explained = editor.explain(editor.gallery.picture_from_split('train', index))
         editor.save(explained, editor.map_from_image(value, explained.scale))
-    explained = editor.explain(editor.picture_from_split('test', 1))
+    explained = editor.explain(editor.gallery.picture_from_split('test', 1))
     editor.save(explained, editor.map_from_image(painted, explained.scale))
-    labels = editor.split('train').targets
+    labels = editor.gallery.split('train').targets
     names = editor.names
     expected = {}
     for index in (0, 3):
@@ -265,7 +265,7 @@ def test_a_multitask_page_teaches_with_celeba_py_and_measures_per_attribute(tmp_
                       measure_images=8)
     painted = Image.open(half_map(tmp_path / 'half.png'))
     for index, attribute in ((0, 3), (1, 3), (1, 0)):
-        explained = editor.explain(editor.picture_from_split('train', index), attribute)
+        explained = editor.explain(editor.gallery.picture_from_split('train', index), attribute)
         path, _ = editor.save(explained, editor.map_from_image(painted, explained.scale))
         assert path.endswith(os.path.join(editor.names[attribute], 'train', f'{index}.png'))
     assert teacher.saved_maps() == {'circle': 1, 'frame': 2}
@@ -306,7 +306,7 @@ def test_a_page_of_image_files_teaches_with_the_folder_they_belong_to(tmp_path):
         teacher.set_training_folder(str(tmp_path))
     painted = Image.open(half_map(tmp_path / 'half.png'))
     for path, class_name in ((photos[0], 'dog'), (photos[1], 'fox'), (str(stray), 'cat')):
-        explained = editor.explain(editor.picture_from_file(path))
+        explained = editor.explain(editor.gallery.picture_from_file(path))
         editor.save(explained, editor.map_from_image(painted, explained.scale), class_name)
     assert teacher.saved_maps() == {'cat': 1, 'dog': 1, 'fox': 1}
     with pytest.raises(AbnError, match='1 saved maps name no image of .*the first: cat/stray'):

@@ -89,11 +89,7 @@ class Abn(nn.Module):
         super().__init__()
         self.model = loaded.model
         self.runtime_name, self._path, self._runtime = runtime, path, None
-        self.loaded = loaded
-        self.description = loaded.description
-        self.multitask = loaded.multitask
-        self.normalization = loaded.normalization
-        self.image_size = loaded.image_size
+        self.loaded = loaded  # its facts: description, normalization, image size, multitask
         self._pil_transform = image_transform(loaded)
         # Tensors skip ToTensor; Resize and CenterCrop work on them as on PIL images.
         self._tensor_transform = T.Compose([t for t in self._pil_transform.transforms
@@ -208,10 +204,10 @@ class Abn(nn.Module):
         if has_attention:
             raw = torch.cat([o.attention_map for o in outputs]).float().cpu()
             # Multi-task maps are unbounded: the authors' picture puts them in [0, 1].
-            unit = map_picture(raw, 'pos') if self.multitask else raw.clamp(0, 1)
+            unit = map_picture(raw, 'pos') if self.loaded.multitask else raw.clamp(0, 1)
             maps = [self._to_image(m, size) for m, size in zip(unit, sizes)]
         names = self.names
-        if self.multitask:
+        if self.loaded.multitask:
             probabilities = torch.sigmoid(logits)
             classes = [[names[t] for t in np.flatnonzero(row >= 0.5)]
                        for row in probabilities.numpy()]
@@ -228,7 +224,7 @@ class Abn(nn.Module):
             placed = F.interpolate(unit_map[None], size=(height, width), mode='bilinear',
                                    align_corners=False)[0]
         else:  # shorter side to resize_size, then a centred square crop
-            crop, short = self.image_size, self.loaded.resize_size
+            crop, short = self.loaded.image_size, self.loaded.resize_size
             scaled_h, scaled_w = ((short, int(short * width / height)) if height <= width
                                   else (int(short * height / width), short))
             square = F.interpolate(unit_map[None], size=(crop, crop), mode='bilinear',
@@ -242,4 +238,4 @@ class Abn(nn.Module):
             placed = F.interpolate(canvas[None], size=(height, width), mode='bilinear',
                                    align_corners=False)[0]
         placed = placed.clamp(0, 1).numpy().astype(np.float32)
-        return placed[0] if placed.shape[0] == 1 and not self.multitask else placed
+        return placed[0] if placed.shape[0] == 1 and not self.loaded.multitask else placed

@@ -81,39 +81,15 @@ class MapEditor:
         self.gallery = Gallery(self.kind, loaded, image_transform(loaded), names, dataset,
                                data_root, files, max_pixels)
 
-    # the gallery's, for the page
+    # the page's images, their splits and files: self.gallery (utils.serve.gallery)
     @property
     def names(self):
+        """The model's class (attribute) names, as the gallery labels its images."""
         return self.gallery.names
 
     @property
     def multitask(self):
         return self.kind.per_attribute
-
-    @property
-    def dataset(self):
-        return self.gallery.dataset
-
-    @property
-    def splits(self):
-        return self.gallery.splits
-
-    @property
-    def files(self):
-        return self.gallery.files
-
-    @property
-    def max_pixels(self):
-        return self.gallery.max_pixels
-
-    def split(self, name):
-        return self.gallery.split(name)
-
-    def picture_from_split(self, split, index):
-        return self.gallery.picture_from_split(split, index)
-
-    def picture_from_file(self, path, label=None):
-        return self.gallery.picture_from_file(path, label)
 
     def share_images(self, other):
         """Serves `other`'s images (a model of the same input: a taught copy)."""
@@ -210,7 +186,7 @@ class MapEditor:
         """Where a map of `explained` belongs (utils.teach.map_store's layout); the file
         may already hold another map: `save` then keeps both."""
         picture = explained.picture
-        index = picture.index if self.dataset != 'imagefolder' else None
+        index = picture.index if self.gallery.dataset != 'imagefolder' else None
         if self.kind.per_attribute:
             return map_path(self.maps_dir, picture.name, picture.split, index,
                             attribute=self.names[explained.attribute])

@@ -83,7 +83,7 @@ class Handlers:
 
     def __init__(self, editor, gr, panel_titles):
         self.editor, self.gr, self.panel_titles = editor, gr, panel_titles
-        self.listed = listed_names(editor.files)  # shown name -> path
+        self.listed = listed_names(editor.gallery.files)  # shown name -> path
 
     def guarded(self, handler, outputs):
         """Runs `handler`; on an error, the message box says why and the rest stays."""
@@ -113,17 +113,18 @@ class Handlers:
                      'is the same for every class.')
         class_update = self.gr.update(
             visible=not editor.kind.per_attribute and (picture.split is None
-                                                       or editor.dataset == 'imagefolder'),
+                                                       or editor.gallery.dataset == 'imagefolder'),
             value=explained.true_name or max(explained.ranking, key=explained.ranking.get))
         return ([text, explained] + [explained.panels[t] for t in self.panel_titles]
                 + [explained.ranking, Image.fromarray(explained.editor_image).convert('RGB'),
                    explained.panels['ABN attention'], explained.ranking, class_update])
 
     def show_split(self, chosen_split, chosen_index, *chosen):
-        return self.show(self.editor.picture_from_split(chosen_split, chosen_index), *chosen)
+        gallery = self.editor.gallery
+        return self.show(gallery.picture_from_split(chosen_split, chosen_index), *chosen)
 
     def show_file(self, path, *chosen):
-        return self.show(self.editor.picture_from_file(path), *chosen)
+        return self.show(self.editor.gallery.picture_from_file(path), *chosen)
 
     def show_listed(self, shown_name, *chosen):
         """A file of the command line, chosen by the name the page shows for it."""
@@ -149,7 +150,7 @@ class Handlers:
         if not path:
             raise AbnError('the map editor is empty: pick an image first')
         try:
-            picture = read_image(path, self.editor.max_pixels)
+            picture = read_image(path, self.editor.gallery.max_pixels)
         except AbnError as error:
             raise AbnError(f'the painted map: {error}') from None
         return self.editor.map_from_image(picture, explained.scale)
@@ -169,7 +170,7 @@ class Handlers:
             raise AbnError('pick an image first')
         if not path:
             return [self.gr.skip()] * 5
-        edited = editor.map_from_image(read_image(path, editor.max_pixels), explained.scale)
+        edited = editor.map_from_image(read_image(path, editor.gallery.max_pixels), explained.scale)
         gray = as_uint8(to_gray(edited, explained.scale))
         # The file box is emptied: the map is in the painter, and the box takes the next one.
         return ['Map loaded: run the perception branch on it, or paint on it.',
@@ -258,15 +259,15 @@ def lay_out_pickers(w, editor, gr):
     """Where an image comes from: a split and an index, a listed file, an upload; the
     attribute (multi-task) and the class CAM and Grad-CAM explain."""
     with gr.Row():
-        if editor.splits:
+        if editor.gallery.splits:
             with gr.Column(min_width=200):
-                w.split = gr.Radio(list(SPLITS), value='test', label=f'{editor.dataset} split',
-                                   elem_id='split')
+                w.split = gr.Radio(list(SPLITS), value='test',
+                                   label=f'{editor.gallery.dataset} split', elem_id='split')
                 w.index = gr.Number(value=0, precision=0, label='image index', elem_id='index')
                 w.load = gr.Button('Show this image', elem_id='load', variant='primary')
-        if editor.files:
+        if editor.gallery.files:
             with gr.Column(min_width=200):
-                names = list(listed_names(editor.files))
+                names = list(listed_names(editor.gallery.files))
                 w.chosen_file = gr.Dropdown(names, value=names[0], label='image file',
                                             elem_id='file')
                 w.load_file = gr.Button('Show this file', elem_id='load-file')
@@ -338,10 +339,10 @@ def wire(w, on, editor):
     shown = [w.message, w.state] + list(w.images.values()) + [
         w.own_ranking, w.painter, w.edited_image, w.edited_ranking, w.class_name]
     chosen = [w.attribute, w.target]
-    if editor.splits:
+    if editor.gallery.splits:
         w.load.click(on.guarded(on.show_split, shown), [w.split, w.index] + chosen, shown,
                      concurrency_id=EDITOR, api_name='show_split')
-    if editor.files:
+    if editor.gallery.files:
         w.load_file.click(on.guarded(on.show_listed, shown), [w.chosen_file] + chosen, shown,
                           concurrency_id=EDITOR, api_name='show_file')
     w.upload.upload(on.guarded(on.show_file, shown), [w.upload] + chosen, shown,

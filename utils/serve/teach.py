@@ -60,7 +60,7 @@ class Teacher:
         # A page of image files teaches with the image folder they belong to (--data of the
         # run), given on the page or remembered from an earlier page on this folder.
         spec = editor.loaded.spec
-        self.folder = (TrainingFolder(editor, output, checkpoint) if not editor.splits
+        self.folder = (TrainingFolder(editor, output, checkpoint) if not editor.gallery.splits
                        and spec is not None and spec.dataset == 'imagefolder' else None)
 
     # ---- what can be taught ----
@@ -76,10 +76,10 @@ class Teacher:
             return ('Teach covers the data sets the page serves (cifar.py\'s and '
                     'shapes-multi); for an imagenet.py model run python imagenet.py --data DIR '
                     '--weights CHECKPOINT --attention-maps MAPS from a terminal (docs/teach.md)')
-        if not editor.splits and self.folder is None:
+        if not editor.gallery.splits and self.folder is None:
             return ('Teach needs the training split: start the page with --dataset '
                     f'{spec.dataset}')
-        if not editor.splits and self.training_root is None:
+        if not editor.gallery.splits and self.training_root is None:
             return ('Teach needs the training folder these images belong to (an image folder '
                     'with train/<class>/<image> and val/, as the run\'s --data): give it under '
                     '**training folder** below')
@@ -89,7 +89,7 @@ class Teacher:
         """Where the page saves maps of training images, as --attention-maps reads them: a
         page of image files saves <class>/<stem>.png, a data set's page <split>/..."""
         editor = self.editor
-        if not editor.splits and not editor.kind.per_attribute:
+        if not editor.gallery.splits and not editor.kind.per_attribute:
             return editor.maps_dir
         return training_folder(editor.maps_dir, editor.kind.per_attribute)
 
@@ -115,11 +115,11 @@ class Teacher:
         script = SCRIPTS[spec.script]
         if os.path.abspath(os.getcwd()) != PROJECT:
             script = os.path.join(PROJECT, script)
-        if not editor.splits:  # a page of image files: the folder they belong to
+        if not editor.gallery.splits:  # a page of image files: the folder they belong to
             args = ['--dataset', 'imagefolder', '--data', self.folder.root]
         else:
-            args = ['--dataset', editor.dataset]
-        if editor.splits and editor.dataset not in GENERATED:
+            args = ['--dataset', editor.gallery.dataset]
+        if editor.gallery.splits and editor.gallery.dataset not in GENERATED:
             args += ['--data', self.data_root]
         args += ['--weights', self.checkpoint, '--attention-maps', self.maps_folder(),
                  '--epochs', str(epochs), '--train-batch', str(batch), '--lr', f'{lr:g}',
@@ -232,7 +232,7 @@ class Teacher:
         """Both models' measures (utils.serve.teach_measures) on the test split: the data
         set's, or for a page of image files the folder's it teaches with."""
         test = (self.folder.images.split('test') if self.folder is not None
-                and self.folder.images is not None else editor.split('test'))
+                and self.folder.images is not None else editor.gallery.split('test'))
         return measure(editor, test, self.measure_images, self.maps_folder())
 
 

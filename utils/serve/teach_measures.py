@@ -46,12 +46,12 @@ def contrast(editor, maps_folder):
     per_attribute = editor.kind.per_attribute
     for (folder, key), files in saved_training_maps(maps_folder, per_attribute).items():
         attribute = channels.get(folder, -1) if per_attribute else 0
-        if attribute < 0 or not key.isdigit() or int(key) >= len(editor.split('train')):
+        if attribute < 0 or not key.isdigit() or int(key) >= len(editor.gallery.split('train')):
             continue
         painted = read_maps(files) >= PAINTED
         if painted.all() or not painted.any():
             continue
-        explained = editor.explain(editor.picture_from_split('train', int(key)), attribute)
+        explained = editor.explain(editor.gallery.picture_from_split('train', int(key)), attribute)
         own = explained.own_map[attribute]
         scale = explained.scale
         drawn = own if scale is None else own / (2 * scale) + 0.5

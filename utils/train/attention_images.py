@@ -3,16 +3,19 @@ with the true and predicted class, drawn by the objective."""
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch.utils.data import default_collate
 
 from utils.progress import Progress
 
+if TYPE_CHECKING:
+    from utils.train.setup import TrainingSetup
+
 
 @torch.no_grad()
-def write_attention_images(run: Any, state_dict: dict[str, torch.Tensor] | None = None,
+def write_attention_images(run: TrainingSetup, state_dict: dict[str, torch.Tensor] | None = None,
                            title: str = '') -> str | None:
     """The best (or evaluated) model's attention images of the first --save-attention test
     images into <checkpoint>/attention, with grid.png (grid_NNN.png past 64 images); returns

@@ -36,7 +36,7 @@ from utils.train.logger import RunLog
 from utils.train.options import apply_fast, check_training_arguments
 from utils.train.setup import TrainingSetup
 from utils.train.script import TrainingScript
-from utils.train.teaching import check_teach_arguments, with_map_teaching
+from utils.train.teaching import check_teach_arguments
 from utils.weights import checkpoint as ckpt
 from utils.weights.checkpoint import BEST, LAST
 from utils.weights.resume import resolve_resume
@@ -153,47 +153,37 @@ class Trainer:
     evaluates a checkpoint (-e)."""
 
     def __init__(self, setup: TrainingSetup) -> None:
-        self.setup = setup
-        self.args, self.script, self.runtime, self.print = (setup.args, setup.script, setup.runtime,
-                                                         setup.print)
-        self.objective, self.data, self.spec = setup.objective, setup.data, setup.spec
-        self.description, self.attention = setup.description, setup.attention
-        self.net, self.wrapped = setup.net, setup.wrapped
-        self.optimizer, self.scaler = setup.optimizer, setup.scaler
-        self.state, self.checkpoints = setup.state, setup.checkpoints
-        self.checkpoint_dir = setup.checkpoint_dir
-        self.train_loader = getattr(setup, 'train_loader', None)
-        self.valid_loader, self.test_loader = setup.valid_loader, setup.test_loader
-        self.autocast, self.to_device = setup.autocast, setup.to_device
-        self.describe_device = setup.describe_device
+        self.setup = setup  # everything the loops use: made by TrainingSetup.prepare()
 
     def forward_losses(self, inputs: Tensor, targets: Any) -> tuple[AbnOutput, dict[str, Tensor]]:
         """(the model's AbnOutput, the objective's named losses)."""
-        with self.autocast():
-            return self.objective.forward_losses(self.wrapped, inputs, targets)
+        setup = self.setup
+        with setup.autocast():
+            return setup.objective.forward_losses(setup.wrapped, inputs, targets)
 
     def train_one_epoch(self, epoch: int, stop: StopSignals) -> tuple[Any, dict[str, Any], int]:
-        args, runtime = self.args, self.runtime
-        self.wrapped.train()
-        loader, state = self.train_loader, self.state
+        setup = self.setup
+        args, runtime = setup.args, setup.runtime
+        setup.wrapped.train()
+        loader, state = setup.train_loader, setup.state
         loader.set_epoch(epoch, state.step)
         total = state.step + len(loader)
-        meter = self.objective.new_meter(runtime.device)
+        meter = setup.objective.new_meter(runtime.device)
         if state.meter is not None:
             meter.load_state_dict(state.meter)
             state.meter = None
         progress = Progress(f'Train {epoch + 1}', total, enabled=runtime.is_main)
         step, state.step = state.step, 0  # a resumed epoch starts at the saved step
-        report = EpochReport(self.objective, self.attention, self.print,
+        report = EpochReport(setup.objective, setup.attention, setup.print,
                              step_schedule_lr(args, epoch))
         for inputs, targets in loader:
-            inputs, targets = self.to_device(inputs, targets)
+            inputs, targets = setup.to_device(inputs, targets)
             output, losses = self.forward_losses(inputs, targets)
-            loss = self.objective.total_loss(losses)
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+            loss = setup.objective.total_loss(losses)
+            setup.optimizer.zero_grad(set_to_none=True)
+            setup.scaler.scale(loss).backward()
+            setup.scaler.step(setup.optimizer)
+            setup.scaler.update()
             meter.update(step, output, targets, losses)
             step += 1
             # The device is read (a host sync) only every --print-freq steps and at
@@ -202,17 +192,17 @@ class Trainer:
             shown = step % args.print_freq == 0 or step == total
             if shown or checkpoint_due or (not runtime.distributed and stop.requested()):
                 stop_now, bad_step = shared_status(runtime, stop, meter)
-                check_finite(bad_step, epoch, self.checkpoint_dir, self.optimizer)
+                check_finite(bad_step, epoch, setup.checkpoint_dir, setup.optimizer)
                 progress.update(step, report.text(meter.summary()) if shown else None)
                 if stop_now and step < total:
                     raise StopRequested(epoch, step, meter)
                 if checkpoint_due and step < total:
-                    self.checkpoints.save(self.state.state_dict(epoch, step, meter))
+                    setup.checkpoints.save(setup.state.state_dict(epoch, step, meter))
             else:
                 progress.update(step)
         meter.all_reduce()
-        check_finite(meter.first_nonfinite_step(), epoch, self.checkpoint_dir,
-                     self.optimizer)
+        check_finite(meter.first_nonfinite_step(), epoch, setup.checkpoint_dir,
+                     setup.optimizer)
         summary = meter.summary()
         progress.finish(report.text(summary))
         return meter, summary, total
@@ -222,14 +212,15 @@ class Trainer:
                  loader: Loader | DeviceLoader | None = None) -> dict[str, Any] | None:
         """The meter's summary over `loader` (default: the split that picks model_best, the
         validation split where the data has one, else test)."""
-        runtime = self.runtime
-        self.wrapped.eval()
-        loader = loader or self.valid_loader
-        title = title or ('Valid' if loader is not self.test_loader else 'Test')
-        meter = self.objective.new_meter(runtime.device)
+        setup = self.setup
+        runtime = setup.runtime
+        setup.wrapped.eval()
+        loader = loader or setup.valid_loader
+        title = title or ('Valid' if loader is not setup.test_loader else 'Test')
+        meter = setup.objective.new_meter(runtime.device)
         progress = Progress(title, len(loader), enabled=runtime.is_main)
         for step, (inputs, targets) in enumerate(loader):
-            inputs, targets = self.to_device(inputs, targets)
+            inputs, targets = setup.to_device(inputs, targets)
             output, losses = self.forward_losses(inputs, targets)
             meter.update(step, output, targets, losses)
             progress.update(step + 1)
@@ -237,30 +228,31 @@ class Trainer:
                 return None
         meter.all_reduce()
         summary = meter.summary()
-        progress.finish(self.objective.summary_text(summary, self.attention))
+        progress.finish(setup.objective.summary_text(summary, setup.attention))
         return summary
 
     # ---- the whole run ----
     def fit(self) -> int:
         """Trains from the run's state to --epochs; returns the process's exit status."""
-        args, runtime, state = self.args, self.runtime, self.state
-        if self.setup.complete:  # a job wrapper re-running a finished job
-            self.print(complete_message(self.checkpoints, self.state.epoch, args.epochs,
-                                        self.objective.metric_label))
+        setup = self.setup
+        args, runtime, state = setup.args, setup.runtime, setup.state
+        if setup.complete:  # a job wrapper re-running a finished job
+            setup.print(complete_message(setup.checkpoints, setup.state.epoch, args.epochs,
+                                        setup.objective.metric_label))
             return 0
-        title = f'{self.script.name} {self.data.name}: {self.description}'
-        self.log = RunLog(args, runtime, self.checkpoint_dir, self.objective, state.epoch,
-                          self.setup.resumed is not None, title)
-        self.print(f'==> Training on {self.describe_device()}, seed {args.manualSeed}, '
-                   f'checkpoints in {self.checkpoint_dir}')
+        title = f'{setup.script.name} {setup.data.name}: {setup.description}'
+        self.log = RunLog(args, runtime, setup.checkpoint_dir, setup.objective, state.epoch,
+                          setup.resumed is not None, title)
+        setup.print(f'==> Training on {setup.describe_device()}, seed {args.manualSeed}, '
+                   f'checkpoints in {setup.checkpoint_dir}')
         if state.epoch or state.step:
-            self.print(f'    resuming at epoch {state.epoch + 1}'
+            setup.print(f'    resuming at epoch {state.epoch + 1}'
                        + (f', step {state.step + 1}' if state.step else ''))
         with StopSignals(runtime) as stop:
             for epoch in range(state.epoch, args.epochs):
                 lr = step_schedule_lr(args, epoch)
-                set_lr(self.optimizer, lr)
-                self.print(f'\nEpoch: [{epoch + 1} | {args.epochs}] LR: {lr:f}')
+                set_lr(setup.optimizer, lr)
+                setup.print(f'\nEpoch: [{epoch + 1} | {args.epochs}] LR: {lr:f}')
                 started = time.time()
                 try:
                     with images_readable():
@@ -271,80 +263,86 @@ class Trainer:
                 except StopRequested as request:
                     return self.stop_and_save(stop, *request.args)
                 seconds = time.time() - started
-                score = self.objective.best_score(train, valid)
-                is_best = self.checkpoints.record(score)
-                self.print(f"    valid {self.objective.summary_text(valid, self.attention)} | "
-                           f"{self.objective.score_text(score, self.checkpoints.best)} | "
+                score = setup.objective.best_score(train, valid)
+                is_best = setup.checkpoints.record(score)
+                setup.print(f"    valid {setup.objective.summary_text(valid, setup.attention)} | "
+                           f"{setup.objective.score_text(score, setup.checkpoints.best)} | "
                            f"{seconds:.0f}s")
-                self.log.epoch(epoch + 1, self.objective.log_row(lr, train, valid, seconds))
-                self.checkpoints.save(self.state.state_dict(epoch + 1, 0), is_best)
-                if getattr(self.train_loader, 'dropped', 0):
-                    self.print(f'    {self.train_loader.dropped} unreadable images skipped so far')
+                self.log.epoch(epoch + 1, setup.objective.log_row(lr, train, valid, seconds))
+                setup.checkpoints.save(setup.state.state_dict(epoch + 1, 0), is_best)
+                dropped = getattr(setup.train_loader, 'dropped', 0)
+                if dropped:
+                    setup.print(f'    {dropped} unreadable images skipped so far')
         return self.finish(title)
 
     def stop_and_save(self, stop: StopSignals, epoch: int, step: int, meter: Any) -> int:
-        self.checkpoints.save(self.state.state_dict(epoch, step, meter))
-        path = self.checkpoints.path(LAST)
-        self.print(f'Saved {path} at epoch {epoch + 1}, step {step}. To continue:\n'
+        setup = self.setup
+        setup.checkpoints.save(setup.state.state_dict(epoch, step, meter))
+        path = setup.checkpoints.path(LAST)
+        setup.print(f'Saved {path} at epoch {epoch + 1}, step {step}. To continue:\n'
                    f'  {resume_command(path)}')
         return 143 if stop.signum == signal.SIGTERM else 130
 
     def finish(self, title: str) -> int:
-        self.print('\n' + self.objective.best_text(self.checkpoints.best))
-        best_path = self.checkpoints.path(BEST)
+        setup = self.setup
+        setup.print('\n' + setup.objective.best_text(setup.checkpoints.best))
+        best_path = setup.checkpoints.path(BEST)
         # Rank 0 wrote the file: its answer holds for every process, which then tests the
         # best model together (a process deciding by its own look at the file could skip
         # the collectives the others enter, or find the previous best).
-        has_best = broadcast_object(os.path.exists(best_path), self.runtime)
-        if self.valid_loader is not self.test_loader and has_best:
+        has_best = broadcast_object(os.path.exists(best_path), setup.runtime)
+        if setup.valid_loader is not setup.test_loader and has_best:
             self.test_best(best_path)
-        if self.runtime.is_main and os.path.exists(best_path):
+        if setup.runtime.is_main and os.path.exists(best_path):
             best = ckpt.load_checkpoint(best_path)
-            out = write_attention_images(self, best['state_dict'],
+            out = write_attention_images(setup, best['state_dict'],
                                          title=f'{title}, best epoch {best["epoch"]}')
             if out:
-                self.print(f'Attention images of the best model: {out}')
+                setup.print(f'Attention images of the best model: {out}')
         self.log.finish()
-        self.print(f'Log: {os.path.join(self.checkpoint_dir, "log.txt")}, plot: '
-                   f'{os.path.join(self.checkpoint_dir, "log.png")}')
+        setup.print(f'Log: {os.path.join(setup.checkpoint_dir, "log.txt")}, plot: '
+                   f'{os.path.join(setup.checkpoint_dir, "log.png")}')
         return 0
 
     def test_best(self, best_path: str) -> None:
         """With a validation split: the best model (picked on it) once on the test split.
         Rank 0 reads the file and hands its weights to the other processes."""
-        if self.runtime.is_main:
+        setup = self.setup
+        if setup.runtime.is_main:
             best = ckpt.load_checkpoint(best_path)
-            self.net.load_state_dict(best['state_dict'])
-            self.print(f'==> The best model (epoch {best["epoch"]}) on the test split')
-        broadcast_module_state(self.net, self.runtime)
+            setup.net.load_state_dict(best['state_dict'])
+            setup.print(f'==> The best model (epoch {best["epoch"]}) on the test split')
+        broadcast_module_state(setup.net, setup.runtime)
         with images_readable():
-            summary = self.evaluate(loader=self.test_loader, title='Test')
-        self.print(self.objective.evaluation_text(summary, self.attention))
+            summary = self.evaluate(loader=setup.test_loader, title='Test')
+        setup.print(setup.objective.evaluation_text(summary, setup.attention))
         self.write_evaluation(summary)
         self.test_summary = summary
 
     def write_evaluation(self, summary: dict[str, Any]) -> None:
-        if self.runtime.is_main:
-            for path in self.objective.write_evaluation(summary, self.checkpoint_dir,
-                                                        list(self.data.classes)):
-                self.print(f'    {path}')
+        setup = self.setup
+        if setup.runtime.is_main:
+            for path in setup.objective.write_evaluation(summary, setup.checkpoint_dir,
+                                                        list(setup.data.classes)):
+                setup.print(f'    {path}')
 
     def evaluate_only(self) -> int:
         """-e: the checkpoint's model on the test split; returns the exit status."""
-        self.print('\nEvaluation only')
+        setup = self.setup
+        setup.print('\nEvaluation only')
         with images_readable():
             summary = self.evaluate()
-        self.print(self.objective.evaluation_text(summary, self.attention))
-        if self.runtime.is_main:
+        setup.print(setup.objective.evaluation_text(summary, setup.attention))
+        if setup.runtime.is_main:
             try:
-                os.makedirs(self.checkpoint_dir, exist_ok=True)
+                os.makedirs(setup.checkpoint_dir, exist_ok=True)
             except OSError as error:
-                raise AbnError(f'cannot create {self.checkpoint_dir}: {error.strerror}') from None
+                raise AbnError(f'cannot create {setup.checkpoint_dir}: {error.strerror}') from None
             self.write_evaluation(summary)
             out = write_attention_images(
-                self, title=f'{self.script.name} {self.data.name}: {self.description}')
+                setup, title=f'{setup.script.name} {setup.data.name}: {setup.description}')
             if out:
-                self.print(f'Attention images: {out}')
+                setup.print(f'Attention images: {out}')
         self.summary = summary
         return 0
 
@@ -358,14 +356,13 @@ def prepare_training(args: argparse.Namespace, script: TrainingScript, runtime: 
 def script_main(parser: Any, script: TrainingScript,
                 argv: Sequence[str] | None = None) -> int:
     """The main of cifar.py, imagenet.py and celeba.py: their options parsed, the script
-    configured for them and taught the given maps where --attention-maps asks for it, then
-    training or evaluation; returns the process exit status. Options the user did not type
+    configured for them (the set-up adds the teaching where --attention-maps asks for it),
+    then training or evaluation; returns the process exit status. Options the user did not type
     may come from --resume's file."""
     args = parser.parse_args(argv)
     given = parser.given_options(argv)
     script = script.configured(args, given)
     check_teach_arguments(args)
-    script = with_map_teaching(script, args)
     resolve_resume(args)
     check_training_arguments(args)
     runtime = setup_runtime(args.gpu_id, args.dist_timeout)

@@ -23,6 +23,7 @@ from utils.train.options import check_dropout
 from utils.train.placement import (amp_dtype, check_device_shares, move_to, parallel_model, place,
                                    seed_everything, use_deterministic_algorithms)
 from utils.train.state import TrainingState
+from utils.train.teaching import map_teaching
 from utils.weights import checkpoint as ckpt
 from utils.weights.loading import file_spec, model_from_checkpoint, resolve_spec
 from utils.weights.modelspec import (ModelSpec, build_model, check_script, resolve_flags,
@@ -74,24 +75,35 @@ def check_classes(spec: ModelSpec, data: DataBundle, path: str) -> None:
 class TrainingSetup:
     """One invocation's set-up: everything the loop uses, made by `prepare()`."""
 
+    train_loader = None  # an evaluation (-e) or a finished run has none
+
     def __init__(self, args: argparse.Namespace, script: TrainingScript, runtime: Runtime,
                  given: set[str] | None = None) -> None:
         """`given`: the options the user typed (ArgumentParser.given_options); None counts
         every option as typed, so none is taken from a resumed file over the flags."""
         self.args, self.script, self.runtime, self.given = args, script, runtime, given
         self.print = runtime.print
-        self.objective = self.make_objective(script.objective)
+        self.teaching = map_teaching(script, args)  # --attention-maps: its add-on, or None
+        self.objective = self.make_objective(self.own_objective)
+
+    @property
+    def own_objective(self) -> str:
+        """The objective these options ask for: the script's, or its map objective."""
+        return self.teaching.objective if self.teaching else self.script.objective
 
     def make_objective(self, name: str) -> Objective:
-        """The objective `name`, with the script's options when it is the script's own. A
-        teaching run's file is evaluated (-e) by the script's own objective: the map loss
-        needs the given maps, the measures are the classifier's."""
+        """The objective `name`, with the script's options (and the teaching's) when it is
+        the one these options ask for. A teaching run's file is evaluated (-e) by the
+        script's own objective: the map loss needs the given maps, the measures are the
+        classifier's."""
         if self.args.evaluate and name == self.script.map_objective:
             name = self.script.objective
         options = self.script.objective_options(self.args)
-        if options is not None and name != self.script.objective:
+        if self.teaching:
+            options = self.teaching.objective_options(self.args, options)
+        if options is not None and name != self.own_objective:
             raise AbnError(f"{self.args.resume} is a run of the objective '{name}', not "
-                           f"'{self.script.objective}' as these options ask: give the options of "
+                           f"'{self.own_objective}' as these options ask: give the options of "
                            f"its run, or start a new run from its weights with --weights "
                            f"{self.args.resume}")
         return get_objective(name, **(options or {}))
@@ -183,6 +195,8 @@ class TrainingSetup:
         self.print(f'==> Preparing data: {getattr(args, "dataset", None) or args.data}')
         with local_main_first(runtime):  # torchrun: one download per machine, not N at once
             self.data = self.script.build_data(args, args.evaluate, normalization)
+        if self.teaching:
+            self.data = self.teaching.attach_maps(self.data, args)
         data = self.data
         check_images(data, args.skip_bad_images, runtime)  # a bad file stops us now, not later
         check_device_shares(data, args, runtime)
@@ -218,6 +232,8 @@ class TrainingSetup:
             self.script.init_pretrained(model, args, self.runtime)
         self.print(f'    Total params: {sum(p.numel() for p in model.parameters()) / 1e6:.2f}M')
         self.script.prepare_model(model, args, self.runtime)
+        if self.teaching:
+            self.teaching.prepare_model(model, args, self.runtime)
         self.model = model
         self.attention = model.has_attention
         self.checkpoints = CheckpointPolicy(args, self.runtime, self.objective)
@@ -227,6 +243,8 @@ class TrainingSetup:
         """The script's fast loader where it has one for this data, else the standard one."""
         args, runtime = self.args, self.runtime
         fast = self.script.fast_train_loader if train else self.script.fast_eval_loader
+        if train and self.teaching:
+            fast = self.teaching.fast_train_loader
         loader = fast(args, self.data, runtime)
         if loader is not None:
             return loader

@@ -34,17 +34,15 @@ from utils.objectives.teaching_methods import (DEFAULT_METHOD, DEFAULT_RRR_WEIGH
 from utils.teach.attention_maps import WithAttentionMaps, load_map_set, map_device_loader
 from utils.teach.boxes import load_box_map_set, load_task_box_map_set
 from utils.teach.task_maps import is_multitask, load_task_map_set
-from utils.train.script import TrainingScript
-
 if TYPE_CHECKING:
     import argparse
-    from collections.abc import Sequence
 
     import torch.nn as nn
 
     from utils.data.datasets import DataBundle
     from utils.data.fastdata import DeviceLoader
     from utils.distributed import Runtime
+    from utils.train.script import TrainingScript
 
 
 def add_teach_arguments(parser: argparse.ArgumentParser,
@@ -138,19 +136,19 @@ def check_teach_arguments(args: argparse.Namespace) -> None:
                        'does not: drop --compile')
 
 
-class MapTeaching(TrainingScript):
-    """A script's script with the given maps attached to its training data, the map objective
-    and the frozen feature extractor; everything else is the script's own."""
+class MapTeaching:
+    """The add-on of a teaching run, which the training set-up calls at four points of its
+    own: the objective (the script's map objective, the script's options and the map's), the
+    data (the given maps attached to the training split), the model (the frozen feature
+    extractor, where the method keeps it) and the fast training loader (the maps on the
+    device with the images). The script itself is not wrapped: it keeps its own hooks."""
 
     def __init__(self, script: TrainingScript) -> None:
         self.script = script
-        self.name, self.registry, self.model_flags = script.name, script.registry, script.model_flags
-        self.legacy_normalization = script.legacy_normalization
-        self.objective = self.map_objective = script.map_objective
+        self.objective = script.map_objective
 
-    def build_data(self, args: argparse.Namespace, evaluate_only: bool,
-                   normalization: tuple[Sequence[float], Sequence[float]] | None) -> DataBundle:
-        bundle = self.script.build_data(args, evaluate_only, normalization)
+    def attach_maps(self, bundle: DataBundle, args: argparse.Namespace) -> DataBundle:
+        """The training split with its given maps (or boxes' maps), said in one line."""
         if bundle.train is None:
             return bundle
         multitask = is_multitask(bundle.train)
@@ -174,11 +172,10 @@ class MapTeaching(TrainingScript):
                    + (f' ({held_out} of held-out splits left out)' if held_out else ''))
         return bundle
 
-    def check_arguments(self, args: argparse.Namespace) -> None:
-        self.script.check_arguments(args)
-
-    def objective_options(self, args: argparse.Namespace) -> dict[str, Any]:
-        options = dict(self.script.objective_options(args) or {})
+    def objective_options(self, args: argparse.Namespace,
+                          own: dict[str, Any] | None) -> dict[str, Any]:
+        """The map objective's options: the script's `own`, the weight and the method."""
+        options = dict(own or {})
         options['weight'] = args.map_loss_weight
         multitask = self.script.objective.startswith('multi-label')
         if args.teach_by is None:
@@ -202,13 +199,9 @@ class MapTeaching(TrainingScript):
             options['focal'] = True
         return options
 
-    def init_pretrained(self, model: nn.Module, args: argparse.Namespace,
-                        runtime: Runtime) -> None:
-        self.script.init_pretrained(model, args, runtime)
-
     def prepare_model(self, model: nn.Module, args: argparse.Namespace,
                       runtime: Runtime) -> None:
-        self.script.prepare_model(model, args, runtime)
+        """After the script's own preparation: the method said, the extractor frozen."""
         if args.teach_by == 'rrr' and runtime.distributed:
             # DistributedDataParallel reduces gradients as backward passes reach the weights;
             # a gradient of a gradient is not what its hooks expect (its documentation).
@@ -229,6 +222,7 @@ class MapTeaching(TrainingScript):
 
     def fast_train_loader(self, args: argparse.Namespace, data: DataBundle,
                           runtime: Runtime) -> DeviceLoader | None:
+        """The fast path's training loader, the maps beside the images, or None."""
         if not getattr(args, 'fast_data', False):
             return None
         loader, reason = map_device_loader(data.train, args.train_batch, runtime,
@@ -237,15 +231,7 @@ class MapTeaching(TrainingScript):
             runtime.print(f'note: --fast-data is ignored for training ({reason})')
         return loader
 
-    def fast_eval_loader(self, args: argparse.Namespace, data: DataBundle,
-                         runtime: Runtime) -> DeviceLoader | None:
-        return self.script.fast_eval_loader(args, data, runtime)
 
-    def model_options(self, args: argparse.Namespace) -> dict[str, Any]:
-        return self.script.model_options(args)
-
-
-def with_map_teaching(script: TrainingScript, args: argparse.Namespace) -> TrainingScript:
-    """The script itself, or with --attention-maps (--attention-boxes) the script taught the
-    given maps (boxes)."""
-    return MapTeaching(script) if is_teaching(args) else script
+def map_teaching(script: TrainingScript, args: argparse.Namespace) -> MapTeaching | None:
+    """The teaching add-on of a run given --attention-maps (--attention-boxes), or None."""
+    return MapTeaching(script) if is_teaching(args) else None
