@@ -21,7 +21,7 @@ from models import CIFAR_MODELS, IMAGENET_MODELS
 from utils.cli import (CHECKPOINT_HELP, ArgumentParser, add_authors_architecture_arguments,
                        run)
 from utils.cpus import check_threads, use_threads
-from utils.data.inputs import DATASET_CLASS_COUNTS
+from utils.data.datasets import SMALL_IMAGE_DATASETS, class_count
 from utils.errors import AbnError
 from utils.weights.export import FORMATS, SUFFIXES, TOLERANCE, check, export
 from utils.weights.loading import architecture_options, load_model
@@ -48,7 +48,7 @@ def get_args_parser():
     parser.add_argument('--threads', type=int, metavar='N',
                         help='CPU threads (default: the CPUs this process may use: its affinity '
                              'and cgroup quota)')
-    arch.add_argument('-d', '--dataset', choices=sorted(DATASET_CLASS_COUNTS),
+    arch.add_argument('-d', '--dataset', choices=sorted(n for n in SMALL_IMAGE_DATASETS if class_count(n)),
                       help="the data set an authors' checkpoint was trained on (its classes)")
     return parser
 

@@ -221,12 +221,13 @@ def token_model(source: str, name: str, num_classes: int, attention: bool, gate:
     """The ABN of a transformer split between its blocks (models.backbones.tokens); raises
     ValueError with the reason where it cannot be."""
     arch, asked = f'{source}:{name}', split is not None
-    split = VIT_DEFAULT_SPLIT if split is None else split
     try:
         backbone = library_model(source, name, num_classes, image_size, vit=True)
         blocks = block_paths(backbone)
         if len(blocks) < 2:
             raise ValueError('it has no list of blocks to split between')
+        # the default: the last 3 blocks, or all but the first of fewer
+        split = max(VIT_DEFAULT_SPLIT, 1 - len(blocks)) if split is None else split
         check_split(split, len(blocks), arch, 'blocks', asked)
         first = len(blocks) + split if split < 0 else split
         split_at = token_split(backbone, blocks, first, image_size, source)

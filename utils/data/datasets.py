@@ -1,36 +1,23 @@
 """Data sets and transforms.
 
-Small-image sets (cifar.py): CIFAR-10/100 and SVHN through torchvision (downloaded into
+What the project knows of each small-image data set, in one table (`DATASETS`: statistics,
+classes, flips, how torchvision reads it). Small-image sets (cifar.py): CIFAR-10/100 and SVHN through torchvision (downloaded into
 --data when missing), the offline `shapes` set, and image folders; the image-folder splits
 of imagenet.py; the check of every image file before the first step.
 """
 import os
 import pickle
 from dataclasses import dataclass, field
-from typing import Optional
+from typing import Callable, Optional
 
 import torch.utils.data as tud
 import torchvision.datasets as tvd
 import torchvision.transforms as T
 
 from utils.data.images import CorruptImageError, identify_image, is_image_file, load_rgb
-from utils.data.shapes import ShapesDataset
+from utils.data.shapes import SHAPE_CLASSES, ShapesDataset
 from utils.errors import AbnError
 from utils.progress import Progress
-
-# Per-data-set channel statistics. CIFAR-10's are the authors' values (used for every data
-# set in their script, so also for their published checkpoints: see AUTHORS_NORMALIZATION).
-NORMALIZATION = {
-    'cifar10': ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
-    'cifar100': ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)),
-    'svhn': ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)),
-    'shapes': ((0.4978, 0.4997, 0.4988), (0.2855, 0.2832, 0.2851)),
-    'shapes-decoy': ((0.4978, 0.4997, 0.4988), (0.2855, 0.2832, 0.2851)),  # shapes' own
-    'imagefolder': ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
-}
-AUTHORS_NORMALIZATION = NORMALIZATION['cifar10']
-SMALL_IMAGE_DATASETS = ('cifar10', 'cifar100', 'svhn', 'shapes', 'shapes-decoy', 'imagefolder')
-
 
 @dataclass
 class DataBundle:
@@ -84,30 +71,85 @@ class _SVHN(tvd.SVHN):
         return os.path.isfile(os.path.join(self.root, self.filename))
 
 
+@dataclass(frozen=True)
+class DatasetFacts:
+    """What the project knows of one data set of cifar.py, in one place: its channel
+    statistics, its classes, its training flips and, for torchvision's, how it is read and
+    what to fetch by hand offline."""
+    normalization: tuple  # (mean, std)
+    classes: object = None  # the names (the files' own, where they have them, come first);
+    # their count where only the files name them; None where the files say both (a folder)
+    flip: bool = True  # horizontal flips in training
+    title: str = ''  # torchvision's: its name, the files to put in --data, their folder
+    files: str = ''
+    folder: Optional[str] = None
+    split: Optional[Callable] = None  # (root, train, transform, download) -> the split
+
+    @property
+    def class_count(self):
+        return self.classes if isinstance(self.classes, int) else \
+            (len(self.classes) if self.classes else None)
+
+    @property
+    def class_names(self):
+        return list(self.classes) if isinstance(self.classes, tuple) else None
+
+
+SHAPES_NORMALIZATION = ((0.4978, 0.4997, 0.4988), (0.2855, 0.2832, 0.2851))
+# CIFAR-10's statistics are the authors' values (used for every data set in their script, so
+# also for their published checkpoints: see AUTHORS_NORMALIZATION).
+DATASETS = {
+    'cifar10': DatasetFacts(
+        ((0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)),
+        ('airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
+         'truck'),
+        title='CIFAR-10', files='cifar-10-python.tar.gz (or its folder cifar-10-batches-py/) '
+        'from https://www.cs.toronto.edu/~kriz/cifar.html', folder='cifar-10-batches-py',
+        split=lambda root, train, transform, download: _CIFAR10(
+            root, train=train, transform=transform, download=download)),
+    'cifar100': DatasetFacts(
+        ((0.5071, 0.4865, 0.4409), (0.2673, 0.2564, 0.2762)), 100,  # names: from its files
+        title='CIFAR-100', files='cifar-100-python.tar.gz (or its folder cifar-100-python/) '
+        'from https://www.cs.toronto.edu/~kriz/cifar.html', folder='cifar-100-python',
+        split=lambda root, train, transform, download: _CIFAR100(
+            root, train=train, transform=transform, download=download)),
+    # SVHN digits flip into other shapes (a mirrored 2 is no digit; a 5 looks like a 2).
+    'svhn': DatasetFacts(
+        ((0.4377, 0.4438, 0.4728), (0.1980, 0.2010, 0.1970)), tuple(str(d) for d in range(10)),
+        flip=False, title='SVHN', files='train_32x32.mat and test_32x32.mat from '
+        'http://ufldl.stanford.edu/housenumbers/',
+        split=lambda root, train, transform, download: _SVHN(
+            root, split='train' if train else 'test', transform=transform, download=download)),
+    'shapes': DatasetFacts(SHAPES_NORMALIZATION, tuple(SHAPE_CLASSES)),
+    'shapes-decoy': DatasetFacts(SHAPES_NORMALIZATION, tuple(SHAPE_CLASSES)),  # shapes' own
+    'imagefolder': DatasetFacts(((0.485, 0.456, 0.406), (0.229, 0.224, 0.225))),
+}
+NORMALIZATION = {name: facts.normalization for name, facts in DATASETS.items()}
+AUTHORS_NORMALIZATION = NORMALIZATION['cifar10']
+SMALL_IMAGE_DATASETS = tuple(DATASETS)
+
+
+def known_classes(name):
+    """The class names of data set `name` where they do not come with its files, or None."""
+    facts = DATASETS.get(name)
+    return facts.class_names if facts else None
+
+
+def class_count(name):
+    """The number of classes of data set `name`, where it is fixed, or None."""
+    facts = DATASETS.get(name)
+    return facts.class_count if facts else None
+
+
 _PARSE_ERRORS = (pickle.UnpicklingError, EOFError, ValueError, KeyError, TypeError, IndexError,
                  UnicodeDecodeError, OSError, NotImplementedError)
 
-_SOURCES = {
-    'cifar10': ('CIFAR-10', 'cifar-10-python.tar.gz (or its folder cifar-10-batches-py/) from '
-                'https://www.cs.toronto.edu/~kriz/cifar.html', 'cifar-10-batches-py'),
-    'cifar100': ('CIFAR-100', 'cifar-100-python.tar.gz (or its folder cifar-100-python/) from '
-                 'https://www.cs.toronto.edu/~kriz/cifar.html', 'cifar-100-python'),
-    'svhn': ('SVHN', 'train_32x32.mat and test_32x32.mat from '
-             'http://ufldl.stanford.edu/housenumbers/', None),
-}
-
-
 def _torchvision_split(name, root, train, transform):
-    title, files, folder = _SOURCES[name]
-    if name == 'svhn':
-        def make(download):
-            return _SVHN(root, split='train' if train else 'test', transform=transform,
-                         download=download)
-    else:
-        cls = _CIFAR10 if name == 'cifar10' else _CIFAR100
+    facts = DATASETS[name]
+    title, files, folder = facts.title, facts.files, facts.folder
 
-        def make(download):
-            return cls(root, train=train, transform=transform, download=download)
+    def make(download):
+        return facts.split(root, train, transform, download)
     try:
         return make(download=False)
     except RuntimeError:
@@ -228,10 +270,9 @@ def build_small_image_data(name, root, train_size=None, test_size=None, evaluate
     if name not in SMALL_IMAGE_DATASETS:
         raise AbnError(f"unknown data set '{name}': choose one of {', '.join(SMALL_IMAGE_DATASETS)}")
     mean, std = normalization or NORMALIZATION[name]
-    # SVHN digits flip into other shapes (a mirrored 2 is no digit; a 5 looks like a 2).
-    flip = name != 'svhn'
     resize = name == 'imagefolder'
-    train_tf, test_tf = small_image_transforms(mean, std, flip, image_size, resize)
+    train_tf, test_tf = small_image_transforms(mean, std, DATASETS[name].flip, image_size,
+                                               resize)
     if name in ('shapes', 'shapes-decoy'):
         decoy = name == 'shapes-decoy'  # a class-coloured patch in training only
         test = ShapesDataset(train=False, size=test_size, transform=test_tf, decoy=decoy)
@@ -247,9 +288,8 @@ def build_small_image_data(name, root, train_size=None, test_size=None, evaluate
     else:
         test = _torchvision_split(name, root, False, test_tf)
         train = None if evaluate_only else _torchvision_split(name, root, True, train_tf)
-        classes = [str(c) for c in getattr(test, 'classes', range(10))]
-        if name == 'svhn':
-            classes = [str(d) for d in range(10)]
+        named = getattr(test, 'classes', None)  # the files' own names, where they have them
+        classes = [str(c) for c in named] if named else DATASETS[name].class_names
     test = first_n(test, test_size)
     train = first_n(train, train_size)
     return DataBundle(name, train, test, classes, mean, std, image_size)

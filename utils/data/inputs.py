@@ -13,18 +13,6 @@ from utils.data.images import CorruptImageError, find_images, image_files_by_key
 from utils.data.shapes import SHAPE_CLASSES
 from utils.errors import AbnError
 
-# Class names of the sets whose names do not come with files (checkpoints of cifar.py carry
-# their own; CIFAR-100's come from its files through --dataset cifar100 --data DIR).
-KNOWN_CLASSES = {
-    'shapes': list(SHAPE_CLASSES),
-    'shapes-decoy': list(SHAPE_CLASSES),
-    'cifar10': ['airplane', 'automobile', 'bird', 'cat', 'deer', 'dog', 'frog', 'horse', 'ship',
-                'truck'],
-    'svhn': [str(d) for d in range(10)],
-}
-DATASET_CLASS_COUNTS = {'shapes': 10, 'shapes-decoy': 10, 'cifar10': 10, 'svhn': 10, 'cifar100': 100}
-
-
 def read_class_names(path, count):
     try:
         with open(path) as f:

@@ -21,6 +21,8 @@ class Objective:
     metric_label: str = None  # how the metric is printed, e.g. 'top-1'
     higher_is_better: bool = True
     log_columns: list = AUTHORS_COLUMNS  # the authors' five first, then the objective's own
+    per_attribute: bool = False  # a map and a decision per attribute (multi-task)
+    focal_loss: bool = False  # the authors' weighted focal loss (teaching its maps keeps it)
 
     def losses(self, output, target):
         """{name: scalar tensor} for an `AbnOutput` and the loader's target; the engine

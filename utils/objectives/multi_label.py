@@ -87,6 +87,7 @@ class MultiLabelObjective(Objective):
     """BCEWithLogits(attention logits, y) + BCEWithLogits(perception logits, y), y (N, T) 0/1;
     model_best by the perception branch's mean attribute accuracy."""
     name = 'multi-label'
+    per_attribute = True
     metric = 'per_acc'
     metric_label = 'mean attribute accuracy'
     higher_is_better = True
@@ -173,6 +174,7 @@ class MultiLabelFocalObjective(MultiLabelObjective):
     """The weighted focal loss (gamma 2) on each branch, weights w_c = exp(-f_c) T / sum
     exp(-f_c) from the training split's positive shares f_c (the authors' --use_wfl)."""
     name = 'multi-label-focal'
+    focal_loss = True
 
     def __init__(self, **options):
         super().__init__(**options)

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 from utils.distributed import print_main
 from utils.errors import AbnError
+from utils.objectives import OBJECTIVES
 from utils.objectives.attention_map import DEFAULT_MAP_LOSS_WEIGHT
 from utils.objectives.teaching_methods import (DEFAULT_METHOD, DEFAULT_RRR_WEIGHT,
                                                TEACHING_METHODS)
@@ -177,7 +178,8 @@ class MapTeaching:
         """The map objective's options: the script's `own`, the weight and the method."""
         options = dict(own or {})
         options['weight'] = args.map_loss_weight
-        multitask = self.script.objective.startswith('multi-label')
+        taught = OBJECTIVES[self.script.objective]  # the script's objective, taught its maps
+        multitask = taught.per_attribute
         if args.teach_by is None:
             args.teach_by = 'map' if multitask else DEFAULT_METHOD
         if multitask:
@@ -192,10 +194,9 @@ class MapTeaching:
                                f'drop --train-feature-extractor')
             if args.rrr_weight is not None:
                 options['rrr_weight'] = args.rrr_weight
-        if args.attention_boxes and args.box_refine == 'none' and \
-                not self.script.objective.startswith('multi-label'):
+        if args.attention_boxes and args.box_refine == 'none' and not multitask:
             options['boxes'] = True  # boxes compared by their projections
-        if self.script.objective == 'multi-label-focal':  # the map objective adds the map loss
+        if taught.focal_loss:  # the map objective adds the map loss to the focal loss
             options['focal'] = True
         return options
 

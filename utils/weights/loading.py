@@ -21,8 +21,9 @@ from typing import TYPE_CHECKING, Any, Mapping
 import torch
 
 from models import CIFAR_MODELS, IMAGENET_MODELS
-from utils.data.datasets import AUTHORS_NORMALIZATION, NORMALIZATION, SMALL_IMAGE_DATASETS
-from utils.data.inputs import DATASET_CLASS_COUNTS, KNOWN_CLASSES, read_class_names
+from utils.data.datasets import (AUTHORS_NORMALIZATION, NORMALIZATION, SMALL_IMAGE_DATASETS,
+                                 class_count, known_classes)
+from utils.data.inputs import read_class_names
 from utils.errors import AbnError
 from utils.weights import checkpoint as ckpt
 from utils.weights.modelspec import (ModelSpec, build_model, check_script, flag_name,
@@ -180,7 +181,7 @@ def load_model(path: str, role: str = 'model', saved: dict[str, Any] | None = No
     else:
         imagenet = spec.script == 'imagenet'
         normalization = NORMALIZATION['imagefolder'] if imagenet else AUTHORS_NORMALIZATION
-        names = KNOWN_CLASSES.get(dataset)
+        names = known_classes(dataset)
         size, resize_size = (224 if imagenet else 32), None
         spec.dataset = dataset
     if image_size and role == 'model':
@@ -219,7 +220,7 @@ def authors_spec(checkpoint: dict[str, Any], path: str, arch: str | None,
     state = ckpt.clean_state_dict(checkpoint['state_dict'])
     spec = ModelSpec(script, arch, dict(given, attention=has_attention_branch(
         state, script, arch, given)))
-    num_classes = num_classes or DATASET_CLASS_COUNTS.get(dataset)
+    num_classes = num_classes or class_count(dataset)
     if num_classes is None:  # read it off the classifier's weight
         num_classes = legacy_num_classes(checkpoint, spec)
         if num_classes is None:
