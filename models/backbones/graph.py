@@ -102,6 +102,19 @@ def _is_pooling(module: fx.GraphModule, node: fx.Node) -> bool:
     return getattr(node.target, '__name__', str(node.target)) in POOLING_CALLS
 
 
+def cuts(nodes: list[fx.Node]) -> list[bool]:
+    """For each node of a graph (in order), whether it is a cut: no node after it reads a
+    node before it (parameters and buffers apart), so what follows reads it alone."""
+    index = {node: i for i, node in enumerate(nodes)}
+    earliest = [min((index[a] for a in n.all_input_nodes if a.op != 'get_attr'),
+                    default=len(nodes)) for n in nodes]
+    after, flags = len(nodes), [False] * len(nodes)
+    for i in range(len(nodes) - 1, -1, -1):
+        flags[i] = after >= i
+        after = min(after, earliest[i])
+    return flags
+
+
 def graph_split(model: nn.Module, image_size: int, device: str = 'meta',
                 source: str = 'torchvision') -> GraphSplit:
     """Where `model` (a classifier of `source`) is split, read from its traced graph; raises
@@ -128,15 +141,8 @@ def graph_split(model: nn.Module, image_size: int, device: str = 'meta',
             return None  # (N, H, W, C), not of the input's aspect, or the input's own size
         return max(height // h, 1)
 
-    # a cut: no node after it reads a node before it (parameters and buffers apart)
-    earliest = [min((index[a] for a in n.all_input_nodes if a.op != 'get_attr'),
-                    default=len(nodes)) for n in nodes]
-    after = len(nodes)
-    cuts = [False] * len(nodes)
-    for i in range(len(nodes) - 1, -1, -1):
-        cuts[i] = after >= i
-        after = min(after, earliest[i])
-    maps = [(n, map_stride(n)) for n in nodes if cuts[index[n]]]
+    is_cut = cuts(nodes)
+    maps = [(n, map_stride(n)) for n in nodes if is_cut[index[n]]]
     # a map of as many channels as classes is a classifier's output (SqueezeNet's), not
     # the trunk's
     classes = [m.out_features if isinstance(m, nn.Linear) else m.out_channels

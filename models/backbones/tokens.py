@@ -35,7 +35,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from ..abn import AttentionBranchNetwork
-from .graph import GraphBackboneABN, Shapes, _has, segment, trace
+from .graph import GraphBackboneABN, Shapes, _has, cuts, segment, trace
 
 MAX_PREFIX_TOKENS = 16  # class, distillation and register tokens before the patch tokens
 
@@ -131,15 +131,9 @@ def token_split(model: nn.Module, blocks: list[str], first: int, image_size: int
     crossing.remove(stream)
     side = _side(stream.meta['shape'], image_size)
     # the trunk's end: the last cut that still holds the grid, before the head pools it
-    earliest = [min((index[a] for a in n.all_input_nodes if a.op != 'get_attr'),
-                    default=len(nodes)) for n in nodes]
-    after, end = len(nodes), None
-    for i in range(len(nodes) - 1, at - 1, -1):
-        if after >= i and nodes[i].op != 'get_attr' and \
-                layout(nodes[i].meta.get('shape'), side):
-            end = nodes[i]
-            break
-        after = min(after, earliest[i])
+    is_cut = cuts(nodes)
+    end = next((n for i, n in reversed(list(enumerate(nodes))) if i >= at and is_cut[i] and
+                n.op != 'get_attr' and layout(n.meta.get('shape'), side)), None)
     if end is None:
         raise ValueError(f'no node after its blocks holds the {side}x{side} patch grid alone')
     shape = end.meta['shape']
