@@ -7,8 +7,9 @@
 file of export.py, or the authors' files with their flags as keywords, and returns the
 model with `explain(images)` (utils.api). One entry per registered architecture, named after
 the script that trains it (`cifar_resnet`, `imagenet_resnet50`, `celeba_mtabn_v1_resnet18`,
-...), builds the model freshly initialised: no published weights are downloaded. `timm` and
-`torchvision` build any model of those libraries as an ABN, as imagenet.py's `-a timm:NAME`:
+...), builds the model freshly initialised: no published weights are downloaded. One entry
+per library (`timm`, `torchvision`: models.backbones.libraries) builds any model of it as an
+ABN, as imagenet.py's `-a timm:NAME`:
 
     model = torch.hub.load(REPO, 'timm', 'convnext_atto', num_classes=10, image_size=128,
                            source='local')
@@ -47,7 +48,6 @@ for _script, _registry in (('cifar', _CIFAR_MODELS), ('imagenet', _IMAGENET_MODE
         globals()[f'{_script}_{_arch}'] = _entry(_registry, _script, _arch)
 
 
-
 def _library_entry(source):
     def build(name, **options):
         return _entry(_IMAGENET_MODELS, 'imagenet', f'{source}:{name}')(**options)
@@ -58,5 +58,5 @@ def _library_entry(source):
     return build
 
 
-timm = _library_entry('timm')
-torchvision = _library_entry('torchvision')
+for _source in _IMAGENET_MODELS.sources:  # timm, torchvision: every library's
+    globals()[_source] = _library_entry(_source)

@@ -8,7 +8,8 @@ checked against PyTorch.
     python benchmarks/backbone_coverage.py --names timm:resnet18,torchvision:vgg11 --onnx
 
 Each model ends in one of three ways: `ok` (the row gives the map's size, the parameters
-ABN / plain and the forward time ABN / plain), `refused` (models.backbones.build said why in
+ABN / plain and the forward time ABN / plain; a model whose forward asserts a size other than
+the input's is built and run at its own, timm's configured size, and the map says so), `refused` (models.backbones.build said why in
 one line: a model that cannot be split) or `ERROR` (anything else: a defect). The table is
 written to `-o` (Markdown, with the counts on top); the exit status is 1 where any model
 ended in an ERROR.
@@ -57,12 +58,12 @@ def timm_families(pick: str = 'smallest') -> dict[str, str]:
 
 def all_names(sources, pick):
     rows = []  # (family, 'source:name')
-    if 'torchvision' in sources:
-        rows += [('torchvision', f'torchvision:{name}')
-                 for name in backbones.library_names('torchvision')]
-    if 'timm' in sources:
-        rows += [(f'timm.{module}', f'timm:{name}')
-                 for module, name in timm_families(pick).items()]
+    for source in sources:
+        if source == 'timm':  # its thousands of names: one model of each family (module)
+            rows += [(f'timm.{module}', f'timm:{name}')
+                     for module, name in timm_families(pick).items()]
+        else:
+            rows += [(source, f'{source}:{name}') for name in backbones.library_names(source)]
     return rows
 
 
@@ -122,7 +123,17 @@ def cover(arch, size, repeats, onnx):
     row = {'status': 'ok', 'map': '', 'params': '', 'forward': '', 'onnx': '', 'reason': ''}
     try:
         torch.manual_seed(0)
-        abn = backbones.build(source, name, 10, image_size=size).eval()
+        try:
+            abn = backbones.build(source, name, 10, image_size=size).eval()
+        except backbones.Final:
+            # a model whose forward asserts its own size: built and run at that size (the
+            # refusal at `size` says so, and --image-size N is what its user would give)
+            own = backbones.library_size(source, name)
+            if not own or own == size:
+                raise
+            size = own
+            abn = backbones.build(source, name, 10, image_size=size).eval()
+            row['size'] = size
     except ValueError as refusal:
         row.update(status='refused', reason=str(refusal).splitlines()[0])
         return row
@@ -138,7 +149,7 @@ def cover(arch, size, repeats, onnx):
         if tuple(output.perception_logits.shape) != (2, 10) or not torch.isfinite(output.perception_logits).all():
             raise RuntimeError(f'logits of shape {tuple(output.perception_logits.shape)}, or not finite')
         side = output.attention_map.shape[-2:]
-        row['map'] = f'{side[0]}x{side[1]}'
+        row['map'] = f'{side[0]}x{side[1]}' + (f' ({size} px)' if row.get('size') else '')
         count = [sum(p.numel() for p in m.parameters()) / 1e6 for m in (abn, plain)]
         row['params'] = f'{count[0]:.2f} / {count[1]:.2f}'
         if repeats:
@@ -162,13 +173,11 @@ def cover(arch, size, repeats, onnx):
 
 def table(rows, results, options):
     lines = []
-    for source in ('torchvision', 'timm'):
+    for source in dict.fromkeys(arch.split(':')[0] for _, arch in rows):
         mine = [(family, arch) for family, arch in rows if arch.startswith(source + ':')]
-        if not mine:
-            continue
         counts = {status: sum(results[arch]['status'] == status for _, arch in mine)
                   for status in ('ok', 'refused', 'ERROR')}
-        what = 'classifiers' if source == 'torchvision' else 'families'
+        what = 'families' if source == 'timm' else 'classifiers'
         lines.append(f'- {source}: {counts["ok"]} of {len(mine)} {what} ABNs, '
                      f'{counts["refused"]} refused, {counts["ERROR"]} errors')
     lines += ['', '| family | model | map | parameters ABN / plain (M) | forward ABN / plain '

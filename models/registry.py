@@ -1,11 +1,11 @@
 """Models register themselves by name; the scripts build them through `create`, so no script
-branches on an architecture's name. A registry may also build the models of libraries
-(`sources`: 'timm', 'torchvision'), by the names 'timm:NAME' and 'torchvision:NAME'
-(models.backbones)."""
+branches on an architecture's name. A registry may also build the models of every library
+of models.backbones.libraries (`sources`: 'timm', 'torchvision'), by the names 'timm:NAME'
+and 'torchvision:NAME'."""
 from __future__ import annotations
 
 import inspect
-from typing import TYPE_CHECKING, Any, Callable, Iterable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 if TYPE_CHECKING:
     import torch.nn as nn
@@ -34,10 +34,18 @@ class ModelRegistry(dict):
     included; iteration, `len` and `keys` are its own families (the libraries' thousands of
     names: `names()`)."""
 
-    def __init__(self, title: str, sources: Iterable[str] = ()) -> None:
+    def __init__(self, title: str, libraries: bool = False) -> None:
         super().__init__()
         self.title = title
-        self.sources = tuple(sources)
+        self.libraries = libraries
+
+    @property
+    def sources(self) -> tuple[str, ...]:
+        """The libraries whose models it builds: every registered one, where it builds any."""
+        if not self.libraries:
+            return ()
+        from .backbones.libraries import LIBRARIES
+        return tuple(LIBRARIES)
 
     def register(self, builder: Callable[..., nn.Module]) -> Callable[..., nn.Module]:
         self[builder.__name__] = builder
@@ -118,4 +126,4 @@ class ModelRegistry(dict):
 
 
 CIFAR_MODELS = ModelRegistry('CIFAR')
-IMAGENET_MODELS = ModelRegistry('ImageNet', sources=('timm', 'torchvision'))
+IMAGENET_MODELS = ModelRegistry('ImageNet', libraries=True)

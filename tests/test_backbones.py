@@ -43,7 +43,9 @@ FAMILIES = [('timm:resnet18', 5, 16), ('timm:convnext_atto', 4, 16),
             # timm's traced graph (its stages are (N, H, W, C): the graph's own permutes)
             ('timm:test_mambaout', 4, 16),
             # transformers split between their blocks (models.backbones.tokens)
-            ('timm:convit_tiny', 12, 16), ('timm:xcit_nano_12_p8_224', 12, 8)]
+            ('timm:convit_tiny', 12, 16), ('timm:xcit_nano_12_p8_224', 12, 8),
+            # ... in their last stage, the grid changing between stages (block_lists)
+            ('timm:mvitv2_tiny', 2, 32)]
 # the others (the ViTs: their own tests below; a graph split daily: its own test below and
 # tests/test_backbone_coverage.py): the full suite
 DAILY = {'timm:resnet18'}
@@ -314,8 +316,8 @@ def test_pretrained_offline_says_what_to_do(folder, tmp_path, capsys, offline, m
     (['-a', 'timm:resnt18'], "timm has no model 'resnt18': did you mean timm:resnet18"),
     (['-a', 'torchvision:resnet5'], 'did you mean torchvision:resnet50'),
     # neither its stages nor its blocks: both reasons, in one line
-    (['-a', 'timm:mvitv2_tiny'], "its stage 'block.0' is not one module of its forward path; "
-                                 'nor between its blocks: no node after its blocks holds'),
+    (['-a', 'timm:pit_ti_224'], 'not enough values to unpack (expected 2, got 1); '
+                                'nor between its blocks: no node after its blocks holds'),
     (['-a', 'timm:resnet18', '--split', '5'], '--split 5 is out of range for timm:resnet18, '
                                               'which has 5 stages'),
     (['-a', 'timm:vit_tiny_patch16_224', '--split', '-12'], 'which has 12 blocks'),
@@ -337,6 +339,42 @@ def test_list_models_lists_the_libraries_too(capsys):
     code, out, _ = run_script(imagenet.main, ['--list-models', 'resnet5*'], capsys)
     assert code == 0 and 'resnet50' in out.split() and 'timm:resnet50' in out.split() and \
         'torchvision:resnet50' in out.split()
+
+
+def test_a_library_is_one_registered_object_that_every_consumer_asks(monkeypatch, tmp_path,
+                                                                     capsys):
+    """A third library is one class (in its own file of models.backbones.libraries): here
+    one registered inside the test, torchvision's two smallest ResNets under another name,
+    is listed, built, saved and rebuilt from its file alone, with no other file touched."""
+    from models.backbones import libraries
+    from models.backbones.libraries.torchvision_models import Torchvision
+
+    class Tiny(Torchvision):
+        name = 'tiny'
+
+        def names(self, pattern='*'):
+            return [n for n in super().names(pattern) if n in ('resnet18', 'resnet34')]
+
+    monkeypatch.setitem(libraries.LIBRARIES, 'tiny', Tiny())
+    code, out, _ = run_script(imagenet.main, ['--list-models', 'tiny:*'], capsys)
+    assert code == 0 and out.split() == ['tiny:resnet18', 'tiny:resnet34']
+    assert 'tiny:resnet18' in IMAGENET_MODELS and 'tiny:resnet50' not in IMAGENET_MODELS
+    with pytest.raises(ValueError, match="tiny has no model 'resnet50'"):
+        IMAGENET_MODELS.check_name('tiny:resnet50')
+    torch.manual_seed(0)
+    model = IMAGENET_MODELS.create('tiny:resnet18', num_classes=3, image_size=SIZE).eval()
+    assert model.source == 'tiny' and model.map_stride == 16
+    spec = ModelSpec('imagenet', 'tiny:resnet18', IMAGENET_MODELS.model_args(
+        'tiny:resnet18', num_classes=3, image_size=SIZE), image_size=SIZE,
+        normalization=((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)))
+    path = str(tmp_path / 'abn.pth.tar')
+    ckpt.save_checkpoint({'epoch': 1, 'state_dict': model.state_dict(), 'acc': 1.0,
+                          'best_acc': 1.0, 'model_spec': spec.to_dict(),
+                          'format': ckpt.FORMAT}, path)
+    loaded = load_model(path)
+    with torch.no_grad():
+        for a, b in zip(loaded.model(images()), model(images())):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)
 
 
 # -- the whole way through the tools ----------------------------------------------------------

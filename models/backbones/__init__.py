@@ -9,26 +9,25 @@ its traced graph between its blocks, whatever its tokens' layout (models.backbon
 `split` picks the first stage (or block) of the two branches (negative from the end;
 default: the last stage, for a transformer the last 3 blocks). Pretrained weights are the library's (`library_state_dict`), loaded
 into the backbone, the attention stage starting as a copy of the pretrained last stage.
-timm is imported when a timm name is used.
+Each library is one object of models.backbones.libraries; timm is imported when a timm name
+is used.
 """
 from __future__ import annotations
 
 import copy
 import difflib
-import fnmatch
 from typing import Optional, Union
 
 import torch
-import torchvision
 
 from ..abn import AttentionBranchNetwork
 from .cnn import BackboneABN
 from .graph import GraphBackboneABN, graph_split
-from .split import DOWNSAMPLING_RULES, Trunk, timm_trunk, torchvision_trunk  # noqa: F401
-from .tokens import TokenGraphABN, block_paths, check_whole, token_split
+from .libraries import LIBRARIES, library
+from .split import DOWNSAMPLING_RULES, Trunk  # noqa: F401
+from .tokens import TokenGraphABN, block_lists, check_whole, token_split
 from .vit import VisionTransformerABN
 
-SOURCES = ('timm', 'torchvision')
 VIT_DEFAULT_SPLIT = -3  # a ViT's branches: its last 3 blocks (a quarter of a 12-block ViT)
 
 
@@ -37,20 +36,12 @@ def split_name(arch: object) -> Optional[tuple[str, str]]:
     if not isinstance(arch, str) or ':' not in arch:
         return None
     source, _, name = arch.partition(':')
-    return (source, name) if source in SOURCES and name else None
-
-
-def _timm():
-    import timm
-    return timm
+    return (source, name) if source in LIBRARIES and name else None
 
 
 def library_names(source: str, pattern: str = '*') -> list[str]:
     """The classifiers `source` can build whose name matches `pattern`."""
-    if source == 'timm':
-        return list(_timm().list_models(pattern))
-    names = torchvision.models.list_models(module=torchvision.models)
-    return [name for name in names if fnmatch.fnmatchcase(name, pattern)]
+    return library(source).names(pattern)
 
 
 def check_name(source: str, name: str) -> None:
@@ -65,54 +56,22 @@ def check_name(source: str, name: str) -> None:
 
 
 def is_vit(source: str, name: str) -> bool:
-    if source != 'timm':
-        return False
-    from timm.models.vision_transformer import VisionTransformer
-    with torch.device('meta'):
-        model = _timm().create_model(name, pretrained=False)
-    return isinstance(model, VisionTransformer)
+    return library(source).is_vit(name)
 
 
 def library_model(source: str, name: str, num_classes: int, image_size: int, vit: bool = False,
                   pretrained: bool = False,
                   pretrained_file: Optional[str] = None) -> torch.nn.Module:
-    """The library's own model with `num_classes` outputs; ViTs for `image_size`, pooling
-    the patch tokens (timm's global_pool='avg', with the final norm kept before it)."""
-    if source == 'timm':
-        # a transformer pools its patch tokens where it lets itself be built so
-        choices = [dict(global_pool='avg', fc_norm=False), dict(global_pool='avg'), {}] \
-            if vit else [{}]
-        create = _timm().create_model
-        pretrained = pretrained or bool(pretrained_file)
-        overlay = dict(pretrained_cfg_overlay=dict(file=pretrained_file)) \
-            if pretrained_file else {}
-        for pooling in choices:
-            options = dict(pooling, **overlay)
-            # models with a fixed input size (ViTs, MLP-Mixers) are built for the run's;
-            # the others take none
-            for size in (dict(img_size=image_size), {}):
-                try:
-                    return create(name, pretrained=pretrained, num_classes=num_classes,
-                                  **size, **options)
-                except TypeError as error:  # an option it does not take
-                    refused = error
-                except (AssertionError, ValueError) as error:  # a pooling it does not do
-                    if not pooling:
-                        raise
-                    refused = error
-        raise refused
-    options = {}  # the transformers are built for the run's size
-    if name.startswith('vit_'):
-        options['image_size'] = image_size
-    elif name.startswith('maxvit'):
-        options['input_size'] = (image_size, image_size)
-    return torchvision.models.get_model(name, weights=None, num_classes=num_classes, **options)
+    """The library's own model with `num_classes` outputs, for `image_size`; where `vit`, a
+    transformer pooling its patch tokens where it can be built so."""
+    return library(source).model(name, num_classes, image_size, vit, pretrained,
+                                 pretrained_file)
 
 
 def trunk_of(source: str, name: str, image_size: int, vit: bool) -> Trunk:
     """The trunk of the model, found on a twin on the meta device (no memory, no arithmetic),
     or on the CPU for the few models that cannot be built there (torchvision's RegNets)."""
-    find = timm_trunk if source == 'timm' else torchvision_trunk
+    find = library(source).trunk
     try:
         with torch.device('meta'):
             twin = library_model(source, name, 1000, image_size, vit).eval()
@@ -139,7 +98,8 @@ def build(source: str, name: str, num_classes: int = 1000, attention: bool = Tru
         backbone = library_model(source, name, num_classes, image_size, vit=True)
         split = VIT_DEFAULT_SPLIT if split is None else split
         check_split(split, len(backbone.blocks), f'{source}:{name}', 'blocks')
-        model = VisionTransformerABN(backbone, name, split, num_classes, attention, gate)
+        model = VisionTransformerABN(backbone, source, name, split, num_classes, attention,
+                                     gate)
         model.check_head()
         return model
     reasons = []
@@ -153,7 +113,8 @@ def build(source: str, name: str, num_classes: int = 1000, attention: bool = Tru
     children, graph, blocks = reasons
     # the graph's reason where it is the more precise: torchvision's children are a guess,
     # and a copy that keeps no resolution may only have lost a functional pooling
-    first = graph if source == 'torchvision' or children.startswith('the downsampling') \
+    first = graph if library(source).children_are_a_guess or \
+        children.startswith('the downsampling') \
         else children
     raise ValueError(first if blocks in first else f'{first}; nor between its blocks: {blocks}')
 
@@ -182,13 +143,13 @@ def children_model(source: str, name: str, num_classes: int, attention: bool, ga
 
 def own_size(source: str, name: str) -> str:
     """', e.g. its own N px: try --image-size N' where the library says a size."""
-    if source != 'timm':
-        return ''
-    try:
-        size = _timm().get_pretrained_cfg(name).input_size[-1]
-    except Exception:  # no configuration: nothing to suggest
-        return ''
-    return f'; its own is {size} px: try --image-size {size}'
+    size = library_size(source, name)
+    return f'; its own is {size} px: try --image-size {size}' if size else ''
+
+
+def library_size(source: str, name: str) -> Optional[int]:
+    """The input size the library gives the model, if it says one."""
+    return library(source).own_size(name)
 
 
 def graph_model(source: str, name: str, num_classes: int, attention: bool, gate: str,
@@ -219,26 +180,54 @@ def graph_model(source: str, name: str, num_classes: int, attention: bool, gate:
 def token_model(source: str, name: str, num_classes: int, attention: bool, gate: str,
                 split: Optional[int], image_size: int) -> TokenGraphABN:
     """The ABN of a transformer split between its blocks (models.backbones.tokens); raises
-    ValueError with the reason where it cannot be."""
+    ValueError with the reason where it cannot be. The blocks' lists are tried in turn
+    (block_lists), and where no split was asked for, the family's default (the last 3
+    blocks, or all but the first of fewer) and then later ones: the first that is the model
+    (check_whole) is the ABN, so the same arguments always build the same one."""
     arch, asked = f'{source}:{name}', split is not None
+    reasons = []
     try:
         backbone = library_model(source, name, num_classes, image_size, vit=True)
-        blocks = block_paths(backbone)
-        if len(blocks) < 2:
+        lists = block_lists(backbone)
+        if not lists:
             raise ValueError('it has no list of blocks to split between')
-        # the default: the last 3 blocks, or all but the first of fewer
-        split = max(VIT_DEFAULT_SPLIT, 1 - len(blocks)) if split is None else split
-        check_split(split, len(blocks), arch, 'blocks', asked)
-        first = len(blocks) + split if split < 0 else split
-        split_at = token_split(backbone, blocks, first, image_size, source)
-        model = TokenGraphABN(backbone, source, name, split_at, split, num_classes,
-                              attention, gate)
-        check_whole(model, image_size)
+        for k, blocks in enumerate(lists):
+            if asked:
+                if k and not -len(blocks) < split < len(blocks):
+                    continue
+                check_split(split, len(blocks), arch, 'blocks', asked and not k)
+                tries = [split]
+            else:
+                tries = range(max(VIT_DEFAULT_SPLIT, 1 - len(blocks)), 0)
+            for at in tries:
+                if backbone is None:  # a failed try left its constants on the last one
+                    backbone = library_model(source, name, num_classes, image_size, vit=True)
+                try:
+                    return split_between(backbone, source, name, blocks, at, num_classes,
+                                         attention, gate, image_size)
+                except Final:
+                    raise
+                except Exception as error:  # tracing fails in many ways
+                    text = str(error).strip().splitlines()
+                    reasons.append(text[0][:200] if text else type(error).__name__)
+                    backbone = None
     except Final:
         raise
-    except Exception as error:  # tracing fails in many ways: each is a model not split here
+    except Exception as error:
         text = str(error).strip().splitlines()
-        raise ValueError(text[0][:200] if text else type(error).__name__) from None
+        reasons.append(text[0][:200] if text else type(error).__name__)
+    raise ValueError(reasons[0])
+
+
+def split_between(backbone: torch.nn.Module, source: str, name: str, blocks: list[str], split: int,
+                  num_classes: int, attention: bool, gate: str,
+                  image_size: int) -> TokenGraphABN:
+    """The ABN of `backbone` with its branches from block `split` of `blocks`, checked."""
+    first = len(blocks) + split if split < 0 else split
+    split_at = token_split(backbone, blocks, first, image_size, source)
+    model = TokenGraphABN(backbone, source, name, split_at, split, num_classes, attention,
+                          gate)
+    check_whole(model, image_size)
     model.check_head()
     return model
 
@@ -275,12 +264,7 @@ def check_keeps_resolution(model: Union[BackboneABN, GraphBackboneABN], channels
 
 def has_pretrained(source: str, name: str) -> bool:
     """Whether the library publishes ImageNet weights of `name`."""
-    if source == 'timm':
-        return bool(_timm().is_model_pretrained(name))
-    try:
-        return torchvision.models.get_model_weights(name) is not None
-    except ValueError:
-        return False
+    return library(source).has_pretrained(name)
 
 
 def library_state_dict(source: str, name: str, num_classes: int, image_size: int,
@@ -288,18 +272,11 @@ def library_state_dict(source: str, name: str, num_classes: int, image_size: int
                        pools_tokens: bool = False) -> dict[str, torch.Tensor]:
     """The library's pretrained weights for the model (downloaded by the library, or read
     from `pretrained_file`), as a state_dict of its own model (built pooling its patch tokens
-    where `pools_tokens`, as the ABN's): timm adapts them itself (its classifier dropped for
-    other classes, a ViT's position embedding resampled)."""
-    if source == 'timm':
-        model = library_model(source, name, num_classes, image_size, pools_tokens,
-                              pretrained=True, pretrained_file=pretrained_file)
-        return model.state_dict()
-    if pretrained_file:
-        raise NotImplementedError  # torchvision files are read by the caller (a state_dict)
-    weights = torchvision.models.get_model_weights(name).DEFAULT
-    return weights.get_state_dict(progress=True, check_hash=True)
+    where `pools_tokens`, as the ABN's)."""
+    return library(source).pretrained_state_dict(name, num_classes, image_size,
+                                                 pretrained_file, pools_tokens)
 
 
-__all__ = ['BackboneABN', 'DOWNSAMPLING_RULES', 'GraphBackboneABN', 'SOURCES', 'TokenGraphABN',
+__all__ = ['BackboneABN', 'DOWNSAMPLING_RULES', 'GraphBackboneABN', 'TokenGraphABN',
            'VisionTransformerABN', 'build', 'check_name', 'has_pretrained', 'library_names',
            'library_state_dict', 'split_name']

@@ -17,9 +17,9 @@ import copy
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..abn import AttentionBranchNetwork
+from .libraries import library
 from .split import Trunk, remove_downsampling
 
 
@@ -36,8 +36,8 @@ class BackboneABN(AttentionBranchNetwork):
         self.extractor_paths = tuple(part.path for part in trunk.parts[:first])
         self.stage_paths = tuple(part.path for part in trunk.parts[first:])
         self.map_stride = trunk.parts[first - 1].stride
-        self.head_paths, self.flatten_head, self.classifier_path = head_of(backbone, source,
-                                                                            trunk)
+        self.head_paths, self.flatten_head, self.classifier_path = \
+            library(source).head(backbone)
         if attention:
             self.att_stage = remove_downsampling(nn.Sequential(
                 *[copy.deepcopy(self.part(path)) for path in self.stage_paths]))
@@ -70,15 +70,10 @@ class BackboneABN(AttentionBranchNetwork):
         return self.part(self.classifier_path)
 
     def classify(self, maps: torch.Tensor) -> torch.Tensor:
-        """The model's own head: timm's forward_head, torchvision's pooling and classifier."""
-        if self.source == 'timm':
-            return self.backbone.forward_head(maps)
-        x = F.adaptive_avg_pool2d(maps, 1)
-        if self.flatten_head:
-            x = torch.flatten(x, 1)
-        for path in self.head_paths:
-            x = self.part(path)(x)
-        return x
+        """The model's own head (its library's: timm's forward_head, torchvision's pooling and
+        the children after it)."""
+        return library(self.source).classify(self.backbone, maps, self.head_paths,
+                                             self.flatten_head)
 
     # -- weights ---------------------------------------------------------------------------
     def copy_stage_to_attention(self) -> None:
@@ -91,35 +86,6 @@ class BackboneABN(AttentionBranchNetwork):
         """Whether CAM is exact: in eval mode the head is average pooling + final_linear."""
         self.cam_exact = head_is_linear(self, self.part(self.stage_paths[-1]))
         return self.cam_exact
-
-
-def head_of(backbone: nn.Module, source: str,
-            trunk: Trunk) -> tuple[tuple[str, ...], bool, str]:
-    """(paths of the head's modules after pooling, whether to flatten first, the classifier's
-    path). timm: its forward_head and get_classifier(); torchvision: the children after its
-    global pooling, flattened first unless the first one takes maps (ConvNeXt's LayerNorm2d)."""
-    if source == 'timm':
-        classifier = backbone.get_classifier()
-        if isinstance(classifier, (tuple, list)):  # a distilled model's two heads
-            classifier = classifier[0]
-        if not any(m is classifier for m in backbone.modules()):
-            raise ValueError('its classifier is not one of its modules')
-        return (), False, _path_of(backbone, classifier)
-    names = [name for name, _ in backbone.named_children()]
-    pool = next(i for i, name in enumerate(names)
-                if isinstance(backbone.get_submodule(name), nn.AdaptiveAvgPool2d))
-    head = names[pool + 1:]
-    leaves = [m for name in head for m in backbone.get_submodule(name).modules()
-              if not list(m.children())]
-    flatten = bool(leaves) and isinstance(leaves[0], (nn.Linear, nn.Dropout))
-    linears = [m for m in leaves if isinstance(m, nn.Linear)]
-    if not linears:
-        raise ValueError('its head has no linear classifier to replace')
-    return tuple(head), flatten, _path_of(backbone, linears[-1])
-
-
-def _path_of(model, module):
-    return next(name for name, m in model.named_modules() if m is module)
 
 
 def head_is_linear(model: AttentionBranchNetwork, last_part: nn.Module) -> bool:

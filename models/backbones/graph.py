@@ -35,6 +35,7 @@ import torch.nn as nn
 
 from ..abn import AttentionBranchNetwork
 from .cnn import head_is_linear
+from .libraries import library
 from .split import remove_downsampling, size_keeping_padding
 
 ADAPTIVE_POOLS = (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)
@@ -53,11 +54,7 @@ def trace(model: nn.Module, source: str = 'torchvision') -> fx.GraphModule:
     """The model's graph in eval mode (an auxiliary classifier of training left out), its
     nodes named by the modules they call, as the library's feature extraction names them
     (timm's keeps its own layers that cannot be traced as single steps)."""
-    if source == 'timm':
-        from timm.models._features_fx import create_feature_extractor, get_graph_node_names
-    else:
-        from torchvision.models.feature_extraction import (create_feature_extractor,
-                                                           get_graph_node_names)
+    create_feature_extractor, get_graph_node_names = library(source).feature_extraction()
     training = model.training
     model.eval()
     _, names = get_graph_node_names(model)

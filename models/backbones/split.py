@@ -2,7 +2,7 @@
 
 A backbone's *trunk* is the forward path to the maps its head pools: the modules its
 features' forward calls, in order, each with the total stride of its output. Its *stages*
-are runs of those modules:
+are runs of those modules, as each library says (its `trunk`, models.backbones.libraries):
 - timm: every model that supports `features_only` lists its stages in `feature_info` (the
   module that ends each one, its channels and reduction); modules after the last one and
   before the head (EfficientNet's conv_head, ConvNeXt's norm_pre) join the last stage;
@@ -21,7 +21,7 @@ it for every family (DOWNSAMPLING_RULES); a copy whose output still shrinks is r
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable, Union
+from typing import Any, Callable, Iterable
 
 import torch
 import torch.nn as nn
@@ -98,55 +98,6 @@ def trace_parts(model: nn.Module, paths: Iterable[str],
     return parts, x
 
 
-def timm_trunk(model: nn.Module, image_size: int,
-               device: Union[str, torch.device] = 'meta') -> Trunk:
-    """The trunk of a timm model, its stages from `feature_info`."""
-    modules = [info['module'] for info in model.feature_info]
-    probe = torch.zeros(1, 3, image_size, image_size, device=device)
-    called = called_children(model, model.forward_features, probe)
-    names = [name for name, _ in called]
-    paths = opened(model, names, lambda name: any(m.startswith(name + '.') for m in modules))
-    missing = [m for m in modules if m not in paths]
-    if missing:
-        raise ValueError(f"its stage '{missing[0]}' is not one module of its forward path")
-    parts, out = trace_parts(model, paths, probe)
-    for info, end in zip(model.feature_info, (paths.index(m) for m in modules)):
-        if parts[end].channels != info['num_chs']:
-            raise ValueError(f"its stage '{info['module']}' outputs {parts[end].channels} "
-                             f"channels where timm says {info['num_chs']}: its maps are not "
-                             f"laid out (N, C, H, W)")
-    ends = [paths.index(m) for m in modules]
-    ends[-1] = len(paths) - 1  # what follows the last stage, before the head, joins it
-    with torch.no_grad():
-        check_same(model.forward_features(probe), out)
-    return Trunk(parts, ends)
-
-
-def torchvision_trunk(model: nn.Module, image_size: int,
-                      device: Union[str, torch.device] = 'meta') -> Trunk:
-    """The trunk of a torchvision classifier: its children before the global pooling,
-    containers opened one level, stages where the stride changes."""
-    probe = torch.zeros(1, 3, image_size, image_size, device=device)
-    called = called_children(model, model, probe)
-    names = []
-    for name, _ in called:
-        child = model.get_submodule(name)
-        if isinstance(child, nn.AdaptiveAvgPool2d):
-            if _pair(child.output_size) != (1, 1):
-                raise ValueError(f"its pooling '{name}' keeps a grid of {child.output_size} "
-                                 f"for its classifier, not one value per channel")
-            break
-        names.append(name)
-    else:
-        raise ValueError('it has no global average pooling (nn.AdaptiveAvgPool2d) before '
-                         'its classifier')
-    paths = opened(model, names, lambda name: True)
-    parts, _ = trace_parts(model, paths, probe)
-    ends = [i for i, part in enumerate(parts)
-            if i + 1 == len(parts) or parts[i + 1].stride != part.stride]
-    return Trunk(parts, ends)
-
-
 def check_same(expected: torch.Tensor, got: torch.Tensor) -> None:
     if tuple(expected.shape) != tuple(got.shape):
         raise ValueError(f'its modules, run in order, give maps of shape {tuple(got.shape)}, '
@@ -167,7 +118,7 @@ DOWNSAMPLING_RULES = ('strided convolution -> stride 1 (same padding for even ke
                       'other strided pooling -> stride 1 (padding k // 2 for odd kernels)')
 
 
-def _pair(value):
+def pair(value):
     return tuple(value) if isinstance(value, (tuple, list)) else (value, value)
 
 
@@ -178,8 +129,8 @@ class SamePaddedConv2d(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         pads = []
-        for p, d, k in reversed(list(zip(_pair(self.padding), _pair(self.dilation),
-                                          _pair(self.kernel_size)))):
+        for p, d, k in reversed(list(zip(pair(self.padding), pair(self.dilation),
+                                          pair(self.kernel_size)))):
             missing = d * (k - 1) - 2 * p
             pads += [0, missing]
         return super().forward(F.pad(x, pads))
@@ -188,16 +139,16 @@ class SamePaddedConv2d(nn.Conv2d):
 def remove_downsampling(stage: nn.Module) -> nn.Module:
     """Applies DOWNSAMPLING_RULES to every module of `stage` (in place); returns it."""
     for name, module in list(stage.named_modules()):
-        if isinstance(module, nn.Conv2d) and max(_pair(module.stride)) > 1:
+        if isinstance(module, nn.Conv2d) and max(pair(module.stride)) > 1:
             module.stride = (1, 1)
-            kernel, dilation = _pair(module.kernel_size), _pair(module.dilation)
-            padding = _pair(module.padding) if not isinstance(module.padding, str) else None
+            kernel, dilation = pair(module.kernel_size), pair(module.dilation)
+            padding = pair(module.padding) if not isinstance(module.padding, str) else None
             if type(module) is nn.Conv2d and padding is not None and \
                     any(2 * p < d * (k - 1) for p, d, k in zip(padding, dilation, kernel)):
                 module.__class__ = SamePaddedConv2d
         elif isinstance(module, (nn.MaxPool2d, nn.AvgPool2d)) and \
-                max(_pair(module.stride)) > 1:
-            if _pair(module.kernel_size) == _pair(module.stride):
+                max(pair(module.stride)) > 1:
+            if pair(module.kernel_size) == pair(module.stride):
                 parent, _, child = name.rpartition('.')
                 setattr(stage.get_submodule(parent) if parent else stage, child, nn.Identity())
             else:
@@ -209,6 +160,6 @@ def remove_downsampling(stage: nn.Module) -> nn.Module:
 def size_keeping_padding(kernel_size, padding):
     """The padding of a stride-1 pooling of `kernel_size` that keeps its input's size: k // 2
     for odd kernels (an even one cannot: `padding` is kept)."""
-    kernel = _pair(kernel_size)
+    kernel = pair(kernel_size)
     return tuple(k // 2 for k in kernel) if all(isinstance(k, int) and k % 2 for k in kernel) \
         else padding

@@ -92,13 +92,33 @@ def block_paths(model: nn.Module) -> list[str]:
         same = [i['module'] for i in info if i.get('reduction') == last]
         if len(same) > 1:
             return same
-    best: list[str] = []
-    for path, module in model.named_modules():
-        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) > len(best):
-            kinds = {type(child) for child in module}
-            if len(kinds) == 1:
-                best = [f'{path}.{name}' if path else name for name, _ in module.named_children()]
-    return best
+    lists = _lists_of_one_type(model)
+    return max(lists, key=len, default=[])
+
+
+def block_lists(model: nn.Module) -> list[list[str]]:
+    """The lists of blocks a split is looked for in, in turn: the model's blocks
+    (block_paths), then of a model in stages, its last stage's blocks (a hierarchical
+    transformer's grid changes between its stages: its branches can only hold the last)."""
+    first = block_paths(model)
+    found = [first] if len(first) > 1 else []
+    for stages in _lists_of_one_type(model):
+        last = model.get_submodule(stages[-1])
+        inner = max(_lists_of_one_type(last, stages[-1]), key=len, default=[])
+        if len(inner) > 1 and inner not in found:
+            found.append(inner)
+    return found
+
+
+def _lists_of_one_type(model: nn.Module, prefix: str = '') -> list[list[str]]:
+    """The paths of the children of every ModuleList or Sequential of modules of one type."""
+    lists = []
+    for path, module in model.named_modules(prefix=prefix):
+        if isinstance(module, (nn.ModuleList, nn.Sequential)) and len(module) > 1 \
+                and len({type(child) for child in module}) == 1:
+            lists.append([f'{path}.{name}' if path else name for name, _ in
+                          module.named_children()])
+    return lists
 
 
 def _belongs(node: fx.Node, path: str) -> bool:
@@ -319,4 +339,4 @@ def check_whole(model: TokenGraphABN, image_size: int) -> None:
                          'the patch tokens)')
 
 
-__all__ = ['TokenGraphABN', 'TokenSplit', 'block_paths', 'check_whole', 'token_split']
+__all__ = ['TokenGraphABN', 'TokenSplit', 'block_lists', 'block_paths', 'check_whole', 'token_split']

@@ -35,11 +35,11 @@ class VisionTransformerABN(AttentionBranchNetwork):
     classifier_path = 'head'  # in the backbone
     pools_tokens = True  # built with the library's mean of the patch tokens
 
-    def __init__(self, backbone: VisionTransformer, name: str, split: int, num_classes: int,
-                 attention: bool = True, gate: str = 'residual') -> None:
+    def __init__(self, backbone: VisionTransformer, source: str, name: str, split: int,
+                 num_classes: int, attention: bool = True, gate: str = 'residual') -> None:
         super().__init__(num_classes, attention, gate)
         self.backbone = backbone
-        self.source, self.backbone_name, self.split = 'timm', name, split
+        self.source, self.backbone_name, self.split = source, name, split
         self.first_branch_block = len(backbone.blocks) + split
         self.map_stride = backbone.patch_embed.patch_size[0]
         if attention:

@@ -219,14 +219,15 @@ def library_weights(model: BackboneABN | VisionTransformerABN,
                     pretrained_file: str | None) -> Mapping[str, torch.Tensor]:
     """The library's weights of `model` (downloaded, or from `pretrained_file`)."""
     from models.backbones import library_state_dict
+    from models.backbones.libraries import library
     source, name = model.source, model.backbone_name
-    if source == 'torchvision' and pretrained_file:
+    if pretrained_file and not library(source).reads_pretrained_files:
         return load_checkpoint(pretrained_file)['state_dict']
     image_size = getattr(getattr(model.backbone, 'patch_embed', None), 'img_size', (224,))[0]
     try:
         state = library_state_dict(source, name, model.num_classes, image_size, pretrained_file,
                                    model.pools_tokens)
-        if pretrained_file:  # timm adapts a file without complaint: the names must agree
+        if pretrained_file:  # a library adapts a file without complaint: the names must agree
             check_names(model, clean_state_dict(load_checkpoint(pretrained_file)['state_dict']),
                         pretrained_file)
         return state
