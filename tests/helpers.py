@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 import urllib.request
+from types import SimpleNamespace
 
 import pytest
 
@@ -84,13 +85,53 @@ def assert_refused(main, argv, expected, run_dir, capsys):
     assert file_states(run_dir) == before
 
 
+# The smallest model of each of the authors' families and of the multi-task ABN, for the
+# tests that go through every family: {name: (script, arch, builder options)}; the daily
+# tier takes DAILY_FAMILY, the full suite the others.
+SMALLEST = {
+    'cifar-resnet': ('cifar', 'resnet', dict(depth=8)),
+    'cifar-densenet': ('cifar', 'densenet', dict(depth=10, growthRate=4)),
+    'cifar-wrn': ('cifar', 'wrn', dict(depth=10, widen_factor=1)),
+    'cifar-resnext': ('cifar', 'resnext', dict(depth=11, cardinality=2, widen_factor=1)),
+    'imagenet-resnet18': ('imagenet', 'resnet18', {}),
+    'celeba-mtabn': ('celeba', 'mtabn_v1_resnet18', dict(width=8)),
+}
+DAILY_FAMILY = 'cifar-resnet'
+
+
+def family_params(names, *more):
+    """pytest.param(name, *more) of each name, the daily family's daily, the others slow."""
+    return [pytest.param(name, *more, id=name,
+                         marks=[] if name == DAILY_FAMILY else [pytest.mark.slow])
+            for name in names]
+
+
 def tiny_model(attention=True, gate='residual', seed=0):
     model = CIFAR_MODELS.create('resnet', depth=8, num_classes=10, attention=attention, gate=gate)
     return randomise(model, seed).eval()
 
 
 def save_project_checkpoint(model, path):
-    """A checkpoint as cifar.py writes it (the keys explain.py reads)."""
+    """A checkpoint of tiny_model's family (a depth-8 shapes ResNet) as cifar.py writes it:
+    what describes the model written by the engine's own function
+    (utils.train.state.model_description), its spec included."""
+    from utils.train.setup import with_data
+    from utils.train.state import model_description
+    from utils.weights.modelspec import ModelSpec
+    mean, std = NORMALIZATION['shapes']
+    data = SimpleNamespace(classes=list(SHAPE_CLASSES), name='shapes', image_size=32,
+                           mean=mean, std=std)
+    arguments = CIFAR_MODELS.model_args('resnet', depth=8, num_classes=10,
+                                        attention=model.has_attention, gate=model.gate)
+    spec = with_data(ModelSpec('cifar', 'resnet', arguments), data, 'single-label')
+    ckpt.save_checkpoint({'epoch': 1, 'state_dict': model.state_dict(), 'acc': 50.0,
+                          'best_acc': 50.0, **model_description(spec, data)}, path)
+    return path
+
+
+def save_checkpoint_without_spec(model, path):
+    """The same as the project wrote it before checkpoints held their model's spec: the
+    architecture's arguments and the data's keys, from which the loaders work the spec out."""
     mean, std = NORMALIZATION['shapes']
     ckpt.save_checkpoint({
         'epoch': 1, 'state_dict': model.state_dict(), 'arch': 'resnet',

@@ -17,7 +17,7 @@ from utils.data.loaders import make_train_loader
 from utils.data.shapes import ShapesDataset
 from utils.distributed import Runtime
 from utils.errors import AbnError
-from utils.objectives.attention_map import map_loss
+from utils.objectives.map_loss import map_loss
 from utils.teach.attention_maps import (MapDeviceLoader, WithAttentionMaps, load_map_set,
                                         map_device_loader, parse_source, read_map,
                                         shapes_mask_subset)

@@ -145,7 +145,7 @@ def test_the_checkpoint_policy_keeps_the_best_by_the_objectives_direction(tmp_pa
     from types import SimpleNamespace
 
     from utils.objectives import SingleLabelObjective
-    from utils.train.checkpoints import CheckpointPolicy
+    from utils.train.checkpoint_policy import CheckpointPolicy
     args = Namespace(checkpoint=str(tmp_path / 'run'), resume='', evaluate=False,
                      overwrite=False)
     policy = CheckpointPolicy(args, SimpleNamespace(is_main=True), SingleLabelObjective())
@@ -163,3 +163,22 @@ def test_the_checkpoint_policy_keeps_the_best_by_the_objectives_direction(tmp_pa
     lower = CheckpointPolicy(args, SimpleNamespace(is_main=True), Error())
     assert lower.record(2.0) and lower.record(1.0) and not lower.record(1.5)
     assert lower.best == 1.0
+
+
+def test_a_file_without_its_spec_loads_as_the_file_the_engine_writes(tmp_path):
+    """The loaders work a spec out of the keys older files hold (save_checkpoint_without_spec):
+    the same model, classes, size and normalisation as from the spec the engine writes."""
+    from tests.helpers import save_checkpoint_without_spec, save_project_checkpoint, tiny_model
+    from utils.weights.loading import load_model
+    model = tiny_model(gate='multiply')
+    written = load_model(save_project_checkpoint(model, str(tmp_path / 'engine.pth.tar')))
+    guessed = load_model(save_checkpoint_without_spec(model, str(tmp_path / 'older.pth.tar')))
+    assert 'model_spec' in torch.load(str(tmp_path / 'engine.pth.tar'), weights_only=True)
+    for field in ('script', 'arch', 'model_args', 'class_names', 'image_size', 'dataset'):
+        assert getattr(written.spec, field) == getattr(guessed.spec, field), field
+    assert written.description == guessed.description
+    assert [list(v) for v in written.normalization] == [list(v) for v in guessed.normalization]
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        for a, b in zip(written.model(x), guessed.model(x)):
+            torch.testing.assert_close(a, b, rtol=0, atol=0)

@@ -13,7 +13,7 @@ import torch
 import export
 from models import CIFAR_MODELS, IMAGENET_MODELS, MULTITASK_MODELS
 from tests.fakedata import save_run_checkpoint
-from tests.helpers import run_script
+from tests.helpers import SMALLEST, family_params, run_script
 from utils.data.datasets import NORMALIZATION
 from utils.data.shapes import SHAPE_CLASSES
 from utils.errors import AbnError
@@ -27,16 +27,11 @@ import onnxruntime as ort  # noqa: E402
 TOLERANCE = 1e-4
 OUTPUTS = ['attention_logits', 'logits', 'attention_map']
 
-# (script, arch, builder options, image size): the smallest depth of each family.
-MODELS = {
-    'cifar-resnet': ('cifar', 'resnet', dict(depth=8, num_classes=10), 32),
-    'cifar-densenet': ('cifar', 'densenet', dict(depth=10, growthRate=4, num_classes=10), 32),
-    'cifar-wrn': ('cifar', 'wrn', dict(depth=10, widen_factor=1, num_classes=10), 32),
-    'cifar-resnext': ('cifar', 'resnext', dict(depth=11, cardinality=2, widen_factor=1,
-                                                num_classes=10), 32),
-    'imagenet-resnet18': ('imagenet', 'resnet18', dict(num_classes=3), 64),
-    'celeba-mtabn': ('celeba', 'mtabn_v1_resnet18', dict(num_classes=4, width=8), 32),
-}
+# (script, arch, builder options, image size): the smallest model of each family.
+CLASSES = {'cifar': 10, 'imagenet': 3, 'celeba': 4}
+MODELS = {name: (script, arch, dict(options, num_classes=CLASSES[script]),
+                 64 if script == 'imagenet' else 32)
+          for name, (script, arch, options) in SMALLEST.items()}
 REGISTRIES = {'cifar': CIFAR_MODELS, 'imagenet': IMAGENET_MODELS, 'celeba': MULTITASK_MODELS}
 
 
@@ -65,11 +60,7 @@ def assert_close(got, want, what):
     assert difference <= TOLERANCE * scale, f'{what}: {difference:.3g} at scale {scale:.3g}'
 
 
-DAILY = ('cifar-resnet',)  # the other families: the full suite
-
-
-@pytest.mark.parametrize('name', [n if n in DAILY else pytest.param(n, marks=pytest.mark.slow)
-                                  for n in sorted(MODELS)])
+@pytest.mark.parametrize('name', family_params(sorted(MODELS)))
 def test_onnx_and_pt2_give_pytorchs_three_outputs_at_batch_1_and_5(name, tmp_path):
     loaded = load_model(write_checkpoint(name, str(tmp_path)))
     model = loaded.model

@@ -25,7 +25,7 @@ from models import CIFAR_MODELS, IMAGENET_MODELS, MULTITASK_MODELS
 from models.abn import freeze_feature_extractor
 from tests.fake_cuda import fake_cuda
 from tests.fakedata import save_run_checkpoint
-from tests.helpers import ROOT, run_script
+from tests.helpers import ROOT, SMALLEST, run_script
 from utils import distributed
 from utils.data.fastdata import Normalizer
 from utils.data.loaders import EpochSampler
@@ -220,9 +220,10 @@ def test_a_timeout_that_is_no_time_is_refused(tmp_path, capsys):
 
 # -- 6: a frozen feature extractor under --sync-bn ---------------------------------------------
 
-FROZEN_MODELS = [(CIFAR_MODELS, 'resnet', dict(depth=8, num_classes=3)),
-                 (IMAGENET_MODELS, 'resnet18', dict(num_classes=3)),
-                 (MULTITASK_MODELS, 'mtabn_v1_resnet18', dict(num_classes=3, width=8))]
+REGISTRIES = {'cifar': CIFAR_MODELS, 'imagenet': IMAGENET_MODELS, 'celeba': MULTITASK_MODELS}
+FROZEN_MODELS = [(REGISTRIES[SMALLEST[name][0]], SMALLEST[name][1],
+                  dict(SMALLEST[name][2], num_classes=3))
+                 for name in ('cifar-resnet', 'imagenet-resnet18', 'celeba-mtabn')]
 
 
 @pytest.mark.parametrize('device', ['cpu', 'cuda'])

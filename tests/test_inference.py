@@ -14,26 +14,22 @@ import explain
 import utils.inference as inference
 from models import CIFAR_MODELS, IMAGENET_MODELS, MULTITASK_MODELS
 from tests.fakedata import randomise
-from tests.helpers import run_script, save_project_checkpoint, tiny_model
+from tests.helpers import (SMALLEST, family_params, run_script, save_project_checkpoint,
+                           tiny_model)
 from utils import cpus
 from utils.api import load
 from utils.weights.loading import LoadedModel
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
-FAMILIES = [
-    ('cifar-resnet', CIFAR_MODELS, 'resnet', dict(depth=8), 32),
-    ('cifar-densenet', CIFAR_MODELS, 'densenet', dict(depth=10, growthRate=4), 32),
-    ('cifar-wrn', CIFAR_MODELS, 'wrn', dict(depth=10, widen_factor=1), 32),
-    ('cifar-resnext', CIFAR_MODELS, 'resnext', dict(depth=11, cardinality=2, widen_factor=1),
-     32),
-    ('imagenet-resnet18', IMAGENET_MODELS, 'resnet18', {}, 64),
-    ('imagenet-se_resnet18', IMAGENET_MODELS, 'se_resnet18', {}, 64),
-    ('timm-resnet18', IMAGENET_MODELS, 'timm:resnet18', dict(image_size=64), 64),
-    ('timm-vit', IMAGENET_MODELS, 'timm:vit_tiny_patch16_224', dict(image_size=64), 64),
-    ('celeba-mtabn', MULTITASK_MODELS, 'mtabn_v1_resnet18', dict(width=8), 64),
-]
-DAILY = ('cifar-resnet',)  # the others: the full suite
+REGISTRIES = {'cifar': CIFAR_MODELS, 'imagenet': IMAGENET_MODELS, 'celeba': MULTITASK_MODELS}
+# the smallest model of each family, and the libraries' and SE-ResNet's
+FAMILIES = {name: (REGISTRIES[script], arch, options, 32 if script == 'cifar' else 64)
+            for name, (script, arch, options) in SMALLEST.items()}
+FAMILIES.update({
+    'imagenet-se_resnet18': (IMAGENET_MODELS, 'se_resnet18', {}, 64),
+    'timm-resnet18': (IMAGENET_MODELS, 'timm:resnet18', dict(image_size=64), 64),
+    'timm-vit': (IMAGENET_MODELS, 'timm:vit_tiny_patch16_224', dict(image_size=64), 64)})
 
 
 def loaded(registry, arch, options, size):
@@ -43,14 +39,12 @@ def loaded(registry, arch, options, size):
                        size)
 
 
-@pytest.mark.parametrize('name, registry, arch, options, size', [
-    pytest.param(*family, marks=[] if family[0] in DAILY else [pytest.mark.slow],
-                 id=family[0]) for family in FAMILIES])
+@pytest.mark.parametrize('name', family_params(FAMILIES))
 @pytest.mark.parametrize('runtime', ['folded', 'onnxruntime'])
-def test_every_runtime_gives_the_models_own_outputs(name, registry, arch, options, size,
-                                                    runtime):
+def test_every_runtime_gives_the_models_own_outputs(name, runtime):
     """Within 1e-5 of each output's scale (at least 1, a map's values being shares of
     [0, 1]): the logits of both branches and the map, at batch 1 and 5."""
+    registry, arch, options, size = FAMILIES[name]
     model = loaded(registry, arch, options, size)
     run = inference.make_runtime(model, runtime)
     assert run.name == runtime

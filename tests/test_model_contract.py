@@ -10,14 +10,12 @@ import pytest
 import torch
 
 from models import CIFAR_MODELS, IMAGENET_MODELS, AbnOutput, count_parameters
+from tests.helpers import SMALLEST
 
-# Small sizes that still build each family's stages (unlisted families: their defaults).
-SMALL_OPTIONS = {
-    ('CIFAR', 'resnet'): dict(depth=8),
-    ('CIFAR', 'densenet'): dict(depth=16, growthRate=4),
-    ('CIFAR', 'wrn'): dict(depth=10, widen_factor=1),
-    ('CIFAR', 'resnext'): dict(depth=11, cardinality=2, widen_factor=1),
-}
+# Small sizes that still build each family's stages (tests.helpers.SMALLEST; unlisted
+# families: their defaults).
+SMALL_OPTIONS = {('CIFAR' if script == 'cifar' else 'ImageNet', arch): options
+                 for script, arch, options in SMALLEST.values() if script != 'celeba'}
 INPUT_SIZE = {'CIFAR': 32, 'ImageNet': 32}  # ImageNet models: their smallest input
 HEAD = {'bn_att', 'att_conv', 'bn_att2', 'att_conv2', 'att_conv3', 'bn_att3'}
 CLASSES = 3

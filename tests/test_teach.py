@@ -15,7 +15,7 @@ from models.abn import AbnOutput
 from tests.helpers import assert_refused, run_script
 from utils.cli import run
 from utils.objectives import get_objective
-from utils.objectives.attention_map import AttentionMapObjective
+from utils.objectives.map_loss import AttentionMapObjective
 from utils.teach.attention_maps import export_shapes_masks
 from utils.weights import checkpoint as ckpt
 

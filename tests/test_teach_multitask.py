@@ -18,7 +18,7 @@ from tests.helpers import assert_refused, run_script
 from utils.data.attributes import ShapesMultiDataset
 from utils.errors import AbnError
 from utils.objectives import get_objective
-from utils.objectives.task_maps import MultiLabelMapObjective, stretched, task_map_loss
+from utils.objectives.task_map_loss import MultiLabelMapObjective, stretched, task_map_loss
 from utils.serve.pictures import to_gray
 from utils.teach.attention_maps import WithAttentionMaps
 from utils.teach.task_maps import load_task_map_set

@@ -2,8 +2,8 @@
 package registers every objective: single-label (the authors'), attention-maps (teaching the
 map), multi-label and multi-label-focal (celeba.py), multi-label-attention-maps (teaching its
 maps)."""
-from utils.objectives import (attention_map, multi_label, single_label,  # noqa: F401
-                              task_maps)  # (registered on import)
+from utils.objectives import (map_loss, multi_label, single_label,  # noqa: F401
+                              task_map_loss)  # (registered on import)
 from utils.objectives.base import (AUTHORS_COLUMNS, OBJECTIVES, Objective, get_objective,
                                    register_objective)
 from utils.objectives.single_label import SingleLabelObjective

@@ -3,4 +3,4 @@
 task_maps for celeba.py's maps per attribute, boxes for --attention-boxes (a CSV or Pascal
 VOC files; `python -m utils.teach.boxes FILE` writes the shapes masks' boxes), map_store for
 where the page saves maps. The engine adds the teaching itself (utils.train.teaching); the
-losses are utils.objectives.attention_map and task_maps."""
+losses are utils.objectives.map_loss and task_maps."""

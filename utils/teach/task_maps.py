@@ -16,7 +16,7 @@ with the classification losses alone.
 The values are gray levels in [0, 1], white = attend: the page draws an unbounded multi-task
 map M as M / (2 max|M|) + 0.5 (the authors' "both" picture) and saves what was painted on it.
 The map loss stretches both the given picture and the model's map to [0, 1] and compares
-their patterns (utils.objectives.task_maps): the map's scale and offset, whose mean is the
+their patterns (utils.objectives.task_map_loss): the map's scale and offset, whose mean is the
 attention logit, stay the model's own. A 0/1 object mask asks for the map's highest values
 on the object.
 

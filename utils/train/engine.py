@@ -31,7 +31,7 @@ from utils.errors import AbnError
 from utils.progress import Progress
 from utils.signals import StopSignals
 from utils.train.attention_images import write_attention_images
-from utils.train.checkpoints import resume_command
+from utils.train.checkpoint_policy import resume_command
 from utils.train.logger import RunLog
 from utils.train.options import apply_fast, check_training_arguments
 from utils.train.setup import TrainingSetup
@@ -52,7 +52,7 @@ if TYPE_CHECKING:
     from utils.data.loaders import Loader
     from utils.distributed import Runtime
     from utils.objectives.base import Objective
-    from utils.train.checkpoints import CheckpointPolicy
+    from utils.train.checkpoint_policy import CheckpointPolicy
 
 
 class NonFiniteLoss(AbnError):

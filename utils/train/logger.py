@@ -121,7 +121,7 @@ class RunLog:
 
     def __init__(self, args: argparse.Namespace, runtime: Runtime, directory: str,
                  objective: Objective, start_epoch: int, resumed: bool, title: str) -> None:
-        from utils.train.checkpoints import plain_args
+        from utils.train.checkpoint_policy import plain_args
         from utils.train.tensorboard_log import open_log
         self.directory, self.title = directory, title
         self.logger = self.tensorboard = None

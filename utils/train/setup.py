@@ -18,7 +18,7 @@ from utils.data.loaders import make_eval_loader, make_train_loader
 from utils.distributed import broadcast_object, local_main_first
 from utils.errors import AbnError
 from utils.objectives import get_objective
-from utils.train.checkpoints import CheckpointPolicy
+from utils.train.checkpoint_policy import CheckpointPolicy
 from utils.train.options import check_dropout
 from utils.train.placement import (amp_dtype, check_device_shares, move_to, parallel_model, place,
                                    seed_everything, use_deterministic_algorithms)

@@ -10,7 +10,7 @@ import torch
 
 from utils.distributed import gather_objects
 from utils.errors import AbnError
-from utils.train.checkpoints import plain_args
+from utils.train.checkpoint_policy import plain_args
 from utils.weights import checkpoint as ckpt
 
 if TYPE_CHECKING:
@@ -19,7 +19,7 @@ if TYPE_CHECKING:
 
     from utils.data.datasets import DataBundle
     from utils.distributed import Runtime
-    from utils.train.checkpoints import CheckpointPolicy
+    from utils.train.checkpoint_policy import CheckpointPolicy
     from utils.weights.modelspec import ModelSpec
 
 
@@ -50,12 +50,7 @@ class TrainingState:
             'epoch_meter': gather_objects(meter.state_dict(), runtime)
             if meter is not None else None,
             'rng': gather_objects(rng_state(runtime.cuda_devices), runtime),
-            'arch': self.spec.arch, 'model_args': self.spec.model_args,
-            'num_classes': len(data.classes), 'class_names': list(data.classes),
-            'dataset': data.name, 'image_size': data.image_size,
-            'normalization': {'mean': list(data.mean), 'std': list(data.std)},
-            'model_spec': self.spec.to_dict(),
-            'args': plain_args(self.args), 'format': ckpt.FORMAT,
+            **model_description(self.spec, data), 'args': plain_args(self.args),
         }
 
     def load_state_dict(self, saved: dict[str, Any]) -> None:
@@ -89,6 +84,19 @@ class TrainingState:
         elif states:
             runtime.print('note: the checkpoint was saved by a different number of '
                           'processes; the random state starts afresh')
+
+
+def model_description(spec: ModelSpec, data: DataBundle) -> dict[str, Any]:
+    """What a checkpoint says of its model: its spec (utils.weights.modelspec), and the keys
+    before it that older tools read (the architecture and its arguments, the data's classes,
+    name, size and normalisation), with the file's format."""
+    return {
+        'arch': spec.arch, 'model_args': spec.model_args,
+        'num_classes': len(data.classes), 'class_names': list(data.classes),
+        'dataset': data.name, 'image_size': data.image_size,
+        'normalization': {'mean': list(data.mean), 'std': list(data.std)},
+        'model_spec': spec.to_dict(), 'format': ckpt.FORMAT,
+    }
 
 
 def rng_state(cuda_devices: Sequence[int] = ()) -> dict[str, Any]:

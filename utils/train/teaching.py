@@ -6,7 +6,7 @@ Knowledge into Deep Neural Network via Attention Map", the authors' follow-up):
 
 M the model's map, M' the given one (utils.teach.attention_maps), over the training images
 that have a map; the others train with L_att + L_per only. celeba.py's maps are given per
-attribute (utils.teach.task_maps) and compared as patterns (utils.objectives.task_maps). As in
+attribute (utils.teach.task_maps) and compared as patterns (utils.objectives.task_map_loss). As in
 the paper the feature extractor stays fixed (`--train-feature-extractor` trains it too) and
 the run starts from trained weights (`--weights FILE`, or `--resume` of a fine-tuning run).
 
@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from utils.distributed import print_main
 from utils.errors import AbnError
 from utils.objectives import OBJECTIVES
-from utils.objectives.attention_map import DEFAULT_MAP_LOSS_WEIGHT
+from utils.objectives.map_loss import DEFAULT_MAP_LOSS_WEIGHT
 from utils.objectives.teaching_methods import (DEFAULT_METHOD, DEFAULT_RRR_WEIGHT,
                                                TEACHING_METHODS)
 from utils.teach.attention_maps import WithAttentionMaps, load_map_set, map_device_loader

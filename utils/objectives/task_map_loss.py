@@ -6,14 +6,14 @@ the image is the attention branch's logit for the attribute: a given map in [0, 
 target neither for their values nor for their offset. It is a target for their pattern: the
 map and the given picture are each stretched to [0, 1] (min-max: the lowest cell 0, the
 highest 1) and compared by their mean squared difference, as the single-task maps are
-(utils.objectives.attention_map), so gamma = 10 means the same there. Neither the map's scale
+(utils.objectives.map_loss), so gamma = 10 means the same there. Neither the map's scale
 nor its offset is taught: the attention logit stays the branch's own. The attention editor's
 pictures of these maps (M / (2 max|M|) + 0.5) stretch to the model's own pattern, so what a
 person leaves unpainted pulls nowhere; a 0/1 mask asks for the map's highest values on the
 object and its lowest elsewhere. A given map of one gray level says nothing of where: it is
 left out.
 """
-from utils.objectives.attention_map import DEFAULT_MAP_LOSS_WEIGHT, TeachesMaps, fit_to
+from utils.objectives.map_loss import DEFAULT_MAP_LOSS_WEIGHT, TeachesMaps, fit_to
 from utils.objectives.base import register_objective
 from utils.objectives.multi_label import MultiLabelFocalObjective, MultiLabelObjective
 
