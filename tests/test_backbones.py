@@ -383,7 +383,10 @@ def test_a_library_is_one_registered_object_that_every_consumer_asks(monkeypatch
 # traced graph, and a transformer split between its blocks (its features a tuple)
 THROUGH_THE_TOOLS = [('timm:convnext_atto', 'backbone.stem.0.weight', False),
                      ('torchvision:shufflenet_v2_x0_5', 'backbone.conv1.0.weight', True),
-                     ('timm:xcit_nano_12_p8_224', 'backbone.patch_embed.proj.0.0.weight', True)]
+                     ('timm:xcit_nano_12_p8_224', 'backbone.patch_embed.proj.0.0.weight', True),
+                     # its tokens (N, H, W, C) between its blocks
+                     ('timm:swin_tiny_patch4_window7_224', 'backbone.patch_embed.proj.weight',
+                      False)]
 
 
 @pytest.fixture(scope='module', params=THROUGH_THE_TOOLS, ids=[a for a, _, _ in THROUGH_THE_TOOLS])
