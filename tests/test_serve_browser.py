@@ -174,9 +174,10 @@ def test_paint_save_teach_and_compare_in_a_browser(tmp_path, dataset, request):
     the first, moved the painted way; on the shortcut set (shapes-decoy, a model that learnt
     its corner patch, taught from an eighth of its images' maps), the table's decision row
     (top-1 with each object amid another image's surroundings) rises and comes closer to
-    the test accuracy, where more training alone takes it further away. Screenshots for docs/teach.md (shapes), of the page as a reader
-    runs it: in the project's folder, the checkpoint and the outputs in its own folders
-    (outputs/teach-page-screenshots, which must not exist yet):
+    the test accuracy, where more training alone takes it further away. Screenshots for
+    docs/teach.md (shapes), of the page as a reader runs it: in the project's folder, the
+    checkpoint and the outputs in its own folders (outputs/teach-page-screenshots, which
+    must not exist yet):
         ABN_TEACH_CHECKPOINT=checkpoints/shapes/resnet-20-residual/model_best.pth.tar \\
         ABN_TEACH_SCREENSHOTS=docs/images python -m pytest tests/test_serve_browser.py -k teach
     """
