@@ -346,7 +346,8 @@ def test_an_image_folders_maps_are_saved_under_their_split_and_idle_state_is_fre
     checkpoint = save_project_checkpoint(tiny_model(gate='multiply'), str(tmp_path / 'm.pth'))
     import torch
     saved = torch.load(checkpoint, weights_only=True)
-    saved['class_names'] = sorted(SHAPE_CLASSES)  # an image folder's classes, sorted
+    # an image folder's classes, sorted, in the file's keys and its spec alike
+    saved['class_names'] = saved['model_spec']['class_names'] = sorted(SHAPE_CLASSES)
     torch.save(saved, checkpoint)
     server = Server([checkpoint, '--dataset', 'imagefolder', '--data', str(tmp_path / 'data'),
                      '-o', 'out', '--idle-minutes', '0.1'], str(tmp_path))
