@@ -128,7 +128,7 @@ def cover(arch, size, repeats, onnx):
         except backbones.Final:
             # a model whose forward asserts its own size: built and run at that size (the
             # refusal at `size` says so, and --image-size N is what its user would give)
-            own = backbones.library_size(source, name)
+            own = backbones.library(source).own_size(name)
             if not own or own == size:
                 raise
             size = own

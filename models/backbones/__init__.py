@@ -143,13 +143,8 @@ def children_model(source: str, name: str, num_classes: int, attention: bool, ga
 
 def own_size(source: str, name: str) -> str:
     """', e.g. its own N px: try --image-size N' where the library says a size."""
-    size = library_size(source, name)
+    size = library(source).own_size(name)
     return f'; its own is {size} px: try --image-size {size}' if size else ''
-
-
-def library_size(source: str, name: str) -> Optional[int]:
-    """The input size the library gives the model, if it says one."""
-    return library(source).own_size(name)
 
 
 def graph_model(source: str, name: str, num_classes: int, attention: bool, gate: str,
@@ -208,19 +203,23 @@ def token_model(source: str, name: str, num_classes: int, attention: bool, gate:
                 except Final:
                     raise
                 except Exception as error:  # tracing fails in many ways
-                    text = str(error).strip().splitlines()
-                    reasons.append(text[0][:200] if text else type(error).__name__)
+                    reasons.append(first_line(error))
                     backbone = None
     except Final:
         raise
     except Exception as error:
-        text = str(error).strip().splitlines()
-        reasons.append(text[0][:200] if text else type(error).__name__)
+        reasons.append(first_line(error))
     raise ValueError(reasons[0])
 
 
-def split_between(backbone: torch.nn.Module, source: str, name: str, blocks: list[str], split: int,
-                  num_classes: int, attention: bool, gate: str,
+def first_line(error: Exception) -> str:
+    """An error's first line (its type's name where it says nothing), as a refusal's reason."""
+    text = str(error).strip().splitlines()
+    return text[0][:200] if text else type(error).__name__
+
+
+def split_between(backbone: torch.nn.Module, source: str, name: str, blocks: list[str],
+                  split: int, num_classes: int, attention: bool, gate: str,
                   image_size: int) -> TokenGraphABN:
     """The ABN of `backbone` with its branches from block `split` of `blocks`, checked."""
     first = len(blocks) + split if split < 0 else split

@@ -339,4 +339,5 @@ def check_whole(model: TokenGraphABN, image_size: int) -> None:
                          'the patch tokens)')
 
 
-__all__ = ['TokenGraphABN', 'TokenSplit', 'block_lists', 'block_paths', 'check_whole', 'token_split']
+__all__ = ['TokenGraphABN', 'TokenSplit', 'block_lists', 'block_paths', 'check_whole',
+           'token_split']
