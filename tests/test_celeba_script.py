@@ -42,9 +42,9 @@ def test_objective_thresholds_probabilities_and_counts_both_branches():
     assert summary['per_acc'] == pytest.approx(100 * 2.5 / 3)
     assert summary['att_scores']['accuracy'] == [1.0, 0.5, 1.0]
     assert summary['loss'] == pytest.approx(float(losses['att_loss'] + losses['per_loss']))
-    predictions, probabilities = objective.predict(per)
+    predictions, probabilities = objective.kind.predict(per)
     assert predictions[0].tolist() == [1., 0., 1.]
-    captions = objective.captions(predictions, probabilities, target, ['a', 'b', 'c'])
+    captions = objective.kind.captions(predictions, probabilities, target, ['a', 'b', 'c'])
     assert captions[1][:2] == ('c', 'a+c')
     assert objective.log_columns[:5] == ['Learning Rate', 'Train Loss', 'Valid Loss',
                                          'Train Acc.', 'Valid Acc.']

@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from models import AbnOutput
+from utils.kinds import PER_ATTRIBUTE
 from utils.objectives import per_attribute as ml
 
 
@@ -57,7 +58,7 @@ def test_threshold_is_probability_half_not_raw_logit_half():
     # logit 0.3: probability 0.57, positive; the authors' eval_celeba.py (raw logit >= 0.5)
     # called it negative. logit -0.2: probability 0.45, negative.
     logits = torch.tensor([[0.3, -0.2, 0.0]])
-    predictions, probabilities = ml.predict(logits)
+    predictions, probabilities = PER_ATTRIBUTE.predict(logits)
     assert predictions.tolist() == [[1., 0., 1.]]  # probability exactly 0.5 is positive
     torch.testing.assert_close(probabilities, torch.sigmoid(logits))
 

@@ -34,11 +34,11 @@ def test_a_plain_backbone_has_only_the_perception_loss():
 
 def test_predict_is_argmax_with_its_softmax_probability():
     logits = torch.tensor([[0.0, math.log(3)], [math.log(4), 0.0]])
-    predictions, scores = SingleLabelObjective().predict(logits)
+    predictions, scores = SingleLabelObjective().kind.predict(logits)
     assert predictions.tolist() == [1, 0]
     assert scores.tolist() == pytest.approx([0.75, 0.8])
-    captions = SingleLabelObjective().captions(predictions, scores, torch.tensor([1, 1]),
-                                               ['cat', 'dog'])
+    captions = SingleLabelObjective().kind.captions(predictions, scores, torch.tensor([1, 1]),
+                                                    ['cat', 'dog'])
     assert captions == [('dog', 'dog', pytest.approx(0.75)), ('dog', 'cat', pytest.approx(0.8))]
 
 

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 import torchvision.transforms as T
 from PIL import Image
 
-from utils.data.attributes import map_picture
 from utils.data.images import CorruptImageError, load_rgb
 from utils.data.inputs import image_transform
 from utils.errors import AbnError
@@ -201,20 +200,15 @@ class Abn(nn.Module):
         attention_logits = (torch.cat([o.attention_logits for o in outputs]).float().cpu()
                             if has_attention else None)
         maps = None
+        kind = self.loaded.kind
         if has_attention:
             raw = torch.cat([o.attention_map for o in outputs]).float().cpu()
             # Multi-task maps are unbounded: the authors' picture puts them in [0, 1].
-            unit = map_picture(raw, 'pos') if self.loaded.multitask else raw.clamp(0, 1)
+            unit = kind.measured_maps(raw).clamp(0, 1)
             maps = [self._to_image(m, size) for m, size in zip(unit, sizes)]
-        names = self.names
-        if self.loaded.multitask:
-            probabilities = torch.sigmoid(logits)
-            classes = [[names[t] for t in np.flatnonzero(row >= 0.5)]
-                       for row in probabilities.numpy()]
-        else:
-            probabilities = torch.softmax(logits, dim=1)
-            classes = [names[i] for i in probabilities.argmax(1).tolist()]
-        return Result(names, probabilities, classes, maps, logits, attention_logits, sources)
+        probabilities = kind.probabilities(logits)
+        classes = kind.decided_names(probabilities, self.names)
+        return Result(self.names, probabilities, classes, maps, logits, attention_logits, sources)
 
     def _to_image(self, unit_map, size):
         """(C, h, w) map of the model's input -> (C, H, W) (or (H, W) for one channel) float32
@@ -238,4 +232,4 @@ class Abn(nn.Module):
             placed = F.interpolate(canvas[None], size=(height, width), mode='bilinear',
                                    align_corners=False)[0]
         placed = placed.clamp(0, 1).numpy().astype(np.float32)
-        return placed[0] if placed.shape[0] == 1 and not self.loaded.multitask else placed
+        return placed[0] if placed.shape[0] == 1 and not self.loaded.kind.per_attribute else placed

@@ -23,7 +23,7 @@ from utils.errors import AbnError
 from utils.explain.measures import (object_kept, object_removed, pointing_game,
                                     pointing_tolerance)
 from utils.explain.methods import METHODS, TaskBatch, multitask_methods
-from utils.objectives.per_attribute import predict
+from utils.kinds import PER_ATTRIBUTE
 from utils.visualize import save_task_attention_images
 
 
@@ -111,7 +111,7 @@ class MultitaskReport:
             x = inputs[start:start + args.batch_size].to(self.device)
             with torch.no_grad():
                 output = self.model(x)
-            _, probabilities = predict(output.perception_logits.float())
+            _, probabilities = PER_ATTRIBUTE.predict(output.perception_logits.float())
             for i in range(len(x)):
                 records.append({'index': start + i, 'probabilities': {
                     self.names[t]: round(float(probabilities[i, t]), 4)
@@ -167,7 +167,7 @@ class MultitaskReport:
         for variant, images in (('as given', x), ('object kept', object_kept(x, inside)),
                                 ('outside only', object_removed(x, inside))):
             with torch.no_grad():
-                labels, _ = predict(self.model(images).perception_logits.float())
+                labels, _ = PER_ATTRIBUTE.predict(self.model(images).perception_logits.float())
             entry = self.decision.setdefault(variant, [0.0, 0])
             entry[0] += float((labels == truth).float().sum())
             entry[1] += truth.numel()

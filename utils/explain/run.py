@@ -16,19 +16,11 @@ from utils.explain.measures import (DecisionTable, MetricTable, decision_outside
 from utils.explain.methods import METHODS, Explainer, available_methods, own_method, title
 from utils.explain.where_maps_look import WhereMapsLook
 from utils.inference import make_runtime
+from utils.kinds import top_k
 from utils.progress import Progress
 from utils.visualize import (blend, class_label, denormalize, safe_name, save_comparison_grid,
                              save_explanation, save_grid, save_map_image, upsample_maps)
 from utils.weights.loading import LoadedModel, architecture_options, load_model
-
-TOP_K = 5
-
-
-def top_k(probabilities, names, k=TOP_K):
-    values, indices = probabilities.topk(min(k, probabilities.numel()))
-    return [{'class': int(i), 'name': class_label(names, int(i)), 'probability': float(v)}
-            for v, i in zip(values, indices)]
-
 
 def parse_count(text, option):
     text = str(text).strip().lower()

@@ -3,7 +3,8 @@
 An `Objective` owns everything the training loop would otherwise have to know about the
 task: each branch's loss (and any extra term), the meter that sums an epoch on the device,
 the metric that picks `model_best` and its direction, the log.txt columns, the printed
-summary, and how perception logits become predictions. The loop (utils.train) only adds up
+summary, and its kind (utils.kinds: how perception logits become predictions and their
+captions, single-label or per attribute). The loop (utils.train) only adds up
 the named losses, asks the meter to update, and compares metrics through `is_better`; the
 targets it hands over are opaque to it (a class tensor, an (N, T) 0/1 tensor, a dict...).
 
@@ -11,7 +12,12 @@ A new objective is one subclass plus `register_objective`, imported by this pack
 `__init__` so that it is there after `import utils.objectives`; a `TrainingScript` names it
 (`TrainingScript.objective = 'single-label'`) and checkpoints record the name.
 """
+from utils.kinds import SINGLE_LABEL
+
 AUTHORS_COLUMNS = ['Learning Rate', 'Train Loss', 'Valid Loss', 'Train Acc.', 'Valid Acc.']
+# Both branches' losses and accuracies, the columns that follow the authors' five.
+BRANCH_COLUMNS = ['Train Att Loss', 'Train Per Loss', 'Valid Att Loss', 'Valid Per Loss',
+                  'Train Att Acc.', 'Valid Att Acc.']
 
 
 class Objective:
@@ -20,8 +26,13 @@ class Objective:
     metric: str = None  # the summary key that picks model_best, e.g. 'per_top1'
     metric_label: str = None  # how the metric is printed, e.g. 'top-1'
     higher_is_better: bool = True
-    log_columns: list = AUTHORS_COLUMNS  # the authors' five first, then the objective's own
-    per_attribute: bool = False  # a map and a decision per attribute (multi-task)
+    # The accuracies a summary line and log.txt report, the first the metric's: (the meter's
+    # key after 'per_' and 'att_', its printed name), e.g. ('top1', 'top-1').
+    reported: tuple = ()
+    # The authors' five, both branches', then the reported accuracies past the first (the
+    # validation split's, each branch) and the epoch's time: what `log_row` writes.
+    log_columns: list = AUTHORS_COLUMNS
+    kind = SINGLE_LABEL  # single-label or per attribute (utils.kinds)
     focal_loss: bool = False  # the authors' weighted focal loss (teaching its maps keeps it)
 
     def losses(self, output, target):
@@ -43,8 +54,18 @@ class Objective:
         raise NotImplementedError
 
     def summary_text(self, summary, attention):
-        """The one-line summary of a meter's `summary()` (progress and epoch lines)."""
-        raise NotImplementedError
+        """The one-line summary of a meter's `summary()` (progress and epoch lines): the loss
+        (each branch's with an attention branch), the perception branch's `reported`
+        accuracies and the attention branch's first."""
+        text = f"loss {summary['loss']:.4f}"
+        if attention:
+            text += f" (att {summary['att_loss']:.3f} + per {summary['per_loss']:.3f})"
+        text += ' | ' + ' '.join(f"{label} {summary['per_' + key]:.2f}"
+                                 for key, label in self.reported)
+        if attention:
+            key, label = self.reported[0]
+            text += f" | att {label} {summary['att_' + key]:.2f}"
+        return text
 
     def evaluation_text(self, summary, attention):
         """The lines `-e` prints (defaults to the one-line summary)."""
@@ -52,7 +73,12 @@ class Objective:
 
     def log_row(self, lr, train, valid, seconds):
         """One log.txt row, in the order of `log_columns`."""
-        raise NotImplementedError
+        first = self.reported[0][0]
+        return ([lr, train['loss'], valid['loss'], train['per_' + first], valid['per_' + first],
+                 train['att_loss'], train['per_loss'], valid['att_loss'], valid['per_loss'],
+                 train['att_' + first], valid['att_' + first]]
+                + [valid[f'{branch}_{key}'] for key, _ in self.reported[1:]
+                   for branch in ('per', 'att')] + [seconds])
 
     def training_warning(self, summary, lr):
         """A one-line warning about the training epoch so far (a meter's `summary()`, the
@@ -62,15 +88,6 @@ class Objective:
     def best_text(self, best):
         """The line that closes a training run."""
         return f'Best {self.metric_label}: {best:.2f}'
-
-    def predict(self, perception_logits):
-        """(predictions, scores) of a batch's perception logits."""
-        raise NotImplementedError
-
-    def captions(self, predictions, scores, target, class_names):
-        """[(true text or None, predicted text, confidence or None)] per image, for the
-        attention pictures; `target` is the collated target of the batch (or None)."""
-        raise NotImplementedError
 
     def best_score(self, train, valid):
         """The epoch's score that picks model_best, from its training and validation
@@ -96,11 +113,13 @@ class Objective:
 
     def save_attention(self, out_dir, inputs, output, targets, data, start_index, grid_name,
                        title):
-        """The attention pictures of one batch (`inputs` on the CPU, `output` the model's):
-        by default one picture per image of the map's first channel, and a grid."""
+        """The attention pictures of one batch (`inputs` on the CPU, `output` the model's,
+        `targets` the collated targets, a teaching run's with their maps): by default one
+        picture per image of the map's first channel, and a grid."""
         from utils.visualize import save_attention_images
-        predictions, scores = self.predict(output.perception_logits)
-        captions = self.captions(predictions.cpu(), scores.cpu(), targets, data.classes)
+        predictions, scores = self.kind.predict(output.perception_logits)
+        captions = self.kind.captions(predictions.cpu(), scores.cpu(), labels_of(targets),
+                                      data.classes)
         return save_attention_images(out_dir, inputs, output.attention_map.float().cpu(),
                                      captions, data.mean, data.std, start_index=start_index,
                                      grid_name=grid_name, title=title)
@@ -109,6 +128,11 @@ class Objective:
         """Files an evaluation writes beside the printed lines (none by default); returns
         their paths."""
         return []
+
+
+def labels_of(targets):
+    """A batch's labels, also where a teaching run's targets carry their maps."""
+    return targets['label'] if isinstance(targets, dict) else targets
 
 
 OBJECTIVES = {}

@@ -204,11 +204,6 @@ class TeachesMaps:
                 f'{model_mean:.3f} on the recent images with a given map, theirs '
                 f'{given_mean:.3f}): try a lower learning rate, --lr {lr / 10:g}')
 
-    def captions(self, predictions, scores, target, class_names):
-        if isinstance(target, dict):
-            target = target['label']
-        return super().captions(predictions, scores, target, class_names)
-
 
 @register_objective
 class AttentionMapObjective(TeachesMaps, SingleLabelObjective):

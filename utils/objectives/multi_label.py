@@ -14,7 +14,9 @@ import torch
 import torch.distributed as dist
 
 from utils.objectives import per_attribute as ml
-from utils.objectives.base import AUTHORS_COLUMNS, Objective, register_objective
+from utils.kinds import PER_ATTRIBUTE
+from utils.objectives.base import (AUTHORS_COLUMNS, BRANCH_COLUMNS, Objective, labels_of,
+                                   register_objective)
 from utils.objectives.meters import earliest_step_of_all, first_nonfinite, step_or_none
 
 BRANCHES = ('att', 'per')  # attention branch, perception branch
@@ -87,13 +89,12 @@ class MultiLabelObjective(Objective):
     """BCEWithLogits(attention logits, y) + BCEWithLogits(perception logits, y), y (N, T) 0/1;
     model_best by the perception branch's mean attribute accuracy."""
     name = 'multi-label'
-    per_attribute = True
+    kind = PER_ATTRIBUTE
     metric = 'per_acc'
     metric_label = 'mean attribute accuracy'
     higher_is_better = True
-    log_columns = AUTHORS_COLUMNS + [
-        'Train Att Loss', 'Train Per Loss', 'Valid Att Loss', 'Valid Per Loss',
-        'Train Att Acc.', 'Valid Att Acc.', 'Epoch Time (s)']
+    reported = (('acc', 'mean acc'),)
+    log_columns = AUTHORS_COLUMNS + BRANCH_COLUMNS + ['Epoch Time (s)']
 
     def __init__(self, map_style='pos', max_tasks=8):
         self.map_style = map_style  # the attention pictures: 'pos', 'neg' or 'both'
@@ -116,15 +117,6 @@ class MultiLabelObjective(Objective):
     def new_meter(self, device):
         return MultiLabelMeter(device)
 
-    def summary_text(self, summary, attention):
-        text = f"loss {summary['loss']:.4f}"
-        if attention:
-            text += f" (att {summary['att_loss']:.3f} + per {summary['per_loss']:.3f})"
-        text += f" | mean acc {summary['per_acc']:.2f}"
-        if attention:
-            text += f" | att mean acc {summary['att_acc']:.2f}"
-        return text
-
     def evaluation_text(self, summary, attention):
         text = (f" Test Loss:  {summary['loss']:.8f}, Test mean attribute accuracy:  "
                 f"{summary['per_acc']:.2f}")
@@ -133,36 +125,18 @@ class MultiLabelObjective(Objective):
                      f"accuracy {summary['att_acc']:.2f}")
         return text
 
-    def log_row(self, lr, train, valid, seconds):
-        return [lr, train['loss'], valid['loss'], train['per_acc'], valid['per_acc'],
-                train['att_loss'], train['per_loss'], valid['att_loss'], valid['per_loss'],
-                train['att_acc'], valid['att_acc'], seconds]
-
     def best_text(self, best):
         return f'Best mean attribute accuracy (valid): {best:.2f}'
-
-    def predict(self, perception_logits):
-        """(0/1 predictions (N, T), probabilities (N, T)): positive at probability 0.5."""
-        return ml.predict(perception_logits.float())
-
-    def captions(self, predictions, scores, target, class_names):
-        """Per image: (true attributes, predicted attributes, None), names joined by '+'."""
-        def names(row):
-            chosen = [class_names[t] if class_names else str(t)
-                      for t in range(len(row)) if row[t] > 0.5]
-            return '+'.join(chosen) or 'none'
-        return [(names(target[i]) if target is not None else None, names(predictions[i]), None)
-                for i in range(len(predictions))]
 
     def save_attention(self, out_dir, inputs, output, targets, data, start_index, grid_name,
                        title):
         """One picture per image with a panel per task (the first `max_tasks`), and a grid."""
         from utils.visualize import save_task_attention_images
-        _, probabilities = self.predict(output.perception_logits)
+        _, probabilities = self.kind.predict(output.perception_logits.float())
         return save_task_attention_images(
-            out_dir, inputs, output.attention_map.float().cpu(), probabilities.cpu(), targets,
-            data.classes, data.mean, data.std, start_index=start_index, grid_name=grid_name,
-            title=title, map_style=self.map_style, max_tasks=self.max_tasks)
+            out_dir, inputs, output.attention_map.float().cpu(), probabilities.cpu(),
+            labels_of(targets), data.classes, data.mean, data.std, start_index=start_index,
+            grid_name=grid_name, title=title, map_style=self.map_style, max_tasks=self.max_tasks)
 
     def write_evaluation(self, summary, directory, class_names, split='test'):
         """The per-attribute table of both branches: per_attribute.md and .csv in

@@ -66,11 +66,6 @@ def focal_losses(output, target, weights, gamma=2.0, alpha=-1.0):
 
 # -- metrics ----------------------------------------------------------------------------------
 
-def predict(logits):
-    """(predictions 0/1 float (N, T), probabilities (N, T)): positive at probability >= 0.5."""
-    return (logits >= 0).to(logits.dtype), torch.sigmoid(logits)
-
-
 def confusion_counts(logits, target):
     """(4, T) int64 counts [TP, FP, TN, FN] per task of one batch, on the logits' device."""
     predicted = logits >= 0

@@ -74,12 +74,5 @@ class MultiLabelMapObjective(TeachesMaps, MultiLabelObjective):
             return self.focal.branch_losses(output, target)
         return super().branch_losses(output, target)
 
-    def save_attention(self, out_dir, inputs, output, targets, data, start_index, grid_name,
-                       title):
-        if isinstance(targets, dict):
-            targets = targets['label']
-        return super().save_attention(out_dir, inputs, output, targets, data, start_index,
-                                      grid_name, title)
-
 
 __all__ = ['MultiLabelMapObjective', 'stretched', 'task_map_loss']

@@ -34,7 +34,7 @@ from utils.data.inputs import image_transform
 from utils.errors import AbnError
 from utils.explain.methods import METHODS, title
 from utils.serve.gallery import Gallery, Picture  # noqa: F401  (Picture: the page's image)
-from utils.serve.kinds import kind_of
+from utils.serve.kinds import page_kind
 from utils.serve.pictures import (enlarged, input_pixels, map_scale, overlay, read_painted_map,
                                   to_gray)
 from utils.teach.map_store import map_path, store_map
@@ -72,7 +72,7 @@ class MapEditor:
             raise AbnError(f'--serve edits attention maps: {loaded.description} is a plain '
                            f'baseline without attention branch')
         self.tasks, self.map_height, self.map_width = probe.attention_map.shape[1:]
-        self.kind = kind_of(self.tasks)
+        self.kind = page_kind(self.tasks)
         count = probe.perception_logits.shape[1]
         names = (list(loaded.class_names) if loaded.class_names
                  and len(loaded.class_names) == count else self.kind.default_names(count))

@@ -1,28 +1,23 @@
-"""What the page does differently for a single-label model (one class an image: softmax,
-CAM and Grad-CAM of a class, maps in [0, 1]) and a multi-task one (one map and one sigmoid an
-attribute, unbounded maps): one object of each kind, chosen once from the model's map
-channels (`kind_of`), which every part of the page asks instead of testing which it is."""
+"""What the page does differently for a single-label model and a multi-task one, on top of
+what every room asks of the kind (utils.kinds: predictions, ranking, what is correct, maps as
+measured): which methods it draws, how it answers for one image, which data sets it opens.
+One page kind for each kind, chosen once from the model's map channels (`page_kind`)."""
 import torch
 
-from utils.data.attributes import ShapesMultiDataset, map_picture
+from utils.data.attributes import ShapesMultiDataset
 from utils.data.datasets import SMALL_IMAGE_DATASETS, build_small_image_data
 from utils.errors import AbnError
 from utils.explain.methods import Explainer, drawn_methods, own_method
-from utils.explain.run import top_k
+from utils.kinds import PerAttribute, SingleLabel, kind_of
 
 MULTITASK_DATASET = 'shapes-multi'  # the multi-task data set the page serves splits of
 
 
-class SingleLabel:
-    per_attribute = False
-    noun = 'class'  # what a saved map is grouped by
+class SingleLabelPage(SingleLabel):
     ranking_label = 'top-5'
     accuracy_label = 'test accuracy'
     datasets = SMALL_IMAGE_DATASETS
     shown_classes = 5
-
-    def default_names(self, count):
-        return [str(i) for i in range(count)]
 
     def methods(self, model):
         """The explanation methods the page shows: every drawn one the model allows (the ABN
@@ -46,32 +41,14 @@ class SingleLabel:
         chosen = bundle.test if split == 'test' else bundle.train
         return chosen, list(bundle.classes), bundle.test
 
-    def ranking(self, logits, names):
-        """Top-5 classes (softmax)."""
-        return {r['name']: r['probability']
-                for r in top_k(torch.softmax(logits.float(), 0), names)}
-
     def headline_name(self, ranking, names, attribute):
         return max(ranking, key=ranking.get)
 
-    def correct(self, logits, labels):
-        """Correct answers of a batch (a class each)."""
-        return (logits.argmax(1) == labels).sum().item()
 
-    def measured_maps(self, maps):
-        """The maps as the pointing game scores them: in [0, 1] already."""
-        return maps
-
-
-class PerAttribute(SingleLabel):
-    per_attribute = True
-    noun = 'attribute'
+class PerAttributePage(PerAttribute, SingleLabelPage):
     ranking_label = 'P(attribute)'
     accuracy_label = 'test mean attribute accuracy'
     datasets = (MULTITASK_DATASET,)
-
-    def default_names(self, count):
-        return [f'attribute {i}' for i in range(count)]
 
     def methods(self, model):
         """The model's own maps alone: the page explains one class at a time."""
@@ -89,37 +66,27 @@ class PerAttribute(SingleLabel):
     def open_split(self, dataset, root, split, size, normalization):
         raise NotImplementedError  # the generated data set is opened with its transform
 
-    def ranking(self, logits, names):
-        """Every attribute's probability (sigmoid)."""
-        return {name: float(p) for name, p in zip(names, torch.sigmoid(logits.float()))}
-
     def headline_name(self, ranking, names, attribute):
         return names[attribute] if attribute is not None else max(ranking, key=ranking.get)
-
-    def correct(self, logits, labels):
-        """Mean attribute accuracy of each image, summed over the batch."""
-        return ((logits > 0).float() == labels).float().mean(1).sum().item()
-
-    def measured_maps(self, maps):
-        """Unbounded maps as the authors' 'pos' picture (negative values at 0)."""
-        return map_picture(maps, 'pos', dims=(-2, -1))
 
     def generated_split(self, split, transform):
         return ShapesMultiDataset(train=split == 'train', transform=transform)
 
 
-def kind_of(tasks):
-    """The kind of a model whose maps have `tasks` channels."""
-    return PerAttribute() if tasks > 1 else SingleLabel()
+PAGE_KINDS = {kind.name: kind for kind in (SingleLabelPage(), PerAttributePage())}
+
+
+def page_kind(tasks):
+    """The page's kind of a model whose maps have `tasks` channels."""
+    return PAGE_KINDS[kind_of(tasks).name]
 
 
 def check_dataset(kind, name):
     """Refuses, in one line, --dataset of the other kind or of none."""
     if name in kind.datasets:
         return
-    if name not in SingleLabel.datasets + PerAttribute.datasets:
+    if name not in {dataset for page in PAGE_KINDS.values() for dataset in page.datasets}:
         raise AbnError(f"unknown data set '{name}'")
     wanted = kind.datasets[0] if kind.per_attribute else 'one of ' + ', '.join(kind.datasets)
-    raise AbnError(f'--dataset {name} does not fit this '
-                   f'{"multi-task" if kind.per_attribute else "single-label"} model: give '
+    raise AbnError(f'--dataset {name} does not fit this {kind.name} model: give '
                    f'{wanted}, or image files')

@@ -25,6 +25,7 @@ from utils.data.datasets import (AUTHORS_NORMALIZATION, NORMALIZATION, SMALL_IMA
                                  class_count, known_classes)
 from utils.data.inputs import read_class_names
 from utils.errors import AbnError
+from utils.kinds import PER_ATTRIBUTE, SINGLE_LABEL, SingleLabel
 from utils.weights import checkpoint as ckpt
 from utils.weights.modelspec import (ModelSpec, build_model, check_script, flag_name,
                                      legacy_num_classes, registry_for, spec_from_checkpoint)
@@ -50,8 +51,13 @@ class LoadedModel:
     spec: ModelSpec = None  # what rebuilds it
 
     @property
+    def kind(self) -> SingleLabel:
+        """Single-label, or a decision and a map per attribute (utils.kinds)."""
+        return PER_ATTRIBUTE if self.spec is not None and self.spec.multitask else SINGLE_LABEL
+
+    @property
     def multitask(self) -> bool:
-        return self.spec is not None and self.spec.multitask
+        return self.kind.per_attribute
 
 
 def architecture_options(args: argparse.Namespace) -> dict[str, Any]:
