@@ -212,7 +212,7 @@ def test_a_second_map_of_an_image_is_averaged_with_the_first(tmp_path):
     write_map(str(tmp_path / 'maps' / '3.png'), np.full((8, 8), 255))
     write_map(str(tmp_path / 'maps' / '3~2.png'), np.zeros((16, 16)))  # another size too
     maps = load_map_set(str(tmp_path / 'maps'), data.train, 'shapes')
-    assert maps.indices() == [3] and len(maps.paths[3]) == 2
+    assert maps.indices() == [3] and len(maps.paths[3][0]) == 2  # channel 0: both files
     assert np.allclose(maps.get(3), 0.5)
     write_map(str(tmp_path / 'maps' / 'x~2.png'), np.zeros((4, 4)))  # ~2 of no image
     with pytest.raises(AbnError, match=r'x~2\.png names no training image'):
@@ -237,7 +237,7 @@ def channel_map_set(images, channel):
     """Maps equal to one colour channel of each image: after a crop and flip, the map must
     still equal that channel of the augmented image."""
     from utils.teach.attention_maps import MapSet
-    return MapSet('test', maps={i: images[i, :, :, channel].astype(np.float32) / 255
+    return MapSet('test', maps={i: {0: images[i, :, :, channel].astype(np.float32) / 255}
                                 for i in range(len(images))})
 
 

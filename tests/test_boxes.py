@@ -21,8 +21,8 @@ from utils.data.datasets import ImageFolder
 from utils.data.shapes import ShapesDataset
 from utils.errors import AbnError
 from utils.teach.attention_maps import WithAttentionMaps, load_map_set, shapes_mask_subset
-from utils.teach.boxes import (box_map, grabcut_map, load_box_map_set, load_task_box_map_set,
-                               mask_box, write_shapes_boxes)
+from utils.teach.boxes import (box_map, grabcut_map, load_box_map_set, mask_box,
+                               write_shapes_boxes)
 
 pytestmark = pytest.mark.usefixtures('one_thread')
 
@@ -164,7 +164,7 @@ def test_boxes_per_attribute_for_a_multi_task_split(tmp_path):
     csv = write_csv(tmp_path / 'b.csv', [(3, 0, 0, 32, 64, 'circle'), (3, 0, 0, 64, 16, 'plus'),
                                          (12, 0, 0, 8, 8, 'circle')],
                     header='image,x0,y0,x1,y1,attribute')
-    maps = load_task_box_map_set(csv, train, refine='none')
+    maps = load_box_map_set(csv, train, refine='none')
     assert maps.indices() == [3] and maps.unused == 1 and len(maps) == 2
     three = maps.get(3)
     names = train.dataset.attribute_names
@@ -175,9 +175,9 @@ def test_boxes_per_attribute_for_a_multi_task_split(tmp_path):
     bad = write_csv(tmp_path / 'c.csv', [(3, 0, 0, 5, 5, 'square')],
                     header='image,x0,y0,x1,y1,attribute')
     with pytest.raises(AbnError, match="row 2: 'square' is not an attribute"):
-        load_task_box_map_set(bad, train, refine='none')
+        load_box_map_set(bad, train, refine='none')
     with pytest.raises(AbnError, match='add an attribute column'):
-        load_task_box_map_set(write_csv(tmp_path / 'd.csv', [(3, 0, 0, 5, 5)]), train,
+        load_box_map_set(write_csv(tmp_path / 'd.csv', [(3, 0, 0, 5, 5)]), train,
                               refine='none')
 
 

@@ -21,7 +21,7 @@ from utils.objectives import get_objective
 from utils.objectives.task_map_loss import MultiLabelMapObjective, stretched, task_map_loss
 from utils.serve.pictures import to_gray
 from utils.teach.attention_maps import WithAttentionMaps
-from utils.teach.task_maps import load_task_map_set
+from utils.teach.attention_maps import load_map_set
 from utils.weights import checkpoint as ckpt
 
 TINY = ['--dataset', 'shapes-multi', '--image-size', '32', '--width', '8', '--train-size', '32',
@@ -114,7 +114,7 @@ def test_maps_in_the_editors_layout_per_attribute(tmp_path):
     write_png(str(folder / 'frame' / 'train' / '3~2.png'), np.full((4, 4), 255))  # averaged
     write_png(str(folder / 'plus' / '0007.png'), np.full((4, 4), 128))  # no split folder
     write_png(str(folder / 'circle' / 'test' / '1.png'), np.full((4, 4), 255))  # held out
-    maps = load_task_map_set(str(folder), train, 'shapes-multi')
+    maps = load_map_set(str(folder), train, 'shapes-multi')
     assert maps.indices() == [3, 7] and len(maps) == 3 and maps.held_out == 1
     assert maps.present(3).tolist() == [True, False, False, True]
     three = maps.get(3)
@@ -125,7 +125,7 @@ def test_maps_in_the_editors_layout_per_attribute(tmp_path):
 
 def test_shapes_masks_give_the_masks_of_the_attributes_present():
     train = ShapesMultiDataset(train=True, size=40)
-    maps = load_task_map_set('shapes-masks:50%', train, 'shapes-multi')
+    maps = load_map_set('shapes-masks:50%', train, 'shapes-multi')
     assert 15 <= len(maps.indices()) <= 20
     for index in maps.indices():
         assert maps.present(index).tolist() == train.masks[index].any((1, 2)).tolist()
@@ -149,7 +149,7 @@ def test_bad_map_folders_are_refused(tmp_path, make, expected):
     folder.mkdir()
     make(folder)
     with pytest.raises(AbnError, match=None) as refused:
-        load_task_map_set(str(folder), ShapesMultiDataset(train=True, size=10), 'shapes-multi')
+        load_map_set(str(folder), ShapesMultiDataset(train=True, size=10), 'shapes-multi')
     assert expected in str(refused.value)
 
 

@@ -32,6 +32,7 @@ from PIL import Image, UnidentifiedImageError
 from utils.data.fastdata import DeviceLoader, reproducible_split
 from utils.data.images import image_files_by_key, open_image
 from utils.errors import AbnError
+from utils.teach.layouts import layout_of
 from utils.teach.map_store import images_named
 
 SHAPES_MASKS = 'shapes-masks'
@@ -47,18 +48,21 @@ PIXEL_ONLY = (T.ToTensor, T.Normalize)
 # -- the maps -------------------------------------------------------------------------------
 
 class MapSet:
-    """Maps by index into the base training split. `get(index)` returns a float32 array
-    (h, w) in [0, 1] or None; `source` says where they came from, `keys` which images
-    (stems or indices) have one, for the record."""
+    """Maps by index into the base training split, one channel each (single-label: channel 0)
+    or one per attribute. `get(index)` returns a float32 array in [0, 1], (h, w) for one
+    channel and (T, h, w) for several (zeros where an attribute has none), or None;
+    `present(index)` a (channels,) bool array; `source` says where they came from, `keys`
+    which images (stems or indices) have one, for the record."""
 
-    def __init__(self, source, maps=None, paths=None, keys=None):
-        self.source = source
-        self.maps = maps or {}  # index -> array (shapes masks: held in memory)
-        self.paths = paths or {}  # index -> file (folders: read when the item is)
+    def __init__(self, source, channels=1, maps=None, paths=None, keys=None):
+        self.source, self.channels = source, channels
+        self.maps = maps or {}  # index -> {channel: array} (shapes masks: held in memory)
+        self.paths = paths or {}  # index -> {channel: (file, ...)} (read when the item is)
         self.keys = keys or {}  # index -> how the run's record names the image
+        self.unused = self.held_out = 0  # map files of images outside the run, of held-out splits
 
     def __len__(self):
-        return len(self.maps) + len(self.paths)
+        return sum(len(given) for part in (self.maps, self.paths) for given in part.values())
 
     def __contains__(self, index):
         return index in self.maps or index in self.paths
@@ -66,17 +70,48 @@ class MapSet:
     def indices(self):
         return sorted(set(self.maps) | set(self.paths))
 
+    def given(self, index):
+        """{channel: float32 (h, w) array} of one image's maps."""
+        given = dict(self.maps.get(index, {}))
+        for channel, files in self.paths.get(index, {}).items():
+            given[channel] = read_maps(files)
+        return given
+
+    def present(self, index):
+        out = np.zeros(self.channels, bool)
+        for part in (self.maps, self.paths):
+            for channel in part.get(index, ()):
+                out[channel] = True
+        return out
+
     def get(self, index):
-        if index in self.maps:
-            return self.maps[index]
-        if index in self.paths:
-            return read_maps(self.paths[index])
-        return None
+        return stacked(self.given(index), self.channels)
 
     def record(self):
         """What a run keeps of its maps (args.json, the checkpoint): enough to know which."""
         return {'source': self.source, 'count': len(self),
                 'images': [self.keys.get(i, i) for i in self.indices()]}
+
+
+def stacked(given, channels):
+    """{channel: (h, w) map} as one map: (h, w) for one channel, (channels, h, w) for several,
+    each resized to the first one's size (zeros where a channel has none); None if empty."""
+    if not given:
+        return None
+    if channels == 1:
+        return given[0]
+    height, width = next(iter(given.values())).shape
+    out = np.zeros((channels, height, width), np.float32)
+    for channel, array in given.items():
+        out[channel] = resized(array, height, width)
+    return out
+
+
+def resized(array, height, width):
+    """A float32 (h, w) map at (height, width), bilinear."""
+    if array.shape == (height, width):
+        return array
+    return np.asarray(Image.fromarray(array).resize((width, height), Image.BILINEAR), np.float32)
 
 
 def read_map(path):
@@ -104,28 +139,7 @@ def read_maps(paths):
         return read_map(paths if isinstance(paths, str) else paths[0])
     maps = [read_map(path) for path in paths]
     height, width = maps[0].shape
-    resized = [m if m.shape == (height, width) else np.asarray(
-        Image.fromarray(m).resize((width, height), Image.BILINEAR), np.float32) for m in maps]
-    return np.mean(resized, axis=0).astype(np.float32)
-
-
-# Folders of maps of images no run may train on: the page saves test-split maps there.
-HELD_OUT_SPLITS = ('test', 'val')
-
-
-def check_not_held_out(folder):
-    """Refuses a folder of maps of the test or validation split, or one that holds such a
-    folder: fine-tuning on corrections of test images would train on the test set."""
-    name = os.path.basename(os.path.normpath(folder))
-    inside = [d for d in HELD_OUT_SPLITS if os.path.isdir(os.path.join(folder, d))]
-    if name in HELD_OUT_SPLITS or inside:
-        where = folder if name in HELD_OUT_SPLITS else os.path.join(folder, inside[0])
-        parent = os.path.dirname(os.path.normpath(folder)) if name in HELD_OUT_SPLITS \
-            else folder
-        raise AbnError(f'--attention-maps {folder}: {where} holds maps of the '
-                       f'{os.path.basename(where)} split, and training on them would train on '
-                       f'held-out images: give the training split\'s maps, '
-                       f'{os.path.join(parent, "train")}')
+    return np.mean([resized(m, height, width) for m in maps], axis=0).astype(np.float32)
 
 
 def parse_source(text):
@@ -153,55 +167,55 @@ def shapes_mask_subset(count, percent):
 
 def load_map_set(text, dataset, dataset_name):
     """The maps of `--attention-maps text` for the training split `dataset` (a DataBundle's
-    train: any Subset of a base split). Raises AbnError for a file that cannot be read or
-    that names no training image."""
+    train: any Subset of a base split), laid out as its kind's are (utils.teach.layouts).
+    Raises AbnError for a file that cannot be read or that names no training image."""
     kind, value = parse_source(text)
     base, indices = flatten_subsets(dataset)
+    layout = layout_of(base)
     if kind == SHAPES_MASKS:
         masks = getattr(base, 'masks', None)
-        if dataset_name not in ('shapes', 'shapes-decoy') or masks is None:
+        if dataset_name not in layout.mask_datasets or masks is None:
             raise AbnError(f'--attention-maps {text}: the ground-truth masks exist only for '
-                           f'--dataset shapes and shapes-decoy')
+                           f'--dataset {" and ".join(layout.mask_datasets)}')
         chosen = [indices[i] for i in shapes_mask_subset(len(indices), value)]
-        return MapSet(text, maps={i: masks[i].astype(np.float32) for i in chosen})
+        given = {i: layout.mask_channels(masks[i]) for i in chosen}
+        return MapSet(text, layout.channels, maps={i: g for i, g in given.items() if g})
     folder = value
     if not os.path.isdir(folder):
         raise AbnError(f'--attention-maps {folder}: no such folder')
-    check_not_held_out(folder)
+    layout.check_folder(folder)
     files = image_files_by_key(folder)
     if not files:
         raise AbnError(f'--attention-maps {folder}: no map images in it (grayscale PNG or JPEG '
                        f'files laid out like the training images)')
-    samples = getattr(base, 'samples', None)
-    if samples is not None:  # an image folder: DIR/<class>/<stem>
-        by_key = {}
-        for index, (path, class_index) in enumerate(samples):
-            stem = os.path.splitext(os.path.basename(path))[0]
-            by_key.setdefault(f'{base.classes[class_index]}/{stem}', []).append(index)
-        layout = '<class>/<image stem>.png'
-    else:  # a built-in set: DIR/<index>
-        by_key = {str(i): [i] for i in range(len(base))}
-        layout = f'<index>.png with index 0..{len(base) - 1}'
     used = set(indices)
-    paths, keys, unused = {}, {}, 0
+    maps = MapSet(folder, layout.channels)
     for key, path in files:
-        key, targets = images_named(by_key, key, numbered=samples is None)
+        address = layout.address(key, path, folder)
+        if address is None:
+            maps.held_out += 1
+            continue
+        channel, key = address
+        key, targets = images_named(layout.by_key, key, layout.numbered)
         if targets is None:
             raise AbnError(f'--attention-maps: {path} names no training image (the maps of '
-                           f'this data set are {os.path.join(folder, layout)})')
+                           f'this data set are {os.path.join(folder, layout.pattern)})')
         read_map(path)  # refuse an unreadable file now, not in the middle of an epoch
         for index in targets:
-            if index in used:
-                # Several maps of one image (siblings) are averaged when the item is read.
-                paths[index] = (*paths[index], path) if index in paths else (path,)
-                keys[index] = key
-            else:
-                unused += 1
-    if not paths:
-        raise AbnError(f'--attention-maps {folder}: none of its {len(files)} maps is of an '
-                       f'image this run trains on (see --train-size)')
-    maps = MapSet(folder, paths=paths, keys=keys)
-    maps.unused = unused
+            if index not in used:
+                maps.unused += 1
+                continue
+            # Several maps of one image (siblings) are averaged when the item is read.
+            per_channel = maps.paths.setdefault(index, {})
+            per_channel[channel] = per_channel.get(channel, ()) + (path,)
+            maps.keys[index] = key
+    if not maps.paths:
+        found = len(files) - maps.held_out
+        raise AbnError(f'--attention-maps {folder}: '
+                       + (f'none of its {found} training maps is of an image this run trains '
+                          f'on (see --train-size)' if found else
+                          f'no training maps in it ({maps.held_out} of held-out splits, which '
+                          f'are not read); the layout is {layout.pattern}'))
     return maps
 
 
@@ -249,8 +263,8 @@ class WithAttentionMaps(tud.Dataset):
     and, from the same random state, to the map (resized first to the image's size): the same
     crop and the same flip. Images draw exactly what they draw without maps.
 
-    One map per image (MapSet): 'map' (1, H, W), 'has_map' a bool. One per attribute
-    (utils.teach.task_maps.TaskMapSet): 'map' (T, H, W), 'has_map' (T,) bool."""
+    One map per image (a MapSet of one channel): 'map' (1, H, W), 'has_map' a bool. One per
+    attribute (T channels): 'map' (T, H, W), 'has_map' (T,) bool."""
     wraps_split = True  # utils.data.check_images looks through it, at `dataset`
 
     def __init__(self, dataset, maps):
@@ -274,7 +288,7 @@ class WithAttentionMaps(tud.Dataset):
         state = torch.get_rng_state()
         inputs = self.transform(image) if self.transform is not None else image
         array_map = self.maps.get(base_index)
-        channels = getattr(self.maps, 'channels', 1)
+        channels = self.maps.channels
         if channels == 1:
             has_map = array_map is not None
         else:
@@ -317,7 +331,7 @@ class MapDeviceLoader(DeviceLoader):
 def map_device_loader(dataset, batch_size, runtime, seed=0):
     """(MapDeviceLoader, None) for a WithAttentionMaps over CIFAR/SVHN/shapes, or (None, the
     reason) where the fast path cannot reproduce the data set."""
-    if getattr(dataset.maps, 'channels', 1) != 1:
+    if dataset.maps.channels != 1:
         return None, 'maps per attribute take the standard path'
     split, reason = reproducible_split(dataset.dataset)
     if split is None:

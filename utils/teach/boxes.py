@@ -36,9 +36,9 @@ from PIL import Image, UnidentifiedImageError
 from utils.data.images import CorruptImageError, open_image
 from utils.errors import AbnError
 from utils.progress import Progress
-from utils.teach.attention_maps import (HELD_OUT_SPLITS, MapSet, add_share_arguments,
-                                        flatten_subsets, shapes_mask_subset)
-from utils.teach.task_maps import TaskMapSet, image_keys
+from utils.teach.attention_maps import (MapSet, add_share_arguments, flatten_subsets,
+                                        shapes_mask_subset)
+from utils.teach.layouts import HELD_OUT_SPLIT_NAMES, image_keys, layout_of
 from utils.visualize import safe_name
 
 COLUMNS = ('image', 'x0', 'y0', 'x1', 'y1')
@@ -99,15 +99,16 @@ def grabcut_map(image, boxes):
 
 class BoxMapSet(MapSet):
     """The maps of an image's boxes, drawn when the item is read (boxes are small; their maps
-    at the images' own size would not be): `boxes` {index: (width, height, [box, ...])}.
-    With `refined` ({index: uint8 map}), the boxes' GrabCut foreground instead."""
+    at the images' own size would not be): `boxes` {index: (width, height, {channel: [box,
+    ...]})}, channel 0 for a single-label split, the attribute's for a multi-task one. With
+    `refined` ({index: {channel: uint8 map}}), the boxes' GrabCut foreground instead."""
 
-    def __init__(self, source, boxes, keys, refined=None):
-        super().__init__(source, keys=keys)
+    def __init__(self, source, channels, boxes, keys, refined=None):
+        super().__init__(source, channels, keys=keys)
         self.boxes, self.refined = boxes, refined
 
     def __len__(self):
-        return len(self.boxes)
+        return sum(len(per_channel) for _, _, per_channel in self.boxes.values())
 
     def __contains__(self, index):
         return index in self.boxes
@@ -115,44 +116,20 @@ class BoxMapSet(MapSet):
     def indices(self):
         return sorted(self.boxes)
 
-    def get(self, index):
-        if index not in self.boxes:
-            return None
-        if self.refined is not None:
-            return self.refined[index].astype(np.float32)
-        width, height, boxes = self.boxes[index]
-        return box_map(width, height, boxes)
-
-
-class TaskBoxMapSet(TaskMapSet):
-    """Per attribute: `boxes` {index: (width, height, {task: [box, ...]})}; with `refined`
-    ({index: {task: uint8 map}}), each attribute's boxes cut by GrabCut."""
-
-    def __init__(self, source, tasks, boxes, keys, refined=None):
-        super().__init__(source, tasks, keys=keys)
-        self.boxes, self.refined = boxes, refined
-
-    def __len__(self):
-        return sum(len(per_task) for _, _, per_task in self.boxes.values())
-
-    def indices(self):
-        return sorted(self.boxes)
-
     def present(self, index):
-        out = np.zeros(self.tasks, bool)
-        for task in self.boxes.get(index, (0, 0, {}))[2]:
-            out[task] = True
+        out = np.zeros(self.channels, bool)
+        for channel in self.boxes.get(index, (0, 0, {}))[2]:
+            out[channel] = True
         return out
 
-    def get(self, index):
+    def given(self, index):
         if index not in self.boxes:
-            return None
-        width, height, per_task = self.boxes[index]
-        out = np.zeros((self.tasks, height, width), np.float32)
-        for task, boxes in per_task.items():
-            out[task] = (self.refined[index][task] if self.refined is not None
-                         else box_map(width, height, boxes))
-        return out
+            return {}
+        width, height, per_channel = self.boxes[index]
+        if self.refined is not None:
+            return {channel: self.refined[index][channel].astype(np.float32)
+                    for channel in per_channel}
+        return {channel: box_map(width, height, boxes) for channel, boxes in per_channel.items()}
 
 
 # -- reading the rows -----------------------------------------------------------------------
@@ -302,7 +279,7 @@ class ImageIndex:
 
     def check_not_held_out(self, where, text):
         first = os.path.normpath(text).split(os.sep)[0]
-        if first in HELD_OUT_SPLITS + ('valid',):
+        if first in HELD_OUT_SPLIT_NAMES:
             raise AbnError(f'{FLAG}: {where}: {text} is an image of the {first} split, held '
                            f'out from training: boxes teach training images only')
 
@@ -350,10 +327,10 @@ def check_inside(where, box, width, height):
 
 
 def collect_boxes(source, dataset, tasks=None):
-    """{base index: (width, height, boxes)} of the rows of `source` for the training split
-    `dataset` (any Subset of a base split), with the record's keys and the count of rows of
-    images outside it; per attribute (`tasks` the attribute names) `boxes` is {task: [...]}.
-    """
+    """{base index: (width, height, {channel: [box, ...]})} of the rows of `source` for the
+    training split `dataset` (any Subset of a base split), with the record's keys and the
+    count of rows of images outside it; per attribute (`tasks` the attribute names) the
+    channel is the row's attribute, else 0."""
     base, indices = flatten_subsets(dataset)
     rows = read_rows(source)
     if not rows:
@@ -370,7 +347,7 @@ def collect_boxes(source, dataset, tasks=None):
     for where, row in rows:
         box = parse_box(where, row)
         targets = lookup.find(where, row['image'], row.get('folder') or '')
-        task = None
+        task = 0
         if tasks is not None:
             name = str(row.get('attribute') or '').strip()
             if name not in by_name:
@@ -385,11 +362,7 @@ def collect_boxes(source, dataset, tasks=None):
                 unused += 1
                 continue
             width, height = sizes[index]
-            entry = found.setdefault(index, (width, height, [] if task is None else {}))
-            if task is None:
-                entry[2].append(box)
-            else:
-                entry[2].setdefault(task, []).append(box)
+            found.setdefault(index, (width, height, {}))[2].setdefault(task, []).append(box)
             keys[index] = str(row['image']).strip()
     if not found:
         raise AbnError(f'{FLAG} {source}: none of its {len(rows)} boxes is of an image this run '
@@ -397,41 +370,29 @@ def collect_boxes(source, dataset, tasks=None):
     return found, keys, unused
 
 
-def cut_boxes(found, dataset, per_task=False):
-    """{index: uint8 map} (per attribute: {index: {task: uint8 map}}) of the boxes `found`
-    cut by GrabCut, once, with a progress bar: the training images are read here."""
+def cut_boxes(found, dataset):
+    """{index: {channel: uint8 map}} of the boxes `found` cut by GrabCut, once, with a
+    progress bar: the training images are read here."""
     lookup = ImageIndex(flatten_subsets(dataset)[0])
     progress = Progress('GrabCut', len(found))
     refined = {}
     for done, (index, (_, _, boxes)) in enumerate(sorted(found.items()), 1):
         image = lookup.image(index)
-        if per_task:
-            refined[index] = {task: (grabcut_map(image, task_boxes) > 0.5).astype(np.uint8)
-                              for task, task_boxes in boxes.items()}
-        else:
-            refined[index] = (grabcut_map(image, boxes) > 0.5).astype(np.uint8)
+        refined[index] = {channel: (grabcut_map(image, channel_boxes) > 0.5).astype(np.uint8)
+                          for channel, channel_boxes in boxes.items()}
         progress.update(done)
     progress.finish(f'{len(refined)} images cut')
     return refined
 
 
 def load_box_map_set(source, dataset, refine='grabcut'):
-    """The maps of `--attention-boxes source` for a single-label training split: the boxes
-    cut by GrabCut (`refine='grabcut'`), or as they are ('none')."""
-    found, keys, unused = collect_boxes(source, dataset)
+    """The maps of `--attention-boxes source` for a training split (per attribute for a
+    multi-task one): the boxes cut by GrabCut (`refine='grabcut'`), or as they are
+    ('none')."""
+    layout = layout_of(flatten_subsets(dataset)[0])
+    found, keys, unused = collect_boxes(source, dataset, tasks=layout.channel_names)
     refined = cut_boxes(found, dataset) if refine == 'grabcut' else None
-    maps = BoxMapSet(source, found, keys, refined)
-    maps.unused = unused
-    return maps
-
-
-def load_task_box_map_set(source, dataset, refine='grabcut'):
-    """The maps of `--attention-boxes source` per attribute, for a multi-task split."""
-    base, _ = flatten_subsets(dataset)
-    names = list(base.attribute_names)
-    found, keys, unused = collect_boxes(source, dataset, tasks=names)
-    refined = cut_boxes(found, dataset, per_task=True) if refine == 'grabcut' else None
-    maps = TaskBoxMapSet(source, len(names), found, keys, refined)
+    maps = BoxMapSet(source, layout.channels, found, keys, refined)
     maps.unused = unused
     return maps
 

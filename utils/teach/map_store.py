@@ -1,5 +1,5 @@
 """The saved-map store: where a map of an image lives, written by the attention editor's page
-and read by `--attention-maps` (utils.teach.attention_maps, task_maps), one layout for both.
+and read by `--attention-maps` (utils.teach.attention_maps, layouts), one layout for both.
 
     <folder>/<split>/<index>.png                a built-in data set's image (its split, index)
     <folder>/<split>/<class>/<stem>.png         an image folder's image
@@ -60,7 +60,7 @@ def map_path(folder, stem, split=None, index=None, class_name=None, attribute=No
     (or, for an image folder's split, by `class_name`/`stem`), else by `class_name`/`stem`;
     `attribute` (a multi-task model's) puts it in that attribute's folder, without a class
     folder."""
-    if attribute is not None:  # as task_maps reads the attribute's folder back
+    if attribute is not None:  # as layouts.AttributeLayout reads the attribute's folder back
         folder = os.path.join(folder, safe_name(attribute))
     if split is not None and index is not None:
         return os.path.join(folder, split, f'{index}.png')

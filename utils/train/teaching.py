@@ -6,7 +6,7 @@ Knowledge into Deep Neural Network via Attention Map", the authors' follow-up):
 
 M the model's map, M' the given one (utils.teach.attention_maps), over the training images
 that have a map; the others train with L_att + L_per only. celeba.py's maps are given per
-attribute (utils.teach.task_maps) and compared as patterns (utils.objectives.task_map_loss). As in
+attribute (utils.teach.layouts) and compared as patterns (utils.objectives.task_map_loss). As in
 the paper the feature extractor stays fixed (`--train-feature-extractor` trains it too) and
 the run starts from trained weights (`--weights FILE`, or `--resume` of a fine-tuning run).
 
@@ -33,8 +33,7 @@ from utils.objectives.map_loss import DEFAULT_MAP_LOSS_WEIGHT
 from utils.objectives.teaching_methods import (DEFAULT_METHOD, DEFAULT_RRR_WEIGHT,
                                                TEACHING_METHODS)
 from utils.teach.attention_maps import WithAttentionMaps, load_map_set, map_device_loader
-from utils.teach.boxes import load_box_map_set, load_task_box_map_set
-from utils.teach.task_maps import is_multitask, load_task_map_set
+from utils.teach.boxes import load_box_map_set
 if TYPE_CHECKING:
     import argparse
 
@@ -152,18 +151,15 @@ class MapTeaching:
         """The training split with its given maps (or boxes' maps), said in one line."""
         if bundle.train is None:
             return bundle
-        multitask = is_multitask(bundle.train)
         if args.attention_maps:
-            load = load_task_map_set if multitask else load_map_set
-            maps = load(args.attention_maps, bundle.train, bundle.name)
+            maps = load_map_set(args.attention_maps, bundle.train, bundle.name)
         else:
-            load = load_task_box_map_set if multitask else load_box_map_set
-            maps = load(args.attention_boxes, bundle.train, args.box_refine)
+            maps = load_box_map_set(args.attention_boxes, bundle.train, args.box_refine)
         bundle.train = WithAttentionMaps(bundle.train, maps)
         record = maps.record()
         args.attention_maps_count = record['count']
         args.attention_maps_images = [str(key) for key in record['images']]
-        unused, held_out = getattr(maps, 'unused', 0), getattr(maps, 'held_out', 0)
+        unused, held_out = maps.unused, maps.held_out
         what = (f'{record["count"]} maps of {len(record["images"])} of' if record['count']
                 != len(record['images']) else f'{record["count"]} of')
         kind = 'attention maps' if args.attention_maps else 'attention boxes'
@@ -179,7 +175,7 @@ class MapTeaching:
         options = dict(own or {})
         options['weight'] = args.map_loss_weight
         taught = OBJECTIVES[self.script.objective]  # the script's objective, taught its maps
-        multitask = taught.per_attribute
+        multitask = taught.kind.per_attribute
         if args.teach_by is None:
             args.teach_by = 'map' if multitask else DEFAULT_METHOD
         if multitask:
