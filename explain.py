@@ -30,11 +30,11 @@ from utils.cli import (CHECKPOINT_HELP, ArgumentParser, add_authors_architecture
                        run)
 from utils.cpus import check_threads, use_threads
 from utils.data.datasets import SMALL_IMAGE_DATASETS
-from utils.errors import AbnError
 from utils.explain.measures import ROAD_PERCENTILES
-from utils.explain.multitask import explain_multitask
+from utils.explain.multitask import MultitaskReport
 from utils.explain.run import ExplanationReport, check_arguments
 from utils.inference import RUNTIMES
+from utils.kinds import PER_ATTRIBUTE, SINGLE_LABEL
 from utils.serve.options import add_page_arguments
 from utils.weights.loading import architecture_options, load_model
 
@@ -116,6 +116,10 @@ def get_args_parser():
     return parser
 
 
+# The report of each kind of model (utils.kinds): celeba.py's draws and measures a map a task.
+REPORTS = {SINGLE_LABEL.name: ExplanationReport, PER_ATTRIBUTE.name: MultitaskReport}
+
+
 def main(argv=None):
     args = get_args_parser().parse_args(argv)
     check_threads(args.threads)
@@ -133,15 +137,7 @@ def explain(args):
     use_threads(args.threads)
     check_arguments(args)
     loaded = load_model(args.checkpoint, **architecture_options(args))
-    if loaded.multitask:  # celeba.py's: one map a task
-        if args.masks:
-            raise AbnError("--masks applies to single-label models; celeba.py's models are "
-                           "measured against each attribute's masks of shapes-multi")
-        if args.target_class is not None:
-            raise AbnError('--target-class chooses one class of a single-label model; '
-                           "celeba.py's models explain attributes: choose them with --task")
-        return explain_multitask(args, loaded)
-    return ExplanationReport(args, loaded).write()
+    return REPORTS[loaded.kind.name](args, loaded).write()
 
 
 if __name__ == '__main__':

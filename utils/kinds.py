@@ -101,8 +101,9 @@ class PerAttribute(SingleLabel):
         return {name: float(p) for name, p in zip(names, torch.sigmoid(logits.float()))}
 
     def correct(self, logits, labels):
-        """Mean attribute accuracy of each image, summed over the batch."""
-        return ((logits > 0).float() == labels).float().mean(1).sum().item()
+        """Mean attribute accuracy of each image, summed over the batch (positive at
+        probability 0.5, as `predict` and the training meters say)."""
+        return (self.predict(logits)[0] == labels).float().mean(1).sum().item()
 
     def measured_maps(self, maps):
         """Unbounded maps as the authors' 'pos' picture (negative values at 0)."""

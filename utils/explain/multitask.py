@@ -52,6 +52,12 @@ class MultitaskReport:
     def __init__(self, args, loaded):
         """`loaded`: the checkpoint's model (utils.weights.loading.load_model)."""
         self.args = args
+        if args.masks:
+            raise AbnError("--masks applies to single-label models; celeba.py's models are "
+                           "measured against each attribute's masks of shapes-multi")
+        if args.target_class is not None:
+            raise AbnError('--target-class chooses one class of a single-label model; '
+                           "celeba.py's models explain attributes: choose them with --task")
         # --gpu-id as every tool reads it: 'cpu', -1, a device, or several (the first)
         self.device = setup_runtime(args.gpu_id).device
         self.model, self.spec = loaded.model, loaded.spec
@@ -218,7 +224,3 @@ class MultitaskReport:
             f.write(f'{self.spec.describe()}, {images} images\n\n{text}')
         print('\n' + text)
 
-
-def explain_multitask(args, loaded):
-    """explain.py's entry for a checkpoint of celeba.py; returns the exit status."""
-    return MultitaskReport(args, loaded).write()
