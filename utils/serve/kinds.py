@@ -8,7 +8,7 @@ from utils.data.attributes import ShapesMultiDataset
 from utils.data.datasets import SMALL_IMAGE_DATASETS, build_small_image_data
 from utils.errors import AbnError
 from utils.explain.methods import Explainer, drawn_methods, own_method
-from utils.kinds import PerAttribute, SingleLabel, kind_of
+from utils.kinds import TOP_K, PerAttribute, SingleLabel, kind_of
 
 MULTITASK_DATASET = 'shapes-multi'  # the multi-task data set the page serves splits of
 
@@ -17,7 +17,10 @@ class SingleLabelPage(SingleLabel):
     ranking_label = 'top-5'
     accuracy_label = 'test accuracy'
     datasets = SMALL_IMAGE_DATASETS
-    shown_classes = 5
+
+    def shown(self, names):
+        """How many of the model's `names` a ranking shows: its top five classes."""
+        return TOP_K
 
     def methods(self, model):
         """The explanation methods the page shows: every drawn one the model allows (the ABN
@@ -49,6 +52,10 @@ class PerAttributePage(PerAttribute, SingleLabelPage):
     ranking_label = 'P(attribute)'
     accuracy_label = 'test mean attribute accuracy'
     datasets = (MULTITASK_DATASET,)
+
+    def shown(self, names):
+        """Every attribute's probability."""
+        return len(names)
 
     def methods(self, model):
         """The model's own maps alone: the page explains one class at a time."""

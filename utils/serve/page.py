@@ -287,8 +287,7 @@ def lay_out_answers(w, editor, gr):
         w.images = {t: gr.Image(label=t, type='numpy', interactive=False, format='png',
                                 elem_id=f'panel-{safe_name(t).lower()}', min_width=120)
                     for t in editor.panel_titles()}
-        w.own_ranking = gr.Label(num_top_classes=len(editor.names) if kind.per_attribute
-                                 else kind.shown_classes,
+        w.own_ranking = gr.Label(num_top_classes=kind.shown(editor.names),
                                  label=f'{kind.ranking_label}, own map', elem_id='own-ranking')
 
 
@@ -307,8 +306,7 @@ def lay_out_editing(w, editor, gr):
             fixed_canvas=True, format='png', elem_id='painter')
         w.edited_image = gr.Image(label='edited map over the input', type='numpy',
                                   interactive=False, format='png', elem_id='panel-edited')
-        w.edited_ranking = gr.Label(num_top_classes=len(editor.names) if kind.per_attribute
-                                    else kind.shown_classes,
+        w.edited_ranking = gr.Label(num_top_classes=kind.shown(editor.names),
                                     label=f'{kind.ranking_label}, edited map',
                                     elem_id='edited-ranking')
     with gr.Row():
