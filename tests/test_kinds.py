@@ -83,6 +83,9 @@ def test_single_label_predictions_rank_and_caption_by_softmax():
     ranking = SINGLE_LABEL.ranking(logits[0], ['a', 'b', 'c'])
     assert list(ranking) == ['b', 'c', 'a'] and sum(ranking.values()) == pytest.approx(1)
     assert SINGLE_LABEL.correct(logits, torch.tensor([1, 2])) == 1
+    right, confidence = SINGLE_LABEL.answers(SINGLE_LABEL.probabilities(logits), [1, 2])
+    assert right.tolist() == [True, False]
+    assert confidence.tolist() == pytest.approx(torch.softmax(logits, 1)[[0, 1], [1, 2]].tolist())
     assert SINGLE_LABEL.captions(predictions, scores, None, None)[0] == \
         (None, '1', pytest.approx(float(scores[0])))
 
@@ -98,6 +101,10 @@ def test_per_attribute_predictions_threshold_each_sigmoid_at_one_half():
     predictions, scores = PER_ATTRIBUTE.predict(logits)
     assert PER_ATTRIBUTE.captions(predictions, scores, labels, ['a', 'b', 'c']) == \
         [('a', 'a+c', None), ('c', 'none', None)]
+    right, confidence = PER_ATTRIBUTE.answers(probabilities, labels)
+    assert right.tolist() == pytest.approx([2 / 3, 2 / 3])
+    first = probabilities[0]
+    assert confidence[0] == pytest.approx(float(first[0] + (1 - first[1]) + (1 - first[2])) / 3)
 
 
 def test_measured_maps_are_in_zero_one_for_both_kinds():

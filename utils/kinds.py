@@ -53,6 +53,13 @@ class SingleLabel:
         return {r['name']: r['probability']
                 for r in top_k(torch.softmax(logits.float(), 0), names)}
 
+    def answers(self, probabilities, labels):
+        """(whether each image's class is right (N,) bool, the probability of its true class
+        (N,)) of a batch's probabilities (N, K) and labels (N,)."""
+        labels = torch.as_tensor(labels, device=probabilities.device).view(-1, 1)
+        return ((probabilities.argmax(1, keepdim=True) == labels)[:, 0],
+                probabilities.gather(1, labels)[:, 0])
+
     def correct(self, logits, labels):
         """Correct answers of a batch (a class each)."""
         return (logits.argmax(1) == labels).sum().item()
@@ -99,6 +106,13 @@ class PerAttribute(SingleLabel):
     def ranking(self, logits, names):
         """Every attribute's probability (sigmoid)."""
         return {name: float(p) for name, p in zip(names, torch.sigmoid(logits.float()))}
+
+    def answers(self, probabilities, labels):
+        """(each image's share of attributes decided right (N,), its mean probability of each
+        attribute's true value (N,)) of a batch's probabilities and 0/1 labels (N, T)."""
+        truth = torch.as_tensor(labels, device=probabilities.device) > 0.5
+        return (((probabilities >= 0.5) == truth).float().mean(1),
+                torch.where(truth, probabilities, 1 - probabilities).mean(1))
 
     def correct(self, logits, labels):
         """Mean attribute accuracy of each image, summed over the batch (positive at

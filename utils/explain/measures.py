@@ -34,6 +34,8 @@ import torch
 import torchvision.transforms.functional as TF
 from scipy import ndimage
 
+from utils.kinds import SINGLE_LABEL
+
 BLUR_KERNEL, BLUR_SIGMA = 11, 5.0  # RISE's insertion baseline
 
 
@@ -179,25 +181,23 @@ def object_removed(images, inside):
     return torch.where(inside, fill, images)
 
 
-def decision_outside(predict, inputs, masks, labels):
+def decision_outside(predict, inputs, masks, labels, kind=SINGLE_LABEL):
     """Whether the decision rests on the object or on what lies outside it, per image with a
-    mask and a label: {variant: (correct (N,) bool, confidence in the true class (N,))} for
-    'as given', 'object kept' (the object amid another image's surroundings, as a teaching
+    mask and a label: {variant: (correct (N,), confidence in the truth (N,))} for 'as
+    given', 'object kept' (the object amid another image's surroundings, as a teaching
     counterfactual shows it) and 'outside only' (the object's pixels filled in smoothly from
     its own surroundings). A model that decides by the object keeps its accuracy on the
     first and falls to chance on the second; one that decides by a shortcut outside it does
     the reverse. `predict`: images -> probabilities; `inputs` (N, 3, H, W) normalised;
-    `masks` (N, H, W) bool; `labels` (N,)."""
+    `masks` (N, H, W) bool; `labels` as the `kind` (utils.kinds) reads them: a class each
+    (N,), or 0/1 per attribute (N, T), whose answers are each image's share of attributes
+    right."""
     inside = torch.as_tensor(np.asarray(masks, dtype=bool), device=inputs.device)[:, None]
     variants = {'as given': inputs, 'object kept': object_kept(inputs, inside),
                 'outside only': object_removed(inputs, inside)}
-    labels = torch.as_tensor(labels, device=inputs.device).view(-1, 1)
-    out = {}
-    for name, images in variants.items():
-        probabilities = predict(images).float()
-        out[name] = ((probabilities.argmax(1, keepdim=True) == labels)[:, 0].cpu().numpy(),
-                     probabilities.gather(1, labels)[:, 0].cpu().numpy())
-    return out
+    return {name: tuple(part.cpu().numpy() for part in kind.answers(predict(images).float(),
+                                                                    labels))
+            for name, images in variants.items()}
 
 
 DECISION_VARIANTS = ('as given', 'object kept', 'outside only')

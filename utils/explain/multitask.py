@@ -20,7 +20,7 @@ from utils.data.attributes import MULTI_SPLIT_SEEDS, ShapesMultiDataset
 from utils.data.images import find_images, load_rgb
 from utils.distributed import setup_runtime
 from utils.errors import AbnError
-from utils.explain.measures import (object_kept, object_removed, pointing_game,
+from utils.explain.measures import (DecisionTable, decision_outside, pointing_game,
                                     pointing_tolerance)
 from utils.explain.methods import METHODS, TaskBatch, multitask_methods
 from utils.kinds import PER_ATTRIBUTE
@@ -66,7 +66,7 @@ class MultitaskReport:
             raise AbnError(f'{args.checkpoint} holds a plain multi-label baseline: no maps to '
                            f'explain')
         self.names = list(self.spec.class_names or range(self.model.num_classes))
-        self.decision = {}  # variant -> [right answers, answers]: what the decision rests on
+        self.decision = DecisionTable()  # what the decision rests on
         self.tasks = chosen_tasks(args.task, self.names)
         if args.dataset not in (None, 'shapes-multi'):
             raise AbnError(f'--dataset {args.dataset} is not a multi-task data set: use '
@@ -165,18 +165,14 @@ class MultitaskReport:
     def measure_decision(self, x, targets, batch_masks):
         """Mean attribute accuracy as given, with the shapes (the union of the attributes'
         masks) amid another image's surroundings ('object kept'), and with the shapes filled in
-        smoothly from their surroundings ('outside only'), summed into self.decision."""
+        smoothly from their surroundings ('outside only'), added to self.decision."""
         if len(x) < 2:
             return
-        inside = torch.as_tensor(np.asarray(batch_masks)).any(1, keepdim=True).to(x.device)
-        truth = torch.as_tensor(np.asarray(targets)).to(x.device)
-        for variant, images in (('as given', x), ('object kept', object_kept(x, inside)),
-                                ('outside only', object_removed(x, inside))):
-            with torch.no_grad():
-                labels, _ = PER_ATTRIBUTE.predict(self.model(images).perception_logits.float())
-            entry = self.decision.setdefault(variant, [0.0, 0])
-            entry[0] += float((labels == truth).float().sum())
-            entry[1] += truth.numel()
+        with torch.no_grad():
+            self.decision.add('', decision_outside(
+                lambda images: PER_ATTRIBUTE.probabilities(
+                    self.model(images).perception_logits.float()),
+                x, np.asarray(batch_masks).any(1), targets, kind=PER_ATTRIBUTE))
 
     def write_measures(self, totals, tolerant, radius, images):
         """metrics.json/.md: the pointing game per attribute (over the images where it is
@@ -190,13 +186,14 @@ class MultitaskReport:
                 scores['mean'] = float(np.mean(list(scores.values()))) if scores else None
                 table[title][method] = scores
         counts = {name: len(v) for name, v in next(iter(totals.values())).items()}
+        decision = self.decision.summary().get('', {})  # variant -> its scores
         with open(os.path.join(self.args.output, 'metrics.json'), 'w') as f:
             json.dump({'model': self.spec.describe(), 'checkpoint': self.args.checkpoint,
                        'images': images, 'images with the attribute': counts,
                        'pointing tolerance (px)': radius, 'seed': self.args.seed,
                        'scores': table, 'decision': {
-                           variant: {'attribute_accuracy': 100 * right / max(total, 1)}
-                           for variant, (right, total) in self.decision.items()}}, f, indent=2)
+                           variant: {'attribute_accuracy': scores['top1']}
+                           for variant, scores in decision.items()}}, f, indent=2)
         names = [n for n in counts if counts[n]]
         lines = []
         for title, methods in table.items():
@@ -210,14 +207,14 @@ class MultitaskReport:
                                                             for n in names)
                              + f" | {100 * scores['mean']:.1f} |")
             lines.append('')
-        if self.decision:
+        if decision:
             lines.append('What the decision rests on (mean attribute accuracy, %): object kept = '
                          'the shapes amid another image\'s surroundings; outside only = the '
                          'shapes filled in smoothly from their surroundings\n')
-            lines.append('| ' + ' | '.join(self.decision) + ' |')
-            lines.append('|' + '---|' * len(self.decision))
-            lines.append('| ' + ' | '.join(f'{100 * right / max(total, 1):.1f}'
-                                           for right, total in self.decision.values()) + ' |')
+            lines.append('| ' + ' | '.join(decision) + ' |')
+            lines.append('|' + '---|' * len(decision))
+            lines.append('| ' + ' | '.join(f"{scores['top1']:.1f}" for scores in decision.values())
+                         + ' |')
             lines.append('')
         text = '\n'.join(lines)
         with open(os.path.join(self.args.output, 'metrics.md'), 'w') as f:
