@@ -12,7 +12,18 @@ A new objective is one subclass plus `register_objective`, imported by this pack
 `__init__` so that it is there after `import utils.objectives`; a `TrainingScript` names it
 (`TrainingScript.objective = 'single-label'`) and checkpoints record the name.
 """
+from typing import NamedTuple
+
 from utils.kinds import SINGLE_LABEL
+
+class Reported(NamedTuple):
+    """An accuracy a run reports: the meter's key after 'per_' and 'att_' ('top1'), and how
+    the summary line, `-e`'s test line and its attention-branch line name it."""
+    key: str
+    short: str  # 'top-1'
+    test: str  # 'Test Acc: '
+    attention: str  # 'top-1'
+
 
 AUTHORS_COLUMNS = ['Learning Rate', 'Train Loss', 'Valid Loss', 'Train Acc.', 'Valid Acc.']
 # Both branches' losses and accuracies, the columns that follow the authors' five.
@@ -26,8 +37,7 @@ class Objective:
     metric: str = None  # the summary key that picks model_best, e.g. 'per_top1'
     metric_label: str = None  # how the metric is printed, e.g. 'top-1'
     higher_is_better: bool = True
-    # The accuracies a summary line and log.txt report, the first the metric's: (the meter's
-    # key after 'per_' and 'att_', its printed name), e.g. ('top1', 'top-1').
+    # The accuracies the summary line, `-e` and log.txt report (`Reported`), the metric's first.
     reported: tuple = ()
     # The authors' five, both branches', then the reported accuracies past the first (the
     # validation split's, each branch) and the epoch's time: what `log_row` writes.
@@ -60,24 +70,31 @@ class Objective:
         text = f"loss {summary['loss']:.4f}"
         if attention:
             text += f" (att {summary['att_loss']:.3f} + per {summary['per_loss']:.3f})"
-        text += ' | ' + ' '.join(f"{label} {summary['per_' + key]:.2f}"
-                                 for key, label in self.reported)
+        text += ' | ' + ' '.join(f"{accuracy.short} {summary['per_' + accuracy.key]:.2f}"
+                                 for accuracy in self.reported)
         if attention:
-            key, label = self.reported[0]
-            text += f" | att {label} {summary['att_' + key]:.2f}"
+            first = self.reported[0]
+            text += f" | att {first.short} {summary['att_' + first.key]:.2f}"
         return text
 
     def evaluation_text(self, summary, attention):
-        """The lines `-e` prints (defaults to the one-line summary)."""
-        return ' ' + self.summary_text(summary, attention)
+        """The lines `-e` prints: the test loss and accuracies (the authors' line), and the
+        attention branch's."""
+        text = f" Test Loss:  {summary['loss']:.8f}, " + ', '.join(
+            f"{accuracy.test} {summary['per_' + accuracy.key]:.2f}" for accuracy in self.reported)
+        if attention:
+            text += f"\n Attention branch: loss {summary['att_loss']:.8f}, " + ', '.join(
+                f"{accuracy.attention} {summary['att_' + accuracy.key]:.2f}"
+                for accuracy in self.reported)
+        return text
 
     def log_row(self, lr, train, valid, seconds):
         """One log.txt row, in the order of `log_columns`."""
-        first = self.reported[0][0]
+        first = self.reported[0].key
         return ([lr, train['loss'], valid['loss'], train['per_' + first], valid['per_' + first],
                  train['att_loss'], train['per_loss'], valid['att_loss'], valid['per_loss'],
                  train['att_' + first], valid['att_' + first]]
-                + [valid[f'{branch}_{key}'] for key, _ in self.reported[1:]
+                + [valid[f'{branch}_{accuracy.key}'] for accuracy in self.reported[1:]
                    for branch in ('per', 'att')] + [seconds])
 
     def training_warning(self, summary, lr):

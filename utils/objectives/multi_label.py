@@ -15,8 +15,8 @@ import torch.distributed as dist
 
 from utils.objectives import per_attribute as ml
 from utils.kinds import PER_ATTRIBUTE
-from utils.objectives.base import (AUTHORS_COLUMNS, BRANCH_COLUMNS, Objective, labels_of,
-                                   register_objective)
+from utils.objectives.base import (AUTHORS_COLUMNS, BRANCH_COLUMNS, Objective, Reported,
+                                   labels_of, register_objective)
 from utils.objectives.meters import earliest_step_of_all, first_nonfinite, step_or_none
 
 BRANCHES = ('att', 'per')  # attention branch, perception branch
@@ -93,7 +93,8 @@ class MultiLabelObjective(Objective):
     metric = 'per_acc'
     metric_label = 'mean attribute accuracy'
     higher_is_better = True
-    reported = (('acc', 'mean acc'),)
+    reported = (Reported('acc', 'mean acc', 'Test mean attribute accuracy: ',
+                         'mean attribute accuracy'),)
     log_columns = AUTHORS_COLUMNS + BRANCH_COLUMNS + ['Epoch Time (s)']
 
     def __init__(self, map_style='pos', max_tasks=8):
@@ -116,14 +117,6 @@ class MultiLabelObjective(Objective):
 
     def new_meter(self, device):
         return MultiLabelMeter(device)
-
-    def evaluation_text(self, summary, attention):
-        text = (f" Test Loss:  {summary['loss']:.8f}, Test mean attribute accuracy:  "
-                f"{summary['per_acc']:.2f}")
-        if attention:
-            text += (f"\n Attention branch: loss {summary['att_loss']:.8f}, mean attribute "
-                     f"accuracy {summary['att_acc']:.2f}")
-        return text
 
     def best_text(self, best):
         return f'Best mean attribute accuracy (valid): {best:.2f}'

@@ -1,7 +1,7 @@
 """The authors' objective: one class per image, cross-entropy on both branches."""
 import torch.nn.functional as F
 
-from utils.objectives.base import (AUTHORS_COLUMNS, BRANCH_COLUMNS, Objective,
+from utils.objectives.base import (AUTHORS_COLUMNS, BRANCH_COLUMNS, Objective, Reported,
                                    register_objective)
 from utils.objectives.meters import SingleLabelMeter
 
@@ -15,7 +15,8 @@ class SingleLabelObjective(Objective):
     metric = 'per_top1'
     metric_label = 'top-1'
     higher_is_better = True
-    reported = (('top1', 'top-1'), ('top5', 'top-5'))
+    reported = (Reported('top1', 'top-1', 'Test Acc: ', 'top-1'),
+                Reported('top5', 'top-5', 'Top-5:', 'top-5'))
     log_columns = AUTHORS_COLUMNS + BRANCH_COLUMNS + ['Valid Top-5', 'Valid Att Top-5',
                                                       'Epoch Time (s)']
 
@@ -28,14 +29,6 @@ class SingleLabelObjective(Objective):
 
     def new_meter(self, device):
         return SingleLabelMeter(device)
-
-    def evaluation_text(self, summary, attention):
-        text = (f" Test Loss:  {summary['loss']:.8f}, Test Acc:  {summary['per_top1']:.2f}, "
-                f"Top-5: {summary['per_top5']:.2f}")
-        if attention:
-            text += (f"\n Attention branch: loss {summary['att_loss']:.8f}, top-1 "
-                     f"{summary['att_top1']:.2f}, top-5 {summary['att_top5']:.2f}")
-        return text
 
     def best_text(self, best):
         return f'Best acc: {best:.2f}'  # the authors' line
