@@ -231,3 +231,13 @@ def test_arrays_of_another_shape_are_one_line(shapes_checkpoint, shape):
     gray = load(shapes_checkpoint).explain([np.zeros((8, 8), np.uint8),
                                             np.zeros((8, 8), np.float32)])
     assert [m.shape for m in gray.maps] == [(8, 8), (8, 8)]
+
+
+def test_importing_the_api_leaves_the_plotting_library_out():
+    """`utils.api` (and torch.hub's hubconf) load a model and answer for images: matplotlib,
+    which only the scripts' pictures need, is not imported with them."""
+    code = ('import sys, utils.api, hubconf; '
+            'print(sorted(m for m in sys.modules if m.split(".")[0] == "matplotlib"))')
+    out = subprocess.run([sys.executable, '-c', code], cwd=ROOT, capture_output=True, text=True,
+                         check=True).stdout
+    assert out.strip() == '[]'

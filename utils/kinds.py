@@ -8,9 +8,13 @@ import torch
 import torch.utils.data as tud
 
 from utils.data.attributes import map_picture
-from utils.visualize import class_label
 
 TOP_K = 5  # the classes a single-label ranking shows
+
+
+def class_label(names, index):
+    """The name of class `index`, or its number where the names do not say."""
+    return names[index] if names is not None and 0 <= index < len(names) else str(index)
 
 
 def top_k(probabilities, names, k=TOP_K):

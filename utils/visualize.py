@@ -16,6 +16,8 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from PIL import Image  # noqa: E402
 
+from utils.kinds import class_label  # noqa: E402
+
 ALPHA = 0.5
 COLORMAP = 'jet'
 
@@ -39,10 +41,6 @@ def blend(image, attention_map, alpha=ALPHA, cmap=COLORMAP):
     """(H, W, 3) image and (H, W) map in [0, 1] -> (H, W, 3) overlay."""
     heat = plt.get_cmap(cmap)(attention_map)[..., :3]
     return (1 - alpha) * image + alpha * heat
-
-
-def class_label(names, index):
-    return names[index] if names is not None and 0 <= index < len(names) else str(index)
 
 
 def save_attention_images(out_dir, images, maps, captions, mean, std, start_index=0,

@@ -16,10 +16,10 @@ from utils.explain.measures import (DecisionTable, MetricTable, decision_outside
 from utils.explain.methods import METHODS, Explainer, available_methods, own_method, title
 from utils.explain.where_maps_look import WhereMapsLook
 from utils.inference import make_runtime
-from utils.kinds import top_k
+from utils.kinds import class_label, top_k
 from utils.progress import Progress
-from utils.visualize import (blend, class_label, denormalize, safe_name, save_comparison_grid,
-                             save_explanation, save_grid, save_map_image, upsample_maps)
+from utils.visualize import (blend, denormalize, safe_name, save_comparison_grid, save_explanation,
+                             save_grid, save_map_image, upsample_maps)
 from utils.weights.loading import LoadedModel, architecture_options, load_model
 
 def parse_count(text, option):
